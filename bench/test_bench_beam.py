@@ -1,0 +1,264 @@
+"""CTC prefix beam search throughput: fastdecoder's native decoder beside the Python oracle and the peers.
+
+Input: B=256 sentences, T=150 frames, V=41 classes (blank 0), peaky random log-posteriors (tests/ctc_oracle.py),
+no language model. Each row reports sentences/s (from the fastest round) and top-1 agreement with the plain-Python
+textbook prefix beam search (tests/ctc_oracle.py) at the same beam width, on the first N_AGREE sentences.
+Peers run when importable (the optional `bench` extra), else their rows are skipped with the reason. The last test
+writes the table to bench/results_beam.md (all ratios from this one run).
+
+    .venv/bin/python -m pytest -q bench/test_bench_beam.py
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ctc_oracle import peaky_log_probs, prefix_beam_search  # noqa: E402
+
+from fastdecoder.decode import beam_search, num_cpu_threads  # noqa: E402
+
+B, T, V, BLANK = 256, 150, 41, 0
+SEED = 20261121
+N_AGREE = 64  # sentences compared with the oracle per beam width
+N_PEER = 32  # sentences timed per round for the slow decoders (rate = per sentence)
+CUT_LOGP = -5.0  # lossy cut: fastdecoder token_min_logprob, fast-ctc-decode beam_cut_threshold = exp(-5)
+DATE = "2026-11-21"
+OUT = Path(__file__).resolve().parent / "results_beam.md"
+
+ALPHABET = [""] + [chr(ord("a") + i) for i in range(26)] + [chr(ord("A") + i) for i in range(14)]  # blank = ""
+CHAR_TO_ID = {c: i for i, c in enumerate(ALPHABET) if c}
+
+RESULTS: dict[str, dict] = {}  # row -> {decoder, mode, beam, threads, rate, agree, order}
+
+
+@pytest.fixture(scope="module")
+def log_probs():
+    return peaky_log_probs(np.random.default_rng(SEED), B, T, V, blank=BLANK)
+
+
+_ORACLE: dict[int, list] = {}
+
+
+def oracle_top1(x, beam):
+    if beam not in _ORACLE:
+        _ORACLE[beam] = [prefix_beam_search(x[b].astype(np.float64), beam, blank=BLANK, nbest=1)[0][0]
+                         for b in range(N_AGREE)]
+    return _ORACLE[beam]
+
+
+def agreement(x, beam, tops):
+    ref = oracle_top1(x, beam)
+    return sum(list(a) == list(b) for a, b in zip(tops, ref)) / len(ref)
+
+
+def timed(benchmark, fn, n_sentences, rounds):
+    """Run fn under pytest-benchmark; return sentences/s from the fastest round (robust on a shared machine)."""
+    durations = []
+
+    def run():
+        t0 = time.perf_counter()
+        out = fn()
+        durations.append(time.perf_counter() - t0)
+        return out
+
+    out = benchmark.pedantic(run, rounds=rounds, warmup_rounds=1 if rounds > 1 else 0, iterations=1)
+    rate = n_sentences / min(durations)
+    benchmark.extra_info["sentences_per_s"] = round(rate, 1)
+    return out, rate
+
+
+def record(row, **kw):
+    kw["order"] = len(RESULTS)
+    RESULTS[row] = kw
+
+
+# ---------------------------------------------------------------- fastdecoder (native)
+
+
+@pytest.mark.parametrize("threads", [1, 0], ids=["1thread", "allthreads"])
+@pytest.mark.parametrize("beam", [1, 10, 20, 100])
+def test_fastdecoder_exact(benchmark, log_probs, beam, threads):
+    benchmark.group = f"beam {beam}"
+    rounds = 10 if beam <= 20 else 5
+    out, rate = timed(benchmark, lambda: beam_search(log_probs, beam_width=beam, num_threads=threads), B, rounds)
+    agree = agreement(log_probs, beam, [h[0][0] for h in out[:N_AGREE]])
+    benchmark.extra_info["top1_agreement"] = agree
+    n = num_cpu_threads() if threads == 0 else 1
+    record(f"fastdecoder exact b{beam} t{threads}", decoder="fastdecoder", mode="exact", beam=beam, threads=n,
+           rate=rate, agree=agree)
+
+
+@pytest.mark.parametrize("threads", [1, 0], ids=["1thread", "allthreads"])
+@pytest.mark.parametrize("beam", [20, 100])
+def test_fastdecoder_cut(benchmark, log_probs, beam, threads):
+    benchmark.group = f"beam {beam}"
+    rounds = 10 if beam <= 20 else 5
+    fn = lambda: beam_search(log_probs, beam_width=beam, token_min_logprob=CUT_LOGP, num_threads=threads)  # noqa
+    out, rate = timed(benchmark, fn, B, rounds)
+    agree = agreement(log_probs, beam, [h[0][0] for h in out[:N_AGREE]])
+    benchmark.extra_info["top1_agreement"] = agree
+    n = num_cpu_threads() if threads == 0 else 1
+    record(f"fastdecoder cut b{beam} t{threads}", decoder="fastdecoder", mode=f"token_min_logprob={CUT_LOGP:g}",
+           beam=beam, threads=n, rate=rate, agree=agree)
+
+
+# ---------------------------------------------------------------- the plain-Python oracle
+
+
+def test_python_oracle(benchmark, log_probs):
+    benchmark.group = "beam 20"
+    n = 8
+    fn = lambda: [prefix_beam_search(log_probs[b].astype(np.float64), 20, nbest=1) for b in range(n)]  # noqa
+    _, rate = timed(benchmark, fn, n, rounds=1)
+    record("oracle b20", decoder="Python oracle (tests/ctc_oracle.py)", mode="exact", beam=20, threads=1, rate=rate,
+           agree=1.0)
+
+
+# ---------------------------------------------------------------- peers
+
+
+def collapse(path):
+    out, prev = [], None
+    for s in path:
+        if s != prev and s != BLANK:
+            out.append(int(s))
+        prev = s
+    return out
+
+
+@pytest.mark.parametrize("mode", ["exact", "cut"])
+@pytest.mark.parametrize("beam", [20, 100])
+def test_fast_ctc_decode(benchmark, log_probs, beam, mode):
+    fcd = pytest.importorskip("fast_ctc_decode", reason="fast-ctc-decode not installed (pip install fast-ctc-decode)")
+    benchmark.group = f"beam {beam}"
+    probs = np.ascontiguousarray(np.exp(log_probs))  # it takes probabilities; converted outside the timing
+    cut = 0.0 if mode == "exact" else math.exp(CUT_LOGP)
+    alphabet = ["_"] + ALPHABET[1:]
+
+    def decode(b):
+        seq, _ = fcd.beam_search(probs[b], alphabet, beam_size=beam, beam_cut_threshold=cut)
+        return [CHAR_TO_ID[c] for c in seq]
+
+    n = N_PEER if mode == "exact" else B
+    _, rate = timed(benchmark, lambda: [decode(b) for b in range(n)], n, rounds=3)
+    agree = agreement(log_probs, beam, [decode(b) for b in range(N_AGREE)])
+    record(f"fcd {mode} b{beam}", decoder="fast-ctc-decode", mode="exact" if mode == "exact" else
+           f"beam_cut_threshold=exp({CUT_LOGP:g})", beam=beam, threads=1, rate=rate, agree=agree)
+
+
+@pytest.mark.parametrize("beam", [20, 100])
+def test_pyctcdecode(benchmark, log_probs, beam):
+    pyctc = pytest.importorskip("pyctcdecode", reason="pyctcdecode not installed (pip install pyctcdecode)")
+    benchmark.group = f"beam {beam}"
+    import logging
+
+    logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+    decoder = pyctc.build_ctcdecoder(ALPHABET)  # no LM; defaults beam_prune_logp=-10, token_min_logp=-5
+
+    def decode(b):
+        return [CHAR_TO_ID[c] for c in decoder.decode(log_probs[b], beam_width=beam)]
+
+    _, rate = timed(benchmark, lambda: [decode(b) for b in range(N_PEER)], N_PEER, rounds=3)
+    agree = agreement(log_probs, beam, [decode(b) for b in range(N_AGREE)])
+    record(f"pyctcdecode b{beam}", decoder="pyctcdecode", mode="defaults (no LM)", beam=beam, threads=1, rate=rate,
+           agree=agree)
+
+
+@pytest.mark.parametrize("beam", [20, 100])
+def test_flashlight_text(benchmark, log_probs, beam):
+    dec_mod = pytest.importorskip("flashlight.lib.text.decoder",
+                                  reason="flashlight-text not installed (pip install flashlight-text)")
+    benchmark.group = f"beam {beam}"
+    opts = dec_mod.LexiconFreeDecoderOptions(
+        beam_size=beam, beam_size_token=V, beam_threshold=1e9, lm_weight=0.0, sil_score=0.0, log_add=True,
+        criterion_type=dec_mod.CriterionType.CTC,
+    )
+    decoder = dec_mod.LexiconFreeDecoder(opts, dec_mod.ZeroLM(), BLANK, BLANK, [])  # sil = blank: no word logic
+    x = np.ascontiguousarray(log_probs)
+
+    def decode(b):
+        res = decoder.decode(x[b].ctypes.data, T, V)
+        return collapse(list(res[0].tokens)[1:-1])  # the path carries a start and an end token
+
+    _, rate = timed(benchmark, lambda: [decode(b) for b in range(N_PEER)], N_PEER, rounds=3)
+    agree = agreement(log_probs, beam, [decode(b) for b in range(N_AGREE)])
+    record(f"flashlight b{beam}", decoder="flashlight-text (LexiconFreeDecoder)", mode="log_add=True, ZeroLM",
+           beam=beam, threads=1, rate=rate, agree=agree)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        if m:
+            return m.group(1).strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def test_write_results_table():
+    if not RESULTS:
+        pytest.skip("no benchmark ran")
+    rows = sorted(RESULTS.values(), key=lambda r: r["order"])
+    ref = {r["beam"]: r["rate"] for r in rows if r["decoder"] == "fast-ctc-decode" and r["mode"] == "exact"}
+    ref_cut = {r["beam"]: r["rate"] for r in rows if r["decoder"] == "fast-ctc-decode" and r["mode"] != "exact"}
+    one = {(r["mode"], r["beam"]): r["rate"] for r in rows if r["decoder"] == "fastdecoder" and r["threads"] == 1}
+    lines = [
+        "## CTC prefix beam search (no LM)",
+        "",
+        f"Measured {DATE} on {cpu_name()} ({os.cpu_count()} cores), `bench/test_bench_beam.py`: B={B}, T={T}, V={V}, "
+        "peaky random log-posteriors (mostly blank, label spikes, uncertain frames; seed "
+        f"{SEED}). Sentences/s from the fastest round; slow decoders timed on {N_PEER} sentences (exact fast-ctc-decode, "
+        "pyctcdecode, flashlight) or 8 (Python oracle). Top-1 agreement: identical best token sequence as the "
+        f"plain-Python textbook prefix beam search at the same beam, over {N_AGREE} sentences.",
+        "",
+        "| decoder | mode | beam | threads | sentences/s | vs fast-ctc-decode exact | vs fast-ctc-decode cut "
+        "| vs 1 thread | top-1 agreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratio = lambda a, b: f"{a / b:.1f}x" if a >= b else f"{a / b:.2g}x"  # noqa: E731
+    for r in rows:
+        fx = ratio(r["rate"], ref[r["beam"]]) if r["beam"] in ref else ""
+        fc = ratio(r["rate"], ref_cut[r["beam"]]) if r["beam"] in ref_cut else ""
+        th = ""
+        if r["decoder"] == "fastdecoder" and r["threads"] > 1 and (r["mode"], r["beam"]) in one:
+            th = f"{r['rate'] / one[(r['mode'], r['beam'])]:.2f}x"
+        lines.append(f"| {r['decoder']} | {r['mode']} | {r['beam']} | {r['threads']} | {r['rate']:,.0f} | {fx} | {fc} "
+                     f"| {th} | {r['agree']:.3f} |")
+    skipped = [name for name, mod in [("fast-ctc-decode", "fast_ctc_decode"), ("pyctcdecode", "pyctcdecode"),
+                                      ("flashlight-text", "flashlight.lib.text.decoder")] if not _importable(mod)]
+    if skipped:
+        lines += ["", "Not installed here (rows skipped): " + ", ".join(skipped) + "."]
+    lines += [
+        "",
+        "Notes: fast-ctc-decode takes probabilities (exp of the same log-posteriors, converted outside the timing); "
+        f"its cut mode uses beam_cut_threshold = exp({CUT_LOGP:g}), the same cut as fastdecoder's "
+        f"token_min_logprob={CUT_LOGP:g}. pyctcdecode runs with its defaults (beam_prune_logp=-10, token_min_logp=-5). "
+        "flashlight-text runs lexicon-free with ZeroLM and log_add=True (max-merge degenerates to greedy).",
+        "",
+    ]
+    OUT.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _importable(mod):
+    try:
+        __import__(mod)
+        return True
+    except Exception:  # noqa: BLE001
+        return False

@@ -1,0 +1,326 @@
+// Exact CTC prefix beam search (see beam_search.hpp for the definition and the pruning argument).
+#include "beam_search.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include "thread_pool.hpp"
+
+namespace fastdecoder {
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// log(exp(a) + exp(b)); -inf safe.
+inline double lse(double a, double b) {
+  if (a < b) std::swap(a, b);
+  if (b == kNegInf) return a;
+  return a + std::log1p(std::exp(b - a));
+}
+
+// The k-th largest (0-based) of a[0..m): quickselect with branch-free partitions (random scores make the
+// comparisons of std::nth_element mispredict half the time). Uses buf (2m doubles); a is clobbered.
+double kth_largest(double* a, size_t m, size_t k, double* buf) {
+  while (m > 16) {
+    double x = a[0], y = a[m / 2], z = a[m - 1];  // median of three as pivot
+    if (x > y) std::swap(x, y);
+    const double p = std::max(x, std::min(y, z));
+    double* gt = buf;
+    double* lt = buf + m;
+    size_t ngt = 0, nlt = 0;
+    for (size_t i = 0; i < m; ++i) {
+      const double v = a[i];
+      gt[ngt] = v;
+      lt[nlt] = v;
+      ngt += v > p;
+      nlt += v < p;
+    }
+    if (k < ngt) {
+      std::copy(gt, gt + ngt, a);
+      m = ngt;
+    } else if (k < m - nlt) {
+      return p;
+    } else {
+      k -= m - nlt;
+      std::copy(lt, lt + nlt, a);
+      m = nlt;
+    }
+  }
+  std::sort(a, a + m, std::greater<double>());
+  return a[k];
+}
+
+}  // namespace
+
+int32_t PrefixBeamSearch::child(int32_t parent, int32_t token, int32_t frame) {
+  for (int32_t c = nodes_[parent].first_child; c >= 0; c = nodes_[c].next_sibling)
+    if (nodes_[c].token == token) return c;
+  const int32_t id = static_cast<int32_t>(nodes_.size());
+  const Node& p = nodes_[parent];
+  nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1});
+  nodes_[parent].first_child = id;
+  return id;
+}
+
+int PrefixBeamSearch::compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t tb) const {
+  if (pa < 0 || pb < 0) return (pa >= 0) - (pb >= 0);  // the empty prefix (root candidate) ranks first
+  if (pa == pb) return (ta > tb) - (ta < tb);
+  // A = seq(a) + [ua, ...], B = seq(b) + [ub, ...]; lift the deeper side to the other's depth.
+  int32_t a = pa, b = pb, ua = ta, ub = tb;
+  while (nodes_[a].depth > nodes_[b].depth) ua = nodes_[a].token, a = nodes_[a].parent;
+  while (nodes_[b].depth > nodes_[a].depth) ub = nodes_[b].token, b = nodes_[b].parent;
+  if (a == b) {  // one sequence starts with seq(a) + [u]: a shared next token means the shorter one is a prefix
+    if (ua != ub) return (ua > ub) - (ua < ub);
+    return (nodes_[pa].depth > nodes_[pb].depth) - (nodes_[pa].depth < nodes_[pb].depth);
+  }
+  while (a != b) ua = nodes_[a].token, a = nodes_[a].parent, ub = nodes_[b].token, b = nodes_[b].parent;
+  return (ua > ub) - (ua < ub);  // tokens of two distinct children of the common ancestor
+}
+
+PrefixBeamSearch::Cand PrefixBeamSearch::keep_best(int k) {
+  // k-th best score by a selection on plain doubles, then one pass keeps the better ones in place.
+  const size_t m = cands_.size();
+  scores_.resize(3 * m);
+  for (size_t i = 0; i < m; ++i) scores_[i] = cands_[i].score;
+  const double thr = kth_largest(scores_.data(), m, static_cast<size_t>(k - 1), scores_.data() + m);
+  // Keep score > thr (branch-free copy into the spare buffer), then fill up with exact ties at thr, which are
+  // ordered by token sequence (there is at least one: the k-th best itself).
+  spare_.resize(m);
+  size_t kept = 0;
+  for (size_t i = 0; i < m; ++i) {
+    spare_[kept] = cands_[i];
+    kept += cands_[i].score > thr;
+  }
+  ties_.clear();
+  for (size_t i = 0; i < m; ++i)
+    if (cands_[i].score == thr) ties_.push_back(cands_[i]);
+  const size_t need = static_cast<size_t>(k) - kept;
+  auto ranks_before = [this](const Cand& a, const Cand& b) { return before(a, b); };
+  if (ties_.size() > need) std::nth_element(ties_.begin(), ties_.begin() + (need - 1), ties_.end(), ranks_before);
+  Cand kth = ties_[0];
+  for (size_t i = 0; i < need; ++i) {
+    spare_[kept++] = ties_[i];
+    if (before(kth, ties_[i])) kth = ties_[i];
+  }
+  spare_.resize(kept);
+  cands_.swap(spare_);
+  return kth;
+}
+
+template <typename T>
+std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames, int64_t vocab, int64_t row_stride,
+                                                 int64_t col_stride, const BeamOptions& opt) {
+  const int k = opt.beam_width;
+  const int32_t blank = opt.blank;
+  const int64_t words = (vocab + 63) / 64;
+  const double cut = opt.token_min_logprob;
+
+  nodes_.clear();
+  nodes_.reserve(static_cast<size_t>(std::min<int64_t>(frames * k + 1, int64_t{1} << 20)));
+  nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1});  // node 0: the empty prefix
+  beam_.assign(1, Entry{0, -1, 0.0, kNegInf, 0.0});
+  best_ = 0.0;
+  row_.resize(static_cast<size_t>(vocab));
+  std::fill(child_mask_.begin(), child_mask_.end(), 0);
+  // Candidates are appended to cands_ while they can still make the beam; whenever cands_ reaches `cap`, it is cut
+  // back to its k best (keep_best), which raises the k-th best `kth` and with it the threshold thr = kth.score.
+  auto ranks_before = [this](const Cand& a, const Cand& b) { return before(a, b); };
+  const size_t cap = static_cast<size_t>(std::max(2 * k, k + 32));
+
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* src = lp_in + t * row_stride;
+    for (int64_t v = 0; v < vocab; ++v) row_[v] = static_cast<double>(src[v * col_stride]);
+    const double* lp = row_.data();
+    const double lp_blank = lp[blank];
+    const int n = static_cast<int>(beam_.size());
+    const int32_t stamp = static_cast<int32_t>(t);
+
+    // 1. Beam prefixes stay (blank; repeat collapses) and take the extension from a parent in the beam:
+    //    pb' = score + lp[blank], pnb' = lse(pnb + lp[c], ext from parent). Their scores are then final.
+    cands_.resize(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      const Entry& e = beam_[i];
+      Node& nd = nodes_[e.node];
+      nd.stamp = stamp;
+      nd.slot = i;
+      Cand& c = cands_[i];  // fields written one by one: a struct temporary copied in stalls store forwarding
+      c.pb = e.score + lp_blank;
+      c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
+      c.node = e.node;
+      c.parent = nd.parent;
+      c.token = nd.token;
+    }
+    // child_mask_ row j: the labels s with y_j+s in the beam (all bits are cleared again at the end of the frame).
+    if (child_mask_.size() < static_cast<size_t>(n * words)) child_mask_.resize(static_cast<size_t>(n * words), 0);
+    for (int i = 0; i < n; ++i) {
+      const int32_t parent = cands_[i].parent;
+      if (parent < 0 || nodes_[parent].stamp != stamp) continue;
+      const int j = nodes_[parent].slot;
+      const Entry& p = beam_[j];
+      const int32_t s = beam_[i].last;
+      cands_[i].pnb = lse(cands_[i].pnb, (s == p.last ? p.pb : p.score) + lp[s]);
+      child_mask_[j * words + s / 64] |= uint64_t{1} << (s % 64);
+    }
+    for (auto& c : cands_) c.score = lse(c.pb, c.pnb);
+    bool full = n >= k;
+    Cand kth{};
+    double thr = kNegInf;
+    if (full) {
+      kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
+      thr = kth.score;
+    }
+
+    // 2. New prefixes y+s (one parent each, so the score is final when proposed), labels by descending lp.
+    //    score(y) + lp[s] bounds the new score: once below the k-th best, no later label of y can enter.
+    labels_.clear();
+    const double best = best_;  // the best beam score
+    // No label below lp_floor can reach thr from the best prefix (the margin covers the rounding of thr - best).
+    const double margin = 1e-9 + 1e-15 * (std::fabs(thr) + std::fabs(best));
+    const double lp_floor = std::max(cut, thr - best - margin);
+    for (int32_t s = 0; s < vocab; ++s)
+      if (s != blank && lp[s] >= lp_floor) labels_.emplace_back(lp[s], s);
+    std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);  // ties: smaller token first
+    });
+    if (!labels_.empty()) {
+      const double top_lp = labels_.front().first;
+      for (int i = 0; i < n; ++i) {
+        const Entry& e = beam_[i];
+        if (full && e.score + top_lp < thr) continue;
+        const uint64_t* mask = child_mask_.data() + i * words;
+        for (const auto& [l, s] : labels_) {
+          const double bound = e.score + l;
+          if (full && bound < thr) break;
+          if (mask[s / 64] >> (s % 64) & 1) continue;  // y+s is in the beam: scored in step 1
+          const double sc = (s == e.last ? e.pb : e.score) + l;
+          if (sc == kNegInf || (full && sc < thr)) continue;
+          if (full && sc == thr && compare_tokens(e.node, s, kth.parent, kth.token) > 0) {  // loses an exact tie
+            if (bound == thr) break;  // later labels tie at best, with larger tokens
+            continue;
+          }
+          Cand& c = cands_.emplace_back();
+          c.score = sc;
+          c.pb = kNegInf;
+          c.pnb = sc;
+          c.node = -1;
+          c.parent = e.node;
+          c.token = s;
+          if (!full && static_cast<int>(cands_.size()) == k) {
+            kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
+            thr = kth.score;
+            full = true;
+          } else if (cands_.size() >= cap) {
+            kth = keep_best(k);
+            thr = kth.score;
+          }
+        }
+      }
+    }
+
+    for (int i = 0; i < n; ++i) {  // clear the child_mask_ bits set in step 1
+      const int32_t parent = nodes_[beam_[i].node].parent;
+      if (parent >= 0 && nodes_[parent].stamp == stamp)
+        child_mask_[nodes_[parent].slot * words + beam_[i].last / 64] = 0;
+    }
+
+    // 3. The k best form the next beam (in no particular order; the final beam is sorted at the end).
+    if (static_cast<int>(cands_.size()) > k) keep_best(k);
+    next_beam_.clear();
+    best_ = kNegInf;
+    for (const Cand& c : cands_) {
+      const int32_t node = c.node >= 0 ? c.node : child(c.parent, c.token, static_cast<int32_t>(t));
+      Entry& e = next_beam_.emplace_back();
+      e.node = node;
+      e.last = nodes_[node].token;
+      e.pb = c.pb;
+      e.pnb = c.pnb;
+      e.score = c.score;
+      best_ = std::max(best_, c.score);
+    }
+    beam_.swap(next_beam_);
+  }
+
+  // Final ranking: score descending, then tokens.
+  std::sort(beam_.begin(), beam_.end(), [this](const Entry& a, const Entry& b) {
+    if (a.score != b.score) return a.score > b.score;
+    return compare_tokens(nodes_[a.node].parent, nodes_[a.node].token, nodes_[b.node].parent, nodes_[b.node].token) < 0;
+  });
+  std::vector<Hypothesis> out;
+  const int m = std::min<int>(opt.nbest, static_cast<int>(beam_.size()));
+  out.reserve(static_cast<size_t>(m));
+  for (int i = 0; i < m; ++i) {
+    Hypothesis h;
+    h.log_score = beam_[i].score;
+    seq_.clear();
+    for (int32_t nd = beam_[i].node; nd > 0; nd = nodes_[nd].parent) seq_.push_back(nd);
+    std::reverse(seq_.begin(), seq_.end());
+    h.tokens.reserve(seq_.size());
+    for (int32_t nd : seq_) h.tokens.push_back(nodes_[nd].token);
+    if (opt.frames) {
+      h.frames.reserve(seq_.size());
+      for (int32_t nd : seq_) h.frames.push_back(nodes_[nd].frame);
+    }
+    out.push_back(std::move(h));
+  }
+  return out;
+}
+
+namespace {
+
+// First non-finite value of one sentence's used frames: true and (t, v) if any.
+template <typename T>
+bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
+                    int64_t* v_out) {
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* r = x + t * row_stride;
+    bool ok = true;
+    for (int64_t v = 0; v < vocab; ++v) ok &= std::isfinite(r[v * col_stride]);
+    if (ok) continue;
+    for (int64_t v = 0; v < vocab; ++v)
+      if (!std::isfinite(r[v * col_stride])) {
+        *t_out = t, *v_out = v;
+        return true;
+      }
+  }
+  return false;
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64_t batch, int64_t frames,
+                                                       int64_t vocab, int64_t batch_stride, int64_t row_stride,
+                                                       int64_t col_stride, const int64_t* lengths,
+                                                       const BeamOptions& opt, int num_threads) {
+  (void)frames;
+  std::vector<std::vector<Hypothesis>> out(static_cast<size_t>(batch));
+  std::vector<int64_t> bad(static_cast<size_t>(2 * batch), -1);  // (t, v) of a non-finite value per sentence
+  const int workers = resolve_num_threads(num_threads, batch);
+  std::vector<PrefixBeamSearch> searchers(static_cast<size_t>(workers));
+  parallel_for(batch, workers, [&](int64_t b, int w) {
+    const T* x = log_probs + b * batch_stride;
+    if (find_nonfinite(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
+    out[b] = searchers[w].decode(x, lengths[b], vocab, row_stride, col_stride, opt);
+  });
+  for (int64_t b = 0; b < batch; ++b)
+    if (bad[2 * b] >= 0)
+      throw std::invalid_argument("log_probs has a non-finite value (NaN or Inf) at [" + std::to_string(b) + ", " +
+                                  std::to_string(bad[2 * b]) + ", " + std::to_string(bad[2 * b + 1]) + "]");
+  return out;
+}
+
+#define FD_INSTANTIATE(T)                                                                                         \
+  template std::vector<Hypothesis> PrefixBeamSearch::decode<T>(const T*, int64_t, int64_t, int64_t, int64_t,     \
+                                                               const BeamOptions&);                             \
+  template std::vector<std::vector<Hypothesis>> beam_search_batch<T>(const T*, int64_t, int64_t, int64_t, int64_t, \
+                                                                     int64_t, int64_t, const int64_t*,           \
+                                                                     const BeamOptions&, int);
+FD_INSTANTIATE(float)
+FD_INSTANTIATE(double)
+#undef FD_INSTANTIATE
+
+}  // namespace fastdecoder

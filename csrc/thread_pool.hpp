@@ -1,0 +1,52 @@
+// A minimal parallel-for over independent work items: plain C++, no Python.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastdecoder {
+
+// Number of workers for a request: 0 = all hardware threads; never more than the number of items (or < 1).
+inline int resolve_num_threads(int requested, int64_t items) {
+  int n = requested > 0 ? requested : static_cast<int>(std::thread::hardware_concurrency());
+  if (n < 1) n = 1;
+  if (items < n) n = static_cast<int>(std::max<int64_t>(items, 1));
+  return n;
+}
+
+// Calls fn(item, worker) for item in [0, items) on `workers` threads (the calling thread is worker 0).
+// Items are handed out one at a time from an atomic counter, so uneven sentence lengths balance themselves.
+// The first exception thrown by any call is rethrown here after all workers have stopped.
+template <typename Fn>
+void parallel_for(int64_t items, int workers, Fn&& fn) {
+  if (workers <= 1 || items <= 1) {
+    for (int64_t i = 0; i < items; ++i) fn(i, 0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto work = [&](int worker) {
+    try {
+      for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < items;
+           i = next.fetch_add(1, std::memory_order_relaxed))
+        fn(i, worker);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next.store(items);  // stop handing out work
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(workers - 1));
+  for (int w = 1; w < workers; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (auto& th : threads) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace fastdecoder

@@ -1,0 +1,173 @@
+"""Command line: ``fastdecoder train | eval | data synth``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a decoder from a config (preset name or YAML file)")
+    p.add_argument("--config", required=True, help="YAML file or preset name (b2t25, b2t24, demo)")
+    p.add_argument("--data", help="b2t24 pickle file or b2t25 folder of session folders (overrides data.path)")
+    p.add_argument("--out", default=None, help="run folder for config, checkpoints, metrics, summary")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds an earlier run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run on a split")
+    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
+    p.add_argument("--split", default="val", help="val | test | train")
+    p.add_argument("--data", help="data path (default: the one the run was trained on)")
+    p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
+    p.add_argument("--beam-width", type=int, default=20)
+    p.add_argument("--device", default="cpu")
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="data utilities")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="write a synthetic dataset in a real file format")
+    s.add_argument("--format", required=True, choices=["b2t24", "b2t25"])
+    s.add_argument("--out", required=True, help="pickle file (b2t24) or folder (b2t25) to write")
+    s.add_argument("--days", type=int, default=None)
+    s.add_argument("--trials-per-day", type=int, default=None)
+    s.add_argument("--features", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    i = dsub.add_parser("info", help="summarise a dataset file or folder")
+    i.add_argument("path")
+
+
+def cmd_train(args) -> int:
+    from fastdecoder.config import load_config
+    from fastdecoder.train.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={json.dumps(args.data)}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and any(out.glob("*.pt")):
+        if not args.overwrite:
+            raise SystemExit(f"error: {out} already holds a run (checkpoints found); pass --overwrite to replace it "
+                             "or choose another --out")
+        for f in list(out.glob("*.pt")) + [out / "metrics.jsonl", out / "summary.json"]:
+            if f.exists():
+                f.unlink()
+    trainer = Trainer(cfg, out, progress=not args.no_progress)
+    print(f"training '{cfg.name}' on {trainer.cfg.data.path} ({trainer.dataset.format}, "
+          f"{trainer.dataset.n_days} days, {trainer.dataset.n_features} features, "
+          f"{len(trainer.train_split)} training trials) on {trainer.device}", flush=True)
+    summary = trainer.fit()
+    print(json.dumps(summary, indent=2))
+    if "val_per" in summary:
+        beam = summary.get("val_per_beam")
+        extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
+        print(f"validation PER: greedy {summary['val_per']:.4f}{extra}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from fastdecoder.config import config_from_dict
+    from fastdecoder.data import load_dataset
+    from fastdecoder.phonemes import ids_to_text
+    from fastdecoder.train.evaluate import evaluate
+    from fastdecoder.train.trainer import beam_per, load_run
+    import torch
+
+    run = Path(args.run)
+    cfg, model, state = load_run(run, args.checkpoint, args.device)
+    data_path = args.data or cfg.data.path
+    ds = load_dataset(data_path, "auto")
+    if args.split not in ds.splits:
+        raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
+    split = ds.splits[args.split]
+    from fastdecoder.ops import augment, gaussian_taps
+
+    taps = gaussian_taps(cfg.model.smooth_taps) if cfg.model.smoothing == "input" else None
+    transform = (lambda x, lens: augment(x, lens, smooth_taps=taps)) if taps is not None else (lambda x, lens: x)
+    res = evaluate(model, split, transform=transform, device=torch.device(args.device),
+                   batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
+                   patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam")
+    out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,
+           "trials": res.n_trials}
+    beam_hyps = None
+    if split.targets is not None:
+        out["per_greedy"] = res.per
+    if args.decoder == "beam":
+        from fastdecoder.decode import beam_search
+
+        T = max(lp.shape[0] for lp in res.log_probs)
+        arr = np.zeros((len(res.log_probs), T, res.log_probs[0].shape[1]), dtype=np.float32)
+        lens = np.array([lp.shape[0] for lp in res.log_probs])
+        for i, lp in enumerate(res.log_probs):
+            arr[i, : lp.shape[0]] = lp
+        beam_hyps = [h[0][0] for h in beam_search(arr, lens, beam_width=args.beam_width)]
+        if split.targets is not None:
+            out["per_beam"], out["beam_width"] = beam_per(res, split, args.beam_width)
+    pred_path = run / f"predictions_{args.split}_{args.checkpoint}.jsonl"
+    with open(pred_path, "w") as f:
+        for k, i in enumerate(res.indices):
+            rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
+            if beam_hyps is not None:
+                rec["beam"] = ids_to_text(beam_hyps[k])
+            if split.targets is not None:
+                rec["target"] = ids_to_text(split.targets[i])
+            f.write(json.dumps(rec) + "\n")
+    out["predictions"] = str(pred_path)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from fastdecoder.data import SynthSpec, load_dataset, write_synthetic
+
+    if args.data_cmd == "synth":
+        kw = {"seed": args.seed}
+        if args.days is not None:
+            kw["n_days"] = args.days
+        if args.trials_per_day is not None:
+            kw["trials_per_day"] = args.trials_per_day
+        if args.features is not None:
+            kw["n_features"] = args.features
+        elif args.format == "b2t25":
+            kw["n_features"] = 512
+        path = write_synthetic(Path(args.out), args.format, SynthSpec(**kw))
+        print(f"wrote synthetic {args.format} data to {path}")
+        return 0
+    ds = load_dataset(args.path)
+    print(f"{args.path}: format {ds.format}, {ds.n_days} days, {ds.n_features} features")
+    for name, s in ds.splits.items():
+        lens = [len(f) for f in s.features]
+        print(f"  {name}: {len(s)} trials, {min(lens)}-{max(lens)} bins, labels: {s.targets is not None}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdecoder", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_data(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from fastdecoder.config import ConfigError
+
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}[args.cmd](args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

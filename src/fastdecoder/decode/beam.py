@@ -1,0 +1,128 @@
+"""Native CTC prefix beam search: exact, multithreaded over the batch.
+
+The algorithm is the textbook prefix beam search in natural-log space (one merged entry per prefix; blank- and
+label-ending mass combined with log-sum-exp); ``csrc/beam_search.hpp`` states it, ``tests/ctc_oracle.py`` is the
+plain-Python definition it is tested against. Pruning is lossless: only extensions that provably cannot enter the beam
+are skipped, so results equal the unpruned search. ``token_min_logprob`` is an optional lossy cut.
+
+Tie rule (equal float scores, which only symmetric inputs produce): the lexicographically smaller token sequence
+ranks first, a proper prefix before its extensions.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from fastdecoder import _native
+
+__all__ = ["beam_search", "num_cpu_threads"]
+
+
+def num_cpu_threads() -> int:
+    """Threads that ``num_threads=0`` uses (std::thread::hardware_concurrency())."""
+    return int(_native.hardware_threads())
+
+
+def _as_array(log_probs) -> np.ndarray:
+    if isinstance(log_probs, torch.Tensor):
+        if log_probs.device.type != "cpu":
+            raise ValueError(
+                f"log_probs is a {log_probs.device.type} tensor; beam_search runs on the CPU: pass "
+                "log_probs.cpu() (one copy of (B, T, V) floats)"
+            )
+        t = log_probs.detach()
+        if t.dtype not in (torch.float32, torch.float64):
+            if not t.dtype.is_floating_point:
+                raise ValueError(f"log_probs must be floating point, got {t.dtype}")
+            t = t.float()
+        if t.is_conj() or t.is_neg():
+            t = t.resolve_conj().resolve_neg()
+        return t.numpy()  # a view with the tensor's strides (no copy)
+    arr = np.asarray(log_probs)
+    if arr.dtype not in (np.float32, np.float64):
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"log_probs must be a float array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float32 if arr.dtype.itemsize <= 4 else np.float64)
+    if arr.ndim == 3 and any(s % arr.itemsize for s in arr.strides):
+        arr = np.ascontiguousarray(arr)  # strides that are not a whole number of elements
+    return arr
+
+
+def _as_lengths(lengths, B: int, T: int) -> np.ndarray:
+    if lengths is None:
+        return np.full(B, T, dtype=np.int64)
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.detach().cpu().numpy()
+    lens = np.asarray(lengths)
+    if lens.ndim == 0:
+        lens = lens.reshape(1)
+    if lens.ndim != 1 or lens.shape[0] != B:
+        raise ValueError(f"lengths must have shape ({B},), got {tuple(lens.shape)}")
+    if lens.dtype.kind == "f":
+        if not np.all(np.isfinite(lens)) or np.any(lens != np.round(lens)):
+            raise ValueError("lengths must be whole numbers of frames")
+    elif lens.dtype.kind not in "iub":
+        raise ValueError(f"lengths must be integers, got dtype {lens.dtype}")
+    lens = lens.astype(np.int64)
+    if B and (lens.min() < 0 or lens.max() > T):
+        bad = int(np.flatnonzero((lens < 0) | (lens > T))[0])
+        raise ValueError(f"lengths must lie in [0, T={T}]; lengths[{bad}] = {int(lens[bad])}")
+    return np.ascontiguousarray(lens)
+
+
+def _int_arg(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def beam_search(log_probs, lengths=None, *, beam_width: int = 20, blank: int = 0, nbest: int = 1,
+                token_min_logprob: float | None = None, num_threads: int = 0, return_frames: bool = False):
+    """Exact CTC prefix beam search over a batch.
+
+    Args:
+        log_probs: (B, T, V) natural-log probabilities (e.g. ``logits.log_softmax(-1)``), float32 or float64, a NumPy
+            array or a CPU torch tensor with any strides. Every value in the used frames must be finite.
+        lengths: (B,) valid frames per sentence (default: all T). A sentence of 0 frames decodes to ``[]``, score 0.
+        beam_width: prefixes kept per frame (>= 1). Beam 1 equals greedy decoding on confident posteriors (each
+            frame's best class far above the rest); on uncertain frames it ranks merged prefix mass instead.
+        blank: the CTC blank class.
+        nbest: hypotheses returned per sentence (1 <= nbest <= beam_width); fewer when fewer prefixes exist.
+        token_min_logprob: optional lossy cut: a label whose log-probability at a frame is below this proposes no new
+            prefix there (e.g. -5). Prefixes already in the beam keep all their mass. None = exact.
+        num_threads: decoding threads (0 = all cores); the GIL is released while decoding. Results do not depend on it.
+        return_frames: also return, per token, the frame at which its prefix first entered the beam.
+
+    Returns:
+        One list per sentence of up to ``nbest`` tuples ``(tokens, log_score)`` (or ``(tokens, log_score, frames)``),
+        best first; ``log_score`` is the log of the total probability of the alignments of that prefix that the beam
+        kept (the full prefix probability when the beam never dropped one of its ancestors).
+    """
+    arr = _as_array(log_probs)
+    if arr.ndim != 3:
+        raise ValueError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")
+    B, T, V = arr.shape
+    if V < 1:
+        raise ValueError("log_probs has an empty class dimension (V = 0)")
+    blank = _int_arg("blank", blank, 0)
+    if blank >= V:
+        raise ValueError(f"blank={blank} is out of range for {V} classes")
+    beam_width = _int_arg("beam_width", beam_width, 1)
+    nbest = _int_arg("nbest", nbest, 1)
+    if nbest > beam_width:
+        raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}: the beam holds at most beam_width prefixes")
+    num_threads = _int_arg("num_threads", num_threads, 0)
+    if token_min_logprob is None:
+        cut = float("-inf")
+    else:
+        cut = float(token_min_logprob)
+        if np.isnan(cut):
+            raise ValueError("token_min_logprob must be a number or None, got NaN")
+    lens = _as_lengths(lengths, B, T)
+    fn = _native.beam_search_f64 if arr.dtype == np.float64 else _native.beam_search_f32
+    # The native side reports non-finite inputs as ValueError naming [b, t, v].
+    return fn(arr, lens, beam_width, blank, nbest, cut, bool(return_frames), num_threads)

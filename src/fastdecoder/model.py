@@ -1,0 +1,213 @@
+"""GRUDecoder: the reference model of both presets (DESIGN.md section 2), and loaders for the reference checkpoints.
+
+Forward: x (B, T, C) float32 neural features in 20 ms bins, day_idx (B,) int64 -> logits (B, N, 41), with
+N = (T - patch_size) // patch_stride + 1.
+
+    [smoothing, b2t24 only] -> day layer: softsign(x W_day + b_day) -> dropout -> patching -> GRU -> Linear head
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdecoder.config import ModelConfig
+
+
+def _smooth_taps(name: str) -> torch.Tensor:
+    from fastdecoder.ops import gaussian_taps
+
+    return gaussian_taps(name).to(torch.float32)
+
+
+class GRUDecoder(nn.Module):
+    """Day layers + patching + (LayerNorm-)GRU + linear head.
+
+    cfg.n_features (C) and cfg.n_days must be set (the trainer takes them from the data).
+    """
+
+    def __init__(self, cfg: ModelConfig, smoothing_backend: str = "auto", rnn_backend: str = "auto"):
+        super().__init__()
+        if cfg.n_features is None or cfg.n_days is None:
+            raise ValueError("ModelConfig.n_features and n_days must be set (they come from the data)")
+        self.cfg = cfg
+        C, H, D = cfg.n_features, cfg.hidden_size, cfg.n_days
+        self.smoothing_backend = smoothing_backend
+        # Day layers: identity init, zero bias (stacked: (days, C, C) and (days, 1, C)).
+        self.day_weights = nn.Parameter(torch.eye(C).repeat(D, 1, 1))
+        self.day_biases = nn.Parameter(torch.zeros(D, 1, C))
+        self.input_dropout = nn.Dropout(cfg.input_dropout)
+        # Smoothing taps of the in-model smoothing (b2t24); a buffer so loaded checkpoints keep their own kernel.
+        taps = _smooth_taps(cfg.smooth_taps) if cfg.smoothing == "model" else torch.zeros(0)
+        self.register_buffer("smooth_taps", taps)
+
+        in_size = C * cfg.patch_size
+        dirs = 2 if cfg.bidirectional else 1
+        dropout = cfg.rnn_dropout if cfg.num_layers > 1 else 0.0
+        if cfg.rnn == "gru":
+            self.rnn = nn.GRU(in_size, H, cfg.num_layers, batch_first=True, dropout=dropout,
+                              bidirectional=cfg.bidirectional)
+            for name, p in self.rnn.named_parameters():
+                if "weight_hh" in name:
+                    nn.init.orthogonal_(p)
+                elif "weight_ih" in name:
+                    nn.init.xavier_uniform_(p)
+        else:
+            from fastdecoder.nn import LayerNormGRU  # inits weight_hh orthogonal, weight_ih xavier
+
+            self.rnn = LayerNormGRU(in_size, H, cfg.num_layers, batch_first=True, dropout=dropout,
+                                    bidirectional=cfg.bidirectional, backend=rnn_backend)
+        if cfg.learn_h0:
+            self.h0 = nn.Parameter(nn.init.xavier_uniform_(torch.zeros(1, 1, H)))
+        else:
+            self.register_parameter("h0", None)
+        self.head = nn.Linear(H * dirs, cfg.n_classes)
+        if cfg.head_init == "xavier":
+            nn.init.xavier_uniform_(self.head.weight)
+
+    # -- pieces of the forward, usable on their own -------------------------------------------------------------
+    def smooth(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """In-model Gaussian smoothing over time (b2t24); identity when the preset smooths outside the model."""
+        if self.cfg.smoothing != "model":
+            return x
+        from fastdecoder.ops import augment
+
+        return augment(x, lengths, smooth_taps=self.smooth_taps, backend=self.smoothing_backend)
+
+    def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor) -> torch.Tensor:
+        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C)."""
+        y = torch.bmm(x, self.day_weights[day_idx]) + self.day_biases[day_idx]
+        return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+
+    def patch(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, N, K*C) windows of K bins every S bins, in the preset's feature order."""
+        K, S = self.cfg.patch_size, self.cfg.patch_stride
+        if x.shape[1] < K:
+            raise ValueError(f"input has {x.shape[1]} time bins, fewer than one patch of {K}")
+        w = x.unfold(1, K, S)  # (B, N, C, K)
+        if self.cfg.patch_order == "time_major":  # index k*C + c (b2t25)
+            w = w.transpose(2, 3)
+        return w.reshape(x.shape[0], w.shape[1], -1)  # channel_major: index c*K + k (b2t24, nn.Unfold)
+
+    def initial_state(self, batch: int) -> torch.Tensor | None:
+        if self.h0 is None:
+            return None
+        dirs = 2 if self.cfg.bidirectional else 1
+        return self.h0.expand(self.cfg.num_layers * dirs, batch, self.cfg.hidden_size).contiguous()
+
+    def forward(self, x: torch.Tensor, day_idx: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C) float, day_idx: (B,) int64, lengths: optional (B,) valid bins -> logits (B, N, n_classes)."""
+        if x.dim() != 3 or x.shape[2] != self.cfg.n_features:
+            raise ValueError(f"x must be (batch, time, {self.cfg.n_features}), got {tuple(x.shape)}")
+        if day_idx.shape != (x.shape[0],):
+            raise ValueError(f"day_idx must be ({x.shape[0]},), got {tuple(day_idx.shape)}")
+        x = self.smooth(x, lengths)
+        x = self.input_dropout(self.day_layer(x, day_idx))
+        x = self.patch(x)
+        out, _ = self.rnn(x, self.initial_state(x.shape[0]))
+        return self.head(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference checkpoints (layouts in DESIGN.md section 2)
+
+_CFFAN_GRU = re.compile(r"^gru_decoder\.(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
+_NEJM_GRU = re.compile(r"^gru\.(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
+
+
+def _read_state_dict(path_or_state_dict) -> dict:
+    if isinstance(path_or_state_dict, Mapping):
+        sd = dict(path_or_state_dict)
+    else:
+        path = Path(path_or_state_dict)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means: not a plain tensor checkpoint
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint of tensors: {e}") from None
+    if "model_state_dict" in sd and isinstance(sd["model_state_dict"], Mapping):
+        sd = dict(sd["model_state_dict"])
+    return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in sd.items()}
+
+
+def _gru_layout(sd: dict, pattern: re.Pattern) -> tuple[int, int, bool]:
+    layers, bidir, hidden = 0, False, None
+    for k, v in sd.items():
+        m = pattern.match(k)
+        if m:
+            layers = max(layers, int(m.group(3)) + 1)
+            bidir |= m.group(4) is not None
+            if m.group(1) == "weight" and m.group(2) == "hh":
+                hidden = v.shape[1]
+    if not layers or hidden is None:
+        raise ValueError("the state dict has no GRU weights (expected gru_decoder.* or gru.* keys)")
+    return layers, hidden, bidir
+
+
+def load_reference_checkpoint(path_or_state_dict, preset: str = "b2t25", *, patch_stride: int = 4,
+                              strict: bool = True) -> GRUDecoder:
+    """Load a model trained by a reference repository into a GRUDecoder that gives the same logits.
+
+    preset "b2t24": cffan/neural_seq_decoder's ``modelWeights`` (dayWeights, dayBias, gaussianSmoother.weight,
+    gru_decoder.*, fc_decoder_out.*); "b2t25": the NEJM checkpoint dict (model_state_dict with day_weights.{i},
+    day_biases.{i}, gru.*, out.*, h0; torch.compile's ``_orig_mod.`` prefix accepted). Sizes come from the tensors;
+    the stride (not stored in either layout) defaults to both presets' 4.
+    """
+    from fastdecoder.config import load_config
+
+    sd = _read_state_dict(path_or_state_dict)
+    base = load_config(preset).model
+    if preset == "b2t24":
+        need = ("dayWeights", "dayBias", "fc_decoder_out.weight", "fc_decoder_out.bias")
+        missing = [k for k in need if k not in sd]
+        if missing:
+            raise ValueError(f"not a cffan/neural_seq_decoder state dict: missing {', '.join(missing)}")
+        layers, hidden, bidir = _gru_layout(sd, _CFFAN_GRU)
+        n_days, C, _ = sd["dayWeights"].shape
+        in_size = sd["gru_decoder.weight_ih_l0"].shape[1]
+        cfg = replace(base, n_features=C, n_days=n_days, hidden_size=hidden, num_layers=layers,
+                      bidirectional=bidir, patch_size=in_size // C, patch_stride=patch_stride,
+                      n_classes=sd["fc_decoder_out.weight"].shape[0])
+        new = {"day_weights": sd["dayWeights"], "day_biases": sd["dayBias"],
+               "head.weight": sd["fc_decoder_out.weight"], "head.bias": sd["fc_decoder_out.bias"]}
+        if "gaussianSmoother.weight" in sd:
+            new["smooth_taps"] = sd["gaussianSmoother.weight"][0, 0].float()
+        for k, v in sd.items():
+            if k.startswith("gru_decoder."):
+                new["rnn." + k[len("gru_decoder."):]] = v
+        ignored = [k for k in sd if k.startswith("inpLayer")]  # unused in the reference forward
+    elif preset == "b2t25":
+        day_keys = sorted((k for k in sd if k.startswith("day_weights.")), key=lambda k: int(k.split(".")[1]))
+        if not day_keys or "out.weight" not in sd:
+            raise ValueError("not a NEJM brain-to-text state dict: expected day_weights.{i}, gru.*, out.* keys")
+        layers, hidden, _ = _gru_layout(sd, _NEJM_GRU)
+        C = sd[day_keys[0]].shape[0]
+        in_size = sd["gru.weight_ih_l0"].shape[1]
+        n_days = len(day_keys)
+        cfg = replace(base, n_features=C, n_days=n_days, hidden_size=hidden, num_layers=layers,
+                      bidirectional=False, patch_size=in_size // C, patch_stride=patch_stride,
+                      n_classes=sd["out.weight"].shape[0], learn_h0="h0" in sd)
+        new = {"day_weights": torch.stack([sd[f"day_weights.{i}"] for i in range(n_days)]),
+               "day_biases": torch.stack([sd[f"day_biases.{i}"].reshape(1, C) for i in range(n_days)]),
+               "head.weight": sd["out.weight"], "head.bias": sd["out.bias"]}
+        if "h0" in sd:
+            new["h0"] = sd["h0"]
+        for k, v in sd.items():
+            if k.startswith("gru."):
+                new["rnn." + k[len("gru."):]] = v
+        ignored = []
+    else:
+        raise ValueError(f"preset must be 'b2t24' or 'b2t25', got {preset!r}")
+    if in_size % C:
+        raise ValueError(f"GRU input size {in_size} is not a multiple of the {C} features")
+    model = GRUDecoder(cfg)
+    new.setdefault("smooth_taps", model.smooth_taps)  # the preset's taps unless the checkpoint stores its own
+    model.load_state_dict(new, strict=strict)
+    model.ignored_reference_keys = ignored
+    return model.eval()

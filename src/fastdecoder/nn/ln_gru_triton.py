@@ -1,0 +1,203 @@
+"""Triton path of the LayerNorm-GRU: forward and backward launchers for one layer (both directions) and the
+autograd Function wrapping them. The kernels live in ``fastdecoder.kernels.ln_gru`` (imported lazily: importing
+this module does not import triton); the definition and the plain-PyTorch reference are in ``ln_gru.py``.
+
+Buffers of one layer and direction (B batch, T steps, H hidden, N = 3H; ``cdt`` the GEMM dtype: bf16 under autocast,
+else the input dtype; ``sdt`` the dtype of the state and the output: fp32 under autocast, else the input dtype):
+
+============  ===========  =====  ==========================================================================
+name          shape        dtype  role
+============  ===========  =====  ==========================================================================
+p             (B, T, N)    cdt    x W_ih^T (one GEMM), saved
+mean/rstd_x   (B*T,)       fp32   LN statistics of p, saved
+ax            (T, B, N)    fp32   LN(p) * g_ih + b_ih, time-major, forward only
+hh            (T, B, N)    cdt    h_{t-1} W_hh^T, one GEMM per step, saved
+mean/rstd_h   (T, B)       fp32   LN statistics of hh, saved
+out           (B, T, D*H)  sdt    the output sequence (h_t of both directions side by side), saved
+============  ===========  =====  ==========================================================================
+
+The gates are not saved: the backward kernel recomputes them from p, hh and the statistics (cheap, and it halves
+the activation memory of the recurrence).
+"""
+from __future__ import annotations
+
+import torch
+
+_N_PARAMS = 6  # per direction: weight_ih, weight_hh, bias_ih, bias_hh, ln_ih_weight, ln_hh_weight
+
+
+def _kernels():
+    from fastdecoder.kernels import ln_gru as K  # imports triton
+
+    return K
+
+
+def _ln_bwd_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _time_order(d: int, T: int):
+    """Time indices in processing order and the previous index of each (-1: the initial state)."""
+    if d == 0:
+        return [(t, t - 1) for t in range(T)]
+    return [(t, t + 1 if t + 1 < T else -1) for t in range(T - 1, -1, -1)]
+
+
+class LNGRULayerFunction(torch.autograd.Function):
+    """One LayerNorm-GRU layer, all directions: ``(x (B,T,I), h0 (D,B,H), params) -> (out (B,T,D*H), h_n (D,B,H))``.
+
+    ``params`` is the flat list of D groups ``(weight_ih, weight_hh, bias_ih, bias_hh, ln_ih_weight, ln_hh_weight)``
+    (biases may be None). Call it through :func:`ln_gru_layer_triton`, which settles the dtypes and autocast.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, eps, cdt, sdt, *params):
+        K = _kernels()
+        B, T, I = x.shape
+        D = len(params) // _N_PARAMS
+        H = params[1].shape[1]
+        N = 3 * H
+        dev = x.device
+        f32 = torch.float32
+        ctx.x_dtype, ctx.h0_dtype = x.dtype, h0.dtype
+        x_c = x.to(cdt).contiguous()
+        h0 = h0.to(sdt).contiguous()
+        out = torch.empty(B, T, D * H, device=dev, dtype=sdt)
+        h_n = torch.empty(D, B, H, device=dev, dtype=sdt)
+        s_out_b, s_out_t = out.stride(0), out.stride(1)
+        cast = cdt != sdt
+        hc = torch.empty(B, H, device=dev, dtype=cdt) if cast else None
+        saved = []
+        for d in range(D):
+            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[_N_PARAMS * d: _N_PARAMS * (d + 1)]
+            # input side for all steps: one GEMM + one LN kernel
+            p = torch.matmul(x_c, w_ih.to(cdt).t()).contiguous()              # (B, T, N)
+            ax = torch.empty(T, B, N, device=dev, dtype=f32)
+            mean_x = torch.empty(B * T, device=dev, dtype=f32)
+            rstd_x = torch.empty(B * T, device=dev, dtype=f32)
+            K.ln_rows_fwd(p, g_ih, b_ih, eps, ax, mean_x, rstd_x)
+            # recurrence: per step one GEMM + one fused kernel
+            hh = torch.empty(T, B, N, device=dev, dtype=cdt)
+            mean_h = torch.empty(T, B, device=dev, dtype=f32)
+            rstd_h = torch.empty(T, B, device=dev, dtype=f32)
+            w_hh_t = w_hh.to(cdt).t()
+            h0_d = h0[d]
+            h0_c = h0_d.to(cdt)
+            col = d * H
+            out_steps = out[..., col:col + H].unbind(1)                          # T views (B, H)
+            hh_steps = hh.unbind(0)
+            for t, prev in _time_order(d, T):
+                if prev < 0:
+                    hp, hp_off, s_hp_b, hp_c = h0_d, 0, H, h0_c
+                else:
+                    hp, hp_off, s_hp_b = out, prev * s_out_t + col, s_out_b
+                    hp_c = hc if cast else out_steps[prev]
+                torch.mm(hp_c, w_hh_t, out=hh_steps[t])                         # HH_t = h_{t-1} W_hh^T
+                K.gru_step_fwd(ax, t * B * N, hh, t * B * N, hp, hp_off, s_hp_b,
+                               out, t * s_out_t + col, s_out_b, hc, g_hh, b_hh,
+                               mean_h, rstd_h, t * B, B, H, eps)
+            h_n[d] = out_steps[T - 1 if d == 0 else 0]
+            saved += [p, mean_x, rstd_x, hh, mean_h, rstd_h]
+            del ax
+        ctx.save_for_backward(x_c, h0, out, *params, *saved)
+        ctx.dims = (B, T, I, D, H)
+        ctx.cdt, ctx.sdt = cdt, sdt
+        ctx.has_bias = params[2] is not None
+        return out, h_n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dh_n):
+        K = _kernels()
+        B, T, I, D, H = ctx.dims
+        N = 3 * H
+        cdt = ctx.cdt
+        f32 = torch.float32
+        x_c, h0, out, *rest = ctx.saved_tensors
+        params = rest[: _N_PARAMS * D]
+        saved = rest[_N_PARAMS * D:]
+        dev = out.device
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        dh_n = torch.zeros(D, B, H, device=dev, dtype=f32) if dh_n is None else dh_n
+        s_do_b, s_do_t = dout.stride(0), dout.stride(1)
+        s_out_b, s_out_t = out.stride(0), out.stride(1)
+        need = ctx.needs_input_grad
+        has_bias = ctx.has_bias
+        dx2 = None
+        dh0 = torch.empty(D, B, H, device=dev, dtype=f32)
+        dparams = [None] * len(params)
+        n_prog = _ln_bwd_programs(dev)
+        for d in range(D):
+            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[_N_PARAMS * d: _N_PARAMS * (d + 1)]
+            p, mean_x, rstd_x, hh, mean_h, rstd_h = saved[6 * d: 6 * (d + 1)]
+            col = d * H
+            da = torch.empty(B, T, N, device=dev, dtype=f32)                    # d a_x, batch-major like p
+            dhh = torch.empty(T, B, N, device=dev, dtype=cdt)                  # d HH, time-major like hh
+            dcarry = dh_n[d].to(f32).contiguous().clone()                       # dh_T enters the carried term
+            gmm = torch.zeros(B, H, device=dev, dtype=cdt)
+            dg_acc = torch.zeros(B, N, device=dev, dtype=f32)
+            db_acc = torch.zeros(B, N, device=dev, dtype=f32) if has_bias else None
+            w_hh_c = w_hh.to(cdt)
+            h0_d = h0[d]
+            dhh_steps = dhh.unbind(0)
+            for t, prev in reversed(_time_order(d, T)):
+                if prev < 0:
+                    hp, hp_off, s_hp_b = h0_d, 0, H
+                else:
+                    hp, hp_off, s_hp_b = out, prev * s_out_t + col, s_out_b
+                K.gru_step_bwd(p, t * N, T * N, mean_x, rstd_x, t, T, g_ih, b_ih,
+                               hh, t * B * N, mean_h, rstd_h, t * B, g_hh, b_hh,
+                               hp, hp_off, s_hp_b, dout, t * s_do_t + col, s_do_b, dcarry, gmm,
+                               da, t * N, T * N, dhh, t * B * N, dg_acc, db_acc, B, H)
+                torch.mm(dhh_steps[t], w_hh_c, out=gmm)                          # dHH_t W_hh -> dh_{t-1}
+            dh0[d] = dcarry + gmm
+            base = _N_PARAMS * d
+            # recurrent weights: dW_hh = sum_t dHH_t^T h_{t-1}, one GEMM over the stacked steps
+            if need[5 + base + 1]:
+                out_tm = out[..., col:col + H].transpose(0, 1)                 # (T, B, H) view
+                if d == 0:
+                    hprev = torch.cat([h0_d[None], out_tm[:-1]])
+                else:
+                    hprev = torch.cat([out_tm[1:], h0_d[None]])
+                hprev = hprev.to(cdt).view(T * B, H)
+                dparams[base + 1] = torch.mm(dhh.view(T * B, N).t(), hprev).to(w_hh.dtype)
+            dparams[base + 5] = dg_acc.sum(0).to(g_hh.dtype)
+            if has_bias:
+                dparams[base + 3] = db_acc.sum(0).to(b_hh.dtype)
+            del dhh, dg_acc, db_acc
+            # input side: LN backward of all rows in one kernel, then dW_ih and dx as two GEMMs
+            dp = da if cdt == f32 else torch.empty(B, T, N, device=dev, dtype=cdt)
+            dg_ih, db_ih = K.ln_rows_bwd(da.view(B * T, N), p.view(B * T, N), mean_x, rstd_x, g_ih,
+                                         dp.view(B * T, N), n_prog)
+            dp2 = dp.view(B * T, N)
+            dparams[base + 4] = dg_ih.to(g_ih.dtype)
+            if has_bias:
+                dparams[base + 2] = db_ih.to(b_ih.dtype)
+            if need[5 + base]:
+                dparams[base] = torch.mm(dp2.t(), x_c.view(B * T, I)).to(w_ih.dtype)
+            if need[0]:
+                # the directions' terms are summed in fp32 (as autograd sums the reference's per-direction grads)
+                dxd = torch.mm(dp2, w_ih.to(cdt))
+                dx2 = (dxd if cdt == f32 else dxd.float()) if dx2 is None else dx2.add_(dxd)
+        dx = dx2.view(B, T, I).to(ctx.x_dtype) if dx2 is not None else None
+        dh0 = dh0.to(ctx.h0_dtype) if need[1] else None
+        return (dx, dh0, None, None, None, *dparams)
+
+
+@torch.compiler.disable
+def ln_gru_layer_triton(x: torch.Tensor, h0: torch.Tensor, params, eps: float):
+    """One layer, all directions, on the Triton path. ``x`` (B, T, I), ``h0`` (D, B, H); returns (out, h_n).
+
+    Under autocast the GEMMs run in the autocast dtype and the state, the LN and gate arithmetic and the output
+    stay in fp32 (as the reference under autocast: ``layer_norm`` autocasts to fp32). ``torch.compile`` sees a
+    graph break here (a Python loop of kernel launches is not worth tracing).
+    """
+    dev_type = x.device.type
+    if torch.is_autocast_enabled(dev_type):
+        cdt, sdt = torch.get_autocast_dtype(dev_type), torch.float32
+    else:
+        cdt = sdt = x.dtype
+    with torch.autocast(dev_type, enabled=False):
+        return LNGRULayerFunction.apply(x, h0, float(eps), cdt, sdt, *params)

@@ -1,0 +1,70 @@
+"""Config: presets hold DESIGN.md's values, unknown keys are errors naming the key, overrides work."""
+import pytest
+
+from fastdecoder.config import ConfigError, config_from_dict, load_config
+
+
+def test_b2t25_preset_values():
+    c = load_config("b2t25")
+    m, a, o, t = c.model, c.augment, c.optim, c.train
+    assert (m.hidden_size, m.num_layers, m.bidirectional, m.rnn_dropout, m.input_dropout) == (768, 5, False, 0.4, 0.2)
+    assert (m.patch_size, m.patch_stride, m.patch_order, m.smoothing, m.smooth_taps, m.learn_h0) == \
+        (14, 4, "time_major", "input", "b2t25", True)
+    assert (a.white_noise_std, a.constant_offset_std, a.random_cut) == (1.0, 0.2, 3)
+    assert (o.name, o.lr, o.betas, o.eps, o.weight_decay, o.day_lr, o.day_weight_decay) == \
+        ("adamw", 0.005, (0.9, 0.999), 0.1, 0.001, 0.005, 0.0)
+    assert (o.schedule, o.warmup_steps, o.decay_steps, o.lr_min, o.grad_clip) == \
+        ("warmup_cosine", 1000, 120000, 1e-4, 10.0)
+    assert (t.batch_size, t.steps, t.amp, t.compile) == (64, 120000, "bf16", True)
+    assert (c.data.batching, c.data.days_per_batch) == ("days", 4)
+    assert (c.ctc.reduction, c.ctc.zero_infinity, c.ctc.output_lengths) == ("mean_batch", False, "exact")
+
+
+def test_b2t24_preset_values():
+    c = load_config("b2t24")
+    m, a, o, t = c.model, c.augment, c.optim, c.train
+    assert (m.hidden_size, m.num_layers, m.bidirectional, m.rnn_dropout) == (1024, 5, True, 0.4)
+    assert (m.patch_size, m.patch_stride, m.patch_order, m.smoothing, m.smooth_taps, m.learn_h0) == \
+        (32, 4, "channel_major", "model", "b2t24", False)
+    assert (a.white_noise_std, a.constant_offset_std, a.random_cut) == (0.8, 0.2, 0)
+    assert (o.name, o.lr, o.eps, o.weight_decay, o.schedule, o.grad_clip) == ("adam", 0.02, 0.1, 1e-5, "constant", 0.0)
+    assert (t.batch_size, t.steps) == (64, 10000)
+    assert c.data.batching == "random"
+    assert (c.ctc.reduction, c.ctc.zero_infinity) == ("mean_target", True)
+
+
+def test_demo_preset_loads():
+    c = load_config("demo")
+    assert c.data.synthetic is not None and c.train.steps > 0
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"model\.hiden_size"):
+        config_from_dict({"model": {"hiden_size": 3}})
+    with pytest.raises(ConfigError, match=r"unknown section 'modle'"):
+        config_from_dict({"modle": {}})
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        config_from_dict({"train": {"steps": 0}})
+    with pytest.raises(ConfigError, match=r"model\.rnn"):
+        config_from_dict({"model": {"rnn": "lstm"}})
+    with pytest.raises(ConfigError, match=r"optim\.lr must be a number"):
+        config_from_dict({"optim": {"lr": "fast"}})
+    with pytest.raises(ConfigError, match=r"model\.rnn_dropout"):
+        config_from_dict({"model": {"rnn_dropout": 1.5}})
+
+
+def test_overrides():
+    c = load_config("b2t25", ["train.steps=10", "optim.lr=0.001", "model.rnn=ln_gru"])
+    assert (c.train.steps, c.optim.lr, c.model.rnn) == (10, 0.001, "ln_gru")
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        load_config("b2t25", ["train.stepz=10"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("b2t25", ["train.steps"])
+
+
+def test_missing_config_lists_presets():
+    with pytest.raises(ConfigError, match="presets: .*b2t24"):
+        load_config("no_such_preset")

@@ -1,0 +1,92 @@
+"""A short training run on synthetic data through the real file formats: loss falls, PER drops, files written;
+``fastdecoder train`` and ``fastdecoder eval`` end to end."""
+import json
+
+import pytest
+import torch
+
+from fastdecoder.cli import main
+from fastdecoder.config import config_from_dict
+from fastdecoder.train.checkpoint import load_checkpoint
+from fastdecoder.train.trainer import Trainer
+
+TINY = {
+    "name": "tiny",
+    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 48, "val_trials_per_day": 12,
+                           "test_trials_per_day": 4, "n_features": 24, "words_per_sentence": [1, 3], "seed": 3},
+             "days_per_batch": 2},
+    "model": {"hidden_size": 48, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
+    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
+    "optim": {"lr": 0.02, "warmup_steps": 5, "decay_steps": 160, "lr_min": 0.001},
+    "train": {"steps": 160, "batch_size": 16, "eval_every": 80, "log_every": 20, "checkpoint_every": 80,
+              "amp": "none", "beam_width": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    trainer = Trainer(config_from_dict(TINY), out, progress=False)
+    untrained = trainer.evaluate()
+    summary = trainer.fit()
+    return out, trainer, untrained, summary
+
+
+def test_loss_falls_and_per_drops(tiny_run):
+    out, trainer, untrained, summary = tiny_run
+    losses = [r["loss"] for r in trainer.history if "loss" in r]
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    assert untrained.per > 0.85, untrained.per
+    assert summary["val_per"] < untrained.per - 0.3, (untrained.per, summary["val_per"])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_run_folder_contents(tiny_run):
+    out, trainer, _, summary = tiny_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("val_per", "steps", "train_seconds", "batches_per_second", "val_per_beam"):
+        assert key in on_disk
+    assert on_disk["steps"] == 160 and on_disk["batches_per_second"] > 0
+    assert 0.0 <= on_disk["val_per_beam"] <= 1.5
+    best = load_checkpoint(out / "best.pt")
+    last = load_checkpoint(out / "last.pt")
+    assert last["step"] == 160
+    evals = [r for r in trainer.history if "val_per" in r]
+    assert best["val_per"] == min(r["val_per"] for r in evals)   # the real PER, not an average
+    assert (out / "config.yaml").is_file() and (out / "data").is_dir()
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 8 + 2
+
+
+def test_eval_cli(tiny_run, capsys):
+    out, trainer, _, summary = tiny_run
+    assert main(["eval", "--run", str(out), "--checkpoint", "last", "--decoder", "beam", "--beam-width", "4"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["per_greedy"] == pytest.approx(summary["val_per"], abs=1e-9)
+    assert res["per_beam"] == pytest.approx(summary["val_per_beam"], abs=1e-9)
+    preds = [json.loads(l) for l in open(res["predictions"])]
+    assert len(preds) == res["trials"] == 24 and {"trial", "greedy", "beam", "target"} <= set(preds[0])
+    # the unlabelled test split decodes too
+    assert main(["eval", "--run", str(out), "--split", "test"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["trials"] == 8 and "per_greedy" not in res
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["train", "--config", "demo", "--set", "model.hiden=3", "--out", str(tmp_path / "x")]) == 2
+    assert "model.hiden" in capsys.readouterr().err
+    assert main(["train", "--config", "demo", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
+    assert "nothing" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "norun")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_data_synth_and_info(tmp_path, capsys):
+    path = tmp_path / "s24.pkl"
+    assert main(["data", "synth", "--format", "b2t24", "--out", str(path), "--days", "2", "--trials-per-day", "5",
+                 "--features", "16"]) == 0
+    assert main(["data", "info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "format b2t24, 2 days, 16 features" in out and "train: 10 trials" in out

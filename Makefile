@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 # Idempotent: re-runs only when the build inputs change. An already installed torch is kept; a machine
 # without a GPU gets the CPU build of torch $(TORCH_CPU_VERSION), never a CUDA wheel.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip setuptools wheel pybind11 numpy
 	@if $(PY) -c "import torch" 2>/dev/null; then \

@@ -13,16 +13,24 @@ extra = ["-O3"] if sys.platform != "win32" else ["/O2"]
 if sys.platform.startswith("linux"):
     extra += ["-pthread"]
 
-ext = Pybind11Extension(
-    "fastdecoder._native",
-    sorted(glob.glob("csrc/*.cpp")),
-    include_dirs=["csrc"],
-    cxx_std=17,
-    extra_compile_args=extra,
-    extra_link_args=["-pthread"] if sys.platform.startswith("linux") else [],
-)
+
+def native(name: str, sources: list[str]) -> Pybind11Extension:
+    return Pybind11Extension(
+        name,
+        sources,
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=extra,
+        extra_link_args=["-pthread"] if sys.platform.startswith("linux") else [],
+    )
+
+
+# _native: greedy CTC, edit distance, phoneme prefix beam search. _words: lexicon + n-gram word decoding.
+extensions = [native("fastdecoder._native", sorted(glob.glob("csrc/*.cpp")))]
+if glob.glob("csrc/words/*.cpp"):
+    extensions.append(native("fastdecoder._words", sorted(glob.glob("csrc/words/*.cpp"))))
 
 setup(
-    ext_modules=[ext],
+    ext_modules=extensions,
     cmdclass={"build_ext": build_ext},
 )

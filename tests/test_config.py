@@ -68,3 +68,40 @@ def test_overrides():
 def test_missing_config_lists_presets():
     with pytest.raises(ConfigError, match="presets: .*b2t24"):
         load_config("no_such_preset")
+
+
+def test_new_sections_and_keys():
+    c = load_config("b2t25", ["optim.schedule=onecycle", "stability.adaptive_lr=true", "train.deterministic=true",
+                              "stability.min_lr=0.0005", "train.amp=fp16"])
+    assert (c.optim.schedule, c.stability.adaptive_lr, c.train.deterministic, c.stability.min_lr, c.train.amp) == \
+        ("onecycle", True, True, 0.0005, "fp16")
+    c = load_config("b2t24", ["optim.schedule=plateau", "optim.plateau_patience=2"])
+    assert (c.optim.schedule, c.optim.plateau_patience) == ("plateau", 2)
+    d = load_config("demo")
+    assert d.stability.abort_on_nonfinite is False and d.train.plot is True and d.train.tensorboard is False
+    with pytest.raises(ConfigError, match=r"unknown key 'stability\.adaptive'"):
+        config_from_dict({"stability": {"adaptive": True}})
+    with pytest.raises(ConfigError, match=r"optim\.schedule must be one of .*onecycle.*plateau"):
+        config_from_dict({"optim": {"schedule": "cosine"}})
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("stability", "lr_reduction_factor", 1.5), ("stability", "blank_threshold", 0.0),
+    ("stability", "instability_events", 0), ("stability", "min_lr", -1.0), ("stability", "grad_norm_threshold", 0.0),
+    ("optim", "plateau_factor", 1.0), ("optim", "plateau_patience", -1), ("optim", "onecycle_pct_start", 1.0),
+    ("optim", "warmup_steps", -5)])
+def test_new_bad_values_are_named(section, key, value):
+    raw = {section: {key: value}}
+    if key.startswith("onecycle"):
+        raw[section]["schedule"] = "onecycle"
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}"):
+        config_from_dict(raw)
+
+
+def test_config_diff_names_keys():
+    from fastdecoder.config import config_diff
+
+    a = load_config("b2t25").to_dict()
+    b = load_config("b2t25", ["train.steps=5", "optim.lr=0.001"]).to_dict()
+    assert [k for k, _, _ in config_diff(a, b)] == ["optim.lr", "train.steps"]
+    assert config_diff(a, b, ignore=("train.steps", "optim.lr")) == []

@@ -59,3 +59,101 @@ def test_groups_b2t24_coupled_adam_decays_everything():
     opt = build_optimizer(model, o, torch.device("cpu"))
     assert type(opt) is torch.optim.Adam
     assert all(g["weight_decay"] == 1e-5 for g in opt.param_groups)
+
+
+# -- every schedule's curve against its formula ----------------------------------------------------------------------
+
+def test_linear_with_warmup_formula():
+    c = OptimConfig(schedule="linear", lr=0.02, lr_min=0.002, warmup_steps=100, decay_steps=1100)
+    r = 0.002 / 0.02
+    for s in (0, 1, 50, 99):
+        assert lr_multiplier(s, c) == pytest.approx(s / 100)
+    for s in (100, 350, 600, 1099, 1100, 5000):
+        p = min(1.0, (s - 100) / 1000)
+        assert lr_multiplier(s, c) == pytest.approx(1 + (r - 1) * p)
+
+
+def _torch_lrs(opt, sched, n):
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("total,pct,div,final",
+                         [(100, 0.3, 25.0, 1e4), (1000, 0.1, 25.0, 1000.0), (37, 0.5, 10.0, 5.0)])
+def test_onecycle_matches_torch_onecycle_and_formula(total, pct, div, final):
+    c = OptimConfig(schedule="onecycle", lr=0.01, decay_steps=total, onecycle_pct_start=pct, onecycle_div_factor=div,
+                    onecycle_final_div_factor=final)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=total, pct_start=pct, div_factor=div,
+                                                final_div_factor=final, anneal_strategy="cos", cycle_momentum=False)
+    ref = _torch_lrs(opt, sched, total)
+    ours = [0.01 * lr_multiplier(s, c) for s in range(total)]
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-15)
+    # the formula itself: cosine up from lr/div to lr over pct*total - 1 steps, then down to lr/div/final
+    up = pct * total - 1
+    lo, hi, end = 0.01 / div, 0.01, 0.01 / div / final
+    cos = lambda a, b, t: b + (a - b) / 2 * (math.cos(math.pi * t) + 1)
+    for s in range(total):
+        want = cos(lo, hi, s / up) if s <= up else cos(hi, end, (s - up) / (total - 1 - up))
+        assert 0.01 * lr_multiplier(s, c) == pytest.approx(want, rel=1e-9)
+    assert 0.01 * lr_multiplier(total + 50, c) == pytest.approx(end)  # flat after the cycle
+
+
+def test_plateau_matches_reduce_lr_on_plateau():
+    from fastdecoder.train.optim import LRSchedule
+
+    pers = [0.9, 0.8, 0.8, 0.81, 0.79, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
+    for patience, cooldown in ((0, 0), (2, 0), (1, 2)):
+        c = OptimConfig(schedule="plateau", lr=0.01, lr_min=0.001, plateau_factor=0.5, plateau_patience=patience,
+                        plateau_cooldown=cooldown, plateau_threshold=1e-4)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.01)
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+        ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, mode="min", factor=0.5, patience=patience,
+                                                         threshold=1e-4, threshold_mode="rel", cooldown=cooldown,
+                                                         min_lr=0.001)
+        sch = LRSchedule(opt, c)
+        n_events = 0
+        for i, per in enumerate(pers):
+            n_events += sch.on_eval(i, per) is not None
+            ref.step(per)
+            assert sch.apply(i) == pytest.approx(ref_opt.param_groups[0]["lr"]), (patience, cooldown, i)
+        assert n_events == sch.plateau_reductions > 0
+        assert sch.peak_lr >= 0.001 - 1e-12
+
+
+def test_schedule_state_round_trip_and_adaptive_floor():
+    from fastdecoder.train.optim import LRSchedule
+
+    model = _tiny_model("b2t25")
+    c = replace(load_config("b2t25").optim, schedule="plateau", lr=0.01, lr_min=1e-4)
+    opt = build_optimizer(model, c, torch.device("cpu"))
+    sch = LRSchedule(opt, c)
+    for _ in range(3):
+        assert sch.reduce_adaptive(0.5, min_lr=0.002) is not None
+    assert sch.peak_lr == pytest.approx(0.002)         # 0.01 -> 0.005 -> 0.0025 -> floor 0.002
+    assert sch.reduce_adaptive(0.5, min_lr=0.002) is None
+    for i, per in enumerate([0.5, 0.6, 0.6, 0.6, 0.6]):
+        sch.on_eval(i, per)
+    state = sch.state_dict()
+    sch2 = LRSchedule(build_optimizer(model, c, torch.device("cpu")), c)
+    sch2.load_state_dict(state)
+    assert sch2.state_dict() == state and sch2.apply(7) == sch.apply(7)
+    assert all(g["lr"] == pytest.approx(g["base_lr"] * sch.scale) for g in opt.param_groups)  # day group keeps ratio
+
+
+def test_describe_schedule_warns_when_it_does_not_fit_the_run():
+    from fastdecoder.train.optim import describe_schedule
+
+    text, warn = describe_schedule(load_config("b2t25").optim, 120000)
+    assert "cosine decay to 0.0001 at step 120000" in text and warn is None
+    text, warn = describe_schedule(load_config("b2t25").optim, 10000)
+    assert "will not finish" in warn and "decay_steps (120000)" in warn
+    assert "constant at 0.02" in describe_schedule(load_config("b2t24").optim, 10000)[0]

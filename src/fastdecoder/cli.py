@@ -1,22 +1,31 @@
-"""Command line: ``fastdecoder train | eval | data synth``."""
+"""Command line: ``fastdecoder train | eval | plot | data``.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
+DistributedDataParallel; rank 0 prints, logs and writes the run folder.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a decoder from a config (preset name or YAML file)")
-    p.add_argument("--config", required=True, help="YAML file or preset name (b2t25, b2t24, demo)")
+    p.add_argument("--config", default=None,
+                   help="YAML file or preset name (b2t25, b2t24, demo); with --resume optional (default: the "
+                        "checkpoint's config; if given it must match it except train.steps)")
     p.add_argument("--data", help="b2t24 pickle file or b2t25 folder of session folders (overrides data.path)")
     p.add_argument("--out", default=None, help="run folder for config, checkpoints, metrics, summary")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds an earlier run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last.pt (schedule, optimizer, RNGs, data position)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (a log line every log_every steps)")
 
 
 def _add_eval(sub) -> None:
@@ -28,6 +37,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
     p.add_argument("--beam-width", type=int, default=20)
     p.add_argument("--device", default="cpu")
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw DIR/curves.png (loss, PER, LR, grad norm, blank fraction) of a run")
+    p.add_argument("run", help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--out", default=None, help="image file to write (default: RUN/curves.png)")
 
 
 def _add_data(sub) -> None:
@@ -44,32 +59,81 @@ def _add_data(sub) -> None:
     i.add_argument("path")
 
 
+def _clear_run(out: Path) -> None:
+    import shutil
+
+    for f in (list(out.glob("*.pt")) + list(out.glob(".*.pt.*.tmp")) + list(out.glob("predictions_*.jsonl"))
+              + [out / "metrics.jsonl", out / "summary.json", out / "curves.png"]):
+        f.unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
 def cmd_train(args) -> int:
-    from fastdecoder.config import load_config
+    from fastdecoder.config import apply_overrides, config_from_dict, load_config
+    from fastdecoder.train import distributed
+    from fastdecoder.train.checkpoint import check_resumable, load_checkpoint
     from fastdecoder.train.trainer import Trainer
 
+    info = distributed.env_info()
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
-    cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and any(out.glob("*.pt")):
-        if not args.overwrite:
-            raise SystemExit(f"error: {out} already holds a run (checkpoints found); pass --overwrite to replace it "
-                             "or choose another --out")
-        for f in list(out.glob("*.pt")) + [out / "metrics.jsonl", out / "summary.json"]:
-            if f.exists():
-                f.unlink()
-    trainer = Trainer(cfg, out, progress=not args.no_progress)
-    print(f"training '{cfg.name}' on {trainer.cfg.data.path} ({trainer.dataset.format}, "
-          f"{trainer.dataset.n_days} days, {trainer.dataset.n_features} features, "
-          f"{len(trainer.train_split)} training trials) on {trainer.device}", flush=True)
-    summary = trainer.fit()
+    state = None
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume and --overwrite conflict: --resume continues the run in --out, --overwrite "
+                             "deletes it")
+        if out is None:
+            raise ValueError("--resume needs --out DIR, the run folder holding last.pt")
+        state = load_checkpoint(out / "last.pt")  # names the file if missing, corrupt or foreign; touches nothing
+        check_resumable(state, out / "last.pt")
+        cfg = (load_config(args.config, overrides) if args.config
+               else config_from_dict(apply_overrides(state["config"], overrides)))
+    else:
+        if not args.config:
+            raise ValueError("--config is required (a preset name or YAML file), unless --resume continues a run")
+        cfg = load_config(args.config, overrides)
+        if out is not None and out.exists() and (any(out.glob("*.pt")) or (out / "metrics.jsonl").exists()):
+            if not args.overwrite:
+                raise SystemExit(f"error: {out} already holds a run (checkpoints or metrics found); pass --overwrite "
+                                 f"to replace it, --resume to continue it, or choose another --out")
+            if info.is_main:
+                _clear_run(out)
+    trainer = Trainer(cfg, out, progress=not args.no_progress, resume=state if state is not None else False)
+    try:
+        if info.is_main:
+            what = f"resuming '{cfg.name}' at step {trainer.step}" if state is not None else f"training '{cfg.name}'"
+            ranks = f" x {info.world_size} processes" if info.enabled else ""
+            print(f"{what} on {trainer.cfg.data.path} ({trainer.dataset.format}, "
+                  f"{trainer.dataset.n_days} days, {trainer.dataset.n_features} features, "
+                  f"{len(trainer.train_split)} training trials) on {trainer.device}{ranks}", flush=True)
+        summary = trainer.fit()
+    finally:
+        distributed.cleanup()
+    if not info.is_main:
+        return 0
     print(json.dumps(summary, indent=2))
-    if "val_per" in summary:
+    if summary.get("val_per") is not None:
         beam = summary.get("val_per_beam")
         extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
         print(f"validation PER: greedy {summary['val_per']:.4f}{extra}")
+    if summary.get("interrupted"):
+        where = f" --out {out}" if out is not None else ""
+        print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "
+              f"fastdecoder train{where} --resume", flush=True)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from fastdecoder.train.plot import PlotUnavailable, plot_run
+
+    try:
+        path = plot_run(args.run, args.out)
+    except PlotUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
     return 0
 
 
@@ -157,16 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_plot(sub)
     _add_data(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    rank = int(os.environ.get("RANK", "0") or 0)
+    level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format=f"%(levelname)s {'' if rank == 0 else f'[rank {rank}] '}%(message)s")
     from fastdecoder.config import ConfigError
+    from fastdecoder.train.stability import NonFiniteError
 
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "data": cmd_data}[args.cmd](args)
+        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data}[args.cmd](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses <-> YAML, presets, and ``section.key=value`` overrides.
 
-A config has the sections ``data``, ``model``, ``augment``, ``ctc``, ``optim`` and ``train``. Unknown sections or
-keys are an error that names them; values are checked against the field's type.
+A config has the sections ``data``, ``model``, ``augment``, ``ctc``, ``optim``, ``stability`` and ``train``. Unknown
+sections or keys are an error that names them; values are checked against the field's type.
 """
 from __future__ import annotations
 
@@ -83,12 +83,38 @@ class OptimConfig:
     no_decay_bias: bool = True          # weight decay 0 for biases (and norms)
     day_lr: Optional[float] = None      # day layers' own LR (None = lr); their decay is day_weight_decay
     day_weight_decay: float = 0.0
-    schedule: str = "warmup_cosine"     # constant | linear | warmup_cosine
-    warmup_steps: int = 1000
-    decay_steps: int = 120000           # cosine/linear reach lr_min at this step
-    lr_min: float = 1e-4
+    schedule: str = "warmup_cosine"     # constant | linear | warmup_cosine | onecycle | plateau
+    warmup_steps: int = 1000            # linear and warmup_cosine: linear warmup 0 -> lr over these steps
+    decay_steps: int = 120000           # cosine/linear reach lr_min at this step; onecycle: the cycle's length
+    lr_min: float = 1e-4                # end LR of linear/warmup_cosine; floor of the plateau reductions
     grad_clip: float = 10.0             # max grad norm; 0 = off
     fused: bool = True                  # fused AdamW where the device supports it
+    # onecycle (torch.optim.lr_scheduler.OneCycleLR, cosine anneal, no momentum cycling): lr is max_lr
+    onecycle_pct_start: float = 0.3     # share of decay_steps spent rising from lr / div_factor to lr
+    onecycle_div_factor: float = 25.0   # start LR = lr / div_factor
+    onecycle_final_div_factor: float = 1e4  # final LR = start LR / final_div_factor
+    # plateau (ReduceLROnPlateau on the validation PER, mode min, relative threshold): constant lr until then
+    plateau_factor: float = 0.5         # LR multiplied by this at each reduction
+    plateau_patience: int = 3           # evaluations without improvement tolerated; the next one reduces
+    plateau_threshold: float = 1e-4     # relative improvement that counts (PER < best * (1 - threshold))
+    plateau_cooldown: int = 0           # evaluations after a reduction during which no reduction happens
+
+
+@dataclass
+class StabilityConfig:
+    """Guards against the failures of ../shared/seeds: NaN/Inf updates, repeated explosions, blank collapse."""
+    abort_on_nonfinite: bool = False    # stop with an error at the first non-finite loss/gradient (default: skip it)
+    max_consecutive_skips: int = 100    # stop with an error after this many skipped updates in a row (0 = never)
+    adaptive_lr: bool = False           # reduce the LR when instability repeats
+    grad_norm_threshold: float = 10.0   # a pre-clip grad norm above this is an instability event (non-finite too)
+    instability_events: int = 3         # this many events within instability_window steps trigger a reduction
+    instability_window: int = 100
+    lr_reduction_factor: float = 0.8    # LR multiplied by this at each adaptive reduction
+    min_lr: float = 1e-5                # adaptive reductions never take the (peak) LR below this
+    max_lr_reductions: int = 5
+    monitor_after_steps: int = 1000     # collapse/diversity warnings only from this step on (CTC starts blank)
+    blank_threshold: float = 0.95       # warn when more argmax frames than this are blank (blank collapse)
+    min_distinct_phonemes: int = 10     # warn when fewer distinct phonemes than this are predicted
 
 
 @dataclass
@@ -102,10 +128,13 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     amp: str = "bf16"                   # bf16 | none (bf16 autocast only on CUDA)
     compile: bool = False
-    deterministic: bool = False
+    deterministic: bool = False         # deterministic algorithms; on the CPU a resumed run is bitwise exact
     eval_batch_size: int = 64
     beam_width: int = 20                # final evaluation also reports beam-search PER (0 = skip)
     threads: int = 0                    # CPU threads for torch (0 = leave torch's default)
+    tensorboard: bool = False           # also log to DIR/tensorboard (needs the tensorboard package)
+    plot: bool = True                   # write DIR/curves.png at the end (needs matplotlib; skipped if missing)
+    train_monitor: bool = True          # blank fraction / distinct phonemes of the training batch at log steps
 
 
 @dataclass
@@ -116,6 +145,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
@@ -137,8 +167,8 @@ _CHOICES = {
     ("ctc", "reduction"): ("mean_batch", "mean_target"),
     ("ctc", "output_lengths"): ("exact", "shipped"),
     ("optim", "name"): ("adam", "adamw"),
-    ("optim", "schedule"): ("constant", "linear", "warmup_cosine"),
-    ("train", "amp"): ("bf16", "none"),
+    ("optim", "schedule"): ("constant", "linear", "warmup_cosine", "onecycle", "plateau"),
+    ("train", "amp"): ("bf16", "fp16", "none"),
 }
 
 
@@ -198,7 +228,7 @@ def _build_section(cls, name: str, raw: Any):
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "augment": AugmentConfig, "ctc": CTCConfig,
-             "optim": OptimConfig, "train": TrainConfig}
+             "optim": OptimConfig, "stability": StabilityConfig, "train": TrainConfig}
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -241,6 +271,40 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if o.schedule in ("warmup_cosine", "linear") and o.decay_steps <= o.warmup_steps:
         raise ConfigError(f"optim.decay_steps ({o.decay_steps}) must exceed optim.warmup_steps ({o.warmup_steps})")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0, got {o.warmup_steps}")
+    if o.schedule == "onecycle":
+        if o.decay_steps < 2:
+            raise ConfigError(f"optim.decay_steps (the onecycle length) must be >= 2, got {o.decay_steps}")
+        if not 0.0 < o.onecycle_pct_start < 1.0:
+            raise ConfigError(f"optim.onecycle_pct_start must lie in (0, 1), got {o.onecycle_pct_start}")
+        for k, v in {"optim.onecycle_div_factor": o.onecycle_div_factor,
+                     "optim.onecycle_final_div_factor": o.onecycle_final_div_factor}.items():
+            if not v > 0:
+                raise ConfigError(f"{k} must be > 0, got {v}")
+    if not 0.0 < o.plateau_factor < 1.0:
+        raise ConfigError(f"optim.plateau_factor must lie in (0, 1), got {o.plateau_factor}")
+    for k, v in {"optim.plateau_patience": o.plateau_patience, "optim.plateau_threshold": o.plateau_threshold,
+                 "optim.plateau_cooldown": o.plateau_cooldown}.items():
+        if v < 0:
+            raise ConfigError(f"{k} must be >= 0, got {v}")
+    s_ = cfg.stability
+    if not 0.0 < s_.lr_reduction_factor < 1.0:
+        raise ConfigError(f"stability.lr_reduction_factor must lie in (0, 1), got {s_.lr_reduction_factor}")
+    if not 0.0 < s_.blank_threshold <= 1.0:
+        raise ConfigError(f"stability.blank_threshold must lie in (0, 1], got {s_.blank_threshold}")
+    if not s_.grad_norm_threshold > 0:
+        raise ConfigError(f"stability.grad_norm_threshold must be > 0, got {s_.grad_norm_threshold}")
+    for k, v in {"stability.instability_events": s_.instability_events,
+                 "stability.instability_window": s_.instability_window}.items():
+        if v < 1:
+            raise ConfigError(f"{k} must be >= 1, got {v}")
+    for k, v in {"stability.max_consecutive_skips": s_.max_consecutive_skips, "stability.min_lr": s_.min_lr,
+                 "stability.max_lr_reductions": s_.max_lr_reductions,
+                 "stability.monitor_after_steps": s_.monitor_after_steps,
+                 "stability.min_distinct_phonemes": s_.min_distinct_phonemes, "train.threads": t.threads}.items():
+        if v < 0:
+            raise ConfigError(f"{k} must be >= 0, got {v}")
     if cfg.data.path is None and cfg.data.synthetic is None:
         pass  # a path may still come from the command line (--data); checked when the data is loaded
 
@@ -277,6 +341,12 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """A copy of the raw config dict with ``section.key=value`` overrides applied."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for ov in overrides or []:
         (sec, key), value = parse_override(ov)
         if sec not in _SECTIONS:
@@ -285,8 +355,29 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
         if raw[sec] is None:
             raw[sec] = {}
         raw[sec][key] = value
-    return config_from_dict(raw)
+    return raw
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two config dicts (as ``Config.to_dict`` gives), as ``section.key``."""
+    out = []
+    for sec in sorted(set(a) | set(b)):
+        va, vb = a.get(sec), b.get(sec)
+        if isinstance(va, dict) or isinstance(vb, dict):
+            va, vb = va or {}, vb or {}
+            for k in sorted(set(va) | set(vb)):
+                key = f"{sec}.{k}"
+                x, y = va.get(k), vb.get(k)
+                if isinstance(x, tuple):
+                    x = list(x)
+                if isinstance(y, tuple):
+                    y = list(y)
+                if key not in ignore and x != y:
+                    out.append((key, x, y))
+        elif sec not in ignore and va != vb:
+            out.append((sec, va, vb))
+    return out

@@ -1,7 +1,14 @@
 """Checkpoints written atomically (temp file in the same folder, fsync, rename) and read without running code.
 
-A crash at any instant leaves either the previous file or the new one, never a torn file. Reading uses
-``torch.load(weights_only=True)``: plain containers and tensors only.
+A crash at any instant leaves either the previous file or the new one, never a torn file (at worst a stale
+``.NAME.*.tmp`` file, which ``remove_stale_temp_files`` clears and nothing ever reads). Reading uses
+``torch.load(weights_only=True)``: plain containers and tensors only, so opening a checkpoint cannot run code.
+
+A training checkpoint (``Trainer.state_dict``) holds: ``format`` (the tag below), ``model``, ``step``, ``config``,
+``optimizer``, ``schedule`` (LR reductions, plateau state), ``scaler`` (fp16 GradScaler or None), ``sampler``,
+``rng`` (torch, CUDA, numpy and python states, the random-cut and mask generators), ``rank_states`` (sampler + RNG
+of every rank in a multi-process run), ``stability`` and ``monitor`` state, ``best_per``/``best_step`` and
+bookkeeping (``train_seconds``, ``world_size``, ...).
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ class CheckpointError(ValueError):
 
 
 FORMAT_TAG = "fastdecoder-checkpoint-v1"
+#: what a checkpoint needs to resume a run exactly (``check_resumable``)
+RESUME_KEYS = ("model", "step", "config", "optimizer", "schedule", "sampler", "rng", "stability", "monitor")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -26,6 +35,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     state = {"format": FORMAT_TAG, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual file mode
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -47,6 +57,12 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         pass
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a fastdecoder checkpoint; raises CheckpointError naming the file if it is missing, corrupt or foreign."""
     path = Path(path)
@@ -54,9 +70,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, disallowed global: all mean "corrupt"
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, disallowed global: all mean "unusable"
+        text = str(e)
+        if "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text):
+            raise CheckpointError(f"checkpoint {path} is not a fastdecoder checkpoint: it holds Python objects other "
+                                  "than tensors and plain containers, which are refused (loading them could run "
+                                  "code)") from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint (truncated or damaged "
+                              f"file?) ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_TAG:
         raise CheckpointError(f"{path} is not a fastdecoder checkpoint (no '{FORMAT_TAG}' tag); "
                               "to load a reference repository's model use fastdecoder.model.load_reference_checkpoint")
@@ -64,3 +86,23 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")
     return state
+
+
+def check_resumable(state: dict, path: str | Path) -> None:
+    """Raise CheckpointError naming ``path`` if ``state`` lacks what resuming a run needs."""
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot resume a run: it lacks {', '.join(missing)} (it was not "
+                              "written by this version's trainer, or holds weights only)")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete temp files left by a writer killed mid-save (``.NAME.pt.*.tmp``); returns what was removed."""
+    removed = []
+    for f in Path(folder).glob(".*.pt.*.tmp"):
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed

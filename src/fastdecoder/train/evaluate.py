@@ -23,6 +23,7 @@ class EvalResult:
     log_probs: list = field(default_factory=list, repr=False)  # per trial: (N_i, V) float32 numpy (if kept)
     beam: list | None = field(default=None, repr=False)
     per_beam: float | None = None
+    distinct_phonemes: int = 0      # distinct non-blank classes among the valid frames' argmax (output diversity)
 
 
 @torch.no_grad()
@@ -39,6 +40,7 @@ def evaluate(model, split, *, transform, device, batch_size: int, ctc_cfg, patch
     model.eval()
     hyps, refs, idx_all, lps = [], [], [], []
     loss_sum, loss_n, blank, frames = 0.0, 0, 0, 0
+    seen_ids: set[int] = set()
     n_seen = 0
     try:
         for batch in eval_batches(split, batch_size):
@@ -62,6 +64,7 @@ def evaluate(model, split, *, transform, device, batch_size: int, ctc_cfg, patch
             am = lp.argmax(-1)
             valid = torch.arange(lp.shape[1])[None, :] < nn_[:, None]
             blank += int(((am == 0) & valid).sum())
+            seen_ids.update(torch.unique(am[valid & (am != 0)]).tolist())
             frames += int(valid.sum())
             hyps.extend(greedy_decode(lp, nn_))
             idx_all.extend(int(i) for i in batch.index)
@@ -77,4 +80,4 @@ def evaluate(model, split, *, transform, device, batch_size: int, ctc_cfg, patch
     per, edits, n_ref = (error_rate(hyps, refs) if refs else (float("nan"), 0, 0))
     return EvalResult(per=per, edits=edits, n_ref=n_ref, loss=(loss_sum / loss_n if loss_n else None),
                       blank_fraction=blank / max(1, frames), n_trials=len(hyps), indices=np.asarray(idx_all),
-                      greedy=hyps, log_probs=lps)
+                      greedy=hyps, log_probs=lps, distinct_phonemes=len(seen_ids))

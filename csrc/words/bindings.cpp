@@ -1,0 +1,167 @@
+// Thin pybind11 binding of the word decoder (fastdecoder._words): lexicon trie, ARPA LM, word beam search.
+// Argument checking with clear messages lives in the Python wrappers (fastdecoder.decode.words / .lm); the
+// checks here guard memory safety. Text inputs arrive as bytes (UTF-8) and are parsed without the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "thread_pool.hpp"
+#include "words/arpa_lm.hpp"
+#include "words/lexicon.hpp"
+#include "words/word_decoder.hpp"
+
+namespace py = pybind11;
+using namespace fastdecoder::words;
+
+namespace {
+
+std::string_view bytes_view(const py::bytes& b) {
+  char* data = nullptr;
+  Py_ssize_t size = 0;
+  if (PyBytes_AsStringAndSize(b.ptr(), &data, &size) != 0) throw py::error_already_set();
+  return std::string_view(data, static_cast<size_t>(size));
+}
+
+template <typename T>
+py::tuple decode_py(const WordDecoder& dec, py::array_t<T, py::array::forcecast> log_probs,
+                    py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths, int num_threads) {
+  if (log_probs.ndim() != 3) throw std::invalid_argument("log_probs must be (B, T, V)");
+  const int64_t B = log_probs.shape(0), T_ = log_probs.shape(1), V = log_probs.shape(2);
+  if (lengths.ndim() != 1 || lengths.shape(0) != B) throw std::invalid_argument("lengths must be (B,)");
+  const int64_t sz = static_cast<int64_t>(sizeof(T));
+  std::vector<std::vector<WordHypothesis>> res;
+  size_t ws = 0;
+  {
+    py::gil_scoped_release release;
+    res = dec.decode_batch<T>(log_probs.data(), B, T_, V, log_probs.strides(0) / sz, log_probs.strides(1) / sz,
+                              log_probs.strides(2) / sz, lengths.data(), num_threads, &ws);
+  }
+  py::list out(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    py::list hyps(res[b].size());
+    for (size_t i = 0; i < res[b].size(); ++i) {
+      const WordHypothesis& h = res[b][i];
+      hyps[i] = py::make_tuple(py::cast(h.words), h.score, h.acoustic, h.lm);
+    }
+    out[b] = std::move(hyps);
+  }
+  return py::make_tuple(out, ws);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_words, m) {
+  m.doc() = "fastdecoder word decoding core: lexicon trie, ARPA n-gram LM, lexicon-constrained CTC beam search";
+  m.attr("BLANK") = kBlank;
+  m.attr("SIL") = kSil;
+  m.attr("NUM_CLASSES") = kNumClasses;
+
+  py::class_<Lexicon, std::shared_ptr<Lexicon>>(m, "Lexicon")
+      .def_static(
+          "from_text",
+          [](py::bytes text, bool strip_stress, bool strip_variant, bool skip_invalid, bool comments) {
+            LexiconParseOptions opt;
+            opt.strip_stress = strip_stress;
+            opt.strip_variant = strip_variant;
+            opt.skip_invalid = skip_invalid;
+            opt.comments = comments;
+            std::string_view v = bytes_view(text);
+            int64_t skipped = 0;
+            std::shared_ptr<Lexicon> lex;
+            {
+              py::gil_scoped_release release;
+              lex = std::make_shared<Lexicon>(Lexicon::from_text(v, opt, &skipped));
+            }
+            return py::make_tuple(lex, skipped);
+          },
+          py::arg("text"), py::arg("strip_stress") = true, py::arg("strip_variant") = true,
+          py::arg("skip_invalid") = false, py::arg("comments") = true)
+      .def_static(
+          "from_entries",
+          [](const std::vector<std::string>& words, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ph,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> off) {
+            std::vector<int32_t> phones(ph.data(), ph.data() + ph.size());
+            std::vector<int64_t> offsets(off.data(), off.data() + off.size());
+            return std::make_shared<Lexicon>(Lexicon::from_entries(words, phones, offsets));
+          },
+          py::arg("words"), py::arg("phones"), py::arg("offsets"))
+      .def("subset",
+           [](const Lexicon& lex, const std::vector<bool>& keep) {
+             return std::make_shared<Lexicon>(lex.subset(keep));
+           })
+      .def_property_readonly("num_words", &Lexicon::num_words)
+      .def_property_readonly("num_pronunciations", &Lexicon::num_pronunciations)
+      .def_property_readonly("num_nodes", &Lexicon::num_nodes)
+      .def("words", &Lexicon::words)
+      .def("find", [](const Lexicon& lex, const std::string& w) { return lex.find(w); })
+      .def("pronunciations",
+           [](const Lexicon& lex) {
+             py::list out(static_cast<size_t>(lex.num_pronunciations()));
+             for (int64_t i = 0; i < lex.num_pronunciations(); ++i)
+               out[static_cast<size_t>(i)] = py::make_tuple(lex.pron_word(i), py::cast(lex.pronunciation(i)));
+             return out;
+           })
+      .def("memory_bytes", &Lexicon::memory_bytes);
+
+  py::class_<ArpaLM, std::shared_ptr<ArpaLM>>(m, "ArpaLM")
+      .def_static(
+          "from_text",
+          [](py::bytes text) {
+            std::string_view v = bytes_view(text);
+            std::shared_ptr<ArpaLM> lm;
+            {
+              py::gil_scoped_release release;
+              lm = std::make_shared<ArpaLM>(ArpaLM::from_text(v));
+            }
+            return lm;
+          },
+          py::arg("text"))
+      .def_property_readonly("order", &ArpaLM::order)
+      .def_property_readonly("counts", &ArpaLM::counts)
+      .def_property_readonly("vocab_size", &ArpaLM::vocab_size)
+      .def_property_readonly("bos", &ArpaLM::bos)
+      .def_property_readonly("eos", &ArpaLM::eos)
+      .def_property_readonly("unk", &ArpaLM::unk)
+      .def("vocabulary", &ArpaLM::vocabulary)
+      .def("find", [](const ArpaLM& lm, const std::string& w) { return lm.find(w); })
+      .def(
+          "log10_prob",
+          [](const ArpaLM& lm, const std::vector<int32_t>& context, int32_t word) {
+            for (int32_t c : context)
+              if (c < 0 || c >= lm.vocab_size()) throw std::invalid_argument("context word id out of range");
+            if (word < 0 || word >= lm.vocab_size()) throw std::invalid_argument("word id out of range");
+            return lm.log10_prob(context.data(), static_cast<int>(context.size()), word);
+          },
+          py::arg("context"), py::arg("word"))
+      .def("memory_bytes", &ArpaLM::memory_bytes);
+
+  py::class_<WordDecoder, std::shared_ptr<WordDecoder>>(m, "WordDecoder")
+      .def(py::init([](std::shared_ptr<Lexicon> lex, std::shared_ptr<ArpaLM> lm, std::vector<int32_t> lm_ids,
+                       int beam_width, int nbest, double lm_weight, double word_bonus, double blank_penalty,
+                       double token_min_logprob, double unk_log10, bool lm_lookahead) {
+             WordDecoderOptions opt;
+             opt.beam_width = beam_width;
+             opt.nbest = nbest;
+             opt.lm_weight = lm_weight;
+             opt.word_bonus = word_bonus;
+             opt.blank_penalty = blank_penalty;
+             opt.token_min_logprob = token_min_logprob;
+             opt.unk_log10 = unk_log10;
+             opt.lm_lookahead = lm_lookahead;
+             return std::make_shared<WordDecoder>(lex, lm, std::move(lm_ids), opt);
+           }),
+           py::arg("lexicon"), py::arg("lm").none(true), py::arg("lm_ids"), py::arg("beam_width"), py::arg("nbest"),
+           py::arg("lm_weight"), py::arg("word_bonus"), py::arg("blank_penalty"), py::arg("token_min_logprob"),
+           py::arg("unk_log10"), py::arg("lm_lookahead"))
+      .def("decode_f32", &decode_py<float>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"))
+      .def("decode_f64", &decode_py<double>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"))
+      .def("lookahead", [](const WordDecoder& d) { return d.lookahead(); });
+
+  m.def("hardware_threads", []() { return fastdecoder::resolve_num_threads(0, int64_t{1} << 30); });
+}

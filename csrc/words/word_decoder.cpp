@@ -1,0 +1,359 @@
+// Lexicon-constrained CTC prefix beam search with an n-gram LM (see word_decoder.hpp for the definition).
+#include "words/word_decoder.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <queue>
+#include <stdexcept>
+#include <string>
+#include <cstdio>
+#include <cstdlib>
+
+#include "thread_pool.hpp"
+
+namespace fastdecoder {
+namespace words {
+
+WordDecoder::WordDecoder(std::shared_ptr<const Lexicon> lexicon, std::shared_ptr<const ArpaLM> lm,
+                         std::vector<int32_t> lm_ids, const WordDecoderOptions& opt)
+    : lex_(std::move(lexicon)), lm_(std::move(lm)), lm_ids_(std::move(lm_ids)), opt_(opt) {
+  if (!lex_) throw std::invalid_argument("word decoder: no lexicon");
+  if (lex_->num_words() == 0) throw std::invalid_argument("word decoder: the lexicon is empty");
+  if (opt_.beam_width < 1 || opt_.nbest < 1) throw std::invalid_argument("beam_width and nbest must be >= 1");
+  if (lm_) {
+    if (lm_ids_.size() != static_cast<size_t>(lex_->num_words()))
+      throw std::invalid_argument("word decoder: lm_ids needs one entry per lexicon word");
+    for (int32_t& id : lm_ids_) {
+      if (id >= lm_->vocab_size()) throw std::invalid_argument("word decoder: lm id out of range");
+      if (id < 0) id = lm_->unk();  // -1 stays -1 when the LM has no <unk>: scored unk_log10
+    }
+  } else {
+    lm_ids_.assign(static_cast<size_t>(lex_->num_words()), -1);
+  }
+  lookahead_.assign(static_cast<size_t>(lex_->num_nodes()), 0.0f);
+  if (lm_ && opt_.lm_lookahead) {
+    // Unigram ln p per word, max over each subtree; children always have larger ids than their parent.
+    const int32_t nn = lex_->num_nodes();
+    std::vector<double> best(static_cast<size_t>(nn), kNegInf);
+    for (int32_t n = nn - 1; n > 0; --n) {
+      const int32_t* w = lex_->node_words(n);
+      for (int32_t i = 0; i < lex_->node_num_words(n); ++i) {
+        const int32_t id = lm_ids_[w[i]];
+        const double l10 = id >= 0 ? lm_->log10_prob(nullptr, 0, id) : opt_.unk_log10;
+        best[n] = std::max(best[n], l10 * kLn10);
+      }
+      const int32_t p = lex_->node(n).parent;
+      if (p > 0) best[p] = std::max(best[p], best[n]);
+    }
+    for (int32_t n = 1; n < nn; ++n)
+      lookahead_[n] = static_cast<float>(opt_.lm_weight * std::min(0.0, std::max(best[n], -1e30)));
+  }
+}
+
+namespace {
+
+struct Hist {  // a word history: a node of the per-sentence tree of word sequences
+  int32_t parent, word, lm_state, nwords;
+  double lm;     // sum of natural-log LM probabilities of the words
+  double bonus;  // lm_weight * lm + word_bonus * nwords
+};
+
+struct Hyp {
+  int32_t hist, lex, last;  // last: the last label (phoneme, SIL) or -1 for the empty prefix
+  double pb, pnb;
+  double ctc;    // lse(pb, pnb) (beam entries)
+  double extra;  // ranking score - ctc: hist bonus + lookahead(lex)
+  double rank;
+};
+
+class Searcher {
+ public:
+  Searcher(const WordDecoder& d) : d_(d), lex_(d.lexicon()), opt_(d.options()) {
+    if (d.lm()) scorer_ = std::make_unique<LmScorer>(*d.lm(), opt_.unk_log10);
+  }
+
+  template <typename T>
+  std::vector<WordHypothesis> decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride);
+
+  size_t memory_bytes() const {
+    return hists_.capacity() * sizeof(Hist) + (beam_.capacity() + next_.capacity() + cands_.capacity()) * sizeof(Hyp) +
+           map_.memory_bytes() + hist_map_.memory_bytes() + (scorer_ ? scorer_->memory_bytes() : 0);
+  }
+
+ private:
+  int32_t hist_child(int32_t h, int32_t w) {
+    bool fresh = false;
+    const int32_t id = hist_map_.insert(pack_key(h, w), static_cast<int32_t>(hists_.size()), &fresh);
+    if (!fresh) return id;
+    const Hist p = hists_[h];
+    Hist c{h, w, 0, p.nwords + 1, p.lm, 0.0};
+    if (scorer_) c.lm += kLn10 * scorer_->score(p.lm_state, d_.lm_ids()[w], &c.lm_state);
+    c.bonus = opt_.lm_weight * c.lm + opt_.word_bonus * c.nwords;
+    hists_.push_back(c);
+    return id;
+  }
+  void push_threshold(double v, int k) {
+    if (static_cast<int>(heap_.size()) < k) {
+      heap_.push_back(v);
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
+    } else if (v > heap_.front()) {
+      std::pop_heap(heap_.begin(), heap_.end(), std::greater<double>());
+      heap_.back() = v;
+      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
+    }
+  }
+  WordHypothesis make(int32_t h, double score, double acoustic, double lm) const {
+    WordHypothesis out;
+    for (int32_t i = h; i > 0; i = hists_[i].parent) out.words.push_back(hists_[i].word);
+    std::reverse(out.words.begin(), out.words.end());
+    out.score = score;
+    out.acoustic = acoustic;
+    out.lm = lm;
+    return out;
+  }
+
+  const WordDecoder& d_;
+  const Lexicon& lex_;
+  const WordDecoderOptions& opt_;
+  std::unique_ptr<LmScorer> scorer_;
+  std::vector<Hist> hists_;
+  FlatMap hist_map_;
+  std::vector<Hyp> beam_, next_, cands_;
+  FlatMap map_;
+  std::vector<double> heap_;
+  std::vector<std::pair<double, int32_t>> labels_;
+  std::vector<std::pair<int32_t, double>> finals_;
+};
+
+inline bool ranks_before(const Hyp& a, const Hyp& b) {
+  if (a.rank != b.rank) return a.rank > b.rank;
+  if (a.hist != b.hist) return a.hist < b.hist;
+  return a.lex < b.lex;
+}
+
+template <typename T>
+std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride) {
+  const int k = opt_.beam_width;
+  const double cut = opt_.token_min_logprob;
+  const double lmw = opt_.lm_weight;
+  const std::vector<float>& la = d_.lookahead();
+
+  hists_.clear();
+  hist_map_.clear();
+  hists_.push_back(Hist{-1, -1, scorer_ ? scorer_->start_state() : 0, 0, 0.0, 0.0});
+  beam_.assign(1, Hyp{0, 0, -1, 0.0, kNegInf, 0.0, 0.0, 0.0});
+  double lp[kNumClasses];
+
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* src = x + t * row_stride;
+    for (int v = 0; v < kNumClasses; ++v) lp[v] = static_cast<double>(src[v * col_stride]);
+    const double lp_blank = lp[kBlank] - opt_.blank_penalty;
+    const double lp_sil = lp[kSil];
+    labels_.clear();
+    for (int32_t s = 1; s <= kNumPhonemes; ++s)
+      if (lp[s] >= cut && lp[s] > kNegInf) labels_.emplace_back(lp[s], s);
+    std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    const double top_lp = labels_.empty() ? kNegInf : labels_.front().first;
+
+    const int n = static_cast<int>(beam_.size());
+    cands_.resize(static_cast<size_t>(n));
+    map_.clear();
+    heap_.clear();
+    bool ins = false;
+    // 1. Beam hypotheses stay (blank; repeat of the last label collapses).
+    for (int i = 0; i < n; ++i) {
+      const Hyp& e = beam_[i];
+      Hyp& c = cands_[i];
+      c = e;
+      c.pb = e.ctc + lp_blank;
+      c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
+      map_.insert(pack_key(e.hist, e.lex), i, &ins);
+    }
+    // ... and take the phoneme extension from their trie parent when that is in the beam too.
+    for (int i = 0; i < n; ++i) {
+      const Hyp& e = beam_[i];
+      if (e.lex == 0) continue;
+      const Lexicon::Node& nd = lex_.node(e.lex);
+      const int32_t j = map_.find(pack_key(e.hist, nd.parent));
+      if (j < 0) continue;
+      const Hyp& p = beam_[j];
+      const double mass = (nd.token == p.last ? p.pb : p.ctc) + lp[nd.token];
+      cands_[i].pnb = lse(cands_[i].pnb, mass);
+    }
+    for (int i = 0; i < n; ++i) {  // lower bounds of their final scores (SIL may still add mass)
+      Hyp& c = cands_[i];
+      c.rank = lse(c.pb, c.pnb) + c.extra;
+      push_threshold(c.rank, k);
+    }
+    double thr = static_cast<int>(heap_.size()) == k ? heap_.front() : kNegInf;
+
+    // 2. New hypotheses, parents in descending rank (beam_ is sorted).
+    for (int i = 0; i < n; ++i) {
+      const Hyp& e = beam_[i];
+      const Lexicon::Node& nd = lex_.node(e.lex);
+      // SIL closes the word (one hypothesis per homophone). Never pruned here: (h + w, root) can have several
+      // parents (pronunciations), so its mass is complete only after this loop.
+      if (nd.word_end > nd.word_begin && lp_sil > kNegInf && e.ctc > kNegInf) {
+        const double mass = e.ctc + lp_sil;
+        const int32_t* ws = lex_.node_words(e.lex);
+        for (int32_t q = 0; q < nd.word_end - nd.word_begin; ++q) {
+          // Below the cut only existing hypotheses take mass, and (h + w, root) can exist only if h + w does.
+          const int32_t h2 = lp_sil >= cut ? hist_child(e.hist, ws[q]) : hist_map_.find(pack_key(e.hist, ws[q]));
+          if (h2 < 0) continue;
+          const uint64_t key = pack_key(h2, 0);
+          const int32_t j = map_.find(key);
+          if (j >= 0) {
+            cands_[j].pnb = lse(cands_[j].pnb, mass);
+          } else if (lp_sil >= cut) {
+            map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
+            cands_.push_back(Hyp{h2, 0, kSil, kNegInf, mass, 0.0, hists_[h2].bonus, 0.0});
+          }
+        }
+      }
+      // Phonemes the trie allows, by descending lp, while they can still reach the k-th best.
+      if (e.rank + top_lp < thr) continue;
+      const double hist_bonus = hists_[e.hist].bonus;
+      for (const auto& [l, s] : labels_) {
+        if (e.rank + l < thr) break;
+        if (!(nd.child_mask >> s & 1)) continue;
+        const int32_t child = lex_.child(e.lex, s);
+        const uint64_t key = pack_key(e.hist, child);
+        if (map_.find(key) >= 0) continue;  // in the beam: its mass was added in step 1
+        const double mass = (s == e.last ? e.pb : e.ctc) + l;
+        if (mass == kNegInf) continue;
+        const double extra = hist_bonus + la[child];
+        const double rank = mass + extra;
+        if (rank < thr) continue;
+        map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
+        cands_.push_back(Hyp{e.hist, child, s, kNegInf, mass, 0.0, extra, rank});
+        push_threshold(rank, k);
+        if (static_cast<int>(heap_.size()) == k) thr = heap_.front();
+      }
+    }
+
+    // 3. The k best by ranking score form the next beam, sorted.
+    for (Hyp& c : cands_) {
+      c.ctc = lse(c.pb, c.pnb);
+      c.rank = c.ctc + c.extra;
+    }
+    if (static_cast<int>(cands_.size()) > k) {
+      std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(), ranks_before);
+      cands_.resize(static_cast<size_t>(k));
+    }
+    std::sort(cands_.begin(), cands_.end(), ranks_before);
+    if (getenv("FD_WORDS_DEBUG")) {
+      fprintf(stderr, "t=%ld thr=%.4f:", (long)t, thr);
+      for (const Hyp& c : cands_) fprintf(stderr, " (h%d,n%d)%.4f", c.hist, c.lex, c.rank);
+      fprintf(stderr, "\n");
+    }
+    beam_.swap(cands_);
+  }
+
+  // Sentence end: complete hypotheses, merged per word sequence, plus </s>.
+  finals_.clear();
+  map_.clear();
+  bool ins = false;
+  auto add_final = [&](int32_t h, double ctc) {
+    const int32_t j = map_.insert(pack_key(h, 0), static_cast<int32_t>(finals_.size()), &ins);
+    if (ins)
+      finals_.emplace_back(h, ctc);
+    else
+      finals_[j].second = lse(finals_[j].second, ctc);
+  };
+  for (const Hyp& e : beam_) {
+    if (e.ctc == kNegInf) continue;
+    if (e.lex == 0) {
+      add_final(e.hist, e.ctc);
+    } else {
+      const int32_t* ws = lex_.node_words(e.lex);
+      for (int32_t q = 0; q < lex_.node_num_words(e.lex); ++q) add_final(hist_child(e.hist, ws[q]), e.ctc);
+    }
+  }
+  std::vector<Hyp> out;
+  out.reserve(finals_.size());
+  const int32_t eos = d_.lm() ? d_.lm()->eos() : -1;
+  for (const auto& [h, ctc] : finals_) {
+    double end = 0.0;
+    if (scorer_ && eos >= 0) {
+      int32_t unused;
+      end = kLn10 * scorer_->score(hists_[h].lm_state, eos, &unused);
+    }
+    // rank = score, extra = LM total (incl. </s>), pb = acoustic
+    out.push_back(Hyp{h, 0, 0, ctc, 0.0, ctc, hists_[h].lm + end, ctc + hists_[h].bonus + lmw * end});
+    if (getenv("FD_WORDS_DEBUG")) fprintf(stderr, "final h%d ctc %.4f end %.4f score %.4f\n", h, ctc, end, out.back().rank);
+  }
+  std::sort(out.begin(), out.end(), ranks_before);
+  std::vector<WordHypothesis> result;
+  if (out.empty()) {  // nothing complete: the best hypothesis' completed words
+    if (!beam_.empty()) {
+      const Hyp& b = beam_.front();
+      result.push_back(make(b.hist, b.rank, b.ctc, hists_[b.hist].lm));
+    }
+    return result;
+  }
+  const size_t m = std::min(out.size(), static_cast<size_t>(opt_.nbest));
+  for (size_t i = 0; i < m; ++i) result.push_back(make(out[i].hist, out[i].rank, out[i].pb, out[i].extra));
+  return result;
+}
+
+// First NaN or +inf of one sentence's used frames: true and (t, v) if any.
+template <typename T>
+bool find_bad(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
+              int64_t* v_out) {
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* r = x + t * row_stride;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const T val = r[v * col_stride];
+      if (std::isnan(val) || val == std::numeric_limits<T>::infinity()) {
+        *t_out = t, *v_out = v;
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_probs, int64_t batch, int64_t frames,
+                                                                   int64_t vocab, int64_t batch_stride,
+                                                                   int64_t row_stride, int64_t col_stride,
+                                                                   const int64_t* lengths, int num_threads,
+                                                                   size_t* workspace_bytes) const {
+  if (vocab != kNumClasses)
+    throw std::invalid_argument("log_probs must have " + std::to_string(kNumClasses) + " classes, got " +
+                                std::to_string(vocab));
+  for (int64_t b = 0; b < batch; ++b)
+    if (lengths[b] < 0 || lengths[b] > frames) throw std::invalid_argument("length out of range");
+  std::vector<std::vector<WordHypothesis>> out(static_cast<size_t>(batch));
+  std::vector<int64_t> bad(static_cast<size_t>(2 * batch), -1);
+  const int workers = resolve_num_threads(num_threads, batch);
+  std::vector<std::unique_ptr<Searcher>> searchers;
+  for (int w = 0; w < workers; ++w) searchers.push_back(std::make_unique<Searcher>(*this));
+  parallel_for(batch, workers, [&](int64_t b, int w) {
+    const T* x = log_probs + b * batch_stride;
+    if (find_bad(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
+    out[b] = searchers[w]->decode(x, lengths[b], row_stride, col_stride);
+  });
+  for (int64_t b = 0; b < batch; ++b)
+    if (bad[2 * b] >= 0)
+      throw std::invalid_argument("log_probs has a NaN or +inf at [" + std::to_string(b) + ", " +
+                                  std::to_string(bad[2 * b]) + ", " + std::to_string(bad[2 * b + 1]) + "]");
+  if (workspace_bytes) {
+    size_t m = 0;
+    for (const auto& s : searchers) m = std::max(m, s->memory_bytes());
+    *workspace_bytes = m;
+  }
+  return out;
+}
+
+template std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch<float>(
+    const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t*, int, size_t*) const;
+template std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch<double>(
+    const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t*, int, size_t*) const;
+
+}  // namespace words
+}  // namespace fastdecoder

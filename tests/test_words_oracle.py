@@ -1,0 +1,233 @@
+"""The native word decoder against a plain-Python definition of the same search (lexicon-constrained CTC prefix
+beam search with LM scores at word ends; csrc/words/word_decoder.hpp states it).
+
+The oracle keeps hypotheses in a dict keyed by (word tuple, phoneme prefix of the current word), applies every
+extension without pruning, and keeps the beam_width best by ranking score, so agreement shows that the native
+pruning is lossless and the bookkeeping (merging, homophones, several pronunciations, sentence ends, the LM state
+machine, lookahead, blank penalty, word bonus, token cut) is right.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from fastdecoder.decode import Lexicon, WordDecoder, build_lm
+from fastdecoder.phonemes import PHONEME_TO_ID, SIL
+
+NEG = float("-inf")
+LN10 = math.log(10.0)
+
+
+def lse(a, b):
+    if a < b:
+        a, b = b, a
+    if b == NEG:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
+def word_beam_oracle(lp, prons, lm=None, *, beam, lm_weight=0.5, word_bonus=0.0, blank_penalty=0.0, cut=None,
+                     lookahead=False, nbest=None):
+    """prons: word -> list of tuples of class ids. Returns [(words, score, acoustic, lm)] best first."""
+    children = defaultdict(dict)
+    words_at = defaultdict(list)
+    for w, ps in prons.items():
+        for p in ps:
+            for i in range(len(p)):
+                children[p[:i]][p[i]] = p[:i + 1]
+            if w not in words_at[p]:
+                words_at[p].append(w)
+    lm_cache = {}
+
+    def lm_of(h):  # natural-log LM probability of the words of h (no </s>)
+        if lm is None:
+            return 0.0
+        if h not in lm_cache:
+            lm_cache[h] = sum(lm.log_prob(w, ["<s>", *h[:i]]) for i, w in enumerate(h))
+        return lm_cache[h]
+
+    la = defaultdict(float)
+    if lookahead and lm is not None:
+        best = defaultdict(lambda: NEG)
+        for w, ps in prons.items():
+            for p in ps:
+                for i in range(1, len(p) + 1):
+                    best[p[:i]] = max(best[p[:i]], lm.log_prob(w))
+        for k, v in best.items():
+            la[k] = lm_weight * min(0.0, v)
+
+    def extra(h, n):
+        return lm_weight * lm_of(h) + word_bonus * len(h) + la[n]
+
+    beam_ = {((), ()): (0.0, NEG)}
+    for t in range(len(lp)):
+        row = [float(v) for v in lp[t]]
+        nxt = {}
+
+        def add(key, which, val):
+            if val == NEG:
+                return
+            e = nxt.setdefault(key, [NEG, NEG])
+            e[which] = lse(e[which], val)
+
+        for (h, n), (pb, pnb) in beam_.items():
+            tot = lse(pb, pnb)
+            last = n[-1] if n else (SIL if h else None)
+            add((h, n), 0, tot + row[0] - blank_penalty)
+            if last is not None:
+                add((h, n), 1, pnb + row[last])
+            for s, child in children[n].items():
+                if cut is not None and row[s] < cut and (h, child) not in beam_:
+                    continue
+                add((h, child), 1, (pb if s == last else tot) + row[s])
+            for w in words_at.get(n, []):
+                key = (h + (w,), ())
+                if cut is not None and row[SIL] < cut and key not in beam_:
+                    continue
+                add(key, 1, tot + row[SIL])
+        ranked = sorted(nxt.items(), key=lambda kv: -(lse(*kv[1]) + extra(*kv[0])))
+        beam_ = {k: tuple(v) for k, v in ranked[:beam]}
+
+    finals = {}
+    for (h, n), (pb, pnb) in beam_.items():
+        ctc = lse(pb, pnb)
+        if n == ():
+            finals[h] = lse(finals.get(h, NEG), ctc)
+        else:
+            for w in words_at.get(n, []):
+                finals[h + (w,)] = lse(finals.get(h + (w,), NEG), ctc)
+    out = []
+    for h, ctc in finals.items():
+        end = lm.log_prob("</s>", ["<s>", *h]) if lm is not None else 0.0
+        total_lm = lm_of(h) + end
+        out.append((list(h), ctc + lm_weight * total_lm + word_bonus * len(h), ctc, total_lm))
+    out.sort(key=lambda r: -r[1])
+    if not out:
+        (h, n), (pb, pnb) = max(beam_.items(), key=lambda kv: lse(*kv[1]) + extra(*kv[0]))
+        out = [(list(h), lse(pb, pnb) + extra(h, n), lse(pb, pnb), lm_of(h))]
+    return out[:nbest] if nbest else out
+
+
+# A small lexicon with the hard cases: homophones (right/write, two/too), several pronunciations (read, the, a),
+# words that are prefixes of others (a / about, in / inn... , to / tool), one-phoneme words.
+PRONS = {
+    "a": ["AH", "EY"], "about": ["AH B AW T"], "the": ["DH AH", "DH IY"], "right": ["R AY T"], "write": ["R AY T"],
+    "read": ["R IY D", "R EH D"], "red": ["R EH D"], "two": ["T UW"], "too": ["T UW"], "to": ["T UW", "T AH"],
+    "tool": ["T UW L"], "in": ["IH N"], "it": ["IH T"], "eat": ["IY T"], "tea": ["T IY"], "owe": ["OW"],
+    "dog": ["D AO G"], "cat": ["K AE T"], "at": ["AE T"],
+}
+PRON_IDS = {w: [tuple(PHONEME_TO_ID[p] for p in v.split()) for v in vs] for w, vs in PRONS.items()}
+CORPUS = ["the cat read a tool", "write to the dog", "right about two", "a cat at the tea", "eat it too",
+          "read it right", "the red dog", "owe the cat two", "in the tea", "write about a cat", "the dog eat"]
+
+
+def sentence_log_probs(rng, sentences, *, noise, confuse, final_sil=True):
+    """Posteriors from word sentences (random pronunciation of each word), noisy, with confusions."""
+    rows_all = []
+    for s in sentences:
+        phones = []
+        for i, w in enumerate(s):
+            p = PRON_IDS[w][rng.integers(len(PRON_IDS[w]))]
+            phones += list(p) + ([SIL] if final_sil or i + 1 < len(s) else [])
+        rows = []
+        for p in phones:
+            c = int(rng.integers(1, 41)) if rng.random() < confuse else None
+            for _ in range(int(rng.integers(1, 4))):
+                z = rng.normal(0, noise, 41)
+                z[p] += 3.0
+                if c is not None:
+                    z[c] += 3.0 + rng.normal(0, 1)
+                rows.append(z)
+            for _ in range(int(rng.integers(0, 2))):
+                z = rng.normal(0, noise, 41)
+                z[0] += 3.0
+                rows.append(z)
+        rows_all.append(np.array(rows))
+    return [torch.from_numpy(r).log_softmax(-1).numpy() for r in rows_all]
+
+
+def fresh_rng():
+    seed = int(np.random.SeedSequence().entropy % 2**63)
+    print(f"rng seed {seed}")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def lms():
+    return {2: build_lm(CORPUS, order=2), 3: build_lm(CORPUS, order=3)}
+
+
+def assert_same(native, oracle, context):
+    assert [h.words for h in native] == [o[0] for o in oracle], context
+    for h, (_, score, ac, lmv) in zip(native, oracle):
+        assert h.score == pytest.approx(score, abs=1e-6), context
+        assert h.acoustic_score == pytest.approx(ac, abs=1e-6), context
+        assert h.lm_score == pytest.approx(lmv, abs=1e-6), context
+
+
+CASES = [
+    dict(beam=1), dict(beam=3), dict(beam=8), dict(beam=16), dict(beam=40),
+    dict(beam=8, lm_weight=1.5, word_bonus=0.7), dict(beam=8, word_bonus=-1.0, blank_penalty=0.5),
+    dict(beam=8, lookahead=True), dict(beam=20, lookahead=True, lm_weight=2.0),
+    dict(beam=8, cut=-4.0), dict(beam=8, cut=-2.0, lookahead=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[",".join(f"{k}={v}" for k, v in c.items()) for c in CASES])
+@pytest.mark.parametrize("order", [2, 3])
+def test_matches_oracle_with_lm(lms, case, order):
+    rng = fresh_rng()
+    lm = lms[order]
+    sents = [CORPUS[i].split() for i in rng.integers(0, len(CORPUS), size=4)]
+    sents += [[str(w) for w in rng.choice(list(PRONS), size=int(rng.integers(1, 4)))] for _ in range(2)]
+    xs = sentence_log_probs(rng, sents, noise=1.0, confuse=0.25, final_sil=bool(rng.random() < 0.5))
+    c = dict(case)
+    beam = c.pop("beam")
+    dec = WordDecoder(Lexicon.from_pronunciations(PRONS), lm, beam_width=beam, nbest=beam, num_threads=1,
+                      lm_weight=c.get("lm_weight", 0.5), word_bonus=c.get("word_bonus", 0.0),
+                      blank_penalty=c.get("blank_penalty", 0.0), token_min_logprob=c.get("cut"),
+                      lm_lookahead=c.get("lookahead", False))
+    out = dec.decode([x.astype(np.float64) for x in xs])
+    for i, x in enumerate(xs):
+        ref = word_beam_oracle(x, PRON_IDS, lm, beam=beam, nbest=beam, **c)
+        assert_same(out[i], ref, f"sentence {i} {sents[i]} case {case}")
+
+
+@pytest.mark.parametrize("beam", [1, 4, 12])
+def test_matches_oracle_without_lm(beam):
+    # no LM: homophones tie exactly, so this lexicon has none (ties may be broken either way)
+    prons = {w: v for w, v in PRONS.items() if w not in ("write", "too", "two", "red")}
+    prons["to"] = ["T UW"]
+    rng = fresh_rng()
+    ids = {w: PRON_IDS[w] for w in prons}
+    ids["to"] = [PRON_IDS["to"][0]]
+    sents = [[str(w) for w in rng.choice(list(prons), size=int(rng.integers(1, 4)))] for _ in range(5)]
+    xs = sentence_log_probs(rng, [[w if w != "to" else "tool" for w in s] for s in sents], noise=1.2, confuse=0.3)
+    dec = WordDecoder(Lexicon.from_pronunciations(prons), None, beam_width=beam, nbest=beam, word_bonus=0.2,
+                      num_threads=1)
+    out = dec.decode([x.astype(np.float64) for x in xs])
+    for i, x in enumerate(xs):
+        ref = word_beam_oracle(x, ids, None, beam=beam, nbest=beam, word_bonus=0.2)
+        assert_same(out[i], ref, f"sentence {i}")
+
+
+def test_matches_oracle_on_random_peaky_inputs(lms):
+    """Unstructured posteriors: most beams end inside words (fallback and partial-word handling)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ctc_oracle import peaky_log_probs
+
+    rng = fresh_rng()
+    x = peaky_log_probs(rng, 6, 30, 41).astype(np.float64)
+    for beam in (2, 10):
+        dec = WordDecoder(Lexicon.from_pronunciations(PRONS), lms[3], beam_width=beam, nbest=beam, num_threads=1)
+        out = dec.decode(x)
+        for b in range(6):
+            ref = word_beam_oracle(x[b], PRON_IDS, lms[3], beam=beam, nbest=beam)
+            assert_same(out[b], ref, f"b={b} beam={beam}")

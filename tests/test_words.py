@@ -137,9 +137,10 @@ def test_lexicon_file_format(tmp_path):
 
 
 def test_lexicon_from_pronunciations():
-    lex = Lexicon.from_pronunciations({"a": "AH", "an": ["AE", "N"], "the": [["DH", "AH"], "DH IY"], "x": [1, 2]})
-    assert lex.pronunciations() == {"a": [("AH",)], "an": [("AE", "N")], "the": [("DH", "AH"), ("DH", "IY")],
-                                    "x": [("AA", "AE")]}
+    lex = Lexicon.from_pronunciations({"a": ["AH", "EY"], "an": "AE N", "the": [["DH", "AH"], "DH IY0"],
+                                       "x": [1, 2], "y": [[3], [4, 5]]})
+    assert lex.pronunciations() == {"a": [("AH",), ("EY",)], "an": [("AE", "N")], "the": [("DH", "AH"), ("DH", "IY")],
+                                    "x": [("AA", "AE")], "y": [("AH",), ("AO", "AW")]}
     assert len(Lexicon.from_pronunciations([("b", "B IY"), ("b", "B IY1")])) == 1
 
 
@@ -157,7 +158,7 @@ def test_lexicon_errors(text, pattern):
 
 def test_lexicon_errors_other_sources(tmp_path):
     with pytest.raises(ValueError, match=r"word 'dog' has phoneme 'Q'"):
-        Lexicon.from_pronunciations({"dog": ["D", "Q"]})
+        Lexicon.from_pronunciations({"dog": "D Q"})
     with pytest.raises(ValueError, match="empty pronunciation"):
         Lexicon.from_pronunciations({"dog": [[]]})
     with pytest.raises(ValueError, match="is empty"):

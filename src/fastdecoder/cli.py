@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | plot | data``.
+"""Command line: ``fastdecoder train | eval | plot | data | bench``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -57,6 +58,40 @@ def _add_data(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
     i = dsub.add_parser("info", help="summarise a dataset file or folder")
     i.add_argument("path")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks a user runs on their own machine")
+    bsub = p.add_subparsers(dest="bench_cmd", required=True)
+    t = bsub.add_parser("train", help="fast path vs reference path: batches/s, ratio, peak memory, loss agreement")
+    t.add_argument("--config", required=True, help="YAML file or preset name")
+    t.add_argument("--steps", type=int, default=50, help="timed steps per path")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
+    t.add_argument("--data", help="dataset path (default: the config's)")
+    t.add_argument("--synthetic", action="store_true",
+                   help="synthetic data with the preset's real feature width instead of the config's data")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    t.add_argument("--json", help="also write the full result (losses included) to this file")
+
+
+def cmd_bench(args) -> int:
+    from fastdecoder.config import load_config
+    from fastdecoder.train.bench import SYNTHETIC, bench_train, format_report
+
+    if args.steps < 1 or args.warmup < 0:
+        raise ValueError("--steps must be >= 1 and --warmup >= 0")
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={json.dumps(args.data)}")
+    cfg = load_config(args.config, overrides)
+    if args.synthetic:
+        fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
+        cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
+    result = bench_train(cfg, args.steps, args.warmup)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def _clear_run(out: Path) -> None:
@@ -223,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_eval(sub)
     _add_plot(sub)
     _add_data(sub)
+    _add_bench(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -231,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastdecoder.train.stability import NonFiniteError
 
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data}[args.cmd](args)
+        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
+                "bench": cmd_bench}[args.cmd](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

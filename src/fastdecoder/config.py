@@ -135,6 +135,8 @@ class TrainConfig:
     tensorboard: bool = False           # also log to DIR/tensorboard (needs the tensorboard package)
     plot: bool = True                   # write DIR/curves.png at the end (needs matplotlib; skipped if missing)
     train_monitor: bool = True          # blank fraction / distinct phonemes of the training batch at log steps
+    fast: Optional[bool] = None         # fast path (None = on CUDA): Triton ops, device-resident batches, fused
+    #                                     AdamW, torch.compile as configured; false = reference ops, host batching
 
 
 @dataclass

@@ -59,12 +59,12 @@ def _to_ids(pron, word: str) -> list[int]:
 
 
 def _is_single_pron(v) -> bool:
-    """A string, or a flat list of phoneme symbols / class ids (a list of such lists is several prons)."""
+    """A mapping value that is one pronunciation: a string ("AE N") or a flat list of class ids. Any other list holds
+    several pronunciations, each a string or a list of symbols / ids."""
     if isinstance(v, str):
         return True
     v = list(v)
-    return bool(v) and all((isinstance(x, numbers.Integral) and not isinstance(x, bool)) or
-                           (isinstance(x, str) and x != "" and not any(c.isspace() for c in x)) for x in v)
+    return bool(v) and all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v)
 
 
 class Lexicon:
@@ -101,8 +101,8 @@ class Lexicon:
     def from_pronunciations(cls, entries: Mapping[str, Iterable] | Iterable[tuple[str, object]],
                             source: str = "<pronunciations>") -> "Lexicon":
         """From ``{word: [pron, ...]}`` or ``[(word, pron), ...]``; a pron is ``"AH L OW"``, a list of symbols or a
-        list of class ids; a mapping value may be one pron (a string, or a flat list of symbols / ids) or a list of prons
-        (strings or lists: ``{"read": ["R IY D", "R EH D"]}``)."""
+        list of class ids. A mapping value is one pron if it is a string or a flat list of class ids, else a list of prons:
+        ``{"a": ["AH", "EY"], "read": ["R IY D", ["R", "EH", "D"]], "an": "AE N"}``."""
         pairs: list[tuple[str, object]] = []
         if isinstance(entries, Mapping):
             for w, prons in entries.items():

@@ -28,6 +28,7 @@ import torch
 
 from fastdecoder.config import Config, config_diff, save_config
 from fastdecoder.losses import ctc_loss, infeasible_targets, output_lengths
+from fastdecoder.data.resident import ResidentSplit
 from fastdecoder.model import GRUDecoder
 from fastdecoder.train import distributed
 from fastdecoder.train.checkpoint import (check_resumable, load_checkpoint, remove_stale_temp_files,
@@ -228,13 +229,17 @@ class Trainer:
         self.infeasible_trials = 0
         self._check_trial_lengths()
 
-        backend = cfg.augment.backend
-        self.model = GRUDecoder(cfg.model, smoothing_backend=backend).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        on_cuda = self.device.type == "cuda"
+        # The fast path and the reference path share everything but the op implementations and the batching.
+        self.fast = on_cuda if cfg.train.fast is None else cfg.train.fast
+        self.ops_backend = cfg.augment.backend if self.fast else "reference"
+        self.model = GRUDecoder(cfg.model, smoothing_backend=self.ops_backend,
+                                rnn_backend="auto" if self.fast else "reference").to(self.device)
+        self.optimizer = build_optimizer(self.model, replace(cfg.optim, fused=cfg.optim.fused and self.fast),
+                                         self.device)
         self.schedule = LRSchedule(self.optimizer, cfg.optim)
         self.guard = InstabilityGuard(cfg.stability, self.schedule)
         self.monitor = CollapseMonitor(cfg.stability)
-        on_cuda = self.device.type == "cuda"
         self.amp_dtype = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if on_cuda else None)
         self.scaler = torch.amp.GradScaler("cuda") if (on_cuda and cfg.train.amp == "fp16") else None
         # per-rank streams: rank 0 uses the seed itself (a single process is unchanged by all this)
@@ -247,12 +252,13 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
         fwd = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(fwd) if cfg.train.compile and on_cuda else fwd
+        self.forward = torch.compile(fwd) if cfg.train.compile and on_cuda and self.fast else fwd
         self.smooth_input = (cfg.model.smoothing == "input")
         from fastdecoder.ops import gaussian_taps
 
         self.input_taps = gaussian_taps(cfg.model.smooth_taps).to(self.device) if self.smooth_input else None
         self.sampler = self._make_sampler()
+        self.resident = self._make_resident() if self.fast else None
         self.rng = np.random.default_rng(self.rank_seed + 1)  # random cut
         self.mask_gen = torch.Generator().manual_seed(self.rank_seed + 2)  # time/channel masks
         self.step = 0
@@ -278,6 +284,27 @@ class Trainer:
         if c.data.batching == "days":
             return DayBatchSampler(self.train_split, c.train.batch_size, c.data.days_per_batch, seed=self.rank_seed)
         return RandomBatchSampler(self.train_split, c.train.batch_size, seed=self.rank_seed)
+
+    def _make_resident(self) -> ResidentSplit:
+        """The training split packed on the device (batches built there); pinned host memory if it would take more
+        than 40 % of the free GPU memory."""
+        if self.device.type == "cuda":
+            need = sum(f.nbytes for f in self.train_split.features)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if need > 0.4 * free:
+                log.info("training split (%.1f GB) kept in pinned host memory", need / 1e9)
+                return ResidentSplit(self.train_split, "cpu", pin=True)
+        return ResidentSplit(self.train_split, self.device)
+
+    def next_batch(self):
+        """The next training batch on the device: gathered from the resident split (fast path) or padded on the host
+        and copied (reference path); both give the same tensors."""
+        from fastdecoder.data import collate
+
+        idx = next(self.sampler)
+        if self.resident is not None:
+            return self.resident.batch(idx, device=self.device)
+        return collate(self.train_split, idx).to(self.device, non_blocking=True)
 
     def _check_trial_lengths(self) -> None:
         """Warn about trials shorter than one patch and (naming them) targets longer than their output frames."""
@@ -316,7 +343,7 @@ class Trainer:
             return x
         from fastdecoder.ops import augment
 
-        return augment(x, lens, smooth_taps=self.input_taps, backend=self.cfg.augment.backend)
+        return augment(x, lens, smooth_taps=self.input_taps, backend=self.ops_backend)
 
     def train_transform(self, x: torch.Tensor, lens: torch.Tensor):
         """Training augmentation: random cut, then one fused pass of noise, offset, (input) smoothing and masks."""
@@ -337,7 +364,7 @@ class Trainer:
                                   generator=self.mask_gen, device=x.device)
         seed = (self.rank_seed * 1_000_003 + self.step) % (2**31 - 1)
         x = augment(x, lens, white_noise_std=a.white_noise_std, constant_offset_std=a.constant_offset_std,
-                    smooth_taps=self.input_taps, time_masks=tm, freq_masks=fm, seed=seed, backend=a.backend)
+                    smooth_taps=self.input_taps, time_masks=tm, freq_masks=fm, seed=seed, backend=self.ops_backend)
         return x, lens
 
     # -- one step -----------------------------------------------------------------------------------------------
@@ -665,8 +692,6 @@ class Trainer:
             self._stop.restore()
 
     def _fit_loop(self, max_steps: int | None) -> dict:
-        from fastdecoder.data import collate
-
         cfg = self.cfg
         bar = None
         if self.progress:
@@ -680,8 +705,7 @@ class Trainer:
         log_every = cfg.train.log_every
         try:
             while self.step < cfg.train.steps:
-                idx = next(self.sampler)
-                batch = collate(self.train_split, idx).to(self.device, non_blocking=True)
+                batch = self.next_batch()
                 will_log = (self.step + 1) % log_every == 0 or self.step + 1 == cfg.train.steps
                 out = self.train_step(batch, stats=will_log and cfg.train.train_monitor)
                 self.step += 1

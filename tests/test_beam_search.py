@@ -257,4 +257,8 @@ def test_non_cpu_tensors_are_rejected_clearly():
 def test_integer_and_complex_inputs():
     with pytest.raises(ValueError, match="float"):
         beam_search(np.zeros((1, 2, 3), np.complex64))
+    with pytest.raises(ValueError, match="float tensor"):
+        beam_search(torch.zeros(1, 2, 3, dtype=torch.bool))
     assert beam_search(np.zeros((1, 2, 3), np.int32), beam_width=2) == beam_search(np.zeros((1, 2, 3)), beam_width=2)
+    zeros = beam_search(np.zeros((1, 2, 3)), beam_width=2)
+    assert beam_search(torch.zeros(1, 2, 3, dtype=torch.int64), beam_width=2) == zeros

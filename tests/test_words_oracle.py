@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecoder.decode import Lexicon, WordDecoder, build_lm
+from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, build_lm
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
 
 NEG = float("-inf")
@@ -125,6 +125,29 @@ CORPUS = ["the cat read a tool", "write to the dog", "right about two", "a cat a
           "read it right", "the red dog", "owe the cat two", "in the tea", "write about a cat", "the dog eat"]
 
 
+def random_arpa(rng, words, order):
+    """A random back-off model over the words (random log10 probabilities and back-offs, random subsets of
+    higher-order n-grams): continuous random values, so no two hypotheses tie in score (an estimated model of a tiny
+    corpus gives homophones equal probabilities, and exact ties may be broken either way)."""
+    vocab = ["<s>", "</s>", "<unk>"] + list(words)
+    grams = [None, [(w,) for w in vocab]]
+    for n in range(2, order + 1):
+        prev = [g for g in grams[n - 1] if g[-1] != "</s>"]
+        cand = [g + (w,) for g in prev for w in vocab[1:] if w != "<unk>"]
+        idx = rng.choice(len(cand), size=min(len(cand), 15 * len(vocab)), replace=False)
+        grams.append(sorted(cand[i] for i in idx))
+    contexts = {g for n in range(2, order + 1) for g in (x[:-1] for x in grams[n])}
+    lines = ["\\data\\"] + [f"ngram {n}={len(grams[n])}" for n in range(1, order + 1)]
+    for n in range(1, order + 1):
+        lines += ["", f"\\{n}-grams:"]
+        for g in grams[n]:
+            p = -99.0 if g == ("<s>",) else -rng.uniform(0.05, 3.0)
+            bo = f"\t{-rng.uniform(0.0, 1.0):.6f}" if n < order and g in contexts else ""
+            lines.append(f"{p:.6f}\t{' '.join(g)}{bo}")
+    lines += ["", "\\end\\", ""]
+    return ArpaLM.from_text("\n".join(lines))
+
+
 def sentence_log_probs(rng, sentences, *, noise, confuse, final_sil=True):
     """Posteriors from word sentences (random pronunciation of each word), noisy, with confusions."""
     rows_all = []
@@ -158,7 +181,8 @@ def fresh_rng():
 
 @pytest.fixture(scope="module")
 def lms():
-    return {2: build_lm(CORPUS, order=2), 3: build_lm(CORPUS, order=3)}
+    rng = fresh_rng()
+    return {2: random_arpa(rng, PRONS, 2), 3: random_arpa(rng, PRONS, 3)}
 
 
 def assert_same(native, oracle, context):
@@ -225,9 +249,10 @@ def test_matches_oracle_on_random_peaky_inputs(lms):
 
     rng = fresh_rng()
     x = peaky_log_probs(rng, 6, 30, 41).astype(np.float64)
-    for beam in (2, 10):
-        dec = WordDecoder(Lexicon.from_pronunciations(PRONS), lms[3], beam_width=beam, nbest=beam, num_threads=1)
+    for beam, lookahead in ((2, False), (10, False), (10, True)):
+        dec = WordDecoder(Lexicon.from_pronunciations(PRONS), lms[3], beam_width=beam, nbest=beam, num_threads=1,
+                          lm_lookahead=lookahead)
         out = dec.decode(x)
         for b in range(6):
-            ref = word_beam_oracle(x[b], PRON_IDS, lms[3], beam=beam, nbest=beam)
-            assert_same(out[b], ref, f"b={b} beam={beam}")
+            ref = word_beam_oracle(x[b], PRON_IDS, lms[3], beam=beam, nbest=beam, lookahead=lookahead)
+            assert_same(out[b], ref, f"b={b} beam={beam} lookahead={lookahead}")

@@ -39,6 +39,16 @@ inline int popcount64(uint64_t x) {
 #endif
 }
 
+inline int ctz64(uint64_t x) {  // x != 0
+#ifdef _MSC_VER
+  unsigned long i;
+  _BitScanForward64(&i, x);
+  return static_cast<int>(i);
+#else
+  return __builtin_ctzll(x);
+#endif
+}
+
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr double kLn10 = 2.302585092994045684;
 

@@ -69,6 +69,8 @@ class Lexicon {
     if (!(n.child_mask & bit)) return -1;
     return children_[n.child_begin + popcount64(n.child_mask & (bit - 1))];
   }
+  // The children of a node in class-id order (popcount64(child_mask) of them).
+  const int32_t* children(int32_t id) const { return children_.data() + nodes_[id].child_begin; }
   const int32_t* node_words(int32_t id) const { return node_words_.data() + nodes_[id].word_begin; }
   int32_t node_num_words(int32_t id) const { return nodes_[id].word_end - nodes_[id].word_begin; }
   size_t memory_bytes() const;

@@ -3,11 +3,8 @@
 
 #include <algorithm>
 #include <functional>
-#include <queue>
 #include <stdexcept>
 #include <string>
-#include <cstdio>
-#include <cstdlib>
 
 #include "thread_pool.hpp"
 
@@ -30,7 +27,7 @@ WordDecoder::WordDecoder(std::shared_ptr<const Lexicon> lexicon, std::shared_ptr
   } else {
     lm_ids_.assign(static_cast<size_t>(lex_->num_words()), -1);
   }
-  lookahead_.assign(static_cast<size_t>(lex_->num_nodes()), 0.0f);
+  lookahead_.assign(static_cast<size_t>(lex_->num_nodes()), 0.0);
   if (lm_ && opt_.lm_lookahead) {
     // Unigram ln p per word, max over each subtree; children always have larger ids than their parent.
     const int32_t nn = lex_->num_nodes();
@@ -46,7 +43,7 @@ WordDecoder::WordDecoder(std::shared_ptr<const Lexicon> lexicon, std::shared_ptr
       if (p > 0) best[p] = std::max(best[p], best[n]);
     }
     for (int32_t n = 1; n < nn; ++n)
-      lookahead_[n] = static_cast<float>(opt_.lm_weight * std::min(0.0, std::max(best[n], -1e30)));
+      lookahead_[n] = opt_.lm_weight * std::min(0.0, std::max(best[n], -1e30));
   }
 }
 
@@ -76,8 +73,9 @@ class Searcher {
   std::vector<WordHypothesis> decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride);
 
   size_t memory_bytes() const {
-    return hists_.capacity() * sizeof(Hist) + (beam_.capacity() + next_.capacity() + cands_.capacity()) * sizeof(Hyp) +
-           map_.memory_bytes() + hist_map_.memory_bytes() + (scorer_ ? scorer_->memory_bytes() : 0);
+    return hists_.capacity() * sizeof(Hist) + (beam_.capacity() + cands_.capacity()) * sizeof(Hyp) +
+           scratch_.capacity() * sizeof(double) + map_.memory_bytes() + hist_map_.memory_bytes() +
+           (scorer_ ? scorer_->memory_bytes() : 0);
   }
 
  private:
@@ -91,16 +89,6 @@ class Searcher {
     c.bonus = opt_.lm_weight * c.lm + opt_.word_bonus * c.nwords;
     hists_.push_back(c);
     return id;
-  }
-  void push_threshold(double v, int k) {
-    if (static_cast<int>(heap_.size()) < k) {
-      heap_.push_back(v);
-      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
-    } else if (v > heap_.front()) {
-      std::pop_heap(heap_.begin(), heap_.end(), std::greater<double>());
-      heap_.back() = v;
-      std::push_heap(heap_.begin(), heap_.end(), std::greater<double>());
-    }
   }
   WordHypothesis make(int32_t h, double score, double acoustic, double lm) const {
     WordHypothesis out;
@@ -118,10 +106,11 @@ class Searcher {
   std::unique_ptr<LmScorer> scorer_;
   std::vector<Hist> hists_;
   FlatMap hist_map_;
-  std::vector<Hyp> beam_, next_, cands_;
+  std::vector<Hyp> beam_, cands_;  // beam_: the best first, the rest in no particular order
   FlatMap map_;
-  std::vector<double> heap_;
+  std::vector<double> scratch_;
   std::vector<std::pair<double, int32_t>> labels_;
+  std::vector<int32_t> order_, ties_;
   std::vector<std::pair<int32_t, double>> finals_;
 };
 
@@ -136,7 +125,7 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
   const int k = opt_.beam_width;
   const double cut = opt_.token_min_logprob;
   const double lmw = opt_.lm_weight;
-  const std::vector<float>& la = d_.lookahead();
+  const std::vector<double>& la = d_.lookahead();
 
   hists_.clear();
   hist_map_.clear();
@@ -149,18 +138,18 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
     for (int v = 0; v < kNumClasses; ++v) lp[v] = static_cast<double>(src[v * col_stride]);
     const double lp_blank = lp[kBlank] - opt_.blank_penalty;
     const double lp_sil = lp[kSil];
-    labels_.clear();
+    labels_.clear();  // sorted by descending lp on first use in this frame
+    bool labels_sorted = false;
+    double top_lp = kNegInf;
     for (int32_t s = 1; s <= kNumPhonemes; ++s)
-      if (lp[s] >= cut && lp[s] > kNegInf) labels_.emplace_back(lp[s], s);
-    std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
-    const double top_lp = labels_.empty() ? kNegInf : labels_.front().first;
+      if (lp[s] >= cut && lp[s] > kNegInf) {
+        labels_.emplace_back(lp[s], s);
+        top_lp = std::max(top_lp, lp[s]);
+      }
 
     const int n = static_cast<int>(beam_.size());
     cands_.resize(static_cast<size_t>(n));
     map_.clear();
-    heap_.clear();
     bool ins = false;
     // 1. Beam hypotheses stay (blank; repeat of the last label collapses).
     for (int i = 0; i < n; ++i) {
@@ -184,12 +173,25 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
     }
     for (int i = 0; i < n; ++i) {  // lower bounds of their final scores (SIL may still add mass)
       Hyp& c = cands_[i];
-      c.rank = lse(c.pb, c.pnb) + c.extra;
-      push_threshold(c.rank, k);
+      c.ctc = lse(c.pb, c.pnb);
+      c.rank = c.ctc + c.extra;
     }
-    double thr = static_cast<int>(heap_.size()) == k ? heap_.front() : kNegInf;
+    // thr: the k-th best current ranking score of the candidates. Every candidate's score only grows until the
+    // end of the frame, so thr never exceeds the final k-th best: a new hypothesis below thr cannot enter the beam.
+    // It is recomputed whenever k/2 more candidates have arrived.
+    double thr = kNegInf;
+    size_t next_update = static_cast<size_t>(k);
+    auto update_threshold = [&]() {
+      const size_t m = cands_.size();
+      scratch_.resize(m);
+      for (size_t i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
+      std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
+      thr = scratch_[k - 1];
+      next_update = m + static_cast<size_t>(std::max(1, k / 2));
+    };
+    if (cands_.size() >= next_update) update_threshold();
 
-    // 2. New hypotheses, parents in descending rank (beam_ is sorted).
+    // 2. New hypotheses (the best parent first: it raises thr early).
     for (int i = 0; i < n; ++i) {
       const Hyp& e = beam_[i];
       const Lexicon::Node& nd = lex_.node(e.lex);
@@ -205,50 +207,87 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
           const uint64_t key = pack_key(h2, 0);
           const int32_t j = map_.find(key);
           if (j >= 0) {
-            cands_[j].pnb = lse(cands_[j].pnb, mass);
+            Hyp& c = cands_[j];
+            c.pnb = lse(c.pnb, mass);
+            c.ctc = lse(c.ctc, mass);
+            c.rank = c.ctc + c.extra;
           } else if (lp_sil >= cut) {
             map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
-            cands_.push_back(Hyp{h2, 0, kSil, kNegInf, mass, 0.0, hists_[h2].bonus, 0.0});
+            const double extra = hists_[h2].bonus;
+            cands_.push_back(Hyp{h2, 0, kSil, kNegInf, mass, mass, extra, mass + extra});
+            if (cands_.size() >= next_update) update_threshold();
           }
         }
       }
-      // Phonemes the trie allows, by descending lp, while they can still reach the k-th best.
+      // Phonemes the trie allows. rank(child) <= e.rank + lp[s], so a label below thr - e.rank cannot enter: nodes
+      // with few children try each; others walk the labels by descending lp and stop at the first one below.
       if (e.rank + top_lp < thr) continue;
       const double hist_bonus = hists_[e.hist].bonus;
-      for (const auto& [l, s] : labels_) {
-        if (e.rank + l < thr) break;
-        if (!(nd.child_mask >> s & 1)) continue;
-        const int32_t child = lex_.child(e.lex, s);
+      auto propose = [&](int32_t s, double l, int32_t child) {
         const uint64_t key = pack_key(e.hist, child);
-        if (map_.find(key) >= 0) continue;  // in the beam: its mass was added in step 1
+        if (map_.find(key) >= 0) return;  // in the beam: its mass was added in step 1
         const double mass = (s == e.last ? e.pb : e.ctc) + l;
-        if (mass == kNegInf) continue;
+        if (mass == kNegInf) return;
         const double extra = hist_bonus + la[child];
         const double rank = mass + extra;
-        if (rank < thr) continue;
+        if (rank < thr) return;
         map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
-        cands_.push_back(Hyp{e.hist, child, s, kNegInf, mass, 0.0, extra, rank});
-        push_threshold(rank, k);
-        if (static_cast<int>(heap_.size()) == k) thr = heap_.front();
+        cands_.push_back(Hyp{e.hist, child, s, kNegInf, mass, mass, extra, rank});
+        if (cands_.size() >= next_update) update_threshold();
+      };
+      const int n_children = popcount64(nd.child_mask);
+      if (n_children <= 6) {
+        const int32_t* kids = lex_.children(e.lex);
+        uint64_t mask = nd.child_mask;
+        for (int q = 0; q < n_children; ++q, mask &= mask - 1) {
+          const int32_t s = ctz64(mask);
+          const double l = lp[s];
+          if (l < cut || l == kNegInf || e.rank + l < thr) continue;
+          propose(s, l, kids[q]);
+        }
+      } else {
+        if (!labels_sorted) {
+          std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
+            return a.first > b.first || (a.first == b.first && a.second < b.second);
+          });
+          labels_sorted = true;
+        }
+        for (const auto& [l, s] : labels_) {
+          if (e.rank + l < thr) break;
+          if (nd.child_mask >> s & 1) propose(s, l, lex_.child(e.lex, s));
+        }
       }
     }
 
-    // 3. The k best by ranking score form the next beam, sorted.
-    for (Hyp& c : cands_) {
-      c.ctc = lse(c.pb, c.pnb);
-      c.rank = c.ctc + c.extra;
+    // 3. The k best by ranking score form the next beam (the best first, the rest in no order): the k-th best
+    //    score by a selection on plain doubles, then one pass; exact ties at the k-th score by (hist, node).
+    const int m = static_cast<int>(cands_.size());
+    order_.clear();
+    if (m <= k) {
+      for (int i = 0; i < m; ++i) order_.push_back(i);
+    } else {
+      scratch_.resize(static_cast<size_t>(m));
+      for (int i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
+      std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
+      const double kth = scratch_[k - 1];
+      ties_.clear();
+      for (int i = 0; i < m; ++i) {
+        if (cands_[i].rank > kth) order_.push_back(i);
+        else if (cands_[i].rank == kth) ties_.push_back(i);
+      }
+      const size_t need = static_cast<size_t>(k) - order_.size();
+      if (ties_.size() > need)
+        std::nth_element(ties_.begin(), ties_.begin() + (need - 1), ties_.end(),
+                         [this](int32_t a, int32_t b) { return ranks_before(cands_[a], cands_[b]); });
+      order_.insert(order_.end(), ties_.begin(), ties_.begin() + static_cast<std::ptrdiff_t>(need));
     }
-    if (static_cast<int>(cands_.size()) > k) {
-      std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(), ranks_before);
-      cands_.resize(static_cast<size_t>(k));
+    beam_.resize(order_.size());
+    size_t best = 0;
+    for (size_t i = 0; i < order_.size(); ++i) {
+      beam_[i] = cands_[order_[i]];
+      if (ranks_before(beam_[i], beam_[best])) best = i;
     }
-    std::sort(cands_.begin(), cands_.end(), ranks_before);
-    if (getenv("FD_WORDS_DEBUG")) {
-      fprintf(stderr, "t=%ld thr=%.4f:", (long)t, thr);
-      for (const Hyp& c : cands_) fprintf(stderr, " (h%d,n%d)%.4f", c.hist, c.lex, c.rank);
-      fprintf(stderr, "\n");
-    }
-    beam_.swap(cands_);
+    if (best) std::swap(beam_[0], beam_[best]);
   }
 
   // Sentence end: complete hypotheses, merged per word sequence, plus </s>.
@@ -282,7 +321,6 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
     }
     // rank = score, extra = LM total (incl. </s>), pb = acoustic
     out.push_back(Hyp{h, 0, 0, ctc, 0.0, ctc, hists_[h].lm + end, ctc + hists_[h].bonus + lmw * end});
-    if (getenv("FD_WORDS_DEBUG")) fprintf(stderr, "final h%d ctc %.4f end %.4f score %.4f\n", h, ctc, end, out.back().rank);
   }
   std::sort(out.begin(), out.end(), ranks_before);
   std::vector<WordHypothesis> result;

@@ -5,7 +5,8 @@
 // word so far. Its collapsed label sequence is pron(w1) SIL pron(w2) SIL ... SIL (phonemes to n), so the key
 // (h, n) identifies the CTC prefix except that a word with several pronunciations reaches (h + w, root) from each of
 // them: those alignments are summed (the probability of the word sequence, not of one pronunciation).
-// pb / pnb: log-mass of the alignments that end in blank / in the last label. With lp'[blank] = lp[blank] - blank_penalty:
+// pb / pnb: log-mass of the alignments that end in blank / in the last label.
+// With lp'[blank] = lp[blank] - blank_penalty:
 //   stay:      pb'(h,n)    += score(h,n) + lp'[blank]          pnb'(h,n) += pnb(h,n) + lp[last]   (repeat collapses)
 //   phoneme s: pnb'(h,c)   += (s == last ? pb : score)(h,n) + lp[s]   for each trie child c = child(n, s)
 //   SIL:       pnb'(h+w,0) += score(h,n) + lp[SIL]             for each word w ending at n (homophones: separate
@@ -15,8 +16,9 @@
 // Ranking score = acoustic + lm_weight * LM(h) + word_bonus * |h| (+ lm_weight * lookahead(n), optional), with
 // LM(h) = sum of ln p(w_i | w_<i) (ARPA log10 * ln 10), the first word conditioned on <s>. The beam keeps the
 // `beam_width` best by ranking score (ties: smaller (history id, node id), deterministic).
-// Lookahead (option): lookahead(n) = max over the words below trie node n of their unigram ln-probability, 0 at the
-// root; it is replaced by the real LM score when the word ends. It never increases down the trie, so
+// Lookahead (option, on by default): lookahead(n) = max over the words below trie node n of their unigram
+// ln-probability, 0 at the root; it is replaced by the real LM score when the word ends. It never increases down
+// the trie, so
 // rank(h, child) <= rank(h, n) + lp[s] holds with or without it: new prefixes are tried per hypothesis by descending
 // lp and the loop stops below the k-th best ranking score (lossless: the result equals the unpruned search).
 // Optional lossy cut `token_min_logprob`: labels below it propose no new hypothesis (existing ones keep their mass).
@@ -43,7 +45,7 @@ struct WordDecoderOptions {
   double blank_penalty = 0.0;
   double token_min_logprob = -std::numeric_limits<double>::infinity();  // -inf = off (exact)
   double unk_log10 = -100.0;  // log10 p of a word the LM does not know, when the LM has no <unk>
-  bool lm_lookahead = false;
+  bool lm_lookahead = true;
 };
 
 struct WordHypothesis {
@@ -73,14 +75,14 @@ class WordDecoder {
   const Lexicon& lexicon() const { return *lex_; }
   const ArpaLM* lm() const { return lm_.get(); }
   const std::vector<int32_t>& lm_ids() const { return lm_ids_; }
-  const std::vector<float>& lookahead() const { return lookahead_; }
+  const std::vector<double>& lookahead() const { return lookahead_; }
 
  private:
   std::shared_ptr<const Lexicon> lex_;
   std::shared_ptr<const ArpaLM> lm_;
   std::vector<int32_t> lm_ids_;
   WordDecoderOptions opt_;
-  std::vector<float> lookahead_;  // per trie node: lm_weight * max unigram ln p below it (0 when off or no LM)
+  std::vector<double> lookahead_;  // per trie node: lm_weight * max unigram ln p below it (0 when off or no LM)
 };
 
 }  // namespace words

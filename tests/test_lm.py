@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import itertools
 import math
 from collections import Counter, defaultdict
 

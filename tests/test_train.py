@@ -90,3 +90,21 @@ def test_cli_data_synth_and_info(tmp_path, capsys):
     assert main(["data", "info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "format b2t24, 2 days, 16 features" in out and "train: 10 trials" in out
+
+
+def test_lm_build_and_eval_with_words(tiny_run, tmp_path, capsys):
+    """`fastdecoder lm build` on the training transcripts, then `eval --lm --lexicon train` reports WER."""
+    out, trainer, _, summary = tiny_run
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(trainer.train_split.transcriptions) + "\n")
+    arpa = tmp_path / "lm.arpa"
+    assert main(["lm", "build", "--text", str(corpus), "--order", "2", "--out", str(arpa)]) == 0
+    assert "2-grams" in capsys.readouterr().out
+    assert "\\data\\" in arpa.read_text() and "\\2-grams:" in arpa.read_text()
+    assert main(["eval", "--run", str(out), "--lm", str(arpa), "--lexicon", "train", "--word-beam-width", "16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0.0 <= res["wer"] <= 2.0 and res["reference_words"] > 0
+    preds = [json.loads(line) for line in open(res["predictions"])]
+    assert all("words" in p and "transcription" in p for p in preds)
+    assert main(["lm", "build", "--text", str(tmp_path / "missing.txt"), "--out", str(arpa)]) == 2
+    assert "does not exist" in capsys.readouterr().err

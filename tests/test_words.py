@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fastdecoder.decode import (ArpaLM, Lexicon, WordDecoder, WordHypothesis, build_lm, cmudict_lexicon,
-                                edit_distances, error_rate, evaluate_words, greedy_decode, greedy_words,
+                                error_rate, evaluate_words, greedy_decode, greedy_words,
                                 word_error_rate)
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, build_lm
+from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
 
 NEG = float("-inf")

@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | plot | data | bench``.
+"""Command line: ``fastdecoder train | eval | plot | data | bench | lm``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -38,6 +38,21 @@ def _add_eval(sub) -> None:
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
     p.add_argument("--beam-width", type=int, default=20)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
+    p.add_argument("--lexicon", default=None,
+                   help="with --lm: 'cmudict' (default), 'train' (read off the training split's transcripts and "
+                        "phonemes), or a file of 'WORD PH PH ...' lines")
+    p.add_argument("--lm-weight", type=float, default=0.5)
+    p.add_argument("--word-beam-width", type=int, default=64)
+
+
+def _add_lm(sub) -> None:
+    p = sub.add_parser("lm", help="language models for word decoding")
+    lsub = p.add_subparsers(dest="lm_cmd", required=True)
+    b = lsub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from a sentence corpus")
+    b.add_argument("--text", required=True, help="corpus: one sentence per line (plain or .gz)")
+    b.add_argument("--order", type=int, default=3)
+    b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed)")
 
 
 def _add_plot(sub) -> None:
@@ -175,7 +190,6 @@ def cmd_plot(args) -> int:
 def cmd_eval(args) -> int:
     import numpy as np
 
-    from fastdecoder.config import config_from_dict
     from fastdecoder.data import load_dataset
     from fastdecoder.phonemes import ids_to_text
     from fastdecoder.train.evaluate import evaluate
@@ -195,7 +209,7 @@ def cmd_eval(args) -> int:
     transform = (lambda x, lens: augment(x, lens, smooth_taps=taps)) if taps is not None else (lambda x, lens: x)
     res = evaluate(model, split, transform=transform, device=torch.device(args.device),
                    batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
-                   patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam")
+                   patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam" or bool(args.lm))
     out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,
            "trials": res.n_trials}
     beam_hyps = None
@@ -212,17 +226,51 @@ def cmd_eval(args) -> int:
         beam_hyps = [h[0][0] for h in beam_search(arr, lens, beam_width=args.beam_width)]
         if split.targets is not None:
             out["per_beam"], out["beam_width"] = beam_per(res, split, args.beam_width)
+    word_hyps = None
+    if args.lm:
+        from fastdecoder.decode import evaluate_words, lexicon_from_split, load_lexicon
+
+        if split.transcriptions is None:
+            raise ValueError(f"split '{args.split}' of {data_path} has no transcriptions: WER needs them")
+        if args.lexicon == "train":
+            tr = ds.splits.get("train")
+            if tr is None or tr.targets is None or tr.transcriptions is None:
+                raise ValueError(f"--lexicon train needs a labelled training split in {data_path}")
+            lexicon = lexicon_from_split(tr.transcriptions, tr.targets)
+        else:
+            lexicon = load_lexicon(None if args.lexicon in (None, "cmudict") else args.lexicon)
+        refs = [split.transcriptions[i] for i in res.indices]
+        wres = evaluate_words(res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
+                              beam_width=args.word_beam_width)
+        out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
+        word_hyps = wres.hypotheses
     pred_path = run / f"predictions_{args.split}_{args.checkpoint}.jsonl"
     with open(pred_path, "w") as f:
         for k, i in enumerate(res.indices):
             rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
             if beam_hyps is not None:
                 rec["beam"] = ids_to_text(beam_hyps[k])
+            if word_hyps is not None:
+                rec["words"] = word_hyps[k]
+                rec["transcription"] = split.transcriptions[i]
             if split.targets is not None:
                 rec["target"] = ids_to_text(split.targets[i])
             f.write(json.dumps(rec) + "\n")
     out["predictions"] = str(pred_path)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_lm(args) -> int:
+    from fastdecoder.decode import build_lm
+
+    if args.order < 1:
+        raise ValueError(f"--order must be >= 1, got {args.order}")
+    if not Path(args.text).is_file():
+        raise FileNotFoundError(f"corpus {args.text} does not exist")
+    lm = build_lm(args.text, args.order, args.out)
+    counts = ", ".join(f"{n}-grams: {c}" for n, c in enumerate(lm.counts, 1))
+    print(f"wrote {args.out}: order {args.order}, {counts}")
     return 0
 
 
@@ -259,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_plot(sub)
     _add_data(sub)
     _add_bench(sub)
+    _add_lm(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -268,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm}[args.cmd](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

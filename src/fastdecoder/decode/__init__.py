@@ -3,8 +3,8 @@ from fastdecoder.decode.beam import beam_search, num_cpu_threads
 from fastdecoder.decode.metrics import edit_distances, error_rate, greedy_decode, word_error_rate
 from fastdecoder.decode.lm import ArpaLM, build_lm, load_arpa, normalize_text
 from fastdecoder.decode.words import (
-    Lexicon, WordDecoder, WordHypothesis, cmudict_lexicon, evaluate_words, greedy_words, load_lexicon)
+    Lexicon, WordDecoder, WordHypothesis, cmudict_lexicon, evaluate_words, greedy_words, lexicon_from_split, load_lexicon)
 
 __all__ = ["beam_search", "num_cpu_threads", "greedy_decode", "edit_distances", "error_rate", "word_error_rate",
            "ArpaLM", "build_lm", "load_arpa", "normalize_text", "Lexicon", "WordDecoder", "WordHypothesis",
-           "cmudict_lexicon", "evaluate_words", "greedy_words", "load_lexicon"]
+           "cmudict_lexicon", "evaluate_words", "greedy_words", "lexicon_from_split", "load_lexicon"]

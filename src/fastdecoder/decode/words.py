@@ -30,7 +30,7 @@ from fastdecoder import _words
 from fastdecoder.decode.beam import _as_array, _as_lengths, _int_arg
 from fastdecoder.decode.lm import BOS, EOS, UNK, ArpaLM, load_arpa, normalize_text, read_text_bytes
 from fastdecoder.decode.metrics import greedy_decode, word_error_rate
-from fastdecoder.phonemes import N_CLASSES, PHONEME_TO_ID, PHONEMES, SIL
+from fastdecoder.phonemes import N_CLASSES, PHONEMES, SIL
 
 __all__ = ["Lexicon", "WordDecoder", "WordHypothesis", "load_lexicon", "cmudict_lexicon", "greedy_words",
            "evaluate_words", "WordEvaluation"]
@@ -208,6 +208,35 @@ def cmudict_lexicon() -> Lexicon:
             text = "\n".join(f"{w} {' '.join(p)}" for w, prons in cmudict.dict().items() for p in prons)
         _CMUDICT = Lexicon.from_text(text, skip_invalid=True, source="cmudict")
     return _CMUDICT
+
+
+def lexicon_from_split(transcriptions: Sequence[str], targets: Sequence[Sequence[int]]) -> Lexicon:
+    """Pronunciations read off a labelled split: each transcript's words (normalised) against its phoneme targets
+    split at SIL (40). Trials whose word count differs from their SIL-separated chunks are skipped.
+
+    Gives a lexicon for data whose vocabulary is not in cmudict (the synthetic pseudo-words, rare names).
+    """
+    entries: dict[str, set] = {}
+    for text, ids in zip(transcriptions, targets):
+        words = normalize_text(text or "").split()
+        chunks, cur = [], []
+        for p in (int(i) for i in ids):
+            if p == SIL:
+                if cur:
+                    chunks.append(tuple(cur))
+                cur = []
+            else:
+                cur.append(p)
+        if cur:
+            chunks.append(tuple(cur))
+        if words and len(words) == len(chunks):
+            for w, c in zip(words, chunks):
+                entries.setdefault(w, set()).add(c)
+    if not entries:
+        raise ValueError("no trial's transcript lines up with its phoneme targets (words vs SIL-separated chunks): "
+                         "cannot build a lexicon from this split")
+    return Lexicon.from_pronunciations({w: [list(p) for p in sorted(c)] for w, c in entries.items()},
+                                       source="<labelled split>")
 
 
 def load_lexicon(source=None) -> Lexicon:

@@ -282,7 +282,7 @@ def _check_taps(smooth_taps, x) -> Optional[torch.Tensor]:
         try:
             taps = torch.as_tensor(np.asarray(smooth_taps, dtype=np.float64))
         except (TypeError, ValueError):
-            raise ValueError(f"smooth_taps must be None, 'b2t25', 'b2t24' or a 1-D sequence of floats") from None
+            raise ValueError("smooth_taps must be None, 'b2t25', 'b2t24' or a 1-D sequence of floats") from None
     if taps.ndim != 1 or not 1 <= taps.numel() <= MAX_TAPS:
         raise ValueError(f"smooth_taps must be 1-D with 1..{MAX_TAPS} taps, got shape {tuple(taps.shape)}")
     taps = taps.to(torch.float32)

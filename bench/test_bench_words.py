@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fastdecoder.decode import (Lexicon, WordDecoder, build_lm, cmudict_lexicon, greedy_words, load_arpa,
                                 num_cpu_threads, word_error_rate)
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_words import make_posteriors  # noqa: E402  (the tests' generator of peaky word posteriors)
 
 SEED = 20261121
 N_VOCAB = 10_000
@@ -87,32 +89,6 @@ class _Generator:
         return [ids[i, : lengths[i]] for i in range(n)]
 
 
-def _posteriors(rng, sentences, prons, confuse=0.3, peak=4.0, noise=0.8):
-    rows_all = []
-    for s in sentences:
-        rows = []
-        for p in [p for w in s for p in list(prons[w]) + [SIL]]:
-            c = int(rng.integers(1, 40)) if rng.random() < confuse else None
-            for _ in range(int(rng.integers(2, 5))):
-                z = rng.normal(0.0, noise, 41)
-                z[p] += peak
-                z[0] += 1.5
-                if c is not None:
-                    z[c] += peak + rng.normal(0.0, 1.0)
-                rows.append(z)
-            for _ in range(int(rng.integers(0, 3))):
-                z = rng.normal(0.0, noise, 41)
-                z[0] += peak + 1.0
-                rows.append(z)
-        rows_all.append(np.array(rows))
-    T = max(len(r) for r in rows_all)
-    x = np.zeros((len(rows_all), T, 41))
-    for i, r in enumerate(rows_all):
-        x[i, : len(r)] = r
-    x = torch.from_numpy(x).log_softmax(-1).numpy().astype(np.float32)
-    return x, np.array([len(r) for r in rows_all], dtype=np.int64)
-
-
 def _phone_arpa(src: Path, dst: Path, spell: dict[str, str]) -> None:
     """The same ARPA with every word renamed to its pronunciation spelled one character per phoneme (pyctcdecode
     builds words from characters; the renaming is one-to-one since the pronunciations are distinct)."""
@@ -150,7 +126,7 @@ def load_setup() -> dict:
         _phone_arpa(arpa, phone_arpa, spell)
         test = [[words[i] for i in s] for s in gen.sample(rng, B, 3, 7)]
         prons = {w: [PHONEME_TO_ID[p] for p in vocab[w]] for w in words}
-        x, lengths = _posteriors(rng, test, prons)
+        x, lengths = make_posteriors(rng, test, prons)
         np.savez(data, x=x, lengths=lengths)
         meta.write_text(json.dumps({"vocab": {w: list(p) for w, p in vocab.items()},
                                     "refs": [" ".join(s) for s in test],

@@ -9,13 +9,6 @@ namespace words {
 
 namespace {
 
-std::string quoted(std::string_view s) {
-  std::string out = "'";
-  out.append(s.substr(0, 60));
-  if (s.size() > 60) out += "...";
-  return out + "'";
-}
-
 [[noreturn]] void fail(int64_t line, const std::string& msg) {
   throw std::invalid_argument("ARPA line " + std::to_string(line) + ": " + msg);
 }

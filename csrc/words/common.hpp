@@ -24,6 +24,14 @@ inline constexpr const char* kPhonemes[kNumPhonemes] = {
     "AA", "AE", "AH", "AO", "AW", "AY", "B",  "CH", "D",  "DH", "EH", "ER", "EY", "F",  "G",  "HH", "IH", "IY", "JH", "K",
     "L",  "M",  "N",  "NG", "OW", "OY", "P",  "R",  "S",  "SH", "T",  "TH", "UH", "UW", "V",  "W",  "Y",  "Z",  "ZH"};
 
+// A piece of input text in quotes for error messages, cut after `max_chars`.
+inline std::string quoted(std::string_view s, size_t max_chars = 80) {
+  std::string out = "'";
+  out.append(s.substr(0, max_chars));
+  if (s.size() > max_chars) out += "...";
+  return out + "'";
+}
+
 // Phoneme symbol -> class id 1..39, or -1. Case-sensitive (ARPAbet is upper case); no stress digits.
 inline int phoneme_id(std::string_view sym) {
   for (int i = 0; i < kNumPhonemes; ++i)

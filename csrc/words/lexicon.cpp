@@ -10,13 +10,6 @@ namespace words {
 
 namespace {
 
-std::string quoted(std::string_view s) {
-  std::string out = "'";
-  out.append(s.substr(0, 80));
-  if (s.size() > 80) out += "...";
-  return out + "'";
-}
-
 std::string inventory() {
   std::string s;
   for (int i = 0; i < kNumPhonemes; ++i) s += (i ? " " : "") + std::string(kPhonemes[i]);

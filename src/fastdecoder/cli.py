@@ -159,8 +159,10 @@ def cmd_train(args) -> int:
                   f"{trainer.dataset.n_days} days, {trainer.dataset.n_features} features, "
                   f"{len(trainer.train_split)} training trials) on {trainer.device}{ranks}", flush=True)
         summary = trainer.fit()
-    finally:
-        distributed.cleanup()
+    except BaseException:
+        distributed.cleanup(sync=False)
+        raise
+    distributed.cleanup()
     if not info.is_main:
         return 0
     print(json.dumps(summary, indent=2))

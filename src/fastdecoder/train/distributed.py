@@ -78,8 +78,13 @@ def setup(device_name: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(info.rank, info.world_size, info.local_rank, backend), device
 
 
-def cleanup() -> None:
+def cleanup(sync: bool = True) -> None:
+    """Leave the process group. ``sync``: wait at a barrier first, so that no rank tears its connections down while
+    another still runs (rank 0 evaluates and writes the summary after the last step); skipped after an error,
+    where the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 

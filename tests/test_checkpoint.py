@@ -21,11 +21,11 @@ from fastdecoder.train.checkpoint import (CheckpointError, load_checkpoint, remo
                                           save_checkpoint)
 from fastdecoder.train.trainer import ResumeError, Trainer, prepare_dataset
 
+from tiny import tiny_data
+
 BASE = {
     "name": "tiny-ckpt",
-    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 24, "val_trials_per_day": 6,
-                           "test_trials_per_day": 2, "n_features": 16, "words_per_sentence": [1, 2], "seed": 7},
-             "days_per_batch": 2},
+    "data": tiny_data(7),
     "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
     "augment": {"white_noise_std": 0.3, "constant_offset_std": 0.1, "random_cut": 3, "time_mask_prob": 0.5,
                 "time_mask_width": 4, "time_mask_count": 2, "freq_mask_prob": 0.5, "freq_mask_width": 3,

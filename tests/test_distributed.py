@@ -17,15 +17,15 @@ from fastdecoder.model import GRUDecoder
 from fastdecoder.train.checkpoint import load_checkpoint
 from fastdecoder.train.distributed import weights_digest
 
+from tiny import tiny_data
+
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this torch build")
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = {
     "name": "tiny-ddp",
-    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 24, "val_trials_per_day": 6,
-                           "test_trials_per_day": 2, "n_features": 16, "words_per_sentence": [1, 2], "seed": 9},
-             "days_per_batch": 2},
+    "data": tiny_data(9),
     "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
     "augment": {"white_noise_std": 0.3, "constant_offset_std": 0.1, "random_cut": 3},
     "optim": {"lr": 0.01, "warmup_steps": 2, "decay_steps": 20, "lr_min": 0.001},

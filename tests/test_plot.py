@@ -11,11 +11,11 @@ from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.train.trainer import Trainer
 
+from tiny import tiny_data
+
 RAW = {
     "name": "tiny-plot",
-    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 16, "val_trials_per_day": 4,
-                           "test_trials_per_day": 2, "n_features": 16, "words_per_sentence": [1, 2], "seed": 11},
-             "days_per_batch": 2},
+    "data": tiny_data(11, trials_per_day=16, val_trials_per_day=4),
     "model": {"hidden_size": 16, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
     "optim": {"lr": 0.01, "schedule": "constant"},
     "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4, "amp": "none",

@@ -15,11 +15,11 @@ from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.trainer import Trainer, prepare_dataset
 from fastdecoder.config import StabilityConfig
 
+from tiny import tiny_data
+
 BASE = {
     "name": "tiny-stability",
-    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 24, "val_trials_per_day": 6,
-                           "test_trials_per_day": 2, "n_features": 16, "words_per_sentence": [1, 2], "seed": 5},
-             "days_per_batch": 2},
+    "data": tiny_data(5),
     "model": {"hidden_size": 24, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
     "augment": {"white_noise_std": 0.1, "random_cut": 2},
     "optim": {"lr": 0.01, "schedule": "constant", "grad_clip": 10.0},

@@ -10,11 +10,11 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.train.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
+from tiny import tiny_data
+
 TINY = {
     "name": "tiny",
-    "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 48, "val_trials_per_day": 12,
-                           "test_trials_per_day": 4, "n_features": 24, "words_per_sentence": [1, 3], "seed": 3},
-             "days_per_batch": 2},
+    "data": tiny_data(3, trials_per_day=48, val_trials_per_day=12, test_trials_per_day=4, n_features=24, words_per_sentence=(1, 3)),
     "model": {"hidden_size": 48, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
     "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
     "optim": {"lr": 0.02, "warmup_steps": 5, "decay_steps": 160, "lr_min": 0.001},

@@ -39,11 +39,13 @@ class ResidentSplit:
                 "targets": torch.from_numpy(targets),
                 "target_len": torch.from_numpy(np.asarray(split.target_lengths, dtype=np.int64).copy()),
                 "day": torch.from_numpy(np.asarray(split.day, dtype=np.int64).copy())}
+        # host copies of the lengths: the padded shape of a batch is known without a device -> host sync
+        self.host_length = lengths
+        self.host_target_len = np.asarray(split.target_lengths, dtype=np.int64)
         self.pinned = pin and self.device.type == "cpu" and torch.cuda.is_available()
         for name, t in host.items():
             setattr(self, name, t.pin_memory() if self.pinned else t.to(self.device))
-        self.max_len = int(lengths.max()) if self.n else 0
-
+        
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in
@@ -61,14 +63,13 @@ class ResidentSplit:
             raise IndexError(f"trial indices must lie in 0..{self.n - 1}, got {index.min()}..{index.max()}")
         idx = torch.from_numpy(index).to(self.start.device)
         lens = self.length[idx]
-        T = int(self.length[torch.from_numpy(index)].max()) if self.length.device.type == "cpu" else \
-            int(lens.max())  # one host sync on a GPU-resident split: the padded length decides the shape
+        T = int(self.host_length[index].max())
         t = torch.arange(T, device=idx.device)
         valid = t[None, :] < lens[:, None]                                  # (B, T)
         rows = torch.where(valid, self.start[idx, None] + t[None, :], 0)     # (B, T) bin index into features
         x = self.features[rows] * valid[..., None]                          # (B, T, C), zero padding
         y_len = self.target_len[idx]
-        Lb = max(1, int(y_len.max()))
+        Lb = max(1, int(self.host_target_len[index].max()))
         out = Batch(x=x.float(), x_lens=lens, y=self.targets[idx, :Lb], y_lens=y_len, day=self.day[idx], index=index)
         if device is not None and torch.device(device) != self.features.device:
             out = out.to(device, non_blocking=self.pinned)

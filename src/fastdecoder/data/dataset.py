@@ -147,7 +147,7 @@ def as_count(value, what: str, where: str) -> int:
         raise DataFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
     v = arr.reshape(-1)[0]
     if not np.isfinite(v) or v != np.round(v) or v < 0:
-        raise DataFormatError(f"{where}: {what} must be a non-negative integer, got {v!r}")
+        raise DataFormatError(f"{where}: {what} must be a non-negative integer, got {v.item()!r}")
     return int(v)
 
 
@@ -195,7 +195,7 @@ def decode_ascii(codes, where: str = "transcription") -> str:
         if arr.size else arr
     if bad.size:
         k = int(bad[0])
-        raise DataFormatError(f"{where}: transcription code {arr[k]!r} at position {k} is not a character code "
+        raise DataFormatError(f"{where}: transcription code {arr[k].item()!r} at position {k} is not a character code "
                               f"(expected integers in 0..{MAX_CODE_POINT - 1:#x}, 0-terminated)")
     return "".join(map(chr, arr.astype(np.int64).tolist())).strip()
 

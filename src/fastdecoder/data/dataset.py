@@ -134,8 +134,8 @@ def check_targets(ids, where: str, n_classes: int = N_CLASSES) -> np.ndarray:
     bad = (y < MIN_TARGET) | (y >= n_classes)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DataFormatError(f"{where}: target id {int(y[k])} at position {k} is outside {MIN_TARGET}..{n_classes - 1} "
-                              "(0 is the CTC blank and never a target; padding must lie beyond the label length)")
+        raise DataFormatError(f"{where}: target id {int(y[k])} at position {k} is outside "
+                              f"{MIN_TARGET}..{n_classes - 1} (0 is the CTC blank and never a target; padding must lie beyond the label length)")
     return y
 
 

@@ -105,3 +105,97 @@ def test_config_diff_names_keys():
     b = load_config("b2t25", ["train.steps=5", "optim.lr=0.001"]).to_dict()
     assert [k for k, _, _ in config_diff(a, b)] == ["optim.lr", "train.steps"]
     assert config_diff(a, b, ignore=("train.steps", "optim.lr")) == []
+
+
+# ---------------------------------------------------------------- issue 12: ranges, cross-key checks, YAML 1.2
+
+
+def test_every_numeric_key_has_a_range():
+    """A new numeric key must say which values it takes (config.RANGES), and no entry names a key that is gone."""
+    from fastdecoder.config import RANGES, numeric_keys
+
+    keys = numeric_keys()
+    assert {"optim.lr", "train.seed", "data.max_val_trials", "model.n_classes"} <= set(keys)
+    assert sorted(set(keys) - set(RANGES)) == []
+    assert sorted(set(RANGES) - set(keys)) == []
+
+
+def _outside(r, integer: bool) -> list:
+    """Values just outside Range r (and non-integers for int keys)."""
+    step = 1 if integer else 1e-9 * max(1.0, abs(r.lo or 0), abs(r.hi or 0))
+    out = []
+    if r.lo is not None:
+        out.append(r.lo if r.lo_open else r.lo - step)
+    if r.hi is not None:
+        out.append(r.hi if r.hi_open else r.hi + step)
+    return out
+
+
+def _numeric_cases():
+    from fastdecoder.config import RANGES, numeric_keys
+
+    for key, tp in sorted(numeric_keys().items()):
+        for v in _outside(RANGES[key], tp is int):
+            yield key, v, "must be"
+        for v in (float("nan"), float("inf"), float("-inf")):
+            yield key, v, "finite" if tp is float else "integer"
+        if tp is int:
+            yield key, 1.5, "must be an integer"
+
+
+@pytest.mark.parametrize("key,value,says", list(_numeric_cases()))
+def test_every_numeric_key_refuses_values_outside_its_range(key, value, says):
+    sec, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"{sec}\.{name} .*{says}") as err:
+        config_from_dict({sec: {name: value}})
+    assert "got" in str(err.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.eps=.inf", r"optim\.eps must be a finite number, got inf"),
+    ("optim.day_lr=-1", r"optim\.day_lr must be > 0, got -1"),
+    ("data.val_split=vall", r"data\.val_split must be one of train, val, test, null, got 'vall'"),
+    ("data.max_val_trials=0", r"data\.max_val_trials must be an integer >= 1, got 0"),
+    ("data.max_val_trials=-1", r"data\.max_val_trials must be an integer >= 1, got -1"),
+    ("model.n_classes=5", r"model\.n_classes must be 41 \(CTC blank \+ 39 phonemes \+ SIL"),
+    ("model.n_classes=0", r"model\.n_classes must be 41"),
+    ("train.seed=-1", r"train\.seed must be an integer in \[0, 4294967295\], got -1"),
+    ("train.device=foo", r"train\.device must be auto, cpu, mps, cuda or cuda:N, got 'foo'"),
+    ("stability.min_distinct_phonemes=41", r"stability\.min_distinct_phonemes \(41\) must not exceed the 40"),
+    ("optim.betas=[0.9, .inf]", r"optim\.betas must be two numbers in \[0, 1\)"),
+    ("train.compile=yes", r"train\.compile must be true or false, got 'yes'"),
+])
+def test_issue12_values_refused_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("b2t25", [override])
+
+
+def test_yaml12_numbers_in_overrides_and_files(tmp_path):
+    c = load_config("b2t25", ["optim.lr=1e-4", "train.steps=1E5", "model.rnn_dropout=.5", "optim.lr_min=1.0e-5",
+                              "train.seed=017", "optim.weight_decay='2e-3'", "data.val_split=null",
+                              "train.device=cuda:1"])
+    assert (c.optim.lr, c.train.steps, c.model.rnn_dropout, c.optim.lr_min) == (1e-4, 100000, 0.5, 1e-5)
+    assert type(c.train.steps) is int and c.train.seed == 17 and c.optim.weight_decay == 2e-3
+    assert c.data.val_split is None and c.train.device == "cuda:1"
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {lr: 3e-4, eps: 1E-8, grad_clip: .5}\ndata: {path: 2023-01-01}\n")
+    c = load_config(f)
+    assert (c.optim.lr, c.optim.eps, c.optim.grad_clip, c.data.path) == (3e-4, 1e-8, 0.5, "2023-01-01")
+
+
+def test_yaml12_scalars():
+    from fastdecoder.config import yaml_load
+
+    table = {"1e-4": 1e-4, "1E5": 1e5, ".5": 0.5, "-.inf": float("-inf"), "+1": 1, "017": 17, "0o17": 15,
+             "0x1F": 31, "-1e+3": -1000.0, "yes": "yes", "on": "on", "1:30": "1:30", "1_000": "1_000",
+             "true": True, "False": False, "~": None, "null": None}
+    assert {k: yaml_load(k) for k in table} == table
+    assert yaml_load(".nan") != yaml_load(".nan")  # NaN
+
+
+def test_saved_config_loads_back_identically(tmp_path):
+    from fastdecoder.config import save_config
+
+    c = load_config("b2t25", ["optim.lr=1e-4", "data.val_split=null", "stability.min_lr=1e-6"])
+    save_config(c, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == c

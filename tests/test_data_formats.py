@@ -274,7 +274,7 @@ def test_b2t24_target_out_of_range(tmp_path, raw24, bad):
 
 def test_b2t24_phonelens_beyond_padding(tmp_path, raw24):
     raw24["test"][0]["phoneLens"][1] = 501
-    msg = "b2t24/day00/test/1: label length 501 is larger than the padded length 500"
+    msg = r"b2t24/day00/test/1: label length 501 \('phoneLens'\) is larger than the padded length 500"
     with pytest.raises(DataFormatError, match=msg):
         _load_raw(tmp_path, raw24)
 
@@ -348,7 +348,7 @@ def test_b2t25_target_out_of_range(dir25):
 def test_b2t25_seq_len_beyond_padding(dir25):
     with h5py.File(_first(dir25), "r+") as h:
         h["trial_0003"].attrs["seq_len"] = 600
-    msg = "trial trial_0003: label length 600 is larger than the padded length 500"
+    msg = r"trial trial_0003: label length 600 \(attribute 'seq_len'\) is larger than the padded length 500"
     with pytest.raises(DataFormatError, match=msg):
         load_dataset(dir25)
 

@@ -124,3 +124,13 @@ def test_spec_validation():
         SynthSpec(words_per_sentence=(4, 2))
     with pytest.raises(ValueError, match="unknown format"):
         generate_synthetic(SPEC, "b2t26")
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("n_days", "abc", "finite non-negative integer, got 'abc'"), ("noise_std", -1.0, "non-negative number"),
+    ("noise_std", float("nan"), "finite"), ("seed", -1, "non-negative integer"), ("n_features", 2.5, "integer"),
+    ("zscore", "yes", "true or false"), ("words_per_sentence", [1], r"pair \[low, high\]")])
+def test_spec_fields_checked_with_the_config_key(field, value, says):
+    with pytest.raises(ValueError, match=rf"SynthSpec\.{field} \(config key data\.synthetic\.{field}\) .*{says}"):
+        SynthSpec(**{field: value})
+    assert SynthSpec(n_days=3.0, words_per_sentence=[1, 2]).n_days == 3  # integral numbers and lists are fine

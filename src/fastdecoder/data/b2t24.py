@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastdecoder.data.dataset import (DataFormatError, Dataset, Split, check_features, decode_ascii,
+from fastdecoder.data.dataset import (DataFormatError, Dataset, Split, as_count, check_features, decode_ascii,
                                       unpad_targets)
 from fastdecoder.data.safe_pickle import safe_load
 from fastdecoder.phonemes import SIL
@@ -65,13 +65,15 @@ def _read_day(day: dict, key: str, d: int, path: Path, n_features: int | None):
         if lens.shape[0] != n:
             raise DataFormatError(f"{where_day}: {lens.shape[0]} 'timeSeriesLens' for {n} trials")
         for i, (x, t) in enumerate(zip(feats, lens)):
-            if int(t) != x.shape[0]:
-                raise DataFormatError(f"{path}: trial {ids[i]}: timeSeriesLens says {int(t)} bins but "
+            t = as_count(t, "'timeSeriesLens'", f"{path}: trial {ids[i]}")
+            if t != x.shape[0]:
+                raise DataFormatError(f"{path}: trial {ids[i]}: timeSeriesLens says {t} bins but "
                                       f"'sentenceDat' has {x.shape[0]}")
     texts_raw = _rows(day.get("transcriptions"))
     if texts_raw and len(texts_raw) != n:
         raise DataFormatError(f"{where_day}: {len(texts_raw)} transcriptions for {n} trials")
-    texts = [decode_ascii(t) for t in texts_raw] if texts_raw else [""] * n
+    texts = [decode_ascii(t, f"{path}: trial {ids[i]}: 'transcriptions'") for i, t in enumerate(texts_raw)] \
+        if texts_raw else [""] * n
     targets = None
     if n and "phonemes" in day and "phoneLens" in day:
         padded = _rows(day["phonemes"])
@@ -79,7 +81,8 @@ def _read_day(day: dict, key: str, d: int, path: Path, n_features: int | None):
         if len(padded) != n or plens.shape[0] != n:
             raise DataFormatError(f"{where_day}: {len(padded)} 'phonemes' and {plens.shape[0]} 'phoneLens' "
                                   f"for {n} trials")
-        targets = [unpad_targets(p, k, f"{path}: trial {ids[i]}") for i, (p, k) in enumerate(zip(padded, plens))]
+        targets = [unpad_targets(p, k, f"{path}: trial {ids[i]}", "'phoneLens'")
+                   for i, (p, k) in enumerate(zip(padded, plens))]
     return feats, targets, texts, ids, n_features
 
 

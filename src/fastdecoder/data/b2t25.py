@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fastdecoder.data.dataset import (DataFormatError, Dataset, Split, check_features, decode_ascii,
+from fastdecoder.data.dataset import (DataFormatError, Dataset, Split, as_count, check_features, decode_ascii,
                                       unpad_targets)
 
 #: normalised split name -> file name inside a session folder
@@ -80,22 +80,24 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                 width.setdefault("n", x.shape[1])
                 width.setdefault("session", session)
                 attrs = g.attrs
-                if "n_time_steps" in attrs and int(attrs["n_time_steps"]) != x.shape[0]:
-                    raise DataFormatError(f"{where}: n_time_steps says {int(attrs['n_time_steps'])} bins but "
-                                          f"'input_features' has {x.shape[0]}")
+                steps = as_count(attrs["n_time_steps"], "attribute 'n_time_steps'", where) \
+                    if "n_time_steps" in attrs else x.shape[0]
+                if steps != x.shape[0]:
+                    raise DataFormatError(f"{where}: n_time_steps says {steps} bins but 'input_features' has "
+                                          f"{x.shape[0]}")
                 y = None
                 if "seq_class_ids" in g:
                     ids = g["seq_class_ids"][()].reshape(-1)
                     if "seq_len" in attrs:
-                        n = int(attrs["seq_len"])
+                        y = unpad_targets(ids, attrs["seq_len"], where, "attribute 'seq_len'")
                     else:
                         zeros = np.flatnonzero(ids == 0)
-                        n = int(zeros[0]) if zeros.size else ids.shape[0]
-                    y = unpad_targets(ids, n, where)
+                        y = unpad_targets(ids, int(zeros[0]) if zeros.size else ids.shape[0], where,
+                                          "the zero padding (no 'seq_len' attribute)")
                 if "transcription" in g:
-                    text = decode_ascii(g["transcription"][()])
+                    text = decode_ascii(g["transcription"][()], f"{where}: 'transcription'")
                 elif "sentence_label" in attrs:
-                    text = decode_ascii(attrs["sentence_label"])
+                    text = decode_ascii(attrs["sentence_label"], f"{where}: attribute 'sentence_label'")
                 else:
                     text = None
                 reader.features.append(x)
@@ -103,7 +105,8 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                 reader.texts.append(text)
                 reader.ids.append(trial_id(session, reader.split, gname))
                 reader.day.append(day)
-                reader.block.append(int(attrs["block_num"]) if "block_num" in attrs else None)
+                reader.block.append(as_count(attrs["block_num"], "attribute 'block_num'", where)
+                                    if "block_num" in attrs else None)
     except DataFormatError:
         raise
     except (OSError, RuntimeError, KeyError, TypeError) as exc:

@@ -11,6 +11,7 @@ from functools import cached_property
 
 import numpy as np
 
+from fastdecoder.errors import UserError
 from fastdecoder.phonemes import N_CLASSES
 
 #: normalised split names, in order
@@ -19,7 +20,7 @@ SPLIT_NAMES = ("train", "val", "test")
 MIN_TARGET, MAX_TARGET = 1, N_CLASSES - 1
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """A data file or folder is missing, malformed, or holds values no valid dataset contains."""
 
 
@@ -120,8 +121,9 @@ def check_features(x, where: str, n_features: int | None = None) -> np.ndarray:
     return x
 
 
-def check_targets(ids, where: str) -> np.ndarray:
-    """Validate one trial's phoneme ids and return them as (L,) int64; every id must lie in 1..40."""
+def check_targets(ids, where: str, n_classes: int = N_CLASSES) -> np.ndarray:
+    """Validate one trial's phoneme ids and return them as (L,) int64; every id must lie in 1..n_classes - 1
+    (1..40)."""
     y = np.asarray(ids)
     if y.ndim != 1:
         raise DataFormatError(f"{where}: targets must be a 1-D id sequence, got shape {y.shape}")
@@ -129,36 +131,99 @@ def check_targets(ids, where: str) -> np.ndarray:
         if not np.issubdtype(y.dtype, np.floating) or not np.all(y == np.round(y)):
             raise DataFormatError(f"{where}: targets have non-integer dtype {y.dtype}")
     y = y.astype(np.int64)
-    bad = (y < MIN_TARGET) | (y > MAX_TARGET)
+    bad = (y < MIN_TARGET) | (y >= n_classes)
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise DataFormatError(f"{where}: target id {int(y[k])} at position {k} is outside {MIN_TARGET}..{MAX_TARGET} "
-                              "(0 is the CTC blank and never a target; padding must lie beyond the label length)")
+        raise DataFormatError(f"{where}: target id {int(y[k])} at position {k} is outside "
+                              f"{MIN_TARGET}..{n_classes - 1} (0 is the CTC blank and never a target; padding must lie beyond the label length)")
     return y
 
 
-def unpad_targets(padded, length, where: str) -> np.ndarray:
-    """Cut a zero-padded id array to its label `length` and validate it; length > padded size is an error."""
+def as_count(value, what: str, where: str) -> int:
+    """A stored count or length (an int, integral float or size-1 array) -> int >= 0; DataFormatError naming
+    `where` and `what` otherwise (a string, a fraction, a negative number, several values)."""
+    arr = np.asarray(value)
+    if arr.size != 1 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataFormatError(f"{where}: {what} must be a non-negative integer, got {value!r}")
+    v = arr.reshape(-1)[0]
+    if not np.isfinite(v) or v != np.round(v) or v < 0:
+        raise DataFormatError(f"{where}: {what} must be a non-negative integer, got {v.item()!r}")
+    return int(v)
+
+
+def unpad_targets(padded, length, where: str, source: str = "stored") -> np.ndarray:
+    """Cut a zero-padded id array to its label `length` (read from `source`, e.g. "attribute 'seq_len'") and
+    validate it.
+
+    A length beyond the padded size, or a nonzero id past the length (the file's ids disagree with its stated
+    length), is a DataFormatError naming `where`: dropping those ids would train on a silently shortened label.
+    """
     padded = np.asarray(padded).reshape(-1)
-    length = int(length)
-    if length < 0:
-        raise DataFormatError(f"{where}: negative label length {length}")
+    length = as_count(length, f"label length ({source})", where)
     if length > padded.shape[0]:
-        raise DataFormatError(f"{where}: label length {length} is larger than the padded length {padded.shape[0]}")
+        raise DataFormatError(f"{where}: label length {length} ({source}) is larger than the padded length "
+                              f"{padded.shape[0]}")
+    tail = np.flatnonzero(padded[length:])
+    if tail.size:
+        raise DataFormatError(f"{where}: label length {length} ({source}) but {tail.size} nonzero ids follow it (the "
+                              f"last at position {length + int(tail[-1])}): the stored ids disagree with the stated "
+                              "length (padding must be zeros)")
     return check_targets(padded[:length], where)
 
 
-def decode_ascii(codes) -> str:
-    """ASCII codes, 0-terminated and padded, -> str (bytes and str pass through, stripped)."""
+#: one past the largest Unicode code point (chr() refuses larger codes)
+MAX_CODE_POINT = 0x110000
+
+
+def decode_ascii(codes, where: str = "transcription") -> str:
+    """ASCII codes, 0-terminated and padded, -> str (bytes and str pass through, stripped); codes outside
+    0..0x10FFFF are a DataFormatError naming `where`."""
     if isinstance(codes, bytes):
         return codes.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
     if isinstance(codes, str):
         return codes.strip()
     arr = np.asarray(codes)
     if arr.dtype.kind in "US":
-        return decode_ascii(arr.reshape(-1)[0].item() if arr.size else "")
-    arr = arr.reshape(-1).astype(np.int64)
+        return decode_ascii(arr.reshape(-1)[0].item() if arr.size else "", where)
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DataFormatError(f"{where}: transcription must be text or character codes, got dtype {arr.dtype}")
+    arr = arr.reshape(-1)
     zeros = np.flatnonzero(arr == 0)
     if zeros.size:
         arr = arr[: zeros[0]]
-    return "".join(map(chr, arr.tolist())).strip()
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr < 0) | (arr >= MAX_CODE_POINT) | (arr != np.round(arr))) \
+        if arr.size else arr
+    if bad.size:
+        k = int(bad[0])
+        raise DataFormatError(f"{where}: transcription code {arr[k].item()!r} at position {k} is not a character code "
+                              f"(expected integers in 0..{MAX_CODE_POINT - 1:#x}, 0-terminated)")
+    return "".join(map(chr, arr.astype(np.int64).tolist())).strip()
+
+
+def training_splits(dataset: Dataset, val_split: str | None, n_classes: int = N_CLASSES
+                    ) -> tuple[Split, Split | None]:
+    """The labeled training split and the labeled split named by config key ``data.val_split`` (None: no
+    validation), checked against the model's ``n_classes``.
+
+    Raises DataFormatError naming the key and the splits that exist when a split is missing or unlabeled, and naming
+    the trial whose label id does not fit the model's classes.
+    """
+    where = dataset.path or "the dataset"
+    present = ", ".join(dataset.splits) or "none"
+    if "train" not in dataset.splits:
+        raise DataFormatError(f"{where} has no training split (splits present: {present})")
+    chosen = {"train": dataset.splits["train"]}
+    if val_split is not None:
+        if val_split not in dataset.splits:
+            raise DataFormatError(f"data.val_split is {val_split!r} but {where} has no such split (splits present: "
+                                  f"{present}); name one of them, or set data.val_split: null to train without "
+                                  "validation")
+        chosen[val_split] = dataset.splits[val_split]
+    for name, split in chosen.items():
+        key = "the training split" if name == "train" else f"data.val_split {name!r}"
+        if split.targets is None:
+            raise DataFormatError(f"{key} of {where} has no labels (labeled splits: "
+                                  f"{', '.join(k for k, v in dataset.splits.items() if v.labeled) or 'none'})")
+        for trial, y in zip(split.trial_ids, split.targets):
+            check_targets(y, f"{where}: trial {trial} (model.n_classes = {n_classes})", n_classes)
+    return chosen["train"], chosen.get(val_split)

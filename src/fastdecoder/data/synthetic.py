@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import shutil
+import typing
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -72,9 +74,9 @@ class SynthSpec:
     seed: int = 0  #: seed of the numpy Generator (same seed -> identical data)
 
     def __post_init__(self) -> None:
+        self._check_types()
         for name in ("phones_per_word", "words_per_sentence", "lead_bins", "trail_bins", "ctc_window"):
             lo, hi = getattr(self, name)
-            setattr(self, name, (int(lo), int(hi)))
             if name != "ctc_window" and not 0 <= lo <= hi:
                 raise ValueError(f"SynthSpec.{name} must be (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if self.phones_per_word[0] < 1 or self.words_per_sentence[0] < 1:
@@ -90,6 +92,31 @@ class SynthSpec:
             raise ValueError(f"SynthSpec.phonemes_per_channel must lie in 1..{N_CLASSES - 1}")
         if self.ctc_window[1] < 1 or self.ctc_window[0] < 0:
             raise ValueError(f"SynthSpec.ctc_window must be (kernel >= 0, stride >= 1), got {self.ctc_window}")
+
+
+    def _check_types(self) -> None:
+        """Every field of its declared type (ints integral, floats finite, pairs of two ints) and >= 0; ValueError
+        naming the field (config key ``data.synthetic.<field>``) otherwise. Integral floats become ints."""
+        hints = typing.get_type_hints(SynthSpec)
+        for f in dataclasses.fields(self):
+            value, tp = getattr(self, f.name), hints[f.name]
+            where = f"SynthSpec.{f.name} (config key data.synthetic.{f.name})"
+            if tp is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where} must be true or false, got {value!r}")
+                continue
+            pair = tp is not int and tp is not float
+            items = list(value) if pair and isinstance(value, (list, tuple)) else [value]
+            if pair and len(items) != 2:
+                raise ValueError(f"{where} must be a pair [low, high] of integers, got {value!r}")
+            for v in items:
+                number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+                if not number or (tp is not float and v != int(v)) or v < 0:
+                    kind = "number" if tp is float else "integer"
+                    raise ValueError(f"{where} must be a finite non-negative {kind}{' pair' if pair else ''}, "
+                                     f"got {value!r}")
+            cast = [float(v) if tp is float else int(v) for v in items]
+            setattr(self, f.name, tuple(cast) if pair else cast[0])
 
 
 def _vocabulary(rng: np.random.Generator, spec: SynthSpec) -> list[np.ndarray]:

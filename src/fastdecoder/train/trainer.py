@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fastdecoder.config import Config, config_diff, save_config
+from fastdecoder.data.dataset import training_splits
 from fastdecoder.data.resident import ResidentSplit
 from fastdecoder.losses import ctc_loss, infeasible_targets, output_lengths
 from fastdecoder.model import GRUDecoder
@@ -207,12 +208,7 @@ class Trainer:
             check_resumable(state, where)
             self._check_resume_config(cfg, state["config"], where)
         self.cfg = cfg
-        if "train" not in self.dataset.splits:
-            raise ValueError(f"{data_path} has no training split")
-        self.train_split = self.dataset.splits["train"]
-        self.val_split = self.dataset.splits.get(cfg.data.val_split)
-        if self.val_split is not None and self.val_split.targets is None:
-            raise ValueError(f"validation split '{cfg.data.val_split}' of {data_path} has no labels")
+        self.train_split, self.val_split = training_splits(self.dataset, cfg.data.val_split, cfg.model.n_classes)
         self.reported_infeasible: set[str] = set()
         self.infeasible_trials = 0
         self._check_trial_lengths()

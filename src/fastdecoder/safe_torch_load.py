@@ -21,8 +21,10 @@ class UnsafeFileError(ValueError):
 
 
 def _numpy_scalar_globals() -> list:
-    core = getattr(np, "_core", None) or np.core  # numpy 2.x, else 1.x
-    scalar = core.multiarray.scalar
+    try:
+        from numpy._core.multiarray import scalar  # numpy 2.x (and 1.26's forward-compatible alias)
+    except ImportError:
+        from numpy.core.multiarray import scalar  # numpy 1.x
     dtype_classes = [type(np.dtype(np.float64)), type(np.dtype(np.float32))]  # numpy.dtypes.Float64DType, ...
     return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
             *dtype_classes]

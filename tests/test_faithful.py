@@ -5,8 +5,6 @@ Written from the references' documented behaviour, not from their code: checkpoi
 them, cffan's smoothing of the whole zero-padded batch, NEJM's smoothing in the data transform, ``predict``.
 The independent forwards come from test_model.py (einsum day layers, F.conv1d smoothing, nn.Unfold, nn.GRU).
 """
-import io
-import math
 import zipfile
 from dataclasses import replace
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 
 from fastdecoder.config import config_from_dict, load_config, save_config
 from fastdecoder.model import GRUDecoder, load_reference_checkpoint
@@ -249,17 +248,14 @@ def test_presets_hold_the_shipped_choices():
 def test_an_old_runs_config_keeps_its_values(tmp_path):
     """A config.yaml saved before these keys existed: exact output lengths as saved, the masked padding and the
     undecayed h0 it trained with."""
-    old = load_config("b2t24").to_dict()
-    old["ctc"]["output_lengths"] = "exact"
-    del old["model"]["mask_padding"], old["optim"]["no_decay_h0"]
     path = tmp_path / "config.yaml"
-    save_config(config_from_dict(old), path)
-    import yaml
+    save_config(load_config("b2t24", ["ctc.output_lengths=exact"]), path)  # as save_config wrote it then ...
     raw = yaml.safe_load(path.read_text())
-    del raw["model"]["mask_padding"], raw["optim"]["no_decay_h0"]
-    path.write_text(yaml.safe_dump(raw))
+    del raw["model"]["mask_padding"], raw["optim"]["no_decay_h0"]  # ... before these keys existed
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     c = load_config(path)
     assert (c.ctc.output_lengths, c.model.mask_padding, c.optim.no_decay_h0) == ("exact", True, True)
+    assert load_config("b2t24").ctc.output_lengths == "shipped"  # while the preset itself is as shipped
 
 
 # ---- model.mask_padding in the trainer's augmentation -------------------------------------------------------------

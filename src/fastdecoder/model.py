@@ -42,7 +42,8 @@ class GRUDecoder(nn.Module):
         if cfg.n_features is None or cfg.n_days is None:
             raise ValueError("ModelConfig.n_features and n_days must be set (they come from the data)")
         if output_lengths not in ("exact", "shipped"):
-            raise ValueError(f"output_lengths must be 'exact' or 'shipped' (ctc.output_lengths), got {output_lengths!r}")
+            raise ValueError(f"output_lengths (ctc.output_lengths) must be 'exact' or 'shipped', "
+                             f"got {output_lengths!r}")
         self.cfg = cfg
         self.output_lengths = output_lengths  # ctc.output_lengths of the run: the valid frames ``predict`` reports
         C, H, D = cfg.n_features, cfg.hidden_size, cfg.n_days

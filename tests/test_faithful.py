@@ -107,15 +107,19 @@ def _record(arg):
     return arg
 
 
-@pytest.mark.parametrize("extra", ["call", "ndarray"])
-def test_crafted_pickle_in_a_nejm_checkpoint_is_refused(tmp_path, extra):
+@pytest.mark.parametrize("extra,named", [
+    ("call", r"GLOBAL test_faithful\._record"),
+    ("ndarray", r"GLOBAL numpy\._core\.multiarray\._reconstruct"),  # arrays are not admitted either
+    ("object_dtype", r"ObjectDType"),                                 # nor dtypes other than float32/float64
+])
+def test_crafted_pickle_in_a_nejm_checkpoint_is_refused(tmp_path, extra, named):
     gen = torch.Generator().manual_seed(SEED)
     ckpt = _nejm_checkpoint(gen)
-    ckpt["extra"] = _Payload() if extra == "call" else np.zeros(3)  # arrays are not admitted either
+    ckpt["extra"] = {"call": _Payload(), "ndarray": np.zeros(3), "object_dtype": np.dtype(object)}[extra]
     path = tmp_path / "crafted_checkpoint"
     torch.save(ckpt, path)
     CALLS.clear()
-    with pytest.raises(UnsafeFileError, match=r"crafted_checkpoint is refused: .*could run code"):
+    with pytest.raises(UnsafeFileError, match=rf"crafted_checkpoint is refused: .*{named}.*could run code"):
         load_reference_checkpoint(path, preset="b2t25")
     assert CALLS == []
 

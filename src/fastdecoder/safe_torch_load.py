@@ -47,8 +47,8 @@ def load_weights_only(path: str | Path, map_location="cpu"):
         text = str(e)
         if "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text
                                                    or "Can only build" in text):
-            detail = next((ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln), "")
-            detail = detail.split("WeightsUnpickler error:", 1)[-1].strip().split(". Please use")[0]
+            detail = next((ln for ln in text.splitlines() if "GLOBAL" in ln or "Can only build" in ln), "")
+            detail = detail.split("WeightsUnpickler error:", 1)[-1].split("Please use")[0].strip().rstrip(".")
             raise UnsafeFileError(
                 f"{path} is refused: it holds Python objects other than tensors, plain containers and numpy float "
                 f"scalars ({detail or 'a disallowed global'}); loading them could run code") from None

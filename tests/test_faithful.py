@@ -109,7 +109,7 @@ def _record(arg):
 
 @pytest.mark.parametrize("extra,named", [
     ("call", r"GLOBAL test_faithful\._record"),
-    ("ndarray", r"GLOBAL numpy\._core\.multiarray\._reconstruct"),  # arrays are not admitted either
+    ("ndarray", r"GLOBAL numpy\._?core\.multiarray\._reconstruct"),  # arrays are not admitted either
     ("object_dtype", r"ObjectDType"),                                 # nor dtypes other than float32/float64
 ])
 def test_crafted_pickle_in_a_nejm_checkpoint_is_refused(tmp_path, extra, named):

@@ -1,4 +1,4 @@
-"""collate / eval_batches / DayBatchSampler / RandomBatchSampler."""
+"""collate / eval_batches / DayBatchSampler / RandomBatchSampler / EpochBatchSampler."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecoder.data import Batch, DayBatchSampler, RandomBatchSampler, Split, collate, eval_batches
+from fastdecoder.data import (Batch, DayBatchSampler, EpochBatchSampler, RandomBatchSampler, Split, collate,
+                              eval_batches, make_sampler)
 
 
 def make_split(days, labeled=True, c=3, seed=0) -> Split:
@@ -94,14 +95,43 @@ def test_day_sampler_composition():
     assert 2 not in seen and seen == {0, 1, 3, 4, 5, 6}
 
 
-def test_day_sampler_truncates_and_uses_all_days_when_fewer():
+def _day_runs(split, idx):
+    """(day, run length) of the consecutive same-day runs of a batch."""
+    d = split.day[idx]
+    cuts = np.flatnonzero(np.diff(d)) + 1
+    return [(int(r[0]), r.size) for r in np.split(d, cuts)]
+
+
+def test_day_sampler_trims_the_surplus_from_random_days():
+    """NEJM's rule: 3 days x ceil(10/3) = 4 trials, then the surplus of 2 removed one trial at a time from a day
+    drawn uniformly each time: the same day twice (counts 2, 4, 4) with probability 1/3, two different days
+    (3, 3, 4) with 2/3; never from the last day only."""
     split = make_split([0] * 3 + [1] * 3 + [2] * 3)
     s = DayBatchSampler(split, batch_size=10, days_per_batch=4, seed=0)
-    for _ in range(20):
+    patterns, last_day_short = {}, 0
+    n = 3000
+    for _ in range(n):
         idx = next(s)
         assert idx.size == 10
-        counts = np.bincount(split.day[idx], minlength=3)
-        assert sorted(counts.tolist()) == [2, 4, 4]  # 3 days x ceil(10/3)=4, cut to 10
+        runs = _day_runs(split, idx)
+        assert len(runs) == 3 and len({d for d, _ in runs}) == 3  # day by day, each chosen day once
+        key = tuple(sorted(c for _, c in runs))
+        patterns[key] = patterns.get(key, 0) + 1
+        last_day_short += runs[-1][1] < 4
+    assert set(patterns) == {(2, 4, 4), (3, 3, 4)}
+    assert abs(patterns[(2, 4, 4)] / n - 1 / 3) < 0.04, patterns
+    # a removal hits the last drawn day with probability 1 - (2/3)^2 = 5/9 (not 1, as truncation would)
+    assert abs(last_day_short / n - 5 / 9) < 0.04, last_day_short / n
+
+
+def test_day_sampler_surplus_larger_than_a_day_reproduces_nejm():
+    """batch 5 over 4 days: 2 trials each, surplus 3. A day already emptied loses nothing more (NEJM slices an
+    empty array), so with probability 4 / 4^3 = 1/16 (the same day drawn all three times) the batch holds 6."""
+    split = make_split([0] * 4 + [1] * 4 + [2] * 4 + [3] * 4)
+    s = DayBatchSampler(split, batch_size=5, days_per_batch=4, seed=3)
+    sizes = np.array([next(s).size for _ in range(4000)])
+    assert set(sizes.tolist()) == {5, 6}
+    assert abs(np.mean(sizes == 6) - 1 / 16) < 0.015
 
 
 def test_day_sampler_draws_with_replacement():
@@ -122,12 +152,46 @@ def test_day_sampler_is_seeded():
     assert draw(5) != draw(6)
 
 
-# ---------------------------------------------------------------- RandomBatchSampler
+# ---------------------------------------------------------------- RandomBatchSampler (cffan)
 
 
-def test_random_sampler_covers_each_epoch():
+def test_random_sampler_draws_a_fresh_full_batch_every_step():
+    """next(iter(shuffled DataLoader)) each step: always batch_size distinct trials, drawn uniformly, the next batch
+    independent of the last (no epoch walk: batches overlap, and no short batch ever)."""
     split = make_split([0] * 6 + [1] * 4)
     s = RandomBatchSampler(split, batch_size=4, seed=0)
+    n = 3000
+    batches = [next(s) for _ in range(n)]
+    assert all(b.shape == (4,) and b.dtype == np.int64 and len(np.unique(b)) == 4 for b in batches)
+    overlaps = np.mean([len(np.intersect1d(a, b)) > 0 for a, b in zip(batches[:-1], batches[1:])])
+    assert overlaps > 0.5  # an epoch walk would never repeat a trial in the next batch of the same epoch
+    freq = np.bincount(np.concatenate(batches), minlength=10) / n
+    np.testing.assert_allclose(freq, 0.4, atol=0.04)  # each trial in a batch with probability 4 / 10
+    first = np.bincount([b[0] for b in batches], minlength=10) / n
+    np.testing.assert_allclose(first, 0.1, atol=0.03)  # shuffled within the batch too
+
+
+def test_random_sampler_batch_larger_than_split_gives_all_trials():
+    split = make_split([0, 0, 1])
+    s = RandomBatchSampler(split, batch_size=8)
+    assert all(sorted(next(s).tolist()) == [0, 1, 2] for _ in range(5))
+
+
+def test_make_sampler_names_the_batching_key():
+    split = make_split([0, 1])
+    assert type(make_sampler("days", split, 2)) is DayBatchSampler
+    assert type(make_sampler("random", split, 2)) is RandomBatchSampler
+    assert type(make_sampler("epochs", split, 2)) is EpochBatchSampler
+    with pytest.raises(ValueError, match="data.batching"):
+        make_sampler("shuffle", split, 2)
+
+
+# ---------------------------------------------------------------- EpochBatchSampler (data.batching: epochs)
+
+
+def test_epoch_sampler_covers_each_epoch():
+    split = make_split([0] * 6 + [1] * 4)
+    s = EpochBatchSampler(split, batch_size=4, seed=0)
     assert s.batches_per_epoch == 3
     epochs = []
     for _ in range(3):
@@ -140,9 +204,9 @@ def test_random_sampler_covers_each_epoch():
     assert s.epoch == 2
 
 
-def test_random_sampler_batch_larger_than_split():
+def test_epoch_sampler_batch_larger_than_split():
     split = make_split([0, 0, 1])
-    s = RandomBatchSampler(split, batch_size=8)
+    s = EpochBatchSampler(split, batch_size=8)
     assert sorted(next(s).tolist()) == [0, 1, 2]
 
 
@@ -159,8 +223,9 @@ def _through_checkpoint(state: dict) -> dict:
 @pytest.mark.parametrize("make", [
     lambda sp: DayBatchSampler(sp, batch_size=6, days_per_batch=2, seed=7),
     lambda sp: RandomBatchSampler(sp, batch_size=4, seed=7),
-], ids=["day", "random"])
-@pytest.mark.parametrize("skip", [0, 1, 3, 5, 6])  # 3 batches per epoch for the random sampler
+    lambda sp: EpochBatchSampler(sp, batch_size=4, seed=7),
+], ids=["day", "random", "epochs"])
+@pytest.mark.parametrize("skip", [0, 1, 3, 5, 6])  # 3 batches per epoch for the epoch sampler
 def test_resume_gives_identical_batches(make, skip):
     split = make_split([0] * 4 + [1] * 3 + [2] * 3)
     ref = make(split)
@@ -192,6 +257,8 @@ def test_resume_refuses_a_different_configuration():
         DayBatchSampler(split, 8, 2).load_state_dict(state)
     with pytest.raises(ValueError, match="would not reproduce"):
         RandomBatchSampler(split, 6).load_state_dict(state)
+    with pytest.raises(ValueError, match="would not reproduce"):  # an epoch walk's state does not load per-step
+        RandomBatchSampler(split, 6).load_state_dict(EpochBatchSampler(split, 6).state_dict())
 
 
 def test_samplers_reject_empty_split():

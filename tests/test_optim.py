@@ -157,3 +157,45 @@ def test_describe_schedule_warns_when_it_does_not_fit_the_run():
     text, warn = describe_schedule(load_config("b2t25").optim, 10000)
     assert "will not finish" in warn and "decay_steps (120000)" in warn
     assert "constant at 0.02" in describe_schedule(load_config("b2t24").optim, 10000)[0]
+
+
+# -- groups per preset, parameter by parameter, against the references' rules ----------------------------------------
+
+def _groups_by_name(model, o):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {g["name"]: ({names[id(p)] for p in g["params"]}, g["weight_decay"]) for g in param_groups(model, o)}
+
+
+def test_groups_b2t25_parameter_by_parameter_as_nejm():
+    """NEJM's create_optimizer: 'gru.bias*' and 'out.bias' undecayed, 'day_*' in their own group, everything else
+    (GRU weights, head weight and the learnable h0) decayed with weight_decay."""
+    model = _tiny_model("b2t25")
+    o = load_config("b2t25").optim
+    nejm_name = {n: n.replace("rnn.", "gru.").replace("head.", "out.") for n, _ in model.named_parameters()}
+    bias = {n for n, m in nejm_name.items() if "gru.bias" in m or "out.bias" in m}
+    day = {n for n, m in nejm_name.items() if "day_" in m}
+    other = set(nejm_name) - bias - day
+    assert "h0" in other and len(bias) == 5  # 2 layers x (bias_ih, bias_hh) + the head bias
+    assert _groups_by_name(model, o) == {"main": (other, 0.001), "no_decay": (bias, 0.0), "day": (day, 0.0)}
+
+
+def test_no_decay_h0_moves_only_h0():
+    model = _tiny_model("b2t25")
+    o = load_config("b2t25").optim
+    shipped = _groups_by_name(model, o)
+    fixed = _groups_by_name(model, replace(o, no_decay_h0=True))
+    assert fixed["main"][0] == shipped["main"][0] - {"h0"}
+    assert fixed["no_decay"][0] == shipped["no_decay"][0] | {"h0"}
+    assert fixed["day"] == shipped["day"]
+    assert [(k, v[1]) for k, v in fixed.items()] == [(k, v[1]) for k, v in shipped.items()]
+
+
+def test_groups_b2t24_parameter_by_parameter_as_cffan():
+    """cffan: one Adam group over model.parameters() with L2 decay 1e-5: every parameter decayed alike."""
+    model = _tiny_model("b2t24")
+    o = load_config("b2t24").optim
+    groups = _groups_by_name(model, o)
+    assert groups == {"main": ({n for n, _ in model.named_parameters()} - {"day_weights", "day_biases"}, 1e-5),
+                      "day": ({"day_weights", "day_biases"}, 1e-5)}
+    opt = build_optimizer(model, o, torch.device("cpu"))
+    assert {g["lr"] for g in opt.param_groups} == {0.02} and type(opt) is torch.optim.Adam

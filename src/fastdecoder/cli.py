@@ -205,11 +205,7 @@ def cmd_eval(args) -> int:
     if args.split not in ds.splits:
         raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[args.split]
-    from fastdecoder.ops import augment, gaussian_taps
-
-    taps = gaussian_taps(cfg.model.smooth_taps) if cfg.model.smoothing == "input" else None
-    transform = (lambda x, lens: augment(x, lens, smooth_taps=taps)) if taps is not None else (lambda x, lens: x)
-    res = evaluate(model, split, transform=transform, device=torch.device(args.device),
+    res = evaluate(model, split, transform=model.input_transform, device=torch.device(args.device),
                    batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
                    patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam" or bool(args.lm))
     out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,

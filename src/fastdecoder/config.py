@@ -33,7 +33,9 @@ class DataConfig:
     path: Optional[str] = None          # b2t24 pickle file or b2t25 folder of session folders
     format: str = "auto"                # auto | b2t24 | b2t25
     synthetic: Optional[dict] = None    # no path: generate this synthetic set (keys: format + SynthSpec fields)
-    batching: str = "days"              # days (b2t25: days_per_batch random days x trials with replacement) | random
+    batching: str = "days"              # days (b2t25: days_per_batch random days x trials with replacement) |
+    #                                     random (b2t24: a fresh shuffled full batch every step) | epochs (each trial
+    #                                     once per epoch, the epoch's last batch short)
     days_per_batch: int = 4
     val_split: Optional[str] = "val"   # train | val | test: the split evaluated during training (null = none)
     max_val_trials: Optional[int] = None  # evaluate on the first N validation trials only (None = all)
@@ -58,6 +60,9 @@ class ModelConfig:
     learn_h0: bool = True               # b2t25: learnable (1, 1, H) initial state; b2t24: zeros
     day_activation: str = "softsign"
     head_init: str = "xavier"           # xavier (b2t25) | default (torch.nn.Linear's, b2t24)
+    mask_padding: bool = True           # padding beyond each trial's length stays zero through the noise, offset and
+    #                                     smoothing (data transform and in-model); false (both presets, as shipped):
+    #                                     they act on the whole zero-padded batch. Configs saved without it: true
 
 
 @dataclass
@@ -89,6 +94,8 @@ class OptimConfig:
     eps: float = 0.1
     weight_decay: float = 0.001
     no_decay_bias: bool = True          # weight decay 0 for biases (and norms)
+    no_decay_h0: bool = True            # with no_decay_bias, the learnable h0 undecayed too; false (the presets, as
+    #                                     NEJM): h0 decays with the main group. Configs saved without it: true
     day_lr: Optional[float] = None      # day layers' own LR (None = lr); their decay is day_weight_decay
     day_weight_decay: float = 0.0
     schedule: str = "warmup_cosine"     # constant | linear | warmup_cosine | onecycle | plateau
@@ -166,7 +173,7 @@ class Config:
 
 _CHOICES = {
     ("data", "format"): ("auto", "b2t24", "b2t25"),
-    ("data", "batching"): ("days", "random"),
+    ("data", "batching"): ("days", "random", "epochs"),
     ("data", "val_split"): ("train", "val", "test", None),
     ("model", "rnn"): ("gru", "ln_gru"),
     ("model", "patch_order"): ("time_major", "channel_major"),

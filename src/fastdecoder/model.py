@@ -4,6 +4,10 @@ Forward: x (B, T, C) float32 neural features in 20 ms bins, day_idx (B,) int64 -
 N = (T - patch_size) // patch_stride + 1.
 
     [smoothing, b2t24 only] -> day layer: softsign(x W_day + b_day) -> dropout -> patching -> GRU -> Linear head
+
+The b2t25 model takes features already smoothed by its data transform (``input_transform``); ``predict`` applies the
+preset's eval transform to raw features and returns log-probabilities with their valid output lengths, for either
+preset.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdecoder.config import ModelConfig
+from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
 
 
 def _smooth_taps(name: str) -> torch.Tensor:
@@ -31,11 +36,16 @@ class GRUDecoder(nn.Module):
     cfg.n_features (C) and cfg.n_days must be set (the trainer takes them from the data).
     """
 
-    def __init__(self, cfg: ModelConfig, smoothing_backend: str = "auto", rnn_backend: str = "auto"):
+    def __init__(self, cfg: ModelConfig, smoothing_backend: str = "auto", rnn_backend: str = "auto",
+                 output_lengths: str = "exact"):
         super().__init__()
         if cfg.n_features is None or cfg.n_days is None:
             raise ValueError("ModelConfig.n_features and n_days must be set (they come from the data)")
+        if output_lengths not in ("exact", "shipped"):
+            raise ValueError(f"output_lengths (ctc.output_lengths) must be 'exact' or 'shipped', "
+                             f"got {output_lengths!r}")
         self.cfg = cfg
+        self.output_lengths = output_lengths  # ctc.output_lengths of the run: the valid frames ``predict`` reports
         C, H, D = cfg.n_features, cfg.hidden_size, cfg.n_days
         self.smoothing_backend = smoothing_backend
         # Day layers: identity init, zero bias (stacked: (days, C, C) and (days, 1, C)).
@@ -72,12 +82,63 @@ class GRUDecoder(nn.Module):
 
     # -- pieces of the forward, usable on their own -------------------------------------------------------------
     def smooth(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """In-model Gaussian smoothing over time (b2t24); identity when the preset smooths outside the model."""
+        """In-model Gaussian smoothing over time (b2t24); identity when the preset smooths outside the model.
+
+        As shipped (``mask_padding`` false) it smooths the whole zero-padded batch: values spill into the padding,
+        where the backward GRU reads them. With ``mask_padding`` only each trial's ``lengths`` bins are read and
+        written (padding stays zero)."""
         if self.cfg.smoothing != "model":
             return x
         from fastdecoder.ops import augment
 
-        return augment(x, lengths, smooth_taps=self.smooth_taps, backend=self.smoothing_backend)
+        return augment(x, self.padding_lengths(lengths), smooth_taps=self.smooth_taps, backend=self.smoothing_backend)
+
+    def padding_lengths(self, lengths: torch.Tensor | None) -> torch.Tensor | None:
+        """The lengths the data transforms and smoothing respect: ``lengths`` with ``mask_padding``, else None (the
+        whole padded batch, as both reference codes do)."""
+        return lengths if self.cfg.mask_padding else None
+
+    def input_transform(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The eval-time data transform of the preset: Gaussian smoothing over time when it smooths in the data
+        transform (b2t25, ``smoothing: input``); identity otherwise (b2t24 smooths inside ``forward``)."""
+        if self.cfg.smoothing != "input":
+            return x
+        from fastdecoder.ops import augment
+
+        return augment(x, self.padding_lengths(lengths), smooth_taps=self.cfg.smooth_taps,
+                       backend=self.smoothing_backend)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, day_idx: torch.Tensor,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities from raw features, for either preset: the eval transform, the forward in eval mode.
+
+        x: (B, T, C) raw (unsmoothed) features, zero padded; day_idx: (B,) int64; lengths: (B,) valid bins (None:
+        all T). Returns (log_probs (B, N, n_classes) float32 natural-log, out_lengths (B,) int64 valid frames as
+        ``ctc.output_lengths`` counts them). The training mode is restored afterwards.
+        """
+        from fastdecoder.losses import output_lengths
+
+        device = self.head.weight.device
+        x = torch.as_tensor(x, dtype=torch.float32, device=device)
+        day_idx = torch.as_tensor(day_idx, dtype=torch.int64, device=device)
+        if x.dim() != 3:
+            raise ValueError(f"x must be (batch, time, {self.cfg.n_features}), got {tuple(x.shape)}")
+        B, T = x.shape[:2]
+        lengths = (torch.full((B,), T, dtype=torch.int64, device=device) if lengths is None
+                   else torch.as_tensor(lengths, device=device))
+        if lengths.shape != (B,) or lengths.dtype.is_floating_point:
+            raise ValueError(f"lengths must be ({B},) integers, got {tuple(lengths.shape)} {lengths.dtype}")
+        if bool(((lengths < 1) | (lengths > T)).any()):
+            raise ValueError(f"lengths must lie in [1, T={T}], got {lengths.tolist()}")
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(self.input_transform(x, lengths), day_idx, lengths)
+        finally:
+            self.train(was_training)
+        n = output_lengths(lengths, self.cfg.patch_size, self.cfg.patch_stride, self.output_lengths, logits.shape[1])
+        return logits.float().log_softmax(-1), n
 
     def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor) -> torch.Tensor:
         """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C)."""
@@ -128,9 +189,13 @@ def _read_state_dict(path_or_state_dict) -> dict:
         if not path.exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist")
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means: not a plain tensor checkpoint
+            sd = load_weights_only(path)  # tensors, plain containers and numpy float scalars (NEJM's val_loss)
+        except UnsafeFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any other failure means: not a readable PyTorch file
             raise ValueError(f"{path} is not a readable PyTorch checkpoint of tensors: {e}") from None
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict or checkpoint dict")
     if "model_state_dict" in sd and isinstance(sd["model_state_dict"], Mapping):
         sd = dict(sd["model_state_dict"])
     return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in sd.items()}
@@ -156,13 +221,16 @@ def load_reference_checkpoint(path_or_state_dict, preset: str = "b2t25", *, patc
 
     preset "b2t24": cffan/neural_seq_decoder's ``modelWeights`` (dayWeights, dayBias, gaussianSmoother.weight,
     gru_decoder.*, fc_decoder_out.*); "b2t25": the NEJM checkpoint dict (model_state_dict with day_weights.{i},
-    day_biases.{i}, gru.*, out.*, h0; torch.compile's ``_orig_mod.`` prefix accepted). Sizes come from the tensors;
-    the stride (not stored in either layout) defaults to both presets' 4.
+    day_biases.{i}, gru.*, out.*, h0; torch.compile's ``_orig_mod.`` prefix accepted; the NEJM trainer's numpy
+    ``val_loss`` is admitted, any other Python object refused). Sizes come from the tensors; the stride (not stored
+    in either layout) defaults to both presets' 4; the rest of the config (padding behaviour, output-length count
+    used by ``predict``) is the preset's.
     """
     from fastdecoder.config import load_config
 
     sd = _read_state_dict(path_or_state_dict)
-    base = load_config(preset).model
+    preset_cfg = load_config(preset) if preset in ("b2t24", "b2t25") else None
+    base = preset_cfg.model if preset_cfg is not None else None
     if preset == "b2t24":
         need = ("dayWeights", "dayBias", "fc_decoder_out.weight", "fc_decoder_out.bias")
         missing = [k for k in need if k not in sd]
@@ -206,7 +274,7 @@ def load_reference_checkpoint(path_or_state_dict, preset: str = "b2t25", *, patc
         raise ValueError(f"preset must be 'b2t24' or 'b2t25', got {preset!r}")
     if in_size % C:
         raise ValueError(f"GRU input size {in_size} is not a multiple of the {C} features")
-    model = GRUDecoder(cfg)
+    model = GRUDecoder(cfg, output_lengths=preset_cfg.ctc.output_lengths)
     new.setdefault("smooth_taps", model.smooth_taps)  # the preset's taps unless the checkpoint stores its own
     model.load_state_dict(new, strict=strict)
     model.ignored_reference_keys = ignored

@@ -5,7 +5,8 @@
     sampler = DayBatchSampler(split, 64, days_per_batch=4, seed=0)
     batch = collate(split, next(sampler))                 # x (B, T_max, C), x_lens, y (B, L_max), y_lens, day
 """
-from fastdecoder.data.batching import Batch, DayBatchSampler, RandomBatchSampler, collate, eval_batches
+from fastdecoder.data.batching import (Batch, DayBatchSampler, EpochBatchSampler, RandomBatchSampler, collate,
+                                       eval_batches, make_sampler)
 from fastdecoder.data.b2t24 import load_b2t24, write_b2t24
 from fastdecoder.data.b2t25 import load_b2t25, write_b2t25
 from fastdecoder.data.dataset import SPLIT_NAMES, DataFormatError, Dataset, Split
@@ -14,7 +15,7 @@ from fastdecoder.data.safe_pickle import UnsafePickleError, safe_load
 from fastdecoder.data.synthetic import SynthSpec, generate_synthetic, write_synthetic
 
 __all__ = [
-    "Batch", "DataFormatError", "Dataset", "DayBatchSampler", "FORMATS", "RandomBatchSampler", "SPLIT_NAMES",
+    "Batch", "DataFormatError", "Dataset", "DayBatchSampler", "EpochBatchSampler", "FORMATS", "RandomBatchSampler", "SPLIT_NAMES",
     "Split", "SynthSpec", "UnsafePickleError", "collate", "detect_format", "eval_batches", "generate_synthetic",
-    "load_b2t24", "load_b2t25", "load_dataset", "safe_load", "write_b2t24", "write_b2t25", "write_synthetic",
+    "load_b2t24", "load_b2t25", "load_dataset", "make_sampler", "safe_load", "write_b2t24", "write_b2t25", "write_synthetic",
 ]

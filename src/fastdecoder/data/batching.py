@@ -1,4 +1,8 @@
-"""Batches: padding (`collate`), the two training samplers, and in-order evaluation batches.
+"""Batches: padding (`collate`), the training samplers, and in-order evaluation batches.
+
+    days    DayBatchSampler    b2t25 (NEJM): random days x trials drawn with replacement, surplus trimmed at random
+    random  RandomBatchSampler b2t24 (cffan): a fresh shuffled batch every step, like next(iter(shuffled DataLoader))
+    epochs  EpochBatchSampler  every trial once per epoch in shuffled order, the epoch's last batch short
 
 Samplers are infinite iterators of trial-index arrays whose `state_dict()` holds only plain Python containers (so it
 fits in a checkpoint read with `torch.load(weights_only=True)`) and resumes exactly the same index sequence.
@@ -83,7 +87,7 @@ class _Sampler:
 
     kind = "sampler"
 
-    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int = 0) -> None:
         if len(split) == 0:
             raise ValueError(f"{type(self).__name__}: the split has no trials")
         if batch_size < 1:
@@ -114,11 +118,24 @@ class _Sampler:
             raise ValueError(f"sampler state was saved for {theirs}, this sampler is {mine}; resuming it would not "
                              "reproduce the same batches")
 
+    def state_dict(self) -> dict:
+        """Plain containers only: the configuration, batches so far, the generator's state."""
+        return {**self._config(), "batches": self.batches, "rng": to_plain(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self._check(d)
+        self.rng.bit_generator.state = d["rng"]
+        self.batches = int(d["batches"])
+
 
 class DayBatchSampler(_Sampler):
-    """b2t25 batches: `days_per_batch` random days (without replacement; all days if fewer have trials) x
-    ceil(batch_size / days) trials per day drawn with replacement, truncated to `batch_size`. Only days with >= 1
-    trial in the split take part. next() -> (batch_size,) int64 trial indices."""
+    """b2t25 batches as the NEJM trainer draws them: `days_per_batch` random days (without replacement; all days if
+    fewer have trials) x ceil(batch_size / days) trials per day drawn with replacement; while the batch holds more
+    than `batch_size` trials, one randomly chosen day (uniform over the chosen days, drawn anew for each removal)
+    loses its last trial. Only days with >= 1 trial in the split take part. next() -> int64 trial indices, day by
+    day in the order the days were drawn: (batch_size,) whenever ceil(batch_size / days) >= the surplus (always at
+    the presets' 64 / 4, where nothing is trimmed); NEJM's rule can empty a day and then removes nothing, which this
+    reproduces."""
 
     kind = "day"
 
@@ -137,25 +154,33 @@ class DayBatchSampler(_Sampler):
         chosen = self.rng.choice(len(self.days), size=k, replace=False)
         per_day = math.ceil(self.batch_size / k)
         parts = [self._by_day[d][self.rng.integers(0, self._by_day[d].size, size=per_day)] for d in chosen]
-        return np.concatenate(parts)[: self.batch_size]
+        keep = np.full(k, per_day)
+        for _ in range(per_day * k - self.batch_size):  # the surplus, one trial at a time from a random day
+            j = self.rng.integers(0, k)
+            keep[j] = max(0, keep[j] - 1)
+        return np.concatenate([p[:n] for p, n in zip(parts, keep)])
 
     def _config(self) -> dict:
         return {**super()._config(), "days_per_batch": self.days_per_batch}
 
-    def state_dict(self) -> dict:
-        return {**self._config(), "batches": self.batches, "rng": to_plain(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, d: dict) -> None:
-        self._check(d)
-        self.rng.bit_generator.state = d["rng"]
-        self.batches = int(d["batches"])
-
 
 class RandomBatchSampler(_Sampler):
-    """b2t24 batches: a fresh permutation of all trials per epoch, walked in chunks of `batch_size` (the last chunk
-    of an epoch may be shorter), like a shuffled DataLoader with drop_last=False. next() -> int64 trial indices."""
+    """b2t24 batches as cffan draws them (``next(iter(loader))`` on a shuffled DataLoader every step): the first
+    `batch_size` trials of a fresh permutation, so every batch is full (all trials, shuffled, when the split holds
+    fewer). next() -> (min(batch_size, n_trials),) int64 trial indices, distinct within a batch."""
 
-    kind = "random"
+    kind = "random_step"  # not "random": the epoch walk had that tag in earlier versions; its states must not load
+
+    def _next(self) -> np.ndarray:
+        return self.rng.permutation(self.n_trials)[: self.batch_size].astype(np.int64, copy=False)
+
+
+class EpochBatchSampler(_Sampler):
+    """Epoch batches (``data.batching: epochs``): a fresh permutation of all trials per epoch, walked in chunks of
+    `batch_size` (the last chunk of an epoch may be shorter), like iterating a shuffled DataLoader with
+    drop_last=False: every trial once per epoch. next() -> int64 trial indices."""
+
+    kind = "epochs"
 
     def __init__(self, split: Split, batch_size: int, seed: int = 0) -> None:
         super().__init__(split, batch_size, seed)
@@ -196,3 +221,14 @@ class RandomBatchSampler(_Sampler):
         self.epoch = int(d["epoch"]) - 1
         self._new_epoch()
         self._pos = int(d["pos"])
+
+
+def make_sampler(batching: str, split: Split, batch_size: int, days_per_batch: int = 4, seed: int = 0) -> _Sampler:
+    """The training sampler that ``data.batching`` names: days | random | epochs (see the module docstring)."""
+    if batching == "days":
+        return DayBatchSampler(split, batch_size, days_per_batch, seed=seed)
+    if batching == "random":
+        return RandomBatchSampler(split, batch_size, seed=seed)
+    if batching == "epochs":
+        return EpochBatchSampler(split, batch_size, seed=seed)
+    raise ValueError(f"data.batching must be 'days', 'random' or 'epochs', got {batching!r}")

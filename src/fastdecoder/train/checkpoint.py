@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or not one of ours; the message names the file."""
@@ -69,7 +71,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_weights_only(path, map_location=map_location)  # + numpy float scalars, nothing else
+    except UnsafeFileError as e:
+        raise CheckpointError(f"checkpoint {path} is not a fastdecoder checkpoint: {e}") from None
     except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, disallowed global: all mean "unusable"
         text = str(e)
         if "Weights only load failed" in text and ("GLOBAL" in text or "Unsupported global" in text):

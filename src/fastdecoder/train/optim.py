@@ -1,7 +1,8 @@
 """Optimizer parameter groups and learning-rate schedules.
 
-Groups: "main" (weights, with weight decay), "no_decay" (biases, norm gains, h0: no decay when
-``no_decay_bias``), "day" (day layers: own LR ``day_lr`` and decay ``day_weight_decay``).
+Groups: "main" (weights, with weight decay; the learnable h0 too, as the NEJM trainer has it), "no_decay" (biases
+and norm gains when ``no_decay_bias``; h0 as well when ``no_decay_h0``), "day" (day layers: own LR ``day_lr`` and
+decay ``day_weight_decay``).
 Optimizers: ``adam`` (coupled L2 decay: torch.optim.Adam's weight_decay) or ``adamw`` (decoupled), with the
 configured betas and eps, fused on CUDA when ``optim.fused``.
 
@@ -40,7 +41,7 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
         if name.startswith("day_"):
             day.append(p)
         elif cfg.no_decay_bias and (p.dim() < 2 or "bias" in name or name.startswith("ln_") or ".ln_" in name
-                                    or name == "h0"):
+                                    or (name == "h0" and cfg.no_decay_h0)):
             no_decay.append(p)
         else:
             main.append(p)

@@ -218,7 +218,8 @@ class Trainer:
         self.fast = on_cuda if cfg.train.fast is None else cfg.train.fast
         self.ops_backend = cfg.augment.backend if self.fast else "reference"
         self.model = GRUDecoder(cfg.model, smoothing_backend=self.ops_backend,
-                                rnn_backend="auto" if self.fast else "reference").to(self.device)
+                                rnn_backend="auto" if self.fast else "reference",
+                                output_lengths=cfg.ctc.output_lengths).to(self.device)
         self.optimizer = build_optimizer(self.model, replace(cfg.optim, fused=cfg.optim.fused and self.fast),
                                          self.device)
         self.schedule = LRSchedule(self.optimizer, cfg.optim)
@@ -262,12 +263,11 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------------------
     def _make_sampler(self):
-        from fastdecoder.data import DayBatchSampler, RandomBatchSampler
+        from fastdecoder.data.batching import make_sampler
 
         c = self.cfg
-        if c.data.batching == "days":
-            return DayBatchSampler(self.train_split, c.train.batch_size, c.data.days_per_batch, seed=self.rank_seed)
-        return RandomBatchSampler(self.train_split, c.train.batch_size, seed=self.rank_seed)
+        return make_sampler(c.data.batching, self.train_split, c.train.batch_size, c.data.days_per_batch,
+                            seed=self.rank_seed)
 
     def _make_resident(self) -> ResidentSplit:
         """The training split packed on the device (batches built there); pinned host memory if it would take more
@@ -323,11 +323,7 @@ class Trainer:
 
     def eval_transform(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """Eval-time data transform: b2t25 smooths the input (no noise); b2t24 smooths inside the model."""
-        if not self.smooth_input:
-            return x
-        from fastdecoder.ops import augment
-
-        return augment(x, lens, smooth_taps=self.input_taps, backend=self.ops_backend)
+        return self.model.input_transform(x, lens)
 
     def train_transform(self, x: torch.Tensor, lens: torch.Tensor):
         """Training augmentation: random cut, then one fused pass of noise, offset, (input) smoothing and masks."""
@@ -347,7 +343,8 @@ class Trainer:
                                   freq_max_width=a.freq_mask_width, freq_max_count=a.freq_mask_count,
                                   generator=self.mask_gen, device=x.device)
         seed = (self.rank_seed * 1_000_003 + self.step) % (2**31 - 1)
-        x = augment(x, lens, white_noise_std=a.white_noise_std, constant_offset_std=a.constant_offset_std,
+        span = self.model.padding_lengths(lens)  # None (as shipped): noise and smoothing over the padded batch
+        x = augment(x, span, white_noise_std=a.white_noise_std, constant_offset_std=a.constant_offset_std,
                     smooth_taps=self.input_taps, time_masks=tm, freq_masks=fm, seed=seed, backend=self.ops_backend)
         return x, lens
 
@@ -821,6 +818,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
     state = load_checkpoint(run_dir / name, map_location=device)
     cfg = config_from_dict(state["config"])
-    model = GRUDecoder(cfg.model, smoothing_backend=cfg.augment.backend)
+    model = GRUDecoder(cfg.model, smoothing_backend=cfg.augment.backend, output_lengths=cfg.ctc.output_lengths)
     model.load_state_dict(state["model"])
     return cfg, model.to(device).eval(), state

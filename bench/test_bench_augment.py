@@ -69,7 +69,7 @@ def _make_case(case, s):
         return x, lambda: _torch_recipe(x, taps, s["ws"], s["os"])
     if case == "triton":
         return x, lambda: augment(x, backend="triton", **kw)
-    from fastdecoder.kernels.augment import augment_triton
+    from fastdecoder.ops.augment.launcher import augment_triton
 
     B = x.shape[0]
     lens = torch.full((B,), x.shape[1], dtype=torch.int32, device=DEV)

@@ -6,6 +6,7 @@ sections or keys are an error that names them; values are checked against the fi
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESETS_PACKAGE = "fastdecoder.presets"  # the presets' YAML files, shipped as package data
 
 
 class ConfigError(ValueError):
@@ -311,16 +312,21 @@ def validate(cfg: Config) -> None:
         pass  # a path may still come from the command line (--data); checked when the data is loaded
 
 
-def resolve_config_path(path_or_name: str | Path) -> Path:
-    """A YAML path, or a preset name (``b2t25``, ``b2t24``, ``demo``) looked up in ``configs/``."""
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``b2t24``, ``b2t25``, ``demo``)."""
+    return sorted(p.name[:-5] for p in importlib.resources.files(PRESETS_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(path_or_name: str | Path):
+    """A YAML path, or a preset name (``b2t25``, ``b2t24``, ``demo``): a file of the package's presets, read with
+    ``importlib.resources`` (a ``Path`` or a ``Traversable``; both have ``read_text``)."""
     p = Path(path_or_name)
     if p.is_file():
         return p
-    preset = CONFIG_DIR / f"{path_or_name}.yaml"
-    if preset.is_file():
-        return preset
-    presets = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))) if CONFIG_DIR.is_dir() else "none found"
-    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {presets})")
+    if isinstance(path_or_name, str) and path_or_name in preset_names():
+        return importlib.resources.files(PRESETS_PACKAGE) / f"{path_or_name}.yaml"
+    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {', '.join(preset_names())})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -65,6 +65,7 @@ class AugmentConfig:
     freq_mask_width: int = 0
     freq_mask_count: int = 0
     backend: str = "auto"               # auto | reference | triton
+    noise: str = "auto"                 # auto (philox where the Triton kernel runs, else torch) | philox | torch
 
 
 @dataclass
@@ -167,6 +168,7 @@ _CHOICES = {
     ("model", "day_activation"): ("softsign", "none"),
     ("model", "head_init"): ("xavier", "default"),
     ("augment", "backend"): ("auto", "reference", "triton"),
+    ("augment", "noise"): ("auto", "philox", "torch"),
     ("ctc", "reduction"): ("mean_batch", "mean_target"),
     ("ctc", "output_lengths"): ("exact", "shipped"),
     ("optim", "name"): ("adam", "adamw"),

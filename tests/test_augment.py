@@ -393,6 +393,9 @@ def test_no_host_reads_of_device_tensors_per_call(no_device_reads):
         out = augment(x, lengths, white_noise_std=1.0, constant_offset_std=0.2, smooth_taps=taps, time_masks=masks,
                       freq_masks=masks, seed=3, out_dtype=torch.bfloat16, backend="reference")
         assert out.shape == (B, T, C) and out.dtype == torch.bfloat16 and out.device.type == dev
+    tm, fm = sample_masks(B, T, C, lengths=lengths, time_prob=0.5, time_max_width=5, time_max_count=2,
+                          freq_prob=0.5, freq_max_width=3, freq_max_count=1, device=dev)
+    assert tm.shape == (B, 2, 2) and fm.shape == (B, 1, 2) and tm.device.type == dev
     with pytest.raises(AssertionError, match="host read"):  # the guard works
         bool(lengths.any())
 

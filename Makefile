@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.
 	@touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/fastdecoder train --config configs/demo.yaml --out runs/demo --overwrite
+	$(VENV)/bin/fastdecoder train --config demo --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest -q tests

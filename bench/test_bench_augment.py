@@ -7,8 +7,8 @@ Sizes (fp32 in, bf16 out, every trial full length):
 
 Cases: ``copy`` (``out.copy_(x)``, fp32 -> bf16: the same bytes as the op, the device's copy bandwidth for this
 traffic), ``reference`` (``augment(backend="reference")``, the definition: Philox noise in PyTorch, conv1d),
-``torch_recipe`` (what the published code does: ``torch.randn`` noise, offsets, depthwise conv1d; a baseline, not
-bit-compatible), ``triton`` (``augment(backend="triton")``, the whole op with its Python-side checks) and
+``torch_recipe`` (``augment(backend="reference", noise="torch")``: what the published code does, ``torch.randn``
+noise and offsets, depthwise conv1d; the trainer's reference path; not bit-compatible), ``triton`` (``augment(backend="triton")``, the whole op with its Python-side checks) and
 ``kernel`` (the launch helper with prepared arguments: the kernel alone). Achieved bandwidth = (bytes of x read
 once + bytes of the output written once) / time. Targets on a CUDA GPU: triton >= 80 % of the copy bandwidth and
 >= 5x the reference. ``test_zz_augment_table`` prints the table with the device's name (and appends it as markdown
@@ -23,7 +23,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastdecoder.ops import augment, gaussian_taps
 
@@ -44,16 +43,6 @@ def _device_name() -> str:
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
-def _torch_recipe(x, taps, ws, os_):
-    """The published recipe's ops (NEJM/cffan style): randn noise, per-trial offset, depthwise 'same' conv1d."""
-    B, T, C = x.shape
-    v = x + ws * torch.randn_like(x) + os_ * torch.randn(B, 1, C, device=x.device)
-    n = taps.numel()
-    w = taps.view(1, 1, n).expand(C, 1, n)
-    v = F.conv1d(F.pad(v.transpose(1, 2), ((n - 1) // 2, n // 2)), w, groups=C).transpose(1, 2)
-    return v.to(torch.bfloat16)
-
-
 def _make_case(case, s):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(s["B"], s["T"], s["C"], generator=g).to(DEV)
@@ -66,10 +55,10 @@ def _make_case(case, s):
     if case == "reference":
         return x, lambda: augment(x, backend="reference", **kw)
     if case == "torch_recipe":
-        return x, lambda: _torch_recipe(x, taps, s["ws"], s["os"])
+        return x, lambda: augment(x, backend="reference", noise="torch", **kw)
     if case == "triton":
         return x, lambda: augment(x, backend="triton", **kw)
-    from fastdecoder.kernels.augment import augment_triton
+    from fastdecoder.ops.augment.launcher import augment_triton
 
     B = x.shape[0]
     lens = torch.full((B,), x.shape[1], dtype=torch.int32, device=DEV)

@@ -1,6 +1,7 @@
-"""Triton kernels (``@triton.jit`` functions and their launch helpers), installed as ``fastdecoder.kernels``.
+"""Triton kernels: ``@triton.jit`` code only (one module per op), installed as ``fastdecoder.kernels``.
 
-Importing this package does not import triton; each kernel module does, so CPU-only users never pay for it.
-On a machine without CUDA, set ``TRITON_INTERPRET=1`` *before* triton is imported to run kernels through
-Triton's interpreter (the test suite does this in ``tests/conftest.py``).
+The launchers, references and dispatch of each op are in ``fastdecoder.ops.<op>``. Importing this package does not
+import triton; each kernel module does, so CPU-only users never pay for it. Without CUDA, kernels run through
+Triton's interpreter when ``TRITON_INTERPRET=1`` is set before a kernel module is imported (``tests/conftest.py``
+does this); ``fastdecoder.ops.triton_usable`` is the rule for when they can run.
 """

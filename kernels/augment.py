@@ -10,7 +10,8 @@ For x (B, T, C) the kernel computes, in float32,
 and stores it as float32 or bfloat16. x is read once and the output written once; the noise never exists in
 memory: it is generated in registers from a counter-based generator (Philox-4x32-10, the generator behind
 ``tl.randint4x``) keyed on (seed, index), exactly once per input element, and a seed reproduces a batch exactly.
-``fastdecoder.ops.augment`` has the same generator in PyTorch.
+``fastdecoder.ops.augment.philox`` has the same generator in PyTorch (and its constants).
+The launch helpers are in ``fastdecoder.ops.augment.launcher``.
 
 Noise definition (shared with the PyTorch reference):
   * counters: c0, c1 = low and high 32 bits of a 64-bit counter, c2 = stream, c3 = 0; key = (seed_lo, seed_hi).
@@ -44,16 +45,18 @@ masks and the two matrices are formed once per program. Long sequences may be sp
 Only the Triton API common to 3.6 .. 3.9 is used (plain pointer arithmetic + masks, tl.join/reshape, tl.dot,
 tl.inline_asm_elementwise for the GPU's MUFU log2/sin/cos).
 """
-import os
-
-import torch
 import triton
 import triton.language as tl
 
-# True when triton runs kernels through its interpreter (TRITON_INTERPRET=1 set before triton was imported).
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from fastdecoder.ops.augment.philox import PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B
 
-MAX_TAPS = 129
+__all__ = ["augment_kernel", "normals_kernel", "philox_words_kernel"]
+
+# The generator's constants, defined once in the PyTorch oracle (globals a kernel reads must be constexpr).
+_ROUND_A = tl.constexpr(PHILOX_ROUND_A)
+_ROUND_B = tl.constexpr(PHILOX_ROUND_B)
+_KEY_A = tl.constexpr(PHILOX_KEY_A)
+_KEY_B = tl.constexpr(PHILOX_KEY_B)
 
 
 @triton.jit
@@ -62,19 +65,15 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
 
     Philox-4x32-10 (Salmon et al. 2011) with the constants of triton.language.random (tl.randint4x).
     """
-    ROUND_A: tl.constexpr = 0xD2511F53
-    ROUND_B: tl.constexpr = 0xCD9E8D57
-    KEY_A: tl.constexpr = 0x9E3779B9
-    KEY_B: tl.constexpr = 0xBB67AE85
     for _ in tl.static_range(10):
         _c0 = c0
         _c2 = c2
-        c0 = tl.umulhi(_c2, ROUND_B) ^ c1 ^ k0
-        c2 = tl.umulhi(_c0, ROUND_A) ^ c3 ^ k1
-        c1 = _c2 * ROUND_B  # low 32 bits (uint32 wraps)
-        c3 = _c0 * ROUND_A
-        k0 = k0 + KEY_A
-        k1 = k1 + KEY_B
+        c0 = tl.umulhi(_c2, _ROUND_B) ^ c1 ^ k0
+        c2 = tl.umulhi(_c0, _ROUND_A) ^ c3 ^ k1
+        c1 = _c2 * _ROUND_B  # low 32 bits (uint32 wraps)
+        c3 = _c0 * _ROUND_A
+        k0 = k0 + _KEY_A
+        k1 = k1 + _KEY_B
     return c0, c1, c2, c3
 
 
@@ -144,7 +143,7 @@ def _noisy_tile(x_b, stride_xt, stride_xc, i, length, cols, c_ok, groups, row0, 
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
-def _augment_kernel(
+def augment_kernel(
     x_ptr, out_ptr, len_ptr, taps_ptr, tmask_ptr, fmask_ptr,
     T, C, C4,
     stride_xb, stride_xt, stride_xc,
@@ -218,7 +217,7 @@ def _augment_kernel(
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "stream"])
-def _normals_kernel(ctr_ptr, out_ptr, n, seed_lo, seed_hi, stream, BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
+def normals_kernel(ctr_ptr, out_ptr, n, seed_lo, seed_hi, stream, BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
     """Debug/test kernel: the four normals of each int64 counter, written as out[i, 0..3]."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
@@ -232,7 +231,7 @@ def _normals_kernel(ctr_ptr, out_ptr, n, seed_lo, seed_hi, stream, BLOCK: tl.con
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "seed"])
-def _philox_words_kernel(ctr_ptr, out_ptr, ref_ptr, n, seed_lo, seed_hi, seed, BLOCK: tl.constexpr):
+def philox_words_kernel(ctr_ptr, out_ptr, ref_ptr, n, seed_lo, seed_hi, seed, BLOCK: tl.constexpr):
     """Test kernel: our Philox words (stream 0) and ``tl.randint4x(seed, ctr)``'s, as int64 (n, 4) each."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
@@ -250,116 +249,3 @@ def _philox_words_kernel(ctr_ptr, out_ptr, ref_ptr, n, seed_lo, seed_hi, seed, B
     tl.store(ref_ptr + offs * 4 + 1, r1.to(tl.uint32, bitcast=True).to(tl.int64), mask=ok)
     tl.store(ref_ptr + offs * 4 + 2, r2.to(tl.uint32, bitcast=True).to(tl.int64), mask=ok)
     tl.store(ref_ptr + offs * 4 + 3, r3.to(tl.uint32, bitcast=True).to(tl.int64), mask=ok)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# launch helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-def _next_pow2(n):
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def pick_blocks(n_taps):
-    """(BLOCK_T, BLOCK_C, num_warps) for a tap count. BLOCK_T >= n - 1 (a window spans two tiles at most)."""
-    block_t = max(64, _next_pow2(n_taps - 1))
-    if block_t == 64:
-        return 64, 32, 4
-    return block_t, max(16, 4096 // block_t), 8
-
-
-def pick_chunks(programs, n_iters, device):
-    """Time tiles per program: all of them (no tile regenerated) unless that leaves the GPU short of programs."""
-    if device.type != "cuda" or n_iters <= 2:
-        return n_iters
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
-    chunks = min(triton.cdiv(4 * n_sm, programs), n_iters // 2)
-    return triton.cdiv(n_iters, max(1, chunks))
-
-
-def _split_seed(seed):
-    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-    return seed & 0xFFFFFFFF, seed >> 32
-
-
-def augment_triton(x, lengths, taps, time_masks, freq_masks, *, white_noise_std, constant_offset_std, seed,
-                   out_dtype, block_t=None, block_c=None, num_warps=None, iters_per_chunk=None, dot_precision=None,
-                   fast_math=None):
-    """Launch the fused kernel. Arguments are already validated by ``fastdecoder.ops.augment``:
-
-    x (B, T, C) float32/bfloat16/float16 on a CUDA device (or the CPU under TRITON_INTERPRET=1), any strides;
-    lengths (B,) int32 on x's device; taps (n,) float32 contiguous on x's device; time_masks (B, MT, 2) and
-    freq_masks (B, MF, 2) int32 contiguous on x's device (MT, MF may be 0); out_dtype float32 or bfloat16.
-    Returns a new contiguous (B, T, C) tensor. ``dot_precision`` and ``fast_math`` (0: libdevice log/sin/cos,
-    1: MUFU sin/cos, 2: MUFU log2/sin/cos) default to the output's precision on NVIDIA GPUs (float32: "tf32x3", 1;
-    bfloat16: "tf32", 2) and to "ieee", 0 elsewhere (the interpreter, ROCm).
-    """
-    B, T, C = x.shape
-    out = torch.empty((B, T, C), dtype=out_dtype, device=x.device)
-    if out.numel() == 0:
-        return out
-    n = int(taps.numel())
-    if not 1 <= n <= MAX_TAPS:
-        raise ValueError(f"smooth_taps: 1..{MAX_TAPS} taps supported, got {n}")
-    bt, bc, nw = pick_blocks(n)
-    block_t = int(block_t or bt)
-    block_c = int(block_c or bc)
-    num_warps = int(num_warps or nw)
-    if block_t < max(n - 1, 1) or block_t & (block_t - 1):
-        raise ValueError(f"block_t must be a power of two >= n - 1 ({n - 1}), got {block_t}")
-    if block_c < 4 or block_c & (block_c - 1):
-        raise ValueError(f"block_c must be a power of two >= 4, got {block_c}")
-    nvidia = not INTERPRET and x.device.type == "cuda" and not torch.version.hip
-    bf16 = out_dtype == torch.bfloat16
-    if dot_precision is None:  # tf32x3: three tensor-core products, ~fp32; tf32: one, 2^-11 relative
-        dot_precision = ("tf32" if bf16 else "tf32x3") if nvidia else "ieee"
-    fast_math = ((2 if bf16 else 1) if nvidia else 0) if fast_math is None else int(fast_math)
-    if fast_math and not nvidia:
-        raise ValueError("fast_math needs an NVIDIA GPU (PTX lg2/sin/cos.approx)")
-
-    if x.stride(2) * C >= 2 ** 31 or x.stride(1) * T >= 2 ** 62:  # keep the kernel's in-row offsets in int32
-        x = x.contiguous()
-    n_c_tiles = triton.cdiv(C, block_c)
-    n_iters = (T - 1 + n // 2) // block_t + 1  # the last output row T - 1 is written by iteration n_iters - 1
-    per_chunk = int(iters_per_chunk or pick_chunks(B * n_c_tiles, n_iters, x.device))
-    seed_lo, seed_hi = _split_seed(seed)
-    white = float(white_noise_std)
-    offset = float(constant_offset_std)
-    grid = (B * n_c_tiles, triton.cdiv(n_iters, per_chunk))
-    _augment_kernel[grid](
-        x, out, lengths, taps, time_masks, freq_masks,
-        T, C, triton.cdiv(C, 4),
-        x.stride(0), x.stride(1), x.stride(2),
-        n_c_tiles, n_iters, per_chunk, time_masks.shape[1], freq_masks.shape[1],
-        seed_lo, seed_hi, white, offset,
-        N_TAPS=n, BLOCK_T=block_t, BLOCK_C=block_c,
-        HAS_WHITE=white != 0.0, HAS_OFFSET=offset != 0.0, DOT_PRECISION=dot_precision, FAST_MATH=fast_math,
-        num_warps=num_warps,
-    )
-    return out
-
-
-def normals_triton(counters, seed, stream, fast_math=None):
-    """The generator's four normals for each int64 counter, from the Triton kernel: (N, 4) float32."""
-    counters = counters.reshape(-1).to(torch.int64).contiguous()
-    if fast_math is None:
-        fast_math = int(not INTERPRET and counters.device.type == "cuda" and not torch.version.hip)
-    out = torch.empty((counters.numel(), 4), dtype=torch.float32, device=counters.device)
-    if counters.numel():
-        seed_lo, seed_hi = _split_seed(seed)
-        block = 256
-        _normals_kernel[(triton.cdiv(counters.numel(), block),)](
-            counters, out, counters.numel(), seed_lo, seed_hi, int(stream), BLOCK=block, FAST_MATH=int(fast_math))
-    return out
-
-
-def philox_words_triton(counters, seed):
-    """(ours, triton's) Philox-4x32-10 words for int64 counters on stream 0: two (N, 4) int64 tensors."""
-    counters = counters.reshape(-1).to(torch.int64).contiguous()
-    ours = torch.empty((counters.numel(), 4), dtype=torch.int64, device=counters.device)
-    ref = torch.empty_like(ours)
-    seed_lo, seed_hi = _split_seed(seed)
-    block = 256
-    _philox_words_kernel[(triton.cdiv(counters.numel(), block),)](
-        counters, ours, ref, counters.numel(), seed_lo, seed_hi, int(seed), BLOCK=block)
-    return ours, ref

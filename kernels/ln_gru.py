@@ -9,7 +9,8 @@ Definition, per layer and direction (gate order r, z, n as in ``torch.nn.GRU``; 
     n = tanh(a_x[n] + r * a_h[n])
     h_t = (1 - z) * n + z * h_{t-1}
 
-Work split (the launchers below are called by ``fastdecoder.nn.ln_gru_triton``):
+Work split (the launchers in ``fastdecoder.ops.ln_gru.launcher`` start these kernels; the autograd Function in
+``fastdecoder.ops.ln_gru.function`` calls them):
 
 forward
     1. ``P = x W_ih^T`` for all steps: one GEMM (torch / cuBLAS).
@@ -33,7 +34,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["ln_rows_fwd", "ln_rows_bwd", "gru_step_fwd", "gru_step_bwd", "block_and_warps"]
+__all__ = ["ln_rows_fwd_kernel", "ln_rows_bwd_kernel", "gru_step_fwd_kernel", "gru_step_bwd_kernel"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -53,31 +54,11 @@ def _tanh(x):
     return tl.where(x < 0, -y, y)
 
 
-def block_and_warps(n: int) -> tuple[int, int]:
-    """Power-of-two block covering ``n`` columns and a warp count for it (as Liger-Kernel's calculate_settings)."""
-    block = triton.next_power_of_2(max(int(n), 1))
-    if block >= 8192:
-        warps = 16
-    elif block >= 2048:
-        warps = 8
-    elif block >= 512:
-        warps = 4
-    else:
-        warps = 2
-    return block, warps
-
-
-def _step_settings(H: int) -> tuple[int, int]:
-    # the step kernels hold three H-vectors per quantity: warps sized for the 3H row (8 warps at H = 768 / 1024,
-    # where sm_90 builds of the backward step use 80 registers and no spills; 4 warps would need 141)
-    return triton.next_power_of_2(H), block_and_warps(3 * H)[1]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # input side: LN of all rows of P = x W_ih^T, forward
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _ln_rows_fwd_kernel(
+def ln_rows_fwd_kernel(
     P, AX, G, BIAS, MEAN, RSTD,
     T, B, N, eps,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -105,23 +86,11 @@ def _ln_rows_fwd_kernel(
     tl.store(RSTD + row, rstd)
 
 
-def ln_rows_fwd(p, g, bias, eps, ax, mean, rstd):
-    """LN + gain + bias of every row of ``p`` (B, T, N) contiguous -> ``ax`` (T, B, N) and ``mean``/``rstd`` (B*T,)."""
-    B, T, N = p.shape
-    assert p.is_contiguous() and ax.is_contiguous() and ax.shape == (T, B, N)
-    block, warps = block_and_warps(N)
-    _ln_rows_fwd_kernel[(B * T,)](
-        p, ax, g, bias if bias is not None else g, mean, rstd,
-        T, B, N, eps,
-        HAS_BIAS=bias is not None, BLOCK_N=block, num_warps=warps,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # input side: LN backward of all rows, with partial sums of the gain / bias gradients
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _ln_rows_bwd_kernel(
+def ln_rows_bwd_kernel(
     DA, P, MEAN, RSTD, G, DP, DG_PART, DB_PART,
     n_rows, rows_per_prog, N,
     BLOCK_N: tl.constexpr,
@@ -157,31 +126,11 @@ def _ln_rows_bwd_kernel(
     tl.store(DB_PART + pid * N + offs, db, mask=cmask)
 
 
-def ln_rows_bwd(da, p, mean, rstd, g, dp, n_programs: int):
-    """LN backward over all rows: ``da``, ``p``, ``dp`` (R, N) contiguous; returns (dg, db) as fp32 (N,)."""
-    import torch
-
-    R, N = p.shape
-    assert da.is_contiguous() and p.is_contiguous() and dp.is_contiguous()
-    n_programs = max(1, min(int(n_programs), R))
-    rows_per_prog = triton.cdiv(R, n_programs)
-    n_programs = triton.cdiv(R, rows_per_prog)
-    dg_part = torch.empty(n_programs, N, dtype=torch.float32, device=p.device)
-    db_part = torch.empty(n_programs, N, dtype=torch.float32, device=p.device)
-    block, warps = block_and_warps(N)
-    _ln_rows_bwd_kernel[(n_programs,)](
-        da, p, mean, rstd, g, dp, dg_part, db_part,
-        R, rows_per_prog, N,
-        BLOCK_N=block, num_warps=warps,
-    )
-    return dg_part.sum(0), db_part.sum(0)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # recurrence, forward: one step
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["ax_off", "hh_off", "hp_off", "out_off", "st_off"])
-def _gru_step_fwd_kernel(
+def gru_step_fwd_kernel(
     AX, ax_off, s_ax_b,          # a_x at step t: AX + ax_off + b * s_ax_b + [0, 3H)      (fp32)
     HH, hh_off, s_hh_b,          # h_{t-1} W_hh^T at step t (pre-LN)
     HP, hp_off, s_hp_b,          # h_{t-1} (h0 or the output at the previous step)
@@ -236,29 +185,11 @@ def _gru_step_fwd_kernel(
     tl.store(RSTD + st_off + b, rstd)
 
 
-def gru_step_fwd(ax, ax_off, hh, hh_off, hp, hp_off, s_hp_b, out, out_off, s_out_b, hc, g, bias,
-                 mean, rstd, st_off, B, H, eps):
-    """One forward step for all B rows (see ``_gru_step_fwd_kernel``; ``*_off`` are element offsets into the
-    base tensors, rows of ``ax`` / ``hh`` are 3H apart)."""
-    block, warps = _step_settings(H)
-    _gru_step_fwd_kernel[(B,)](
-        ax, ax_off, 3 * H,
-        hh, hh_off, 3 * H,
-        hp, hp_off, s_hp_b,
-        out, out_off, s_out_b,
-        hc if hc is not None else out,
-        g, bias if bias is not None else g,
-        mean, rstd, st_off,
-        H, eps,
-        HAS_BIAS=bias is not None, WRITE_CAST=hc is not None, BLOCK_H=block, num_warps=warps,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # recurrence, backward: one step
 # ----------------------------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["p_off", "sx_off", "hh_off", "st_off", "hp_off", "do_off", "da_off", "dhh_off"])
-def _gru_step_bwd_kernel(
+def gru_step_bwd_kernel(
     P, p_off, s_p_b,             # x_t W_ih^T (pre-LN) at step t
     MX, RX, sx_off, s_sx_b,      # its LN statistics: MX + sx_off + b * s_sx_b
     GI, BI,                      # LN gain / bias of the input side
@@ -357,28 +288,3 @@ def _gru_step_bwd_kernel(
     tl.store(dhh_row + offs, (rh * (d_r - c2 - xr * c1)).to(ty), mask=mask)
     tl.store(dhh_row + H + offs, (rh * (d_z - c2 - xz * c1)).to(ty), mask=mask)
     tl.store(dhh_row + 2 * H + offs, (rh * (d_n - c2 - xn * c1)).to(ty), mask=mask)
-
-
-def gru_step_bwd(p, p_off, s_p_b, mx, rx, sx_off, s_sx_b, gi, bi,
-                 hh, hh_off, mh, rh, st_off, gh, bh,
-                 hp, hp_off, s_hp_b, dout, do_off, s_do_b, dcarry, gmm,
-                 da, da_off, s_da_b, dhh, dhh_off, dg_acc, db_acc, B, H):
-    """One backward step for all B rows (see ``_gru_step_bwd_kernel``)."""
-    block, warps = _step_settings(H)
-    has_bias = bi is not None
-    _gru_step_bwd_kernel[(B,)](
-        p, p_off, s_p_b,
-        mx, rx, sx_off, s_sx_b,
-        gi, bi if has_bias else gi,
-        hh, hh_off, 3 * H,
-        mh, rh, st_off,
-        gh, bh if has_bias else gh,
-        hp, hp_off, s_hp_b,
-        dout, do_off, s_do_b,
-        dcarry, gmm,
-        da, da_off, s_da_b,
-        dhh, dhh_off, 3 * H,
-        dg_acc, db_acc if has_bias else dg_acc,
-        H,
-        HAS_BIAS=has_bias, BLOCK_H=block, num_warps=warps,
-    )

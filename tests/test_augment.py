@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecoder.ops import augment, gaussian_taps, sample_masks
+from fastdecoder.ops import FastPathUnavailable, augment, gaussian_taps, sample_masks
 from fastdecoder.ops.augment import normals, offset_noise, white_noise
 
 # ------------------------------------------------------------------------------------------------ taps
@@ -342,7 +342,7 @@ def _x():
     (dict(seed=1.5), "seed"),
     (dict(out_dtype=torch.float16), "out_dtype"),
     (dict(backend="cuda"), "backend"),
-    (dict(x=torch.empty(2, 10, 4, device="meta"), backend="triton"), "x"),
+    (dict(noise="numpy"), "noise"),
 ])
 def test_bad_input_raises_value_error_naming_argument(kwargs, name):
     kwargs = dict(kwargs)
@@ -356,3 +356,131 @@ def test_masks_at_the_edges_are_accepted():
     x = _x()
     out = augment(x, time_masks=torch.tensor([[[7, 3]], [[10, 0]]]), freq_masks=torch.tensor([[[0, 4]], [[4, 0]]]))
     assert (out[0] == 0).all() and torch.equal(out[1], x[1])
+
+
+def test_triton_where_it_cannot_run_is_fast_path_unavailable():
+    with pytest.raises(FastPathUnavailable, match="meta"):
+        augment(torch.empty(2, 10, 4, device="meta"), backend="triton")
+
+
+# ------------------------------------------------------------------------------------------------ no host reads
+
+
+_HOST_READS = ("__bool__", "item", "tolist", "cpu", "numpy", "__int__", "__float__", "__index__")
+
+
+@pytest.fixture
+def no_device_reads(monkeypatch):
+    """Any read of a non-CPU tensor's values on the host raises (meta tensors stand for a device: no values)."""
+    for name in _HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def guarded(self, *a, _orig=orig, _name=name, **k):
+            if self.device.type != "cpu":
+                raise AssertionError(f"host read of a {self.device.type} tensor: Tensor.{_name}")
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+
+def test_no_host_reads_of_device_tensors_per_call(no_device_reads):
+    dev = "meta"
+    B, T, C = 3, 40, 16
+    x = torch.empty(B, T, C, device=dev)
+    lengths = torch.empty(B, dtype=torch.int64, device=dev)
+    masks = torch.empty(B, 2, 2, dtype=torch.int64, device=dev)
+    for taps in ("b2t25", "b2t24", None):
+        out = augment(x, lengths, white_noise_std=1.0, constant_offset_std=0.2, smooth_taps=taps, time_masks=masks,
+                      freq_masks=masks, seed=3, out_dtype=torch.bfloat16, backend="reference")
+        assert out.shape == (B, T, C) and out.dtype == torch.bfloat16 and out.device.type == dev
+    tm, fm = sample_masks(B, T, C, lengths=lengths, time_prob=0.5, time_max_width=5, time_max_count=2,
+                          freq_prob=0.5, freq_max_width=3, freq_max_count=1, device=dev)
+    assert tm.shape == (B, 2, 2) and fm.shape == (B, 1, 2) and tm.device.type == dev
+    with pytest.raises(AssertionError, match="host read"):  # the guard works
+        bool(lengths.any())
+
+
+def test_cpu_values_are_still_checked_on_the_host(no_device_reads):
+    with pytest.raises(ValueError, match="lengths"):
+        augment(_x(), torch.tensor([10, 11]))
+
+
+# ------------------------------------------------------------------------------------------------ published recipe
+
+
+def test_torch_noise_statistics_and_seeding():
+    # noise="torch": the published trainers' torch.randn noise; the same moments as the Philox oracle
+    B, T, C, ws, os_ = 16, 200, 64, 0.8, 0.5
+    z = augment(torch.zeros(B, T, C), white_noise_std=ws, seed=7, noise="torch").double()
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 * ws / math.sqrt(n)
+    assert abs(float(z.std()) / ws - 1.0) < 5 * math.sqrt(1 / (2 * n))
+    assert abs(_corr(z[:, 1:], z[:, :-1])) < 5 / math.sqrt(n)  # white over time
+    assert abs(_corr(z[..., 1:], z[..., :-1])) < 5 / math.sqrt(n)  # and over channels
+    o = augment(torch.zeros(B, T, C), constant_offset_std=os_, seed=7, noise="torch").double()
+    assert torch.equal(o, o[:, :1].expand_as(o))  # constant over time per trial and channel
+    off = o[:, 0]
+    assert abs(float(off.std()) / os_ - 1.0) < 5 * math.sqrt(1 / (2 * off.numel()))
+    both = augment(torch.zeros(B, T, C), white_noise_std=ws, constant_offset_std=os_, seed=7, noise="torch")
+    assert abs(float(both.double().var()) / (ws ** 2 + os_ ** 2) - 1.0) < 0.05
+    again = augment(torch.zeros(B, T, C), white_noise_std=ws, constant_offset_std=os_, seed=7, noise="torch")
+    assert torch.equal(both, again)  # a seed reproduces a batch
+    other = augment(torch.zeros(B, T, C), white_noise_std=ws, constant_offset_std=os_, seed=8, noise="torch")
+    assert (both - other).abs().mean() > 0.1
+    philox = augment(torch.zeros(B, T, C), white_noise_std=ws, constant_offset_std=os_, seed=7, noise="philox")
+    assert (both - philox).abs().mean() > 0.1  # another generator
+
+
+@pytest.mark.parametrize("taps", ["b2t25", "b2t24", [0.2, 0.5, 0.3]])
+def test_torch_noise_smooths_and_masks_like_the_oracle(taps):
+    g = torch.Generator().manual_seed(5)
+    B, T, C = 3, 50, 12
+    x = torch.randn(B, T, C, generator=g)
+    lengths = torch.tensor([50, 31, 7])
+    tm, fm = sample_masks(B, T, C, lengths=lengths, time_prob=0.9, time_max_width=6, time_max_count=2,
+                          freq_prob=0.9, freq_max_width=3, freq_max_count=1, generator=g)
+    kw = dict(smooth_taps=taps, time_masks=tm, freq_masks=fm, seed=4)
+    oracle = augment(x, lengths, noise="philox", **kw)
+    assert torch.equal(augment(x, lengths, noise="torch", **kw), oracle)  # noise off: the same op, bit for bit
+    # noise on: out - (the noise-free output) is the smoothed noise alone, zero where padded or masked
+    noisy = augment(x, lengths, white_noise_std=1.0, constant_offset_std=0.2, noise="torch", **kw)
+    assert torch.isfinite(noisy).all()
+    assert torch.equal(noisy == 0, (oracle == 0) | (noisy == 0)) and ((noisy - oracle).abs() > 0).any()
+    dropped = augment(torch.ones(B, T, C), lengths, noise="torch", **kw) == 0
+    assert (noisy[dropped] == 0).all()
+
+
+@pytest.mark.parametrize("preset,ws,os_", [("b2t25", 1.0, 0.2), ("b2t24", 0.8, 0.2)])
+def test_torch_noise_variance_after_smoothing(preset, ws, os_):
+    taps = gaussian_taps(preset).double()
+    n = taps.numel()
+    out = augment(torch.zeros(64, 160, 64), white_noise_std=ws, constant_offset_std=os_, smooth_taps=preset, seed=21,
+                  noise="torch")
+    inner = out[:, (n - 1) // 2: 160 - n // 2].double()
+    expected = ws ** 2 * float((taps ** 2).sum()) + os_ ** 2 * float(taps.sum()) ** 2
+    assert abs(float(inner.var()) / expected - 1.0) < 0.03
+
+
+def test_auto_noise_is_torch_on_the_reference_backend():
+    x = torch.randn(2, 20, 8)
+    kw = dict(white_noise_std=1.0, constant_offset_std=0.2, smooth_taps="b2t25", seed=3, backend="reference")
+    assert torch.equal(augment(x, noise="auto", **kw), augment(x, noise="torch", **kw))
+
+
+# ------------------------------------------------------------------------------------------------ output dtype
+
+
+@pytest.mark.parametrize("noise", ["philox", "torch"])
+def test_reference_bf16_output_is_the_fp32_result_rounded_once(noise):
+    x = torch.randn(3, 40, 16)
+    lengths = torch.tensor([40, 33, 9])
+    kw = dict(white_noise_std=1.0, constant_offset_std=0.2, smooth_taps="b2t25", seed=9, noise=noise,
+              backend="reference")
+    out32 = augment(x, lengths, **kw)
+    out16 = augment(x, lengths, out_dtype=torch.bfloat16, **kw)
+    assert out32.dtype == torch.float32 and out16.dtype == torch.bfloat16
+    assert torch.equal(out16, out32.to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not reach inside the definition
+        assert torch.equal(augment(x, lengths, **kw), out32)
+        assert torch.equal(augment(x, lengths, out_dtype=torch.bfloat16, **kw), out16)
+    assert torch.equal(augment(x.bfloat16(), lengths, **kw), augment(x.bfloat16().float(), lengths, **kw).bfloat16())

@@ -4,22 +4,17 @@ On the CPU the kernel runs through Triton's interpreter (TRITON_INTERPRET=1, set
 imported), in float32, on small shapes; small tile sizes force several time and channel tiles so the halos are
 exercised. bfloat16 output and large shapes are checked under the ``gpu`` marker.
 """
-import os
-
 import pytest
 import torch
 
-from fastdecoder.ops import augment, gaussian_taps, sample_masks
+from fastdecoder.ops import FastPathUnavailable, augment, gaussian_taps, sample_masks, triton_usable
 from fastdecoder.ops.augment import normals
 
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if not triton_usable(DEV):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1 set before triton is imported", allow_module_level=True)
 
-triton = pytest.importorskip("triton")
-from fastdecoder.kernels import augment as K  # noqa: E402
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
+from fastdecoder.ops.augment import launcher as K  # noqa: E402  (imports triton)
 
 @pytest.fixture
 def small_blocks(monkeypatch):
@@ -158,9 +153,11 @@ def test_triton_refuses_grad_and_missing_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="x requires grad"):
         augment(x, backend="triton")
     if DEV == "cpu":
-        monkeypatch.setattr(K, "INTERPRET", False)
-        with pytest.raises(ValueError, match="x: backend='triton' needs"):
+        monkeypatch.setenv("TRITON_INTERPRET", "0")  # the rule reads the variable at call time
+        with pytest.raises(FastPathUnavailable, match=r"augment\(backend='triton'\).*TRITON_INTERPRET"):
             augment(torch.randn(1, 8, 4), backend="triton")
+    with pytest.raises(ValueError, match="noise='torch'"):
+        augment(torch.randn(1, 8, 4, device=DEV), white_noise_std=1.0, noise="torch", backend="triton")
 
 
 def test_auto_backend_on_cpu_is_reference():

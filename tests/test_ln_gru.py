@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from fastdecoder.nn import LayerNormGRU
-from fastdecoder.nn.ln_gru import ln_gru_reference
+from fastdecoder.ops import FastPathUnavailable, triton_usable
+from fastdecoder.ops.ln_gru import ln_gru_reference
 
 HAS_CUDA = torch.cuda.is_available()
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-needs_triton = pytest.mark.skipif(not (HAS_CUDA or INTERPRET),
+needs_triton = pytest.mark.skipif(not triton_usable("cuda" if HAS_CUDA else "cpu"),
                                   reason="Triton needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
 
 
@@ -198,7 +198,7 @@ def test_triton_unbatched_and_no_grad():
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     m = LayerNormGRU(4, 8, backend="triton")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+    with pytest.raises(FastPathUnavailable, match="TRITON_INTERPRET"):
         m(torch.randn(2, 3, 4))
 
 

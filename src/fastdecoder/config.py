@@ -9,6 +9,7 @@ against each other (`validate`). Files and ``--set`` values are read with YAML 1
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 import typing
@@ -21,7 +22,7 @@ import yaml
 from fastdecoder.errors import UserError
 from fastdecoder.phonemes import N_CLASSES
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESETS_PACKAGE = "fastdecoder.presets"  # the presets' YAML files, shipped as package data
 
 
 class ConfigError(UserError):
@@ -77,6 +78,7 @@ class AugmentConfig:
     freq_mask_width: int = 0
     freq_mask_count: int = 0
     backend: str = "auto"               # auto | reference | triton
+    noise: str = "auto"                 # auto (philox where the Triton kernel runs, else torch) | philox | torch
 
 
 @dataclass
@@ -182,6 +184,7 @@ _CHOICES = {
     ("model", "day_activation"): ("softsign", "none"),
     ("model", "head_init"): ("xavier", "default"),
     ("augment", "backend"): ("auto", "reference", "triton"),
+    ("augment", "noise"): ("auto", "philox", "torch"),
     ("ctc", "reduction"): ("mean_batch", "mean_target"),
     ("ctc", "output_lengths"): ("exact", "shipped"),
     ("optim", "name"): ("adam", "adamw"),
@@ -442,16 +445,21 @@ def validate(cfg: Config) -> None:
     # data.path / data.synthetic may both be unset: a path may still come from the command line (--data)
 
 
-def resolve_config_path(path_or_name: str | Path) -> Path:
-    """A YAML path, or a preset name (``b2t25``, ``b2t24``, ``demo``) looked up in ``configs/``."""
+def preset_names() -> list[str]:
+    """The presets shipped with the package (``b2t24``, ``b2t25``, ``demo``)."""
+    return sorted(p.name[:-5] for p in importlib.resources.files(PRESETS_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(path_or_name: str | Path):
+    """A YAML path, or a preset name (``b2t25``, ``b2t24``, ``demo``): a file of the package's presets, read with
+    ``importlib.resources`` (a ``Path`` or a ``Traversable``; both have ``read_text``)."""
     p = Path(path_or_name)
     if p.is_file():
         return p
-    preset = CONFIG_DIR / f"{path_or_name}.yaml"
-    if preset.is_file():
-        return preset
-    presets = ", ".join(sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))) if CONFIG_DIR.is_dir() else "none found"
-    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {presets})")
+    if isinstance(path_or_name, str) and path_or_name in preset_names():
+        return importlib.resources.files(PRESETS_PACKAGE) / f"{path_or_name}.yaml"
+    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {', '.join(preset_names())})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -226,6 +226,9 @@ class Trainer:
         self.guard = InstabilityGuard(cfg.stability, self.schedule)
         self.monitor = CollapseMonitor(cfg.stability)
         self.amp_dtype = ({"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp) if on_cuda else None)
+        # bf16 augmentation output where the next op is the day layer's bf16 matmul (the same rounding autocast does)
+        self.augment_dtype = (torch.bfloat16 if self.amp_dtype == torch.bfloat16 and cfg.model.smoothing != "model"
+                              else None)
         self.scaler = torch.amp.GradScaler("cuda") if (on_cuda and cfg.train.amp == "fp16") else None
         # per-rank streams: rank 0 uses the seed itself (a single process is unchanged by all this)
         self.rank_seed = cfg.train.seed + 10007 * self.dist.rank
@@ -345,7 +348,8 @@ class Trainer:
         seed = (self.rank_seed * 1_000_003 + self.step) % (2**31 - 1)
         span = self.model.padding_lengths(lens)  # None (as shipped): noise and smoothing over the padded batch
         x = augment(x, span, white_noise_std=a.white_noise_std, constant_offset_std=a.constant_offset_std,
-                    smooth_taps=self.input_taps, time_masks=tm, freq_masks=fm, seed=seed, backend=self.ops_backend)
+                    smooth_taps=self.input_taps, time_masks=tm, freq_masks=fm, seed=seed, noise=a.noise,
+                    out_dtype=self.augment_dtype, backend=self.ops_backend)
         return x, lens
 
     # -- one step -----------------------------------------------------------------------------------------------

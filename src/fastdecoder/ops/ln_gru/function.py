@@ -1,6 +1,6 @@
-"""Triton path of the LayerNorm-GRU: forward and backward launchers for one layer (both directions) and the
-autograd Function wrapping them. The kernels live in ``fastdecoder.kernels.ln_gru`` (imported lazily: importing
-this module does not import triton); the definition and the plain-PyTorch reference are in ``ln_gru.py``.
+"""Triton path of the LayerNorm-GRU: the autograd Function of one layer (both directions), forward and backward
+over the launchers of ``launcher.py`` (kernels in ``fastdecoder.kernels.ln_gru``, imported lazily: importing this
+module does not import triton); the definition is in ``reference.py``.
 
 Buffers of one layer and direction (B batch, T steps, H hidden, N = 3H; ``cdt`` the GEMM dtype: bf16 under autocast,
 else the input dtype; ``sdt`` the dtype of the state and the output: fp32 under autocast, else the input dtype):
@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import torch
 
-_N_PARAMS = 6  # per direction: weight_ih, weight_hh, bias_ih, bias_hh, ln_ih_weight, ln_hh_weight
+from fastdecoder.ops.ln_gru.reference import N_PARAMS
+
+_N_SAVED = 6  # buffers saved per direction for the backward: p, mean_x, rstd_x, hh, mean_h, rstd_h
 
 
 def _kernels():
-    from fastdecoder.kernels import ln_gru as K  # imports triton
+    from fastdecoder.ops.ln_gru import launcher  # imports triton
 
-    return K
+    return launcher
 
 
 def _ln_bwd_programs(device: torch.device) -> int:
@@ -56,7 +58,7 @@ class LNGRULayerFunction(torch.autograd.Function):
     def forward(ctx, x, h0, eps, cdt, sdt, *params):
         K = _kernels()
         B, T, I = x.shape
-        D = len(params) // _N_PARAMS
+        D = len(params) // N_PARAMS
         H = params[1].shape[1]
         N = 3 * H
         dev = x.device
@@ -71,7 +73,7 @@ class LNGRULayerFunction(torch.autograd.Function):
         hc = torch.empty(B, H, device=dev, dtype=cdt) if cast else None
         saved = []
         for d in range(D):
-            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[_N_PARAMS * d: _N_PARAMS * (d + 1)]
+            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[N_PARAMS * d: N_PARAMS * (d + 1)]
             # input side for all steps: one GEMM + one LN kernel
             p = torch.matmul(x_c, w_ih.to(cdt).t()).contiguous()              # (B, T, N)
             ax = torch.empty(T, B, N, device=dev, dtype=f32)
@@ -116,8 +118,8 @@ class LNGRULayerFunction(torch.autograd.Function):
         cdt = ctx.cdt
         f32 = torch.float32
         x_c, h0, out, *rest = ctx.saved_tensors
-        params = rest[: _N_PARAMS * D]
-        saved = rest[_N_PARAMS * D:]
+        params = rest[: N_PARAMS * D]
+        saved = rest[N_PARAMS * D:]
         dev = out.device
         dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         dh_n = torch.zeros(D, B, H, device=dev, dtype=f32) if dh_n is None else dh_n
@@ -130,8 +132,8 @@ class LNGRULayerFunction(torch.autograd.Function):
         dparams = [None] * len(params)
         n_prog = _ln_bwd_programs(dev)
         for d in range(D):
-            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[_N_PARAMS * d: _N_PARAMS * (d + 1)]
-            p, mean_x, rstd_x, hh, mean_h, rstd_h = saved[6 * d: 6 * (d + 1)]
+            w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[N_PARAMS * d: N_PARAMS * (d + 1)]
+            p, mean_x, rstd_x, hh, mean_h, rstd_h = saved[_N_SAVED * d: _N_SAVED * (d + 1)]
             col = d * H
             da = torch.empty(B, T, N, device=dev, dtype=f32)                    # d a_x, batch-major like p
             dhh = torch.empty(T, B, N, device=dev, dtype=cdt)                  # d HH, time-major like hh
@@ -153,7 +155,7 @@ class LNGRULayerFunction(torch.autograd.Function):
                                da, t * N, T * N, dhh, t * B * N, dg_acc, db_acc, B, H)
                 torch.mm(dhh_steps[t], w_hh_c, out=gmm)                          # dHH_t W_hh -> dh_{t-1}
             dh0[d] = dcarry + gmm
-            base = _N_PARAMS * d
+            base = N_PARAMS * d
             # recurrent weights: dW_hh = sum_t dHH_t^T h_{t-1}, one GEMM over the stacked steps
             if need[5 + base + 1]:
                 out_tm = out[..., col:col + H].transpose(0, 1)                 # (T, B, H) view

@@ -1,109 +1,39 @@
-"""LayerNorm-GRU: a drop-in ``torch.nn.GRU`` with layer normalization inside the recurrence (haste-style).
-
-Per layer and direction (gate order r, z, n as in ``torch.nn.GRU``; LN has no bias of its own, eps 1e-5)::
-
-    a_x = LN(x_t W_ih^T) * g_ih + b_ih          # LN over the 3H input pre-activations
-    a_h = LN(h_{t-1} W_hh^T) * g_hh + b_hh      # LN over the 3H recurrent pre-activations
-    r = sigmoid(a_x[r] + a_h[r]);  z = sigmoid(a_x[z] + a_h[z])
-    n = tanh(a_x[n] + r * a_h[n]);  h_t = (1 - z) * n + z * h_{t-1}
+"""LayerNormGRU: a drop-in ``torch.nn.GRU`` with layer normalization inside the recurrence (haste-style), and the
+dispatch between its two implementations (the definition is in ``reference.py``).
 
 The LN of the recurrent pre-activations rules out cuDNN. Two implementations:
 
 - ``"reference"``: :func:`ln_gru_layer_reference`, the definition as a plain PyTorch loop over time steps
   (gradients by autograd). Any device and dtype; slow.
-- ``"triton"``: :class:`~fastdecoder.nn.ln_gru_triton.LNGRULayerFunction`: the input projection and its LN for all
+- ``"triton"``: :class:`~fastdecoder.ops.ln_gru.function.LNGRULayerFunction`: the input projection and its LN for all
   steps as one GEMM + one kernel, per step one GEMM + one fused Triton kernel (LN, gates, state update), a
   hand-written backward in reverse time. On CPU tensors it runs through Triton's interpreter when
-  ``TRITON_INTERPRET=1`` was set before triton was imported (slow; for tests).
+  ``TRITON_INTERPRET=1`` (slow; for tests). Where Triton cannot run (``triton_usable``) it raises
+  ``FastPathUnavailable``.
 
-``"auto"`` picks Triton for CUDA tensors and the reference elsewhere.
+``"auto"`` picks Triton for CUDA tensors where ``triton_usable`` and the reference elsewhere.
 """
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerNormGRU", "ln_gru_layer_reference", "ln_gru_reference", "BACKENDS"]
+from fastdecoder.ops.ln_gru.reference import ln_gru_layer_reference, run_layers
+from fastdecoder.ops.triton_support import require_triton, triton_usable
+
+__all__ = ["LayerNormGRU", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "triton")
-_N_PARAMS = 6
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# reference: the definition, autograd does the backward
-# ----------------------------------------------------------------------------------------------------------------
-def ln_gru_layer_reference(x: torch.Tensor, h0: torch.Tensor, params, eps: float = 1e-5):
-    """One layer, all directions, as a plain PyTorch loop.
-
-    ``x`` (B, T, I); ``h0`` (D, B, H); ``params`` the flat list of D groups ``(weight_ih, weight_hh, bias_ih,
-    bias_hh, ln_ih_weight, ln_hh_weight)`` (biases may be None). Returns ``out`` (B, T, D*H) and ``h_n`` (D, B, H).
-    The reverse direction reads the sequence from t = T-1 down to 0 and writes its h_t at position t.
-    """
-    D = len(params) // _N_PARAMS
-    T = x.shape[1]
-    outs, h_n = [], []
-    for d in range(D):
-        w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params[_N_PARAMS * d: _N_PARAMS * (d + 1)]
-        N = w_ih.shape[0]
-        ax = F.layer_norm(F.linear(x, w_ih), (N,), g_ih, b_ih, eps)     # all steps at once
-        ax_r, ax_z, ax_n = ax.chunk(3, dim=-1)
-        h = h0[d]
-        seq = [None] * T
-        for t in (range(T) if d == 0 else range(T - 1, -1, -1)):
-            ah = F.layer_norm(F.linear(h, w_hh), (N,), g_hh, b_hh, eps)
-            ah_r, ah_z, ah_n = ah.chunk(3, dim=-1)
-            r = torch.sigmoid(ax_r[:, t] + ah_r)
-            z = torch.sigmoid(ax_z[:, t] + ah_z)
-            n = torch.tanh(ax_n[:, t] + r * ah_n)
-            h = (1 - z) * n + z * h
-            seq[t] = h
-        outs.append(torch.stack(seq, dim=1))
-        h_n.append(h)
-    return torch.cat(outs, dim=-1), torch.stack(h_n)
 
 
 def _layer_triton(x, h0, params, eps):
-    from fastdecoder.nn.ln_gru_triton import ln_gru_layer_triton
+    from fastdecoder.ops.ln_gru.function import ln_gru_layer_triton  # imports triton
 
     return ln_gru_layer_triton(x, h0, params, eps)
-
-
-def _triton_usable(device: torch.device) -> tuple[bool, str]:
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:  # pragma: no cover - triton ships with CUDA torch on Linux
-            return False, "triton is not installed"
-        return True, ""
-    if device.type == "cpu":
-        if os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return True, ""
-        return False, ("CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before triton is imported "
-                       "(or use backend='reference')")
-    return False, f"no Triton path for device type {device.type!r}"
-
-
-def ln_gru_reference(x, h0, layer_params, dropout: float = 0.0, training: bool = False, eps: float = 1e-5):
-    """Multi-layer reference: ``x`` (B, T, I), ``h0`` (L*D, B, H), ``layer_params`` one flat list per layer."""
-    return _run_layers(ln_gru_layer_reference, x, h0, layer_params, dropout, training, eps)
-
-
-def _run_layers(layer_fn, x, h0, layer_params, dropout, training, eps):
-    D = len(layer_params[0]) // _N_PARAMS
-    inp, h_n = x, []
-    for k, params in enumerate(layer_params):
-        out, hn = layer_fn(inp, h0[k * D:(k + 1) * D], params, eps)
-        h_n.append(hn)
-        if dropout > 0 and training and k < len(layer_params) - 1:
-            out = F.dropout(out, p=dropout, training=True)
-        inp = out
-    return inp, torch.cat(h_n, dim=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,10 +131,8 @@ class LayerNormGRU(nn.Module):
         if self.backend == "reference":
             return "reference"
         if self.backend == "auto":
-            return "triton" if device.type == "cuda" and _triton_usable(device)[0] else "reference"
-        ok, why = _triton_usable(device)
-        if not ok:
-            raise RuntimeError(f"LayerNormGRU(backend='triton'): {why}")
+            return "triton" if device.type == "cuda" and triton_usable(device) else "reference"
+        require_triton(device, "LayerNormGRU(backend='triton')")
         return "triton"
 
     def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None):
@@ -239,7 +167,7 @@ class LayerNormGRU(nn.Module):
                 h0 = h0.unsqueeze(1)
         layer_fn = _layer_triton if self.resolved_backend(x.device) == "triton" else ln_gru_layer_reference
         layer_params = [self.layer_params(k) for k in range(self.num_layers)]
-        out, h_n = _run_layers(layer_fn, x, h0, layer_params, self.dropout, self.training, self.eps)
+        out, h_n = run_layers(layer_fn, x, h0, layer_params, self.dropout, self.training, self.eps)
         if unbatched:
             return out.squeeze(0), h_n.squeeze(1)
         if not self.batch_first:

@@ -82,6 +82,34 @@ def test_hop_latency(benchmark, model, lm, request):
     _row(f"1 stream, {lm}", benchmark.stats.stats.data)
 
 
+@pytest.mark.parametrize("part", ["model (smoothing, day layer, GRU step, head)", "beam update",
+                                  "word decoder update (model's posteriors)",
+                                  "word decoder update (peaky posteriors of bench_words)"])
+def test_hop_components(benchmark, model, part, request):
+    """One hop's pieces on their own, to say where the time goes."""
+    dec = _started(StreamingDecoder(model, beam_width=20), SEED)
+    hops = iter(_bins(HOP * (ROUNDS + 10), SEED + 1).reshape(-1, HOP, 512))
+    if not part.startswith("model") and "peaky" not in part:
+        lps = [dec.frontend.push(torch.from_numpy(next(hops))).numpy() for _ in range(ROUNDS + 10)]
+    if part.startswith("model"):
+        step = lambda: dec.frontend.push(torch.from_numpy(next(hops)))  # noqa: E731
+    elif part == "beam update":
+        frames = iter(lps)
+        step = lambda: dec.beam.advance(next(frames))  # noqa: E731
+    else:
+        from fastdecoder.stream import WordStream
+
+        ws = WordStream(request.getfixturevalue("word_decoder"))
+        if "peaky" in part:
+            setup = load_setup()
+            x, n = setup["x"], setup["lengths"]
+            lps = [x[b, t:t + 1] for b in range(x.shape[0]) for t in range(n[b])][: ROUNDS + 10]
+        frames = iter(lps)
+        step = lambda: ws.advance(next(frames))  # noqa: E731
+    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    _row(f"part: {part}", benchmark.stats.stats.data)
+
+
 @pytest.mark.parametrize("n_streams", [2, 4])
 def test_concurrent_streams(model, n_streams):
     """N streams, one thread each, pushing as fast as they can: per-hop latency under contention."""
@@ -120,7 +148,7 @@ def test_print_table():
     for name, r in ROWS.items():
         tgt = next((t for k, t in TARGETS.items() if name == f"1 stream, {k}"), None)
         target = "" if tgt is None else f"median < {tgt[0]:g}" + (f", p99 < {tgt[1]:g}" if tgt[1] else "")
-        lines.append(f"| {name} | {r['n']} | {r['median']:.2f} | {r['p99']:.2f} | {r['max']:.2f} | {target} | "
+        lines.append(f"| {name} | {r['n']} | {r["median"]:.3f} | {r["p99"]:.3f} | {r["max"]:.3f} | {target} | "
                      f"{r['extra']} |")
     table = "\n".join(lines)
     print("\n" + table)

@@ -230,19 +230,19 @@ def test_streams_in_threads_match_sequential(word_decoder):
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """A run folder of a tiny causal model trained for a few steps (its accuracy does not matter here)."""
+    """A run folder of a tiny causal model, saved untrained (its accuracy does not matter here)."""
     from fastdecoder.config import config_from_dict
     from fastdecoder.train.trainer import Trainer
     from tiny import tiny_data
 
     cfg = {"name": "tiny-stream", "data": tiny_data(4, trials_per_day=12, val_trials_per_day=5, n_features=12),
            "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},
-           "optim": {"warmup_steps": 1, "decay_steps": 4},
-           "train": {"steps": 4, "batch_size": 8, "eval_every": 4, "log_every": 4, "checkpoint_every": 4,
-                     "amp": "none", "beam_width": 4}}
+           "train": {"amp": "none"}}
     out = tmp_path_factory.mktemp("stream_run")
     trainer = Trainer(config_from_dict(cfg), out, progress=False)
-    trainer.fit()
+    with torch.no_grad():
+        trainer.model.head.weight.mul_(8.0)  # peaky posteriors: phonemes and words get decoded
+    trainer.save("last.pt")
     return out, trainer
 
 
@@ -268,6 +268,21 @@ def test_stream_cli_equals_eval(short_run, tmp_path, capsys):
     assert st["wer"] == pytest.approx(ev["wer"], abs=1e-12)
     assert st["lookahead_ms"] == 80 and st["real_time_factor"] > 0
     assert 0 < st["latency_ms"]["median"] <= st["latency_ms"]["p99"] <= st["latency_ms"]["max"]
+    # trial by trial: the streamed hypotheses are eval's predictions
+    from fastdecoder.decode import lexicon_from_split, normalize_text
+    from fastdecoder.phonemes import ids_to_text
+    from fastdecoder.stream.replay import replay
+
+    preds = {p["trial"]: p for p in map(json.loads, open(ev["predictions"]))}
+    split = trainer.val_split
+    lexicon = lexicon_from_split(trainer.train_split.transcriptions, trainer.train_split.targets)
+    dec = StreamingDecoder.from_run(out, "last", beam_width=4,
+                                    word_decoder=WordDecoder(lexicon, str(arpa), beam_width=16))
+    rep = replay(dec, split, hop=5)
+    for tid, f in zip(split.trial_ids, rep.hypotheses):
+        assert ids_to_text(f.phonemes) == preds[tid]["beam"], tid
+        assert normalize_text(f.text) == preds[tid]["words"], tid
+    assert sum(len(p["words"].split()) for p in preds.values()) > 0, "no words decoded: the check would be vacuous"
     assert main(["stream", "--run", str(tmp_path / "norun")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

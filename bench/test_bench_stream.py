@@ -7,6 +7,8 @@ torch.set_num_threads(1). Input: N(0, 1) bins. Each row times ``ROUNDS`` consecu
 warm-up that fills the patch and the smoothing lookahead (so every timed push emits exactly one frame). Word decoder:
 the 10,000-word 3-gram lexicon/LM of bench/test_bench_words.py (built once and cached), beam 64, lm_weight 0.5.
 Random weights give near-uniform posteriors, the word decoder's hardest case (many words compete every frame).
+Times are wall-clock per push (pytest-benchmark's rounds); the CPU column is the pushing thread's CPU time, which a
+machine shared with other jobs inflates less than wall time (memory-bandwidth contention still shows in both).
 The last test prints the table and appends it to $FASTDECODER_BENCH_TABLE when set (for bench/RESULTS.md).
 
     .venv/bin/python -m pytest -q bench/test_bench_stream.py
@@ -65,10 +67,19 @@ def _started(dec, seed):
     return dec
 
 
-def _row(name, seconds, extra=""):
+def _cpu_timed(fn, cpu: list):
+    """fn, wrapped to append the CPU time of its thread per call to ``cpu`` (a loaded machine inflates wall time)."""
+    def run():
+        t0 = time.thread_time()
+        fn()
+        cpu.append(time.thread_time() - t0)
+    return run
+
+
+def _row(name, seconds, cpu_seconds, extra=""):
     ms = np.asarray(seconds) * 1e3
     ROWS[name] = dict(median=float(np.median(ms)), p99=float(np.percentile(ms, 99)), max=float(ms.max()),
-                      n=len(ms), extra=extra)
+                      cpu=float(np.median(cpu_seconds)) * 1e3, n=len(ms), extra=extra)
 
 
 @pytest.mark.parametrize("lm", ["no LM", "10k-word 3-gram"])
@@ -77,9 +88,10 @@ def test_hop_latency(benchmark, model, lm, request):
     dec = _started(StreamingDecoder(model, beam_width=20, word_decoder=wd), SEED)
     hops = iter(_bins(HOP * (ROUNDS + 10), SEED + 1).reshape(-1, HOP, 512))
     frames0 = dec.beam.frames
-    benchmark.pedantic(lambda: dec.push(next(hops)), rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    cpu = []
+    benchmark.pedantic(_cpu_timed(lambda: dec.push(next(hops)), cpu), rounds=ROUNDS, iterations=1, warmup_rounds=2)
     assert dec.beam.frames == frames0 + ROUNDS + 2  # one frame per hop
-    _row(f"1 stream, {lm}", benchmark.stats.stats.data)
+    _row(f"1 stream, {lm}", benchmark.stats.stats.data, cpu[2:])
 
 
 @pytest.mark.parametrize("part", ["model (smoothing, day layer, GRU step, head)", "beam update",
@@ -106,22 +118,23 @@ def test_hop_components(benchmark, model, part, request):
             lps = [x[b, t:t + 1] for b in range(x.shape[0]) for t in range(n[b])][: ROUNDS + 10]
         frames = iter(lps)
         step = lambda: ws.advance(next(frames))  # noqa: E731
-    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=2)
-    _row(f"part: {part}", benchmark.stats.stats.data)
+    cpu = []
+    benchmark.pedantic(_cpu_timed(step, cpu), rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    _row(f"part: {part}", benchmark.stats.stats.data, cpu[2:])
 
 
 @pytest.mark.parametrize("n_streams", [2, 4])
 def test_concurrent_streams(model, n_streams):
     """N streams, one thread each, pushing as fast as they can: per-hop latency under contention."""
     decs = [_started(StreamingDecoder(model, beam_width=20), SEED + i) for i in range(n_streams)]
-    times = [[] for _ in decs]
+    times, cpu = [[] for _ in decs], [[] for _ in decs]
     rounds = max(ROUNDS // n_streams, 20)
 
     def run(i):
         hops = _bins(HOP * rounds, SEED + 100 + i).reshape(-1, HOP, 512)
         for h in hops:
             t0 = time.perf_counter()
-            decs[i].push(h)
+            _cpu_timed(lambda: decs[i].push(h), cpu[i])()
             times[i].append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -132,7 +145,7 @@ def test_concurrent_streams(model, n_streams):
         t.join()
     wall = time.perf_counter() - t0
     hops_per_s = n_streams * rounds / wall
-    _row(f"{n_streams} streams (threads), no LM", [x for ts in times for x in ts],
+    _row(f"{n_streams} streams (threads), no LM", [x for ts in times for x in ts], [x for c in cpu for x in c],
          f"{hops_per_s:.0f} hops/s in all = {hops_per_s * HOP * 0.02:.1f} streams' worth of real time")
 
 
@@ -144,11 +157,12 @@ def test_print_table():
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu} ({os.cpu_count()} cores), torch {torch.__version__}, "
              f"torch.set_num_threads(1), load average {os.getloadavg()[0]:.1f} at the end; b2t25 size (512 features, "
              f"5 x 768 GRU, random weights), one 80 ms hop = {HOP} bins per push, beam 20.",
-             "", "| row | pushes | median ms | p99 ms | max ms | target | note |", "|---|---:|---:|---:|---:|---|---|"]
+             "", "| row | pushes | median ms | p99 ms | max ms | CPU ms (median) | target | note |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
     for name, r in ROWS.items():
         tgt = next((t for k, t in TARGETS.items() if name == f"1 stream, {k}"), None)
         target = "" if tgt is None else f"median < {tgt[0]:g}" + (f", p99 < {tgt[1]:g}" if tgt[1] else "")
-        lines.append(f"| {name} | {r['n']} | {r['median']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {target} | "
+        lines.append(f"| {name} | {r['n']} | {r['median']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {r['cpu']:.3f} | {target} | "
                      f"{r['extra']} |")
     table = "\n".join(lines)
     print("\n" + table)

@@ -161,7 +161,7 @@ class StreamingDecoder:
 
     def partial(self) -> Partial:
         tokens, stable, _ = self.beam.partial()
-        out = Partial(phonemes=tokens, stable=stable, bins=self.frontend._received, frames=self.beam.frames)
+        out = Partial(phonemes=tokens, stable=stable, bins=self.frontend.bins_received, frames=self.beam.frames)
         if self.words is not None:
             out.words, out.words_stable, _ = self.words.partial()
         return out
@@ -175,7 +175,7 @@ class StreamingDecoder:
         self._state = "finished"
         V = self.model.cfg.n_classes
         lps = np.concatenate(self._log_probs) if self._log_probs else np.zeros((0, V), np.float32)
-        return Final(hypotheses=self.beam.hypotheses(nbest), bins=self.frontend._received, frames=self.beam.frames,
+        return Final(hypotheses=self.beam.hypotheses(nbest), bins=self.frontend.bins_received, frames=self.beam.frames,
                      words=None if self.words is None else self.words.finish(), log_probs=lps)
 
     def decode_trial(self, bins, day: int, *, chunk: int | None = None) -> Final:

@@ -47,6 +47,11 @@ class IncrementalFrontend:
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
 
+    @property
+    def bins_received(self) -> int:
+        """Input bins pushed in this trial so far."""
+        return self._received
+
     def reset(self, day: int) -> None:
         self.day = torch.tensor([day], dtype=torch.int64, device=self.device)
         C = self.n_features

@@ -200,6 +200,17 @@ def test_bad_input_is_named_and_stream_stays_usable(word_decoder):
     with pytest.raises(RuntimeError, match="after finish"):
         dec.finish()
     dec.reset(2)  # usable again
+    with torch.no_grad():
+        broken = tiny_model("gru", 6)
+        broken.head.bias[3] = float("nan")
+    dec = StreamingDecoder(broken, beam_width=BEAM)
+    dec.reset(0)
+    with pytest.raises(ValueError, match="model produced non-finite log-probabilities.*closed"):
+        dec.push(x.numpy())
+    with pytest.raises(RuntimeError, match="after finish"):
+        dec.push(x[:4].numpy())
+    with pytest.raises(ValueError, match="must be a fastdecoder.model.GRUDecoder"):
+        StreamingDecoder(torch.nn.GRU(4, 4))
     with pytest.raises(ValueError, match="non-finite"):
         BeamStream(41).advance(np.full((2, 41), np.nan))
     with pytest.raises(ValueError, match=r"\(frames, 41\)"):

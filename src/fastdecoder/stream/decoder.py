@@ -77,6 +77,9 @@ class StreamingDecoder:
         if self.nbest > beam_width:
             raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}")
         self.beam = BeamStream(model.cfg.n_classes, beam_width=beam_width, token_min_logprob=token_min_logprob)
+        if word_decoder is not None and model.cfg.n_classes != 41:
+            raise ValueError(f"the word decoder needs 41 output classes (blank, 39 phonemes, SIL); the model has "
+                             f"{model.cfg.n_classes}")
         self.words = None if word_decoder is None else WordStream(word_decoder)
         self._state = "idle"  # idle (no trial) | open | finished
         self._log_probs: list[np.ndarray] = []
@@ -154,9 +157,14 @@ class StreamingDecoder:
         if lp.shape[0] == 0:
             return
         arr = lp.numpy()
-        self.beam.advance(arr)
-        if self.words is not None:
-            self.words.advance(arr)
+        try:
+            self.beam.advance(arr)
+            if self.words is not None:
+                self.words.advance(arr)
+        except ValueError as e:  # finite bins in, non-finite log-probs out: the model itself is broken
+            self._state = "finished"
+            raise ValueError(f"the model produced non-finite log-probabilities (are its weights finite?): {e}; "
+                             "the trial is closed") from None
         self._log_probs.append(arr)
 
     def partial(self) -> Partial:

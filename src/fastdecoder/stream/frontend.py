@@ -23,6 +23,10 @@ class IncrementalFrontend:
     """Streaming forward of a unidirectional GRUDecoder in eval mode (one trial at a time: ``reset(day)``)."""
 
     def __init__(self, model, device="cpu"):
+        from fastdecoder.model import GRUDecoder
+
+        if not isinstance(model, GRUDecoder):
+            raise ValueError(f"model must be a fastdecoder.model.GRUDecoder, got {type(model).__name__}")
         cfg = model.cfg
         if cfg.bidirectional:
             raise ValueError(

@@ -96,11 +96,20 @@ def test_hop_latency(benchmark, model, lm, request):
 
 @pytest.mark.parametrize("part", ["model (smoothing, day layer, GRU step, head)", "beam update",
                                   "word decoder update (model's posteriors)",
-                                  "word decoder update (peaky posteriors of bench_words)"])
+                                  "word decoder update (peaky posteriors of bench_words)",
+                                  "floor: read the GRU's weights once (no math)"])
 def test_hop_components(benchmark, model, part, request):
     """One hop's pieces on their own, to say where the time goes."""
     dec = _started(StreamingDecoder(model, beam_width=20), SEED)
     hops = iter(_bins(HOP * (ROUNDS + 10), SEED + 1).reshape(-1, HOP, 512))
+    if part.startswith("floor"):
+        weights = [p.detach() for p in model.rnn.parameters()]
+        mb = sum(w.numel() for w in weights) * 4 / 2**20
+        cpu = []
+        benchmark.pedantic(_cpu_timed(lambda: [w.sum() for w in weights], cpu), rounds=ROUNDS, iterations=1,
+                           warmup_rounds=2)
+        _row(f"{part}", benchmark.stats.stats.data, cpu[2:], f"{mb:.0f} MiB of fp32 weights per step")
+        return
     if not part.startswith("model") and "peaky" not in part:
         lps = [dec.frontend.push(torch.from_numpy(next(hops))).numpy() for _ in range(ROUNDS + 10)]
     if part.startswith("model"):

@@ -171,7 +171,8 @@ def test_print_table():
     for name, r in ROWS.items():
         tgt = next((t for k, t in TARGETS.items() if name == f"1 stream, {k}"), None)
         target = "" if tgt is None else f"median < {tgt[0]:g}" + (f", p99 < {tgt[1]:g}" if tgt[1] else "")
-        lines.append(f"| {name} | {r['n']} | {r['median']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {r['cpu']:.3f} | {target} | "
+        lines.append(f"| {name} | {r['n']} | {r['median']:.3f} | {r['p99']:.3f} | {r['max']:.3f} | {r['cpu']:.3f} | "
+                     f"{target} | "
                      f"{r['extra']} |")
     table = "\n".join(lines)
     print("\n" + table)

@@ -274,7 +274,8 @@ std::vector<Hypothesis> PrefixBeamSearch::hypotheses(int nbest) const {
     h.tokens = tokens_of(order[i]->node);
     if (opt_.frames) {
       h.frames.resize(h.tokens.size());
-      for (int32_t nd = order[i]->node; nd > 0; nd = nodes_[nd].parent) h.frames[nodes_[nd].depth - 1] = nodes_[nd].frame;
+      for (int32_t nd = order[i]->node; nd > 0; nd = nodes_[nd].parent)
+        h.frames[nodes_[nd].depth - 1] = nodes_[nd].frame;
     }
   }
   return out;

@@ -268,7 +268,8 @@ def test_stream_cli_equals_eval(short_run, tmp_path, capsys):
     assert main(["lm", "build", "--text", str(corpus), "--order", "2", "--out", str(arpa)]) == 0
     words = ["--lm", str(arpa), "--lexicon", "train", "--word-beam-width", "16"]
     capsys.readouterr()
-    assert main(["eval", "--run", str(out), "--checkpoint", "last", "--decoder", "beam", "--beam-width", "4"] + words) == 0
+    assert main(["eval", "--run", str(out), "--checkpoint", "last", "--decoder", "beam", "--beam-width", "4",
+                 *words]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert main(["stream", "--run", str(out), "--checkpoint", "last", "--beam-width", "4", "--hop", "3"] + words) == 0
     text = capsys.readouterr().out

@@ -143,6 +143,36 @@ def test_native_streams_are_the_offline_searches(seed, word_decoder):
         assert [(h.words, h.score) for h in got] == [(h.words, h.score) for h in ref_w], f"seed {seed}"
 
 
+@pytest.mark.parametrize("beam,cut", [(1, None), (4, None), (16, None), (8, -3.0)])
+def test_stable_prefix_is_shared_by_the_whole_beam_and_only_grows(beam, cut, word_decoder):
+    """At every frame: every beam hypothesis starts with the reported stable prefix, which extends the previous one
+    (phoneme search, with and without the lossy cut; the word decoder's word histories likewise)."""
+    seed = 40 + beam
+    rng = np.random.default_rng(seed)
+    T = 80
+    peaks = rng.integers(0, 41, size=T)
+    lp = rng.normal(size=(T, 41)) + 5.0 * (np.arange(41)[None, :] == peaks[:, None])
+    lp = torch.from_numpy(lp).log_softmax(-1).numpy()
+    bs = BeamStream(41, beam_width=beam, token_min_logprob=cut)
+    ws = WordStream(word_decoder)
+    prev, prev_w, grew = [], [], 0
+    for t in range(T):
+        bs.advance(lp[t:t + 1])
+        ws.advance(lp[t:t + 1])
+        tokens, stable, _ = bs.partial()
+        fin = tokens[:stable]
+        assert fin[: len(prev)] == prev, f"seed {seed}, frame {t}: {prev} -> {fin}"
+        assert all(h[: stable] == fin for h, _ in bs.hypotheses(beam)), f"seed {seed}, frame {t}"
+        words, wstable, _ = ws.partial()
+        assert words[:wstable][: len(prev_w)] == prev_w, f"seed {seed}, frame {t}"
+        grew += len(fin) > len(prev)
+        prev, prev_w = fin, words[:wstable]
+    assert grew > 0, "the stable prefix never grew: nothing was checked"
+    assert all(h.words[: len(prev_w)] == prev_w for h in ws.finish(2))
+    assert [h for h, _ in bs.hypotheses(beam)] == [h for h, _ in beam_search(
+        lp[None], beam_width=beam, nbest=beam, token_min_logprob=cut)[0]]
+
+
 def test_bidirectional_refused():
     cfg = replace(load_config("b2t24").model, n_features=C, n_days=DAYS, hidden_size=8, num_layers=1)
     with pytest.raises(ValueError, match="bidirectional.*whole trial"):

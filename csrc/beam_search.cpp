@@ -111,167 +111,202 @@ PrefixBeamSearch::Cand PrefixBeamSearch::keep_best(int k) {
   return kth;
 }
 
-template <typename T>
-std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames, int64_t vocab, int64_t row_stride,
-                                                 int64_t col_stride, const BeamOptions& opt) {
-  const int k = opt.beam_width;
-  const int32_t blank = opt.blank;
-  const int64_t words = (vocab + 63) / 64;
-  const double cut = opt.token_min_logprob;
-
+void PrefixBeamSearch::begin(const BeamOptions& opt, int64_t vocab, int64_t frames_hint) {
+  opt_ = opt;
+  vocab_ = vocab;
+  t_ = 0;
   nodes_.clear();
-  nodes_.reserve(static_cast<size_t>(std::min<int64_t>(frames * k + 1, int64_t{1} << 20)));
+  nodes_.reserve(static_cast<size_t>(std::min<int64_t>(frames_hint * opt.beam_width + 1, int64_t{1} << 20)));
   nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1});  // node 0: the empty prefix
   beam_.assign(1, Entry{0, -1, 0.0, kNegInf, 0.0});
   best_ = 0.0;
   row_.resize(static_cast<size_t>(vocab));
   std::fill(child_mask_.begin(), child_mask_.end(), 0);
+}
+
+template <typename T>
+void PrefixBeamSearch::advance(const T* lp_in, int64_t frames, int64_t row_stride, int64_t col_stride) {
+  for (int64_t t = 0; t < frames; ++t, ++t_) {
+    const T* src = lp_in + t * row_stride;
+    for (int64_t v = 0; v < vocab_; ++v) row_[v] = static_cast<double>(src[v * col_stride]);
+    step(row_.data());
+  }
+}
+
+void PrefixBeamSearch::step(const double* lp) {
+  const int k = opt_.beam_width;
+  const int32_t blank = opt_.blank;
+  const int64_t vocab = vocab_;
+  const int64_t words = (vocab + 63) / 64;
+  const double cut = opt_.token_min_logprob;
   // Candidates are appended to cands_ while they can still make the beam; whenever cands_ reaches `cap`, it is cut
   // back to its k best (keep_best), which raises the k-th best `kth` and with it the threshold thr = kth.score.
   auto ranks_before = [this](const Cand& a, const Cand& b) { return before(a, b); };
   const size_t cap = static_cast<size_t>(std::max(2 * k, k + 32));
 
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* src = lp_in + t * row_stride;
-    for (int64_t v = 0; v < vocab; ++v) row_[v] = static_cast<double>(src[v * col_stride]);
-    const double* lp = row_.data();
-    const double lp_blank = lp[blank];
-    const int n = static_cast<int>(beam_.size());
-    const int32_t stamp = static_cast<int32_t>(t);
+  const double lp_blank = lp[blank];
+  const int n = static_cast<int>(beam_.size());
+  const int32_t stamp = static_cast<int32_t>(t_);
 
-    // 1. Beam prefixes stay (blank; repeat collapses) and take the extension from a parent in the beam:
-    //    pb' = score + lp[blank], pnb' = lse(pnb + lp[c], ext from parent). Their scores are then final.
-    cands_.resize(static_cast<size_t>(n));
+  // 1. Beam prefixes stay (blank; repeat collapses) and take the extension from a parent in the beam:
+  //    pb' = score + lp[blank], pnb' = lse(pnb + lp[c], ext from parent). Their scores are then final.
+  cands_.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const Entry& e = beam_[i];
+    Node& nd = nodes_[e.node];
+    nd.stamp = stamp;
+    nd.slot = i;
+    Cand& c = cands_[i];  // fields written one by one: a struct temporary copied in stalls store forwarding
+    c.pb = e.score + lp_blank;
+    c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
+    c.node = e.node;
+    c.parent = nd.parent;
+    c.token = nd.token;
+  }
+  // child_mask_ row j: the labels s with y_j+s in the beam (all bits are cleared again at the end of the frame).
+  if (child_mask_.size() < static_cast<size_t>(n * words)) child_mask_.resize(static_cast<size_t>(n * words), 0);
+  for (int i = 0; i < n; ++i) {
+    const int32_t parent = cands_[i].parent;
+    if (parent < 0 || nodes_[parent].stamp != stamp) continue;
+    const int j = nodes_[parent].slot;
+    const Entry& p = beam_[j];
+    const int32_t s = beam_[i].last;
+    cands_[i].pnb = lse(cands_[i].pnb, (s == p.last ? p.pb : p.score) + lp[s]);
+    child_mask_[j * words + s / 64] |= uint64_t{1} << (s % 64);
+  }
+  for (auto& c : cands_) c.score = lse(c.pb, c.pnb);
+  bool full = n >= k;
+  Cand kth{};
+  double thr = kNegInf;
+  if (full) {
+    kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
+    thr = kth.score;
+  }
+
+  // 2. New prefixes y+s (one parent each, so the score is final when proposed), labels by descending lp.
+  //    score(y) + lp[s] bounds the new score: once below the k-th best, no later label of y can enter.
+  labels_.clear();
+  const double best = best_;  // the best beam score
+  // No label below lp_floor can reach thr from the best prefix (the margin covers the rounding of thr - best).
+  const double margin = 1e-9 + 1e-15 * (std::fabs(thr) + std::fabs(best));
+  const double lp_floor = std::max(cut, thr - best - margin);
+  for (int32_t s = 0; s < vocab; ++s)
+    if (s != blank && lp[s] >= lp_floor) labels_.emplace_back(lp[s], s);
+  std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);  // ties: smaller token first
+  });
+  if (!labels_.empty()) {
+    const double top_lp = labels_.front().first;
     for (int i = 0; i < n; ++i) {
       const Entry& e = beam_[i];
-      Node& nd = nodes_[e.node];
-      nd.stamp = stamp;
-      nd.slot = i;
-      Cand& c = cands_[i];  // fields written one by one: a struct temporary copied in stalls store forwarding
-      c.pb = e.score + lp_blank;
-      c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
-      c.node = e.node;
-      c.parent = nd.parent;
-      c.token = nd.token;
-    }
-    // child_mask_ row j: the labels s with y_j+s in the beam (all bits are cleared again at the end of the frame).
-    if (child_mask_.size() < static_cast<size_t>(n * words)) child_mask_.resize(static_cast<size_t>(n * words), 0);
-    for (int i = 0; i < n; ++i) {
-      const int32_t parent = cands_[i].parent;
-      if (parent < 0 || nodes_[parent].stamp != stamp) continue;
-      const int j = nodes_[parent].slot;
-      const Entry& p = beam_[j];
-      const int32_t s = beam_[i].last;
-      cands_[i].pnb = lse(cands_[i].pnb, (s == p.last ? p.pb : p.score) + lp[s]);
-      child_mask_[j * words + s / 64] |= uint64_t{1} << (s % 64);
-    }
-    for (auto& c : cands_) c.score = lse(c.pb, c.pnb);
-    bool full = n >= k;
-    Cand kth{};
-    double thr = kNegInf;
-    if (full) {
-      kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
-      thr = kth.score;
-    }
-
-    // 2. New prefixes y+s (one parent each, so the score is final when proposed), labels by descending lp.
-    //    score(y) + lp[s] bounds the new score: once below the k-th best, no later label of y can enter.
-    labels_.clear();
-    const double best = best_;  // the best beam score
-    // No label below lp_floor can reach thr from the best prefix (the margin covers the rounding of thr - best).
-    const double margin = 1e-9 + 1e-15 * (std::fabs(thr) + std::fabs(best));
-    const double lp_floor = std::max(cut, thr - best - margin);
-    for (int32_t s = 0; s < vocab; ++s)
-      if (s != blank && lp[s] >= lp_floor) labels_.emplace_back(lp[s], s);
-    std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);  // ties: smaller token first
-    });
-    if (!labels_.empty()) {
-      const double top_lp = labels_.front().first;
-      for (int i = 0; i < n; ++i) {
-        const Entry& e = beam_[i];
-        if (full && e.score + top_lp < thr) continue;
-        const uint64_t* mask = child_mask_.data() + i * words;
-        for (const auto& [l, s] : labels_) {
-          const double bound = e.score + l;
-          if (full && bound < thr) break;
-          if (mask[s / 64] >> (s % 64) & 1) continue;  // y+s is in the beam: scored in step 1
-          const double sc = (s == e.last ? e.pb : e.score) + l;
-          if (sc == kNegInf || (full && sc < thr)) continue;
-          if (full && sc == thr && compare_tokens(e.node, s, kth.parent, kth.token) > 0) {  // loses an exact tie
-            if (bound == thr) break;  // later labels tie at best, with larger tokens
-            continue;
-          }
-          Cand& c = cands_.emplace_back();
-          c.score = sc;
-          c.pb = kNegInf;
-          c.pnb = sc;
-          c.node = -1;
-          c.parent = e.node;
-          c.token = s;
-          if (!full && static_cast<int>(cands_.size()) == k) {
-            kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
-            thr = kth.score;
-            full = true;
-          } else if (cands_.size() >= cap) {
-            kth = keep_best(k);
-            thr = kth.score;
-          }
+      if (full && e.score + top_lp < thr) continue;
+      const uint64_t* mask = child_mask_.data() + i * words;
+      for (const auto& [l, s] : labels_) {
+        const double bound = e.score + l;
+        if (full && bound < thr) break;
+        if (mask[s / 64] >> (s % 64) & 1) continue;  // y+s is in the beam: scored in step 1
+        const double sc = (s == e.last ? e.pb : e.score) + l;
+        if (sc == kNegInf || (full && sc < thr)) continue;
+        if (full && sc == thr && compare_tokens(e.node, s, kth.parent, kth.token) > 0) {  // loses an exact tie
+          if (bound == thr) break;  // later labels tie at best, with larger tokens
+          continue;
+        }
+        Cand& c = cands_.emplace_back();
+        c.score = sc;
+        c.pb = kNegInf;
+        c.pnb = sc;
+        c.node = -1;
+        c.parent = e.node;
+        c.token = s;
+        if (!full && static_cast<int>(cands_.size()) == k) {
+          kth = *std::max_element(cands_.begin(), cands_.end(), ranks_before);
+          thr = kth.score;
+          full = true;
+        } else if (cands_.size() >= cap) {
+          kth = keep_best(k);
+          thr = kth.score;
         }
       }
     }
-
-    for (int i = 0; i < n; ++i) {  // clear the child_mask_ bits set in step 1
-      const int32_t parent = nodes_[beam_[i].node].parent;
-      if (parent >= 0 && nodes_[parent].stamp == stamp)
-        child_mask_[nodes_[parent].slot * words + beam_[i].last / 64] = 0;
-    }
-
-    // 3. The k best form the next beam (in no particular order; the final beam is sorted at the end).
-    if (static_cast<int>(cands_.size()) > k) keep_best(k);
-    next_beam_.clear();
-    best_ = kNegInf;
-    for (const Cand& c : cands_) {
-      const int32_t node = c.node >= 0 ? c.node : child(c.parent, c.token, static_cast<int32_t>(t));
-      Entry& e = next_beam_.emplace_back();
-      e.node = node;
-      e.last = nodes_[node].token;
-      e.pb = c.pb;
-      e.pnb = c.pnb;
-      e.score = c.score;
-      best_ = std::max(best_, c.score);
-    }
-    beam_.swap(next_beam_);
   }
 
+  for (int i = 0; i < n; ++i) {  // clear the child_mask_ bits set in step 1
+    const int32_t parent = nodes_[beam_[i].node].parent;
+    if (parent >= 0 && nodes_[parent].stamp == stamp)
+      child_mask_[nodes_[parent].slot * words + beam_[i].last / 64] = 0;
+  }
+
+  // 3. The k best form the next beam (in no particular order; the final beam is sorted at the end).
+  if (static_cast<int>(cands_.size()) > k) keep_best(k);
+  next_beam_.clear();
+  best_ = kNegInf;
+  for (const Cand& c : cands_) {
+    const int32_t node = c.node >= 0 ? c.node : child(c.parent, c.token, static_cast<int32_t>(t_));
+    Entry& e = next_beam_.emplace_back();
+    e.node = node;
+    e.last = nodes_[node].token;
+    e.pb = c.pb;
+    e.pnb = c.pnb;
+    e.score = c.score;
+    best_ = std::max(best_, c.score);
+  }
+  beam_.swap(next_beam_);
+}
+
+std::vector<int32_t> PrefixBeamSearch::tokens_of(int32_t node) const {
+  std::vector<int32_t> out(static_cast<size_t>(nodes_[node].depth));
+  for (int32_t nd = node; nd > 0; nd = nodes_[nd].parent) out[nodes_[nd].depth - 1] = nodes_[nd].token;
+  return out;
+}
+
+std::vector<Hypothesis> PrefixBeamSearch::hypotheses(int nbest) const {
   // Final ranking: score descending, then tokens.
-  std::sort(beam_.begin(), beam_.end(), [this](const Entry& a, const Entry& b) {
-    if (a.score != b.score) return a.score > b.score;
-    return compare_tokens(nodes_[a.node].parent, nodes_[a.node].token, nodes_[b.node].parent, nodes_[b.node].token) < 0;
-  });
-  std::vector<Hypothesis> out;
-  const int m = std::min<int>(opt.nbest, static_cast<int>(beam_.size()));
-  out.reserve(static_cast<size_t>(m));
-  for (int i = 0; i < m; ++i) {
-    Hypothesis h;
-    h.log_score = beam_[i].score;
-    seq_.clear();
-    for (int32_t nd = beam_[i].node; nd > 0; nd = nodes_[nd].parent) seq_.push_back(nd);
-    std::reverse(seq_.begin(), seq_.end());
-    h.tokens.reserve(seq_.size());
-    for (int32_t nd : seq_) h.tokens.push_back(nodes_[nd].token);
-    if (opt.frames) {
-      h.frames.reserve(seq_.size());
-      for (int32_t nd : seq_) h.frames.push_back(nodes_[nd].frame);
+  std::vector<const Entry*> order;
+  order.reserve(beam_.size());
+  for (const Entry& e : beam_) order.push_back(&e);
+  const size_t m = std::min(static_cast<size_t>(std::max(nbest, 0)), order.size());
+  auto by_rank = [this](const Entry* a, const Entry* b) { return entry_before(*a, *b); };
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(m), order.end(), by_rank);
+  std::vector<Hypothesis> out(m);
+  for (size_t i = 0; i < m; ++i) {
+    Hypothesis& h = out[i];
+    h.log_score = order[i]->score;
+    h.tokens = tokens_of(order[i]->node);
+    if (opt_.frames) {
+      h.frames.resize(h.tokens.size());
+      for (int32_t nd = order[i]->node; nd > 0; nd = nodes_[nd].parent)
+        h.frames[nodes_[nd].depth - 1] = nodes_[nd].frame;
     }
-    out.push_back(std::move(h));
   }
   return out;
 }
 
-namespace {
+Partial PrefixBeamSearch::partial() const {
+  Partial p;
+  const Entry* best = &beam_[0];
+  int32_t common = beam_[0].node;  // deepest common ancestor of all beam prefixes = their longest common prefix
+  for (const Entry& e : beam_) {
+    if (entry_before(e, *best)) best = &e;
+    int32_t a = common, b = e.node;
+    while (nodes_[a].depth > nodes_[b].depth) a = nodes_[a].parent;
+    while (nodes_[b].depth > nodes_[a].depth) b = nodes_[b].parent;
+    while (a != b) a = nodes_[a].parent, b = nodes_[b].parent;
+    common = a;
+  }
+  p.tokens = tokens_of(best->node);
+  p.stable = nodes_[common].depth;
+  p.log_score = best->score;
+  return p;
+}
 
-// First non-finite value of one sentence's used frames: true and (t, v) if any.
+template <typename T>
+std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames, int64_t vocab, int64_t row_stride,
+                                                 int64_t col_stride, const BeamOptions& opt) {
+  begin(opt, vocab, frames);
+  advance(lp_in, frames, row_stride, col_stride);
+  return hypotheses(opt.nbest);
+}
+
 template <typename T>
 bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
                     int64_t* v_out) {
@@ -288,8 +323,6 @@ bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_strid
   }
   return false;
 }
-
-}  // namespace
 
 template <typename T>
 std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64_t batch, int64_t frames,
@@ -316,6 +349,8 @@ std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64
 #define FD_INSTANTIATE(T)                                                                                         \
   template std::vector<Hypothesis> PrefixBeamSearch::decode<T>(const T*, int64_t, int64_t, int64_t, int64_t,     \
                                                                const BeamOptions&);                             \
+  template void PrefixBeamSearch::advance<T>(const T*, int64_t, int64_t, int64_t);                                 \
+  template bool find_nonfinite<T>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t*, int64_t*);               \
   template std::vector<std::vector<Hypothesis>> beam_search_batch<T>(const T*, int64_t, int64_t, int64_t, int64_t, \
                                                                      int64_t, int64_t, const int64_t*,           \
                                                                      const BeamOptions&, int);

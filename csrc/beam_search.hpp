@@ -38,7 +38,17 @@ struct Hypothesis {
   double log_score = 0.0;
 };
 
-// Reusable per-thread workspace (trie of prefixes, beam, candidates); decode() may be called many times.
+// The stable prefix of a partial result: every hypothesis in the beam starts with it. Each next-frame prefix is a
+// beam prefix y or an extension y+s of one, so the longest common prefix of the beam only ever grows, and the final
+// hypotheses (taken from the beam) start with it: it can no longer change.
+struct Partial {
+  std::vector<int32_t> tokens;  // the current best prefix (the final ranking's first, were the sentence to end now)
+  int32_t stable = 0;           // tokens[0:stable] is the longest common prefix of all beam prefixes
+  double log_score = 0.0;
+};
+
+// The search state of one sentence, advanced frame by frame; decode() is begin() + advance() over all frames +
+// hypotheses(), so offline and streaming decoding are one implementation. Reusable: begin() starts a new sentence.
 // Cache-line aligned: the vector headers change on every push, and workspaces of different threads sit side by
 // side in one array (false sharing cost a third of the two-thread speed-up).
 class alignas(64) PrefixBeamSearch {
@@ -48,6 +58,17 @@ class alignas(64) PrefixBeamSearch {
   template <typename T>
   std::vector<Hypothesis> decode(const T* log_probs, int64_t frames, int64_t vocab, int64_t row_stride,
                                  int64_t col_stride, const BeamOptions& opt);
+
+  // Start a sentence over `vocab` classes (frames_hint: expected frames, 0 if unknown; only sizes a reservation).
+  void begin(const BeamOptions& opt, int64_t vocab, int64_t frames_hint = 0);
+  // Advance by `frames` frames of (frames, vocab) finite natural-log probabilities at element strides.
+  template <typename T>
+  void advance(const T* log_probs, int64_t frames, int64_t row_stride, int64_t col_stride);
+  // Up to nbest hypotheses of the frames so far, best first (the state is not changed: advance may go on).
+  std::vector<Hypothesis> hypotheses(int nbest) const;
+  Partial partial() const;
+  int64_t frames() const { return t_; }
+  int64_t vocab() const { return vocab_; }
 
  private:
   struct Node {  // one distinct prefix (canonical: one node per token sequence); children form a linked list
@@ -73,16 +94,30 @@ class alignas(64) PrefixBeamSearch {
     return compare_tokens(a.parent, a.token, b.parent, b.token) < 0;
   }
 
+  void step(const double* lp);  // one frame (row_ holds its log-probabilities)
+  bool entry_before(const Entry& a, const Entry& b) const {  // the final ranking: score, then tokens
+    if (a.score != b.score) return a.score > b.score;
+    return compare_tokens(nodes_[a.node].parent, nodes_[a.node].token, nodes_[b.node].parent,
+                          nodes_[b.node].token) < 0;
+  }
+  std::vector<int32_t> tokens_of(int32_t node) const;
+
+  BeamOptions opt_;
+  int64_t vocab_ = 0, t_ = 0;  // classes; frames advanced so far
   std::vector<Node> nodes_;
   std::vector<Entry> beam_, next_beam_;
   std::vector<Cand> cands_, spare_, ties_;
   std::vector<double> scores_;
-  std::vector<int32_t> seq_;
   std::vector<double> row_;
   double best_ = 0.0;  // best score in beam_
   std::vector<std::pair<double, int32_t>> labels_;
   std::vector<uint64_t> child_mask_;
 };
+
+// First non-finite value of (frames, vocab) values at element strides: true and its (t, v) if any.
+template <typename T>
+bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
+                    int64_t* v_out);
 
 // A batch of sentences (B, T, V) with element strides; lengths (B,) in [0, T]. num_threads 0 = all cores.
 // Throws std::invalid_argument naming [b, t, v] (smallest b) if a used frame holds a NaN or an infinity.

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -131,6 +132,59 @@ py::list beam_search_batch_py(py::array_t<T, py::array::forcecast> log_probs,
   return out;
 }
 
+// One sentence decoded frame by frame (PrefixBeamSearch's state); advance runs without the GIL. Calls on one
+// object are serialised by a mutex (one stream per thread is the intended use).
+class BeamStream {
+ public:
+  BeamStream(int64_t vocab, int beam_width, int blank, double token_min_logprob) {
+    if (vocab < 1 || blank < 0 || blank >= vocab) throw std::invalid_argument("blank out of range");
+    if (beam_width < 1) throw std::invalid_argument("beam_width must be >= 1");
+    opt_.beam_width = beam_width;
+    opt_.blank = blank;
+    opt_.token_min_logprob = token_min_logprob;
+    search_.begin(opt_, vocab);
+  }
+  void reset() {
+    std::lock_guard<std::mutex> lock(mu_);
+    search_.begin(opt_, search_.vocab());
+  }
+  template <typename T>
+  void advance(py::array_t<T, py::array::forcecast> lp) {
+    if (lp.ndim() != 2 || lp.shape(1) != search_.vocab())
+      throw std::invalid_argument("log_probs must be (frames, " + std::to_string(search_.vocab()) + ")");
+    const int64_t sz = static_cast<int64_t>(sizeof(T));
+    const int64_t n = lp.shape(0), st = lp.strides(0) / sz, sv = lp.strides(1) / sz;
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu_);
+    int64_t t = 0, v = 0;
+    if (find_nonfinite(lp.data(), n, search_.vocab(), st, sv, &t, &v))
+      throw std::invalid_argument("log_probs has a non-finite value (NaN or Inf) at [" + std::to_string(t) + ", " +
+                                  std::to_string(v) + "] (frame of this advance, class)");
+    search_.advance(lp.data(), n, st, sv);
+  }
+  py::tuple partial() {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Partial p = search_.partial();
+    return py::make_tuple(py::cast(p.tokens), p.stable, p.log_score);
+  }
+  py::list hypotheses(int nbest) {
+    if (nbest < 1 || nbest > opt_.beam_width) throw std::invalid_argument("nbest must lie in [1, beam_width]");
+    std::lock_guard<std::mutex> lock(mu_);
+    py::list out;
+    for (const Hypothesis& h : search_.hypotheses(nbest)) out.append(py::make_tuple(py::cast(h.tokens), h.log_score));
+    return out;
+  }
+  int64_t frames() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return search_.frames();
+  }
+
+ private:
+  BeamOptions opt_;
+  PrefixBeamSearch search_;
+  std::mutex mu_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -146,5 +200,14 @@ PYBIND11_MODULE(_native, m) {
   m.def("beam_search_f64", &beam_search_batch_py<double>, py::arg("log_probs"), py::arg("lengths"),
         py::arg("beam_width"), py::arg("blank"), py::arg("nbest"), py::arg("token_min_logprob"),
         py::arg("return_frames"), py::arg("num_threads"));
+  py::class_<BeamStream>(m, "BeamStream")
+      .def(py::init<int64_t, int, int, double>(), py::arg("vocab"), py::arg("beam_width"), py::arg("blank"),
+           py::arg("token_min_logprob"))
+      .def("reset", &BeamStream::reset)
+      .def("advance_f32", &BeamStream::advance<float>, py::arg("log_probs"))
+      .def("advance_f64", &BeamStream::advance<double>, py::arg("log_probs"))
+      .def("partial", &BeamStream::partial)
+      .def("hypotheses", &BeamStream::hypotheses, py::arg("nbest"))
+      .def_property_readonly("frames", &BeamStream::frames);
   m.def("hardware_threads", []() { return resolve_num_threads(0, int64_t{1} << 30); });
 }

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -53,6 +54,22 @@ py::tuple decode_py(const WordDecoder& dec, py::array_t<T, py::array::forcecast>
   }
   return py::make_tuple(out, ws);
 }
+
+// WordStream with a mutex (calls on one object are serialised; advance runs without the GIL).
+struct LockedWordStream {
+  explicit LockedWordStream(std::shared_ptr<WordDecoder> d) : stream(std::move(d)) {}
+  template <typename T>
+  void advance(py::array_t<T, py::array::forcecast> lp) {
+    if (lp.ndim() != 2 || lp.shape(1) != kNumClasses)
+      throw std::invalid_argument("log_probs must be (frames, " + std::to_string(kNumClasses) + ")");
+    const int64_t sz = static_cast<int64_t>(sizeof(T));
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(mu);
+    stream.advance(lp.data(), lp.shape(0), lp.strides(0) / sz, lp.strides(1) / sz);
+  }
+  WordStream stream;
+  std::mutex mu;
+};
 
 }  // namespace
 
@@ -163,5 +180,36 @@ PYBIND11_MODULE(_words, m) {
       .def("decode_f64", &decode_py<double>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"))
       .def("lookahead", [](const WordDecoder& d) { return d.lookahead(); });
 
+  py::class_<LockedWordStream>(m, "WordStream")
+      .def(py::init<std::shared_ptr<WordDecoder>>(), py::arg("decoder"))
+      .def("reset",
+           [](LockedWordStream& s) {
+             std::lock_guard<std::mutex> lock(s.mu);
+             s.stream.reset();
+           })
+      .def("advance_f32", &LockedWordStream::advance<float>, py::arg("log_probs"))
+      .def("advance_f64", &LockedWordStream::advance<double>, py::arg("log_probs"))
+      .def("partial",
+           [](LockedWordStream& s) {
+             std::lock_guard<std::mutex> lock(s.mu);
+             const WordPartial p = s.stream.partial();
+             return py::make_tuple(py::cast(p.words), p.stable, p.score);
+           })
+      .def(
+          "finish",
+          [](LockedWordStream& s, int nbest) {
+            if (nbest < 1 || nbest > s.stream.decoder().options().beam_width)
+              throw std::invalid_argument("nbest must lie in [1, beam_width]");
+            std::lock_guard<std::mutex> lock(s.mu);
+            py::list out;
+            for (const WordHypothesis& h : s.stream.finish(nbest))
+              out.append(py::make_tuple(py::cast(h.words), h.score, h.acoustic, h.lm));
+            return out;
+          },
+          py::arg("nbest"))
+      .def_property_readonly("frames", [](LockedWordStream& s) {
+        std::lock_guard<std::mutex> lock(s.mu);
+        return s.stream.frames();
+      });
   m.def("hardware_threads", []() { return fastdecoder::resolve_num_threads(0, int64_t{1} << 30); });
 }

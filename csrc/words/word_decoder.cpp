@@ -47,7 +47,7 @@ WordDecoder::WordDecoder(std::shared_ptr<const Lexicon> lexicon, std::shared_ptr
   }
 }
 
-namespace {
+namespace detail {
 
 struct Hist {  // a word history: a node of the per-sentence tree of word sequences
   int32_t parent, word, lm_state, nwords;
@@ -70,7 +70,24 @@ class Searcher {
   }
 
   template <typename T>
-  std::vector<WordHypothesis> decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride);
+  std::vector<WordHypothesis> decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride) {
+    begin();
+    advance(x, frames, row_stride, col_stride);
+    return finish(opt_.nbest);
+  }
+  void begin();
+  template <typename T>
+  void advance(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride) {
+    double lp[kNumClasses];
+    for (int64_t t = 0; t < frames; ++t) {
+      const T* src = x + t * row_stride;
+      for (int v = 0; v < kNumClasses; ++v) lp[v] = static_cast<double>(src[v * col_stride]);
+      step(lp);
+    }
+  }
+  void step(const double* lp);  // one frame of (41,) log-probabilities
+  std::vector<WordHypothesis> finish(int nbest);  // sentence end (adds the final word histories)
+  WordPartial partial() const;
 
   size_t memory_bytes() const {
     return hists_.capacity() * sizeof(Hist) + (beam_.capacity() + cands_.capacity()) * sizeof(Hyp) +
@@ -120,176 +137,173 @@ inline bool ranks_before(const Hyp& a, const Hyp& b) {
   return a.lex < b.lex;
 }
 
-template <typename T>
-std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t row_stride, int64_t col_stride) {
-  const int k = opt_.beam_width;
-  const double cut = opt_.token_min_logprob;
-  const double lmw = opt_.lm_weight;
-  const std::vector<double>& la = d_.lookahead();
-
+void Searcher::begin() {
   hists_.clear();
   hist_map_.clear();
   hists_.push_back(Hist{-1, -1, scorer_ ? scorer_->start_state() : 0, 0, 0.0, 0.0});
   beam_.assign(1, Hyp{0, 0, -1, 0.0, kNegInf, 0.0, 0.0, 0.0});
-  double lp[kNumClasses];
+}
 
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* src = x + t * row_stride;
-    for (int v = 0; v < kNumClasses; ++v) lp[v] = static_cast<double>(src[v * col_stride]);
-    const double lp_blank = lp[kBlank] - opt_.blank_penalty;
-    const double lp_sil = lp[kSil];
-    labels_.clear();  // sorted by descending lp on first use in this frame
-    bool labels_sorted = false;
-    double top_lp = kNegInf;
-    for (int32_t s = 1; s <= kNumPhonemes; ++s)
-      if (lp[s] >= cut && lp[s] > kNegInf) {
-        labels_.emplace_back(lp[s], s);
-        top_lp = std::max(top_lp, lp[s]);
+void Searcher::step(const double* lp) {
+  const int k = opt_.beam_width;
+  const double cut = opt_.token_min_logprob;
+  const std::vector<double>& la = d_.lookahead();
+  const double lp_blank = lp[kBlank] - opt_.blank_penalty;
+  const double lp_sil = lp[kSil];
+  labels_.clear();  // sorted by descending lp on first use in this frame
+  bool labels_sorted = false;
+  double top_lp = kNegInf;
+  for (int32_t s = 1; s <= kNumPhonemes; ++s)
+    if (lp[s] >= cut && lp[s] > kNegInf) {
+      labels_.emplace_back(lp[s], s);
+      top_lp = std::max(top_lp, lp[s]);
+    }
+
+  const int n = static_cast<int>(beam_.size());
+  cands_.resize(static_cast<size_t>(n));
+  map_.clear();
+  bool ins = false;
+  // 1. Beam hypotheses stay (blank; repeat of the last label collapses).
+  for (int i = 0; i < n; ++i) {
+    const Hyp& e = beam_[i];
+    Hyp& c = cands_[i];
+    c = e;
+    c.pb = e.ctc + lp_blank;
+    c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
+    map_.insert(pack_key(e.hist, e.lex), i, &ins);
+  }
+  // ... and take the phoneme extension from their trie parent when that is in the beam too.
+  for (int i = 0; i < n; ++i) {
+    const Hyp& e = beam_[i];
+    if (e.lex == 0) continue;
+    const Lexicon::Node& nd = lex_.node(e.lex);
+    const int32_t j = map_.find(pack_key(e.hist, nd.parent));
+    if (j < 0) continue;
+    const Hyp& p = beam_[j];
+    const double mass = (nd.token == p.last ? p.pb : p.ctc) + lp[nd.token];
+    cands_[i].pnb = lse(cands_[i].pnb, mass);
+  }
+  for (int i = 0; i < n; ++i) {  // lower bounds of their final scores (SIL may still add mass)
+    Hyp& c = cands_[i];
+    c.ctc = lse(c.pb, c.pnb);
+    c.rank = c.ctc + c.extra;
+  }
+  // thr: the k-th best current ranking score of the candidates. Every candidate's score only grows until the
+  // end of the frame, so thr never exceeds the final k-th best: a new hypothesis below thr cannot enter the beam.
+  // It is recomputed whenever k/2 more candidates have arrived.
+  double thr = kNegInf;
+  size_t next_update = static_cast<size_t>(k);
+  auto update_threshold = [&]() {
+    const size_t m = cands_.size();
+    scratch_.resize(m);
+    for (size_t i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
+    std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
+    thr = scratch_[k - 1];
+    next_update = m + static_cast<size_t>(std::max(1, k / 2));
+  };
+  if (cands_.size() >= next_update) update_threshold();
+
+  // 2. New hypotheses (the best parent first: it raises thr early).
+  for (int i = 0; i < n; ++i) {
+    const Hyp& e = beam_[i];
+    const Lexicon::Node& nd = lex_.node(e.lex);
+    // SIL closes the word (one hypothesis per homophone). Never pruned here: (h + w, root) can have several
+    // parents (pronunciations), so its mass is complete only after this loop.
+    if (nd.word_end > nd.word_begin && lp_sil > kNegInf && e.ctc > kNegInf) {
+      const double mass = e.ctc + lp_sil;
+      const int32_t* ws = lex_.node_words(e.lex);
+      for (int32_t q = 0; q < nd.word_end - nd.word_begin; ++q) {
+        // Below the cut only existing hypotheses take mass, and (h + w, root) can exist only if h + w does.
+        const int32_t h2 = lp_sil >= cut ? hist_child(e.hist, ws[q]) : hist_map_.find(pack_key(e.hist, ws[q]));
+        if (h2 < 0) continue;
+        const uint64_t key = pack_key(h2, 0);
+        const int32_t j = map_.find(key);
+        if (j >= 0) {
+          Hyp& c = cands_[j];
+          c.pnb = lse(c.pnb, mass);
+          c.ctc = lse(c.ctc, mass);
+          c.rank = c.ctc + c.extra;
+        } else if (lp_sil >= cut) {
+          map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
+          const double extra = hists_[h2].bonus;
+          cands_.push_back(Hyp{h2, 0, kSil, kNegInf, mass, mass, extra, mass + extra});
+          if (cands_.size() >= next_update) update_threshold();
+        }
       }
-
-    const int n = static_cast<int>(beam_.size());
-    cands_.resize(static_cast<size_t>(n));
-    map_.clear();
-    bool ins = false;
-    // 1. Beam hypotheses stay (blank; repeat of the last label collapses).
-    for (int i = 0; i < n; ++i) {
-      const Hyp& e = beam_[i];
-      Hyp& c = cands_[i];
-      c = e;
-      c.pb = e.ctc + lp_blank;
-      c.pnb = e.last >= 0 ? e.pnb + lp[e.last] : kNegInf;
-      map_.insert(pack_key(e.hist, e.lex), i, &ins);
     }
-    // ... and take the phoneme extension from their trie parent when that is in the beam too.
-    for (int i = 0; i < n; ++i) {
-      const Hyp& e = beam_[i];
-      if (e.lex == 0) continue;
-      const Lexicon::Node& nd = lex_.node(e.lex);
-      const int32_t j = map_.find(pack_key(e.hist, nd.parent));
-      if (j < 0) continue;
-      const Hyp& p = beam_[j];
-      const double mass = (nd.token == p.last ? p.pb : p.ctc) + lp[nd.token];
-      cands_[i].pnb = lse(cands_[i].pnb, mass);
-    }
-    for (int i = 0; i < n; ++i) {  // lower bounds of their final scores (SIL may still add mass)
-      Hyp& c = cands_[i];
-      c.ctc = lse(c.pb, c.pnb);
-      c.rank = c.ctc + c.extra;
-    }
-    // thr: the k-th best current ranking score of the candidates. Every candidate's score only grows until the
-    // end of the frame, so thr never exceeds the final k-th best: a new hypothesis below thr cannot enter the beam.
-    // It is recomputed whenever k/2 more candidates have arrived.
-    double thr = kNegInf;
-    size_t next_update = static_cast<size_t>(k);
-    auto update_threshold = [&]() {
-      const size_t m = cands_.size();
-      scratch_.resize(m);
-      for (size_t i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
-      std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
-      thr = scratch_[k - 1];
-      next_update = m + static_cast<size_t>(std::max(1, k / 2));
+    // Phonemes the trie allows. rank(child) <= e.rank + lp[s], so a label below thr - e.rank cannot enter: nodes
+    // with few children try each; others walk the labels by descending lp and stop at the first one below.
+    if (e.rank + top_lp < thr) continue;
+    const double hist_bonus = hists_[e.hist].bonus;
+    auto propose = [&](int32_t s, double l, int32_t child) {
+      const uint64_t key = pack_key(e.hist, child);
+      if (map_.find(key) >= 0) return;  // in the beam: its mass was added in step 1
+      const double mass = (s == e.last ? e.pb : e.ctc) + l;
+      if (mass == kNegInf) return;
+      const double extra = hist_bonus + la[child];
+      const double rank = mass + extra;
+      if (rank < thr) return;
+      map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
+      cands_.push_back(Hyp{e.hist, child, s, kNegInf, mass, mass, extra, rank});
+      if (cands_.size() >= next_update) update_threshold();
     };
-    if (cands_.size() >= next_update) update_threshold();
-
-    // 2. New hypotheses (the best parent first: it raises thr early).
-    for (int i = 0; i < n; ++i) {
-      const Hyp& e = beam_[i];
-      const Lexicon::Node& nd = lex_.node(e.lex);
-      // SIL closes the word (one hypothesis per homophone). Never pruned here: (h + w, root) can have several
-      // parents (pronunciations), so its mass is complete only after this loop.
-      if (nd.word_end > nd.word_begin && lp_sil > kNegInf && e.ctc > kNegInf) {
-        const double mass = e.ctc + lp_sil;
-        const int32_t* ws = lex_.node_words(e.lex);
-        for (int32_t q = 0; q < nd.word_end - nd.word_begin; ++q) {
-          // Below the cut only existing hypotheses take mass, and (h + w, root) can exist only if h + w does.
-          const int32_t h2 = lp_sil >= cut ? hist_child(e.hist, ws[q]) : hist_map_.find(pack_key(e.hist, ws[q]));
-          if (h2 < 0) continue;
-          const uint64_t key = pack_key(h2, 0);
-          const int32_t j = map_.find(key);
-          if (j >= 0) {
-            Hyp& c = cands_[j];
-            c.pnb = lse(c.pnb, mass);
-            c.ctc = lse(c.ctc, mass);
-            c.rank = c.ctc + c.extra;
-          } else if (lp_sil >= cut) {
-            map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
-            const double extra = hists_[h2].bonus;
-            cands_.push_back(Hyp{h2, 0, kSil, kNegInf, mass, mass, extra, mass + extra});
-            if (cands_.size() >= next_update) update_threshold();
-          }
-        }
+    const int n_children = popcount64(nd.child_mask);
+    if (n_children <= 6) {
+      const int32_t* kids = lex_.children(e.lex);
+      uint64_t mask = nd.child_mask;
+      for (int q = 0; q < n_children; ++q, mask &= mask - 1) {
+        const int32_t s = ctz64(mask);
+        const double l = lp[s];
+        if (l < cut || l == kNegInf || e.rank + l < thr) continue;
+        propose(s, l, kids[q]);
       }
-      // Phonemes the trie allows. rank(child) <= e.rank + lp[s], so a label below thr - e.rank cannot enter: nodes
-      // with few children try each; others walk the labels by descending lp and stop at the first one below.
-      if (e.rank + top_lp < thr) continue;
-      const double hist_bonus = hists_[e.hist].bonus;
-      auto propose = [&](int32_t s, double l, int32_t child) {
-        const uint64_t key = pack_key(e.hist, child);
-        if (map_.find(key) >= 0) return;  // in the beam: its mass was added in step 1
-        const double mass = (s == e.last ? e.pb : e.ctc) + l;
-        if (mass == kNegInf) return;
-        const double extra = hist_bonus + la[child];
-        const double rank = mass + extra;
-        if (rank < thr) return;
-        map_.insert(key, static_cast<int32_t>(cands_.size()), &ins);
-        cands_.push_back(Hyp{e.hist, child, s, kNegInf, mass, mass, extra, rank});
-        if (cands_.size() >= next_update) update_threshold();
-      };
-      const int n_children = popcount64(nd.child_mask);
-      if (n_children <= 6) {
-        const int32_t* kids = lex_.children(e.lex);
-        uint64_t mask = nd.child_mask;
-        for (int q = 0; q < n_children; ++q, mask &= mask - 1) {
-          const int32_t s = ctz64(mask);
-          const double l = lp[s];
-          if (l < cut || l == kNegInf || e.rank + l < thr) continue;
-          propose(s, l, kids[q]);
-        }
-      } else {
-        if (!labels_sorted) {
-          std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
-            return a.first > b.first || (a.first == b.first && a.second < b.second);
-          });
-          labels_sorted = true;
-        }
-        for (const auto& [l, s] : labels_) {
-          if (e.rank + l < thr) break;
-          if (nd.child_mask >> s & 1) propose(s, l, lex_.child(e.lex, s));
-        }
-      }
-    }
-
-    // 3. The k best by ranking score form the next beam (the best first, the rest in no order): the k-th best
-    //    score by a selection on plain doubles, then one pass; exact ties at the k-th score by (hist, node).
-    const int m = static_cast<int>(cands_.size());
-    order_.clear();
-    if (m <= k) {
-      for (int i = 0; i < m; ++i) order_.push_back(i);
     } else {
-      scratch_.resize(static_cast<size_t>(m));
-      for (int i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
-      std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
-      const double kth = scratch_[k - 1];
-      ties_.clear();
-      for (int i = 0; i < m; ++i) {
-        if (cands_[i].rank > kth) order_.push_back(i);
-        else if (cands_[i].rank == kth) ties_.push_back(i);
+      if (!labels_sorted) {
+        std::sort(labels_.begin(), labels_.end(), [](const auto& a, const auto& b) {
+          return a.first > b.first || (a.first == b.first && a.second < b.second);
+        });
+        labels_sorted = true;
       }
-      const size_t need = static_cast<size_t>(k) - order_.size();
-      if (ties_.size() > need)
-        std::nth_element(ties_.begin(), ties_.begin() + (need - 1), ties_.end(),
-                         [this](int32_t a, int32_t b) { return ranks_before(cands_[a], cands_[b]); });
-      order_.insert(order_.end(), ties_.begin(), ties_.begin() + static_cast<std::ptrdiff_t>(need));
+      for (const auto& [l, s] : labels_) {
+        if (e.rank + l < thr) break;
+        if (nd.child_mask >> s & 1) propose(s, l, lex_.child(e.lex, s));
+      }
     }
-    beam_.resize(order_.size());
-    size_t best = 0;
-    for (size_t i = 0; i < order_.size(); ++i) {
-      beam_[i] = cands_[order_[i]];
-      if (ranks_before(beam_[i], beam_[best])) best = i;
-    }
-    if (best) std::swap(beam_[0], beam_[best]);
   }
 
+  // 3. The k best by ranking score form the next beam (the best first, the rest in no order): the k-th best
+  //    score by a selection on plain doubles, then one pass; exact ties at the k-th score by (hist, node).
+  const int m = static_cast<int>(cands_.size());
+  order_.clear();
+  if (m <= k) {
+    for (int i = 0; i < m; ++i) order_.push_back(i);
+  } else {
+    scratch_.resize(static_cast<size_t>(m));
+    for (int i = 0; i < m; ++i) scratch_[i] = cands_[i].rank;
+    std::nth_element(scratch_.begin(), scratch_.begin() + (k - 1), scratch_.end(), std::greater<double>());
+    const double kth = scratch_[k - 1];
+    ties_.clear();
+    for (int i = 0; i < m; ++i) {
+      if (cands_[i].rank > kth) order_.push_back(i);
+      else if (cands_[i].rank == kth) ties_.push_back(i);
+    }
+    const size_t need = static_cast<size_t>(k) - order_.size();
+    if (ties_.size() > need)
+      std::nth_element(ties_.begin(), ties_.begin() + (need - 1), ties_.end(),
+                       [this](int32_t a, int32_t b) { return ranks_before(cands_[a], cands_[b]); });
+    order_.insert(order_.end(), ties_.begin(), ties_.begin() + static_cast<std::ptrdiff_t>(need));
+  }
+  beam_.resize(order_.size());
+  size_t best = 0;
+  for (size_t i = 0; i < order_.size(); ++i) {
+    beam_[i] = cands_[order_[i]];
+    if (ranks_before(beam_[i], beam_[best])) best = i;
+  }
+  if (best) std::swap(beam_[0], beam_[best]);
+}
+
+std::vector<WordHypothesis> Searcher::finish(int nbest) {
+  const double lmw = opt_.lm_weight;
   // Sentence end: complete hypotheses, merged per word sequence, plus </s>.
   finals_.clear();
   map_.clear();
@@ -331,10 +345,31 @@ std::vector<WordHypothesis> Searcher::decode(const T* x, int64_t frames, int64_t
     }
     return result;
   }
-  const size_t m = std::min(out.size(), static_cast<size_t>(opt_.nbest));
+  const size_t m = std::min(out.size(), static_cast<size_t>(nbest));
   for (size_t i = 0; i < m; ++i) result.push_back(make(out[i].hist, out[i].rank, out[i].pb, out[i].extra));
   return result;
 }
+
+WordPartial Searcher::partial() const {
+  WordPartial p;
+  const Hyp& best = beam_.front();  // the beam keeps its best first
+  int32_t common = best.hist;       // deepest common ancestor of the beam's word histories
+  for (const Hyp& e : beam_) {
+    int32_t a = common, b = e.hist;
+    while (hists_[a].nwords > hists_[b].nwords) a = hists_[a].parent;
+    while (hists_[b].nwords > hists_[a].nwords) b = hists_[b].parent;
+    while (a != b) a = hists_[a].parent, b = hists_[b].parent;
+    common = a;
+  }
+  p.words = make(best.hist, 0.0, 0.0, 0.0).words;
+  p.stable = hists_[common].nwords;
+  p.score = best.rank;
+  return p;
+}
+
+}  // namespace detail
+
+namespace {
 
 // First NaN or +inf of one sentence's used frames: true and (t, v) if any.
 template <typename T>
@@ -369,8 +404,8 @@ std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_
   std::vector<std::vector<WordHypothesis>> out(static_cast<size_t>(batch));
   std::vector<int64_t> bad(static_cast<size_t>(2 * batch), -1);
   const int workers = resolve_num_threads(num_threads, batch);
-  std::vector<std::unique_ptr<Searcher>> searchers;
-  for (int w = 0; w < workers; ++w) searchers.push_back(std::make_unique<Searcher>(*this));
+  std::vector<std::unique_ptr<detail::Searcher>> searchers;
+  for (int w = 0; w < workers; ++w) searchers.push_back(std::make_unique<detail::Searcher>(*this));
   parallel_for(batch, workers, [&](int64_t b, int w) {
     const T* x = log_probs + b * batch_stride;
     if (find_bad(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
@@ -387,6 +422,36 @@ std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_
   }
   return out;
 }
+
+WordStream::WordStream(std::shared_ptr<const WordDecoder> decoder) : decoder_(std::move(decoder)) {
+  if (!decoder_) throw std::invalid_argument("word stream: no decoder");
+  search_ = std::make_unique<detail::Searcher>(*decoder_);
+  search_->begin();
+}
+
+WordStream::~WordStream() = default;
+
+void WordStream::reset() {
+  search_->begin();
+  frames_ = 0;
+}
+
+template <typename T>
+void WordStream::advance(const T* log_probs, int64_t frames, int64_t row_stride, int64_t col_stride) {
+  int64_t t = 0, v = 0;
+  if (find_bad(log_probs, frames, kNumClasses, row_stride, col_stride, &t, &v))
+    throw std::invalid_argument("log_probs has a NaN or +inf at [" + std::to_string(t) + ", " + std::to_string(v) +
+                                "] (frame of this advance, class)");
+  search_->advance(log_probs, frames, row_stride, col_stride);
+  frames_ += frames;
+}
+
+WordPartial WordStream::partial() const { return search_->partial(); }
+
+std::vector<WordHypothesis> WordStream::finish(int nbest) { return search_->finish(nbest); }
+
+template void WordStream::advance<float>(const float*, int64_t, int64_t, int64_t);
+template void WordStream::advance<double>(const double*, int64_t, int64_t, int64_t);
 
 template std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch<float>(
     const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t*, int, size_t*) const;

@@ -55,6 +55,10 @@ struct WordHypothesis {
   double lm = 0.0;             // natural-log LM probability of the sentence incl. </s> (0 without LM)
 };
 
+namespace detail {
+class Searcher;  // the search state of one sentence (word_decoder.cpp)
+}
+
 class WordDecoder {
  public:
   // lm may be null (lexicon-constrained decoding, no LM). lm_ids[w]: the LM word id of lexicon word w, or -1 for a
@@ -83,6 +87,38 @@ class WordDecoder {
   std::vector<int32_t> lm_ids_;
   WordDecoderOptions opt_;
   std::vector<double> lookahead_;  // per trie node: lm_weight * max unigram ln p below it (0 when off or no LM)
+};
+
+// A partial result: the completed words of the best hypothesis, of which words[0:stable] are shared by every
+// hypothesis in the beam. Every next-frame hypothesis keeps its parent's word history or extends it by one word, and
+// the sentence-end hypotheses are built from the beam's histories, so that common prefix can no longer change.
+struct WordPartial {
+  std::vector<int32_t> words;
+  int32_t stable = 0;
+  double score = 0.0;  // the best hypothesis' ranking score
+};
+
+// One sentence decoded frame by frame; WordDecoder::decode_batch runs the same search over all frames at once.
+class WordStream {
+ public:
+  explicit WordStream(std::shared_ptr<const WordDecoder> decoder);
+  ~WordStream();
+  void reset();  // start a new sentence
+  // Advance by `frames` frames of (frames, 41) natural-log posteriors; a NaN or +inf throws std::invalid_argument
+  // naming [t, v] before any frame is used (the state is unchanged).
+  template <typename T>
+  void advance(const T* log_probs, int64_t frames, int64_t row_stride, int64_t col_stride);
+  WordPartial partial() const;
+  // The sentence-end hypotheses of the frames so far (up to nbest, best first), as decode_batch returns them.
+  // Only call once per sentence: it adds the sentence-end word histories to the state.
+  std::vector<WordHypothesis> finish(int nbest);
+  int64_t frames() const { return frames_; }
+  const WordDecoder& decoder() const { return *decoder_; }
+
+ private:
+  std::shared_ptr<const WordDecoder> decoder_;
+  std::unique_ptr<detail::Searcher> search_;
+  int64_t frames_ = 0;
 };
 
 }  // namespace words

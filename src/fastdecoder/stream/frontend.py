@@ -1,0 +1,100 @@
+"""The eval-time front end of a causal GRUDecoder, run incrementally: bins in, per-frame log-probabilities out.
+
+Per pushed block of bins (20 ms each), in the order of the offline path (eval transform, then the model's forward):
+
+* Gaussian smoothing over time ('same' padding, zeros outside the trial), the b2t25 data transform or the b2t24
+  in-model smoothing: out[t] = sum_k w[k] x[t + k - (n - 1) // 2] needs n // 2 bins of lookahead, so smoothed bin t
+  exists once bin t + n // 2 has arrived (b2t25: 9 taps -> 4 bins = 80 ms); at the end of the trial the missing
+  right context is the zero padding the offline transform uses.
+* the day layer per smoothed bin;
+* patching: one window of patch_size bins every patch_stride bins, once patch_size bins exist;
+* the GRU (nn.GRU or LayerNormGRU), its state carried from push to push, and the linear head.
+
+So output frame j (bins [j S, j S + K) of the trial) is ready once bin j S + K - 1 + n // 2 has arrived.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["IncrementalFrontend"]
+
+
+class IncrementalFrontend:
+    """Streaming forward of a unidirectional GRUDecoder in eval mode (one trial at a time: ``reset(day)``)."""
+
+    def __init__(self, model, device="cpu"):
+        from fastdecoder.model import GRUDecoder
+
+        if not isinstance(model, GRUDecoder):
+            raise ValueError(f"model must be a fastdecoder.model.GRUDecoder, got {type(model).__name__}")
+        cfg = model.cfg
+        if cfg.bidirectional:
+            raise ValueError(
+                "streaming needs a causal model: this GRUDecoder is bidirectional (e.g. the b2t24 preset), so every "
+                "output frame depends on the whole trial through the backward GRU and nothing can be decoded before "
+                "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.n_features = cfg.n_features
+        self.n_days = cfg.n_days
+        self.patch_size, self.patch_stride = cfg.patch_size, cfg.patch_stride
+        if cfg.smoothing == "input":
+            from fastdecoder.ops import gaussian_taps
+
+            taps = gaussian_taps(cfg.smooth_taps)
+        elif cfg.smoothing == "model":
+            taps = model.smooth_taps.detach().float().cpu()
+        else:
+            taps = None
+        self.taps = None if taps is None else taps.to(self.device)
+        n = 0 if taps is None else int(taps.numel())
+        self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
+        self.day = None
+
+    @property
+    def bins_received(self) -> int:
+        """Input bins pushed in this trial so far."""
+        return self._received
+
+    def reset(self, day: int) -> None:
+        self.day = torch.tensor([day], dtype=torch.int64, device=self.device)
+        C = self.n_features
+        # raw[0] is input bin (smoothed - left); the bins before the trial are the zero padding.
+        self._raw = torch.zeros(self.left, C, device=self.device)
+        self._received = self._smoothed = 0
+        self._features = torch.zeros(0, C, device=self.device)  # day-layer outputs from the next window's start
+        self._h = self.model.initial_state(1)
+
+    @torch.no_grad()
+    def push(self, bins: torch.Tensor) -> torch.Tensor:
+        """bins (n, C) float32 on the device -> (m, V) float32 log-probabilities of the frames now complete."""
+        self._raw = torch.cat([self._raw, bins])
+        self._received += bins.shape[0]
+        return self._advance(self._received - self.lookahead - self._smoothed)
+
+    @torch.no_grad()
+    def finish(self) -> torch.Tensor:
+        """The trial ends: the last bins are smoothed against zero padding; returns the remaining frames' log-probs."""
+        self._raw = torch.cat([self._raw, torch.zeros(self.lookahead, self.n_features, device=self.device)])
+        return self._advance(self._received - self._smoothed)
+
+    def _advance(self, ready: int) -> torch.Tensor:
+        V = self.model.cfg.n_classes
+        if ready <= 0:
+            return torch.zeros(0, V)
+        if self.taps is None:
+            x = self._raw[:ready]
+        else:
+            x = self.taps[0] * self._raw[:ready]
+            for k in range(1, self.taps.numel()):
+                x = x + self.taps[k] * self._raw[k:k + ready]
+        self._raw = self._raw[ready:]
+        self._smoothed += ready
+        y = self.model.day_layer(x[None], self.day)[0]
+        self._features = torch.cat([self._features, y])
+        if self._features.shape[0] < self.patch_size:
+            return torch.zeros(0, V)
+        windows = self.model.patch(self._features[None])  # (1, N, K*C)
+        self._features = self._features[windows.shape[1] * self.patch_stride:]
+        out, self._h = self.model.rnn(windows, self._h)
+        return self.model.head(out)[0].float().log_softmax(-1).cpu()

@@ -367,8 +367,7 @@ def write_summary(out: Path, summary: dict) -> None:
 
 def drive(out: Path, smoke: bool, budget: float, only: set | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_NO_INDEX="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_NO_INDEX="1")
     if smoke:
         env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     else:

@@ -62,8 +62,6 @@ def step_versions(smoke: bool) -> dict:
             info[name] = getattr(mod, "__version__", "yes")
         except ImportError:
             info[name] = "missing"
-    if not smoke and info["device"] == "cpu":
-        raise SystemExit("CUDA is not available here: run with --smoke on a CPU machine (or `make test`)")
     table = "| " + " | ".join(info) + " |\n|" + "---|" * len(info) + "\n| " + " | ".join(map(str, info.values())) + " |"
     return {"table": table, **info}
 
@@ -365,6 +363,21 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "tables.md").write_text("\n".join(lines) + "\n")
 
 
+def _skip_reason(step: dict, done: list[dict], only: set | None, limit: float) -> str | None:
+    """Why ``step`` does not run (None: it runs). The versions step always runs (it heads the tables)."""
+    if step["name"] == "versions":
+        return None
+    if any(t["name"] == "versions" and t["status"] != "ok" for t in done):
+        return "the versions step failed (no CUDA? see build.log)"
+    if only is not None and step["name"] not in only:
+        return "not in --only"
+    if step.get("skip"):
+        return step["skip"]
+    if limit < 5:
+        return "no time left in the budget"
+    return None
+
+
 def drive(out: Path, smoke: bool, budget: float, only: set | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIP_NO_INDEX="1")
@@ -383,14 +396,13 @@ def drive(out: Path, smoke: bool, budget: float, only: set | None = None) -> int
             left = budget - (time.monotonic() - t_start) - reserve
             limit = min(step["limit"] * (5 if smoke else 1), left)  # --smoke: CPU limits are loose guards
             rec = {"name": step["name"], "log": f"{step['log']}.log", "limit": max(limit, 0), "seconds": 0.0}
-            if only is not None and step["name"] not in only:
-                rec["status"] = "skipped: not in --only"
-            elif step.get("skip"):
-                rec["status"] = f"skipped: {step['skip']}"
-            elif limit < 5:
-                rec["status"] = "skipped: no time left in the budget"
+            why = _skip_reason(step, summary["steps"], only, limit)
+            if why:
+                rec["status"] = f"skipped: {why}"
             else:
                 print(f"\n=== {step['name']} (limit {limit:.0f} s) ===", flush=True)
+                summary["running"] = step["name"]  # a kill of this whole script still shows where it was
+                write_summary(out, summary)
                 t0 = time.monotonic()
                 cwd = Path(tmp) if step.get("kind") == "train" else ROOT  # synthetic data goes to ./runs
                 status, rc, output = run_streamed(step["cmd"], out / rec["log"], limit, env, cwd)
@@ -399,6 +411,7 @@ def drive(out: Path, smoke: bool, budget: float, only: set | None = None) -> int
                     summary["results"][step["name"]] = _result_of(step, output)
                 except (ValueError, OSError) as e:
                     summary["results"][step["name"]] = {"error": f"could not read the result: {e}"}
+            summary.pop("running", None)
             summary["steps"].append(rec)
             summary["seconds"] = time.monotonic() - t_start
             write_summary(out, summary)
@@ -421,6 +434,9 @@ def main() -> int:
         result = STEP_FUNCTIONS[args.step](args.smoke)
         print(result.get("table", ""), flush=True)
         print(RESULT + json.dumps(result, default=str), flush=True)
+        if args.step == "versions" and not args.smoke and result["device"] == "cpu":
+            print("error: CUDA is not available here: run with --smoke on a CPU machine (or `make test`)")
+            return 2
         return 0
     only = {n.strip() for n in args.only.split(",")} if args.only else None
     return drive(Path(args.out), args.smoke, args.budget or (1200.0 if args.smoke else 340.0), only)

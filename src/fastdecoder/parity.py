@@ -129,10 +129,10 @@ def ln_gru_errors(device, dtype: torch.dtype, shape, seed: int) -> tuple[float, 
                 p.uniform_(0.5, 1.5)  # away from their init of 1, so that the gain paths count
     x, h0 = torch.randn(B, T, I, device=device), torch.randn(L * D, B, H, device=device)
     wo, wh = torch.randn(B, T, D * H, device=device), torch.randn(L * D, B, H, device=device)
+    bf16 = dtype == torch.bfloat16
     with exact_fp32():
         ref_out, ref_grads = _ln_gru_run(m, x, h0, wo, wh)
-    bf16 = dtype == torch.bfloat16
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+    with exact_fp32(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
         if bf16:
             r16_out, r16_grads = _ln_gru_run(m, x, h0, wo, wh)
         m.backend = "triton"

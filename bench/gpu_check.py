@@ -185,10 +185,25 @@ def step_sync(smoke: bool) -> dict:
     if tr.device.type != "cuda":
         return {"table": "sync check: n/a on a CPU (set_sync_debug_mode is CUDA-only); 2 fast steps ran",
                 "syncs_per_step": None}
+    import fastdecoder
+
+    pkg = str(Path(fastdecoder.__file__).resolve().parent)
+
+    def where_in_package(frames) -> str:
+        """The innermost frame in the fastdecoder package: 'file.py:line `code`'."""
+        ours = [f for f in frames if str(Path(f.filename).resolve()).startswith(pkg)]
+        return f"{Path(ours[-1].filename).name}:{ours[-1].lineno} `{ours[-1].line}`" if ours else "outside fastdecoder"
+
     steps = 3
     where = Counter()
-    with warnings.catch_warnings(record=True) as caught:
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):  # the warning is raised while the calling Python frames are live
+            where[where_in_package(traceback.extract_stack())] += 1
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for _ in range(steps):
@@ -196,22 +211,17 @@ def step_sync(smoke: bool) -> dict:
                 tr.step += 1
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    for w in caught:
-        if "synchroniz" in str(w.message):
-            where[f"{Path(w.filename).name}:{w.lineno}"] += 1
     first = "none"
     torch.cuda.set_sync_debug_mode("error")
     try:
         tr.train_step(tr.next_batch())
     except RuntimeError as e:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if "fastdecoder" in f.filename]
-        at = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} `{frames[-1].line}`" if frames else "?"
-        first = f"{at}: {str(e).splitlines()[0][:120]}"
+        first = f"{where_in_package(traceback.extract_tb(e.__traceback__))}: {str(e).splitlines()[0][:120]}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
     total = sum(where.values())
     lines = [f"sync check: b2t25, batch {tr.cfg.train.batch_size}, fast path (compile off), {steps} steps in 'warn' "
-             f"mode: {total / steps:.1f} synchronizing calls per step", "| where (innermost Python frame) | per step |",
+             f"mode: {total / steps:.1f} synchronizing calls per step", "| where (innermost fastdecoder frame) | per step |",
              "|---|---|"]
     lines += [f"| {k} | {v / steps:.1f} |" for k, v in where.most_common(15)]
     lines.append(f"\n'error' mode, first sync: {first}")

@@ -43,3 +43,31 @@ def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
         assert f"| {name} |" in tables
     assert "## train_b2t24" in tables and "speed-up fast / reference" in tables
     assert "$ " in (out / "parity.log").read_text()  # the log holds the command and its output
+
+
+def test_summary_is_written_whatever_fails_or_hangs(tmp_path, monkeypatch, capsys):
+    """A hanging step is killed at its limit, a failing one recorded; the rest still run; both files always there."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    py = [sys.executable, "-c"]
+    fake = [{"name": "versions", "log": "build", "limit": 30, "cmd": py + [
+                "import json; print('GPU_CHECK_RESULT ' + json.dumps({'device': 'fake', 'table': '| v |'}))"]},
+            {"name": "hangs", "log": "a", "limit": 2, "kind": "plain",
+             "cmd": py + ["import time; print('started', flush=True); time.sleep(60)"]},
+            {"name": "fails", "log": "b", "limit": 30, "kind": "plain", "cmd": py + ["raise SystemExit(3)"]},
+            {"name": "works", "log": "b", "limit": 30, "cmd": py + [
+                "print('GPU_CHECK_RESULT {\"table\": \"| ok |\"}')"]}]
+    monkeypatch.setattr(gpu_check, "plan", lambda smoke, tmp: fake)
+    out = tmp_path / "out"
+    assert gpu_check.drive(out, smoke=False, budget=100) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["name"], s["status"]) for s in summary["steps"]] == [
+        ("versions", "ok"), ("hangs", "timeout"), ("fails", "failed"), ("works", "ok")]
+    assert "started" in (out / "a.log").read_text()  # flushed before the kill
+    assert "killed after" in (out / "a.log").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "fake" in tables and "| ok |" in tables and "| hangs | timeout |" in tables
+    assert "FAILED steps: hangs, fails" in capsys.readouterr().out

@@ -383,7 +383,7 @@ def _skip_reason(step: dict, done: list[dict], only: set | None, limit: float) -
         return "not in --only"
     if step.get("skip"):
         return step["skip"]
-    if limit < 5:
+    if limit < min(5, step["limit"]):
         return "no time left in the budget"
     return None
 

@@ -81,11 +81,16 @@ def _parse_table(text: str) -> list[dict]:
 
 
 def _time(fn, device, reps: int) -> float:
-    """Median seconds of ``fn()`` over ``reps`` runs after one warm-up (device-synchronised)."""
+    """Median seconds of ``fn()`` over ``reps`` runs after one warm-up (device-synchronised); NaN (and the error
+    printed) when ``fn`` raises, so that one broken op does not lose the step's other rows."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - reported, the row shows NaN
+        print(f"error: {type(e).__name__}: {e}", flush=True)
+        return float("nan")
     sync()
     times = []
     for _ in range(reps):

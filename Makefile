@@ -35,8 +35,11 @@ test: setup
 bench: setup
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,mean,ops
 
-gpu-check: setup
-	$(PY) bench/gpu_check.py
+# On a GPU machine with torch (CUDA) already importable: no set-up, no registry; builds the extension itself.
+# The same as: python3 bench/gpu_check.py --out gpu_check_out   (--smoke: tiny sizes on a CPU)
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py --out gpu_check_out
 
 clean:
 	rm -rf build *.egg-info src/*.egg-info src/fastdecoder/*.so .pytest_cache .benchmarks

@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_lm(sub)
     _add_stream(sub)
+    from fastdecoder import parity
+
+    parity.add_parser(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command}[args.cmd](args)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

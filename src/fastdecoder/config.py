@@ -154,6 +154,9 @@ class TrainConfig:
     train_monitor: bool = True          # blank fraction / distinct phonemes of the training batch at log steps
     fast: Optional[bool] = None         # fast path (None = on CUDA): Triton ops, device-resident batches, fused
     #                                     AdamW, torch.compile as configured; false = reference ops, host batching
+    fast_selfcheck: bool = True         # fast path: check each fast op against its reference at start-up; a
+    #                                     failing op warns, is logged and falls back to its reference for the run
+    fast_selfcheck_fatal: bool = False  # a failing fast-op self-check stops the run with an error instead
 
 
 @dataclass

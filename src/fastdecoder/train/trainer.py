@@ -263,6 +263,9 @@ class Trainer:
         self._tb = None
         if state is not None:
             self.load_state_dict(state)
+        from fastdecoder.train.selfcheck import check_fast_path  # each fast op vs its reference; falls back on a fail
+
+        self.selfcheck_events = check_fast_path(self)
 
     # -- data -------------------------------------------------------------------------------------------------
     def _make_sampler(self):
@@ -658,6 +661,9 @@ class Trainer:
         the summary says so). SIGTERM/SIGINT stop after the current step the same way."""
         cfg = self.cfg
         self._open_outputs()
+        for ev in self.selfcheck_events:  # the start-up self-check's results, into metrics.jsonl
+            self._log_metrics({**ev, "step": self.step})
+        self.selfcheck_events = []
         if self.is_main:
             text, warn = describe_schedule(cfg.optim, cfg.train.steps)
             log.info("%s", text)

@@ -1,0 +1,339 @@
+"""``fastdecoder parity``: every fast path against its reference on the user's device, one table, exit code 1 on a fail.
+
+Checks (fresh random inputs of a few shapes; the seed is printed):
+
+* ``augment``: the fused Triton augmentation kernel vs the plain-PyTorch definition (noise, offset, smoothing, masks);
+* ``ln_gru forward`` / ``ln_gru backward``: the Triton LayerNorm-GRU vs the PyTorch loop (outputs + h_n; gradients of
+  the input, h0 and every parameter);
+* ``train step (gru)`` / ``train step (ln_gru)``: the trainer's fast path vs its reference path over a few steps of a
+  tiny synthetic run (losses);
+* ``greedy`` / ``beam search``: the native decoders vs the Python references in ``fastdecoder.decode.reference``.
+
+Error: ``max |fast - ref| / max |ref|`` (NaN/Inf or a shape mismatch: inf, never a pass). fp32 tolerances are
+fp32 rounding (1e-5 to 1e-4); bf16 ones are bf16's resolution, or for the LN-GRU twice the error PyTorch's own
+bf16 autocast makes against fp32. On a CPU the Triton kernels run through Triton's interpreter (``TRITON_INTERPRET=1``,
+set here when triton is not imported yet); without it their rows are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+OPS = ("augment", "ln_gru", "train_step", "decoders")
+
+
+@dataclass
+class Row:
+    """One line of the parity table."""
+    op: str
+    device: str
+    dtype: str
+    max_error: float
+    tolerance: float
+    status: str  # "pass" | "FAIL" | "skip"
+    detail: str = ""
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (in fp32); inf on a shape mismatch or a non-finite value."""
+    a, e = actual.detach().float(), expected.detach().float()
+    if a.shape != e.shape or not bool(torch.isfinite(a).all()) or not bool(torch.isfinite(e).all()):
+        return float("inf")
+    if a.numel() == 0:
+        return 0.0
+    return float((a - e).abs().max() / e.abs().max().clamp_min(1e-12))
+
+
+def _row(op, device, dtype, err, tol, detail="") -> Row:
+    return Row(op, str(device), dtype, err, tol, "pass" if err <= tol else "FAIL", detail)
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Reference runs in true fp32 on CUDA (no TF32 in matmuls and convolutions)."""
+    keep = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = keep
+
+
+def triton_usable(device: torch.device) -> tuple[bool, str]:
+    """Whether the Triton kernels can run on ``device`` here (CUDA, or the CPU through the interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, ""
+    return False, "Triton runs on a CPU only through its interpreter (TRITON_INTERPRET=1 before triton is imported)"
+
+
+# ------------------------------------------------------------------------------------------------- op checks
+def augment_error(device, dtype: torch.dtype, shape, seed: int) -> float:
+    """One augmentation batch (noise, offset, smoothing, masks), Triton vs reference; returns the error."""
+    from fastdecoder.ops import augment, sample_masks
+
+    B, T, C = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(device)
+    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=g)
+    tm, fm = sample_masks(B, T, C, lengths=lengths, time_prob=0.5, time_max_width=max(1, T // 8), time_max_count=2,
+                          freq_prob=0.5, freq_max_width=max(1, C // 8), freq_max_count=2, generator=g, device=device)
+    kw = dict(white_noise_std=1.0, constant_offset_std=0.2, smooth_taps="b2t25" if seed % 2 else "b2t24",
+              time_masks=tm, freq_masks=fm, seed=seed)
+    with exact_fp32():
+        ref = augment(x, lengths, backend="reference", **kw)
+    fast = augment(x, lengths, backend="triton", out_dtype=dtype, **kw)
+    if fast.dtype != dtype:
+        return float("inf")
+    return max_error(fast, ref)
+
+
+def _ln_gru_run(m, x, h0, wo, wh):
+    """Forward + backward of sum(out wo) + sum(h_n wh): (outputs, gradients) as two lists of tensors."""
+    x = x.detach().clone().requires_grad_(True)
+    h0 = h0.detach().clone().requires_grad_(True)
+    out, h_n = m(x, h0)
+    loss = (out.float() * wo).sum() + (h_n.float() * wh).sum()
+    grads = torch.autograd.grad(loss, [x, h0] + list(m.parameters()))
+    return [out.detach(), h_n.detach()], list(grads)
+
+
+def ln_gru_errors(device, dtype: torch.dtype, shape, seed: int,
+                  bf16_factor: float | None = None) -> tuple[float, float, float, float]:
+    """Triton LN-GRU vs the PyTorch loop on one random problem ``shape = (B, T, I, H, layers, bidirectional)``.
+
+    Returns (forward error, backward error, forward tolerance, backward tolerance); in bf16 (autocast) the
+    tolerances are twice (on a CPU, whose tiny problems are noisy, three times) the error of the reference's own bf16
+    run (both against the fp32 reference), floor 1e-3; ``bf16_factor`` overrides the factor.
+    """
+    from fastdecoder.nn import LayerNormGRU
+
+    B, T, I, H, L, bidir = shape
+    D = 2 if bidir else 1
+    torch.manual_seed(seed)
+    m = LayerNormGRU(I, H, num_layers=L, bidirectional=bidir, backend="reference").to(device)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.startswith("ln_"):
+                p.uniform_(0.5, 1.5)  # away from their init of 1, so that the gain paths count
+    x, h0 = torch.randn(B, T, I, device=device), torch.randn(L * D, B, H, device=device)
+    wo, wh = torch.randn(B, T, D * H, device=device), torch.randn(L * D, B, H, device=device)
+    bf16 = dtype == torch.bfloat16
+    with exact_fp32():
+        ref_out, ref_grads = _ln_gru_run(m, x, h0, wo, wh)
+    with exact_fp32(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        if bf16:
+            r16_out, r16_grads = _ln_gru_run(m, x, h0, wo, wh)
+        m.backend = "triton"
+        out, grads = _ln_gru_run(m, x, h0, wo, wh)
+    fwd = max(max_error(a, e) for a, e in zip(out, ref_out))
+    bwd = max(max_error(a, e) for a, e in zip(grads, ref_grads))
+    if not bf16:
+        return fwd, bwd, 1e-4, 1e-4
+    k = bf16_factor or (2 if torch.device(device).type == "cuda" else 3)
+    tol_f = max(k * max(max_error(a, e) for a, e in zip(r16_out, ref_out)), 1e-3)
+    tol_b = max(k * max(max_error(a, e) for a, e in zip(r16_grads, ref_grads)), 1e-3)
+    return fwd, bwd, tol_f, tol_b
+
+
+def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
+    """A small synthetic b2t25-style run (the fast path's every op on), for the train-step parity and self-tests."""
+    from fastdecoder.config import config_from_dict
+
+    triton_ok = triton_usable(torch.device(device))[0]
+    return config_from_dict({
+        "name": f"parity-{rnn}",
+        "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 16, "val_trials_per_day": 2,
+                               "test_trials_per_day": 1, "n_features": 16, "words_per_sentence": [1, 2],
+                               "seed": seed},
+                 "days_per_batch": 2},
+        "model": {"hidden_size": 32, "num_layers": 2, "rnn": rnn, "rnn_dropout": 0.0, "input_dropout": 0.0},
+        "augment": {"white_noise_std": 0.5, "constant_offset_std": 0.1, "random_cut": 3,
+                    "time_mask_prob": 0.5, "time_mask_width": 4, "time_mask_count": 1,
+                    "backend": "triton" if triton_ok else "reference"},
+        "train": {"batch_size": 8, "device": str(device), "amp": "bf16" if dtype == torch.bfloat16 else "none",
+                  "seed": seed, "fast_selfcheck": False},
+    })
+
+
+def train_step_error(device, dtype: torch.dtype, rnn: str, steps: int, seed: int) -> float:
+    """Fast path vs reference path of the trainer over ``steps`` steps: max relative difference of the losses."""
+    from fastdecoder.train.bench import bench_train
+
+    cfg = tiny_train_config(device, dtype, rnn, seed)
+    with tempfile.TemporaryDirectory() as tmp, _chdir(tmp), exact_fp32():  # synthetic data goes to ./runs
+        r = bench_train(cfg, steps=steps, warmup=0, compare_steps=steps)
+    return r["loss_max_rel_diff"] if np.isfinite(r["fast"]["losses"]).all() else float("inf")
+
+
+@contextlib.contextmanager
+def _chdir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def greedy_error(seed: int, batch: int = 16, frames: int = 60, vocab: int = 41) -> float:
+    """Fraction of sentences where the native greedy decoder differs from the Python reference."""
+    from fastdecoder.decode import greedy_decode
+    from fastdecoder.decode.reference import greedy_reference, peaky_log_probs
+
+    lp = peaky_log_probs(np.random.default_rng(seed), batch, frames, vocab)
+    lens = np.random.default_rng(seed + 1).integers(1, frames + 1, batch)
+    got = greedy_decode(torch.from_numpy(lp), torch.from_numpy(lens))
+    return sum(g != greedy_reference(lp[b, :lens[b]]) for b, g in enumerate(got)) / batch
+
+
+def beam_error(seed: int, batch: int = 6, frames: int = 30, vocab: int = 12, beam_width: int = 8) -> float:
+    """Native beam search vs the textbook prefix beam search: max |score difference|, inf where tokens differ."""
+    from fastdecoder.decode import beam_search
+    from fastdecoder.decode.reference import peaky_log_probs, prefix_beam_search
+
+    lp = peaky_log_probs(np.random.default_rng(seed), batch, frames, vocab).astype(np.float64)
+    got = beam_search(lp, beam_width=beam_width, nbest=3)
+    err = 0.0
+    for b in range(batch):
+        want = prefix_beam_search(lp[b], beam_width, nbest=3)
+        if [list(t) for t, _ in got[b]] != [t for t, _ in want]:
+            return float("inf")
+        err = max(err, max(abs(s - w) / max(abs(w), 1.0) for (_, s), (_, w) in zip(got[b], want)))
+    return err
+
+
+# ------------------------------------------------------------------------------------------------- the table
+def _shapes(device: torch.device) -> tuple[list, list]:
+    """(augment shapes (B, T, C), LN-GRU shapes (B, T, I, H, layers, bidirectional)) for the device."""
+    if device.type == "cuda":
+        return ([(4, 200, 64), (64, 500, 512)],
+                [(16, 48, 96, 80, 2, True), (64, 40, 512, 256, 1, False)])
+    return [(2, 37, 8), (3, 20, 5)], [(3, 6, 8, 8, 2, True), (2, 5, 6, 4, 1, False)]
+
+
+def _guarded(op, device, dtype, fn) -> list[Row]:
+    """Rows from ``fn``; an exception becomes one failed row naming the op and the error."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - any failure of a fast path is a failed check, reported
+        return [Row(op, str(device), dtype, float("inf"), 0.0, "FAIL", f"{type(e).__name__}: {e}"[:300])]
+
+
+def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None, quick: bool = False) -> list[Row]:
+    """Every requested check on ``device`` in each of ``dtypes``; returns the table's rows. ``quick``: one shape per
+    op and a two-step, GRU-only train-step check (for smoke tests)."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    seed = int.from_bytes(os.urandom(3), "little") if seed is None else seed
+    ok, why = triton_usable(dev)
+    aug_shapes, gru_shapes = _shapes(dev)
+    if quick:
+        aug_shapes, gru_shapes = aug_shapes[-1:], gru_shapes[-1:]
+    train_steps, rnns = (2, ("gru",)) if quick else (3, ("gru", "ln_gru"))
+    rows: list[Row] = []
+    for name in dtypes:
+        dt = DTYPES[name]
+        if "augment" in ops:
+            if not ok:
+                rows.append(Row("augment", str(dev), name, float("nan"), 0.0, "skip", why))
+            else:
+                tol = 2e-5 if dt == torch.float32 else 1e-2
+                rows += _guarded("augment", dev, name, lambda: [_row(
+                    "augment", dev, name, max(augment_error(dev, dt, s, seed + i) for i, s in enumerate(aug_shapes)),
+                    tol)])
+        if "ln_gru" in ops:
+            if not ok:
+                rows += [Row(f"ln_gru {w}", str(dev), name, float("nan"), 0.0, "skip", why)
+                         for w in ("forward", "backward")]
+            else:
+                def gru_rows():
+                    errs = [ln_gru_errors(dev, dt, s, seed + i) for i, s in enumerate(gru_shapes)]
+                    f, b = max(e[0] for e in errs), max(e[1] for e in errs)
+                    tf, tb = min(e[2] for e in errs), min(e[3] for e in errs)
+                    return [_row("ln_gru forward", dev, name, f, tf), _row("ln_gru backward", dev, name, b, tb)]
+                rows += _guarded("ln_gru", dev, name, gru_rows)
+        if "train_step" in ops:
+            tol = 1e-4 if dt == torch.float32 else 2e-2
+            if dev.type == "cpu" and dt == torch.bfloat16:
+                rows.append(Row("train step", str(dev), name, float("nan"), 0.0, "skip",
+                                "bf16 autocast is a CUDA-only setting of the trainer"))
+            else:
+                for rnn in rnns:
+                    op = f"train step ({rnn})"
+                    rows += _guarded(op, dev, name, lambda: [_row(
+                        op, dev, name, train_step_error(dev, dt, rnn, train_steps, seed), tol,
+                        f"{train_steps} steps, losses")])
+    if "decoders" in ops:
+        from fastdecoder.decode import num_cpu_threads
+
+        where = f"cpu ({num_cpu_threads()} threads)"
+        rows += _guarded("greedy", where, "fp32", lambda: [_row("greedy", where, "fp32", greedy_error(seed), 0.0,
+                                                                "fraction of sentences that differ")])
+        rows += _guarded("beam search", where, "fp64", lambda: [_row("beam search", where, "fp64", beam_error(seed),
+                                                                     1e-9, "3-best tokens equal, score error")])
+    for r in rows:
+        if not r.detail:
+            r.detail = f"seed {seed}"
+        elif r.status == "FAIL":
+            r.detail += f" (seed {seed})"
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| op | device | dtype | max error | tolerance | pass | notes |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.op} | {r.device} | {r.dtype} | {r.max_error:.3g} | {r.tolerance:.3g} | {r.status} | "
+                     f"{r.detail.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def add_parser(sub) -> None:
+    """The ``parity`` subcommand's arguments."""
+    p = sub.add_parser("parity", help="every fast path against its reference on this device (table; exit 1 on a fail)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
+    p.add_argument("--dtype", action="append", choices=sorted(DTYPES), default=None,
+                   help="fp32 (default) and/or bf16 (repeat the flag for both)")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    p.add_argument("--seed", type=int, default=None, help="input seed (default: a fresh one, printed)")
+    p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def command(args) -> int:
+    """Run the checks, print the table; 0 when every row passed or was skipped, 1 otherwise."""
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise ValueError(f"--ops: unknown {', '.join(bad)} (known: {', '.join(OPS)})")
+    if args.device in ("auto", "cpu") and not torch.cuda.is_available() and "triton" not in sys.modules:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels on the CPU, through Triton's interpreter
+    rows = run_parity(args.device, tuple(args.dtype or ["fp32"]), ops, args.seed, args.quick)
+    print(format_table(rows), flush=True)
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in rows], f, indent=2)
+    failed = [r.op + f" ({r.dtype})" for r in rows if r.status == "FAIL"]
+    if failed:
+        print(f"parity FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"parity: all {sum(r.status == 'pass' for r in rows)} checks passed"
+          f"{'' if all(r.status == 'pass' for r in rows) else ' (some skipped)'}")
+    return 0

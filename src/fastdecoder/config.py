@@ -13,10 +13,12 @@ from typing import Any, Optional
 
 import yaml
 
+from fastdecoder.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is malformed: the message names the key."""
 
 

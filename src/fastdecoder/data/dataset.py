@@ -11,6 +11,7 @@ from functools import cached_property
 
 import numpy as np
 
+from fastdecoder.errors import UserError
 from fastdecoder.phonemes import N_CLASSES
 
 #: normalised split names, in order
@@ -19,7 +20,7 @@ SPLIT_NAMES = ("train", "val", "test")
 MIN_TARGET, MAX_TARGET = 1, N_CLASSES - 1
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """A data file or folder is missing, malformed, or holds values no valid dataset contains."""
 
 
@@ -63,10 +64,6 @@ class Split:
         if self.targets is None:
             return np.zeros(len(self), dtype=np.int64)
         return np.fromiter((t.shape[0] for t in self.targets), dtype=np.int64, count=len(self.targets))
-
-    @property
-    def labeled(self) -> bool:
-        return self.targets is not None
 
 
 @dataclass(eq=False)

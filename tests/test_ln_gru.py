@@ -14,6 +14,7 @@ import torch
 
 from fastdecoder.nn import LayerNormGRU
 from fastdecoder.nn.ln_gru import ln_gru_reference
+import seeding
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -22,7 +23,7 @@ needs_triton = pytest.mark.skipif(not (HAS_CUDA or INTERPRET),
 
 
 def _seed() -> int:
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = seeding.fresh_seed()
     torch.manual_seed(seed)
     return seed
 

@@ -47,7 +47,7 @@ log = logging.getLogger("fastdecoder.train")
 from fastdecoder.train.device import resolve_device  # noqa: E402,F401
 
 __all__ = ["Trainer", "ResumeError", "RESUME_MAY_DIFFER", "prepare_dataset", "load_run", "resolve_device",
-           "seed_everything"]
+           "seed_everything", "beam_per"]
 
 
 class ResumeError(UserError):
@@ -188,6 +188,10 @@ class Trainer:
                               "to resume with the checkpoint's own config, or start a new run in another --out).")
 
     # -- one step -----------------------------------------------------------------------------------------------
+    def train_transform(self, x: torch.Tensor, lens: torch.Tensor):
+        """This step's training augmentation of (x, lens) (see transforms.TrainAugmentation)."""
+        return self.augment(x, lens, self.step)
+
     def next_batch(self):
         """The next training batch on the device: gathered from the resident split (fast path) or padded on the host
         and copied (reference path); both give the same tensors."""
@@ -522,3 +526,15 @@ class Trainer:
                 summary["val_per_beam"], summary["beam_width"] = res.per_beam, bw
         self.outputs.write_summary(summary)
         return summary
+
+
+def beam_per(res: EvalResult, split, beam_width: int) -> tuple[float, int]:
+    """(PER of the native CTC prefix beam search over the log-probs kept in ``res``, beam_width); kept for callers
+    of the former API: new code passes decoder="beam" to fastdecoder.evaluation.evaluate."""
+    from fastdecoder.decode import error_rate
+    from fastdecoder.evaluation import beam_hypotheses
+
+    if not res.log_probs:
+        return float("nan"), beam_width
+    refs = [split.targets[i].tolist() for i in res.indices]
+    return error_rate(beam_hypotheses(res.log_probs, beam_width), refs)[0], beam_width

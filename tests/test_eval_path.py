@@ -63,6 +63,26 @@ def test_eval_reproduces_the_trainers_best_per_exactly(run, capsys):
     assert 0 < res["per_greedy"] < 1  # learnt something, so the equality is not between two constants
 
 
+def test_split_log_probs_are_the_ones_evaluate_decodes(run):
+    import numpy as np
+
+    from fastdecoder.evaluation import EvalSettings, evaluate, split_log_probs
+    from fastdecoder.train.checkpoint import load_run
+
+    out, _ = run
+    cfg, model, _ = load_run(out, "best")
+    from fastdecoder.data import load_dataset
+
+    split = load_dataset(cfg.data.path).splits["val"]
+    s = EvalSettings.from_config(cfg, torch.device("cpu"))
+    lp = split_log_probs(model, split, s, max_trials=13)
+    res = evaluate(model, split, s, keep_log_probs=True, max_trials=13)
+    assert lp.indices.tolist() == res.indices.tolist() == list(range(13))
+    assert lp.lengths.tolist() == [a.shape[0] for a in res.log_probs]
+    assert all(np.array_equal(a, b) for a, b in zip(lp.log_probs, res.log_probs))
+    assert all(np.isfinite(a).all() and np.allclose(np.exp(a).sum(1), 1, atol=1e-5) for a in lp.log_probs)
+
+
 def test_eval_settings_follow_the_training_run():
     from fastdecoder.evaluation import EvalSettings
     from fastdecoder.train.device import autocast_dtype

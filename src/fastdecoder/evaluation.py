@@ -115,6 +115,12 @@ def _batches(model, split, s: EvalSettings, max_trials: int | None):
         n_seen += batch.x.shape[0]
 
 
+def _host_log_probs(logits: torch.Tensor, n: torch.Tensor):
+    """(log-probs (B, N, V) and lengths (B,) on the host, per-trial (N_b, V) NumPy views over the valid frames)."""
+    lp, n_host = logits.log_softmax(-1).cpu(), n.cpu()
+    return lp, n_host, [lp[b, : n_host[b]].numpy() for b in range(lp.shape[0])]
+
+
 class _EvalMode:
     def __init__(self, model):
         self.model = model
@@ -133,10 +139,10 @@ def split_log_probs(model, split, settings: EvalSettings, *, max_trials: int | N
     idx, lps, lens = [], [], []
     with _EvalMode(model):
         for batch, logits, n in _batches(model, split, settings, max_trials):
-            lp, nn_ = logits.log_softmax(-1).cpu(), n.cpu()
+            _, n_host, trials = _host_log_probs(logits, n)
             idx.extend(int(i) for i in batch.index)
-            lps.extend(lp[b, : nn_[b]].numpy() for b in range(lp.shape[0]))
-            lens.extend(int(v) for v in nn_)
+            lps.extend(trials)
+            lens.extend(int(v) for v in n_host)
     k = len(idx) if max_trials is None else min(len(idx), max_trials)
     return SplitLogProbs(indices=np.asarray(idx[:k], dtype=np.int64), log_probs=lps[:k],
                          lengths=np.asarray(lens[:k], dtype=np.int64))
@@ -180,8 +186,7 @@ def evaluate(model, split, settings: EvalSettings, *, decoder: str = "greedy", b
                                     zero_infinity=True)
                     loss_sum += float(loss) * int(ok.sum())
                     loss_n += int(ok.sum())
-            lp = logits.log_softmax(-1).cpu()
-            nn_ = n.cpu()
+            lp, nn_, trials = _host_log_probs(logits, n)
             am = lp.argmax(-1)
             valid = torch.arange(lp.shape[1])[None, :] < nn_[:, None]
             blank += int(((am == 0) & valid).sum())
@@ -190,7 +195,7 @@ def evaluate(model, split, settings: EvalSettings, *, decoder: str = "greedy", b
             hyps.extend(greedy_decode(lp, nn_))
             idx_all.extend(int(i) for i in batch.index)
             if keep:
-                lps.extend(lp[b, : nn_[b]].numpy() for b in range(lp.shape[0]))
+                lps.extend(trials)
             if labelled:
                 refs.extend(batch.y[b, : batch.y_lens[b]].tolist() for b in range(batch.y.shape[0]))
     if max_trials is not None:

@@ -49,20 +49,25 @@ def prepare_dataset(cfg: Config, out_dir: Path | None):
     return load_dataset(path, fmt), path
 
 
+def target_min_frames(split) -> np.ndarray:
+    """(n,) int64 output frames each trial's target needs (losses.min_frames_for_target); zeros without labels."""
+    if split.targets is None or len(split) == 0:
+        return np.zeros(len(split), dtype=np.int64)
+    L = max(1, int(split.target_lengths.max()))
+    y = torch.zeros(len(split), L, dtype=torch.int64)
+    for i, t in enumerate(split.targets):
+        y[i, : len(t)] = torch.from_numpy(np.asarray(t, dtype=np.int64))
+    return min_frames_for_target(y, torch.from_numpy(split.target_lengths)).numpy()
+
+
 def infeasible_trials(split, cfg: Config) -> list[tuple[str, int, int]]:
     """(trial id, target phonemes, output frames) of the trials whose target CTC cannot align to their frames."""
     if split is None or split.targets is None or len(split) == 0:
         return []
     frames = output_lengths(torch.from_numpy(split.lengths), cfg.model.patch_size, cfg.model.patch_stride,
-                            cfg.ctc.output_lengths)
-    L = max(1, int(split.target_lengths.max()))
-    y = torch.zeros(len(split), L, dtype=torch.int64)
-    for i, t in enumerate(split.targets):
-        y[i, : len(t)] = torch.from_numpy(np.asarray(t, dtype=np.int64))
-    y_lens = torch.from_numpy(split.target_lengths)
-    need = min_frames_for_target(y, y_lens)
-    bad = torch.nonzero(need > frames).flatten().tolist()
-    return [(split.trial_ids[i], int(y_lens[i]), int(frames[i])) for i in bad]
+                            cfg.ctc.output_lengths).numpy()
+    bad = np.flatnonzero(target_min_frames(split) > frames)
+    return [(split.trial_ids[i], int(split.target_lengths[i]), int(frames[i])) for i in bad]
 
 
 def warn_short_and_infeasible(cfg: Config, train_split, val_split, *, say: bool) -> list[str]:

@@ -22,16 +22,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastdecoder.config import Config, config_diff
 from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
-from fastdecoder.losses import ctc_loss, infeasible_targets, output_lengths
+from fastdecoder.losses import ctc_loss, output_lengths
 from fastdecoder.train import distributed
 from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_run,
                                           save_checkpoint)
-from fastdecoder.train.data import make_resident, make_sampler, prepare_dataset, warn_short_and_infeasible
+from fastdecoder.train.data import (make_resident, make_sampler, prepare_dataset, target_min_frames,
+                                    warn_short_and_infeasible)
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedule, lr_multiplier
@@ -105,6 +107,7 @@ class Trainer:
         bad = warn_short_and_infeasible(cfg, self.train_split, self.val_split, say=self.is_main)
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)
+        self._need_frames = target_min_frames(self.train_split)  # (n,) frames each training target needs
 
         # The fast path and the reference path share everything but the op implementations and the batching.
         self.fast = use_fast_path(cfg, self.device)
@@ -206,8 +209,9 @@ class Trainer:
         """One update (or a skipped one), then ``step += 1``. Returns floats: loss, grad_norm (pre-clip), lr;
         skipped, stop, events, and with ``stats`` the training batch's blank fraction and distinct phonemes.
 
-        Host syncs: one per step (the loss / grad-norm / stop flags, reduced over ranks) plus the infeasible-target
-        check; on a GPU that is a few microseconds of idle per step, the price of never applying a NaN update.
+        Host syncs: one per step (the loss / grad-norm / stop flags, reduced over ranks); the infeasible-target check
+        reads host copies of the lengths. On a GPU that is a few microseconds of idle per step, the price of never
+        applying a NaN update.
         """
         cfg = self.cfg
         (self.ddp if self.ddp is not None else self.model).train()
@@ -218,10 +222,10 @@ class Trainer:
             logits = self.forward(x, batch.day, lens)
         n = output_lengths(lens, cfg.model.patch_size, cfg.model.patch_stride, cfg.ctc.output_lengths,
                            logits.shape[1])
-        bad = infeasible_targets(n, batch.y, batch.y_lens)
+        bad, frames = self._infeasible_in(batch, logits.shape[1])
         infeasible = bool(bad.any())
         if infeasible:
-            self._report_infeasible(batch, bad, n)
+            self._report_infeasible(batch, bad, frames)
         loss = ctc_loss(logits, n, batch.y, batch.y_lens, reduction=cfg.ctc.reduction,
                         zero_infinity=cfg.ctc.zero_infinity)
         self.optimizer.zero_grad(set_to_none=True)
@@ -267,13 +271,24 @@ class Trainer:
             out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
         return out
 
-    def _report_infeasible(self, batch, bad, n) -> None:
-        for b in torch.nonzero(bad).flatten().tolist():
+    def _infeasible_in(self, batch, max_frames: int):
+        """(bad (B,) bool, frames (B,) int64) on the host: targets longer than their output frames after this
+        step's cut, from the host copies of the lengths (equal to losses.infeasible_targets; no device read)."""
+        lens = np.asarray(self.train_split.lengths[batch.index], dtype=np.int64)
+        if self.augment.last_cut:
+            lens = np.maximum(lens - self.augment.last_cut, 1)  # as TrainAugmentation cut them on the device
+        c = self.cfg
+        frames = output_lengths(torch.from_numpy(lens), c.model.patch_size, c.model.patch_stride,
+                                c.ctc.output_lengths, max_frames).numpy()
+        return self._need_frames[batch.index] > frames, frames
+
+    def _report_infeasible(self, batch, bad, frames) -> None:
+        for b in np.flatnonzero(bad):
             tid = self.train_split.trial_ids[int(batch.index[b])]
             if tid not in self.reported_infeasible:
                 self.reported_infeasible.add(tid)
                 log.warning("trial %s: target of %d phonemes cannot fit its %d output frames (CTC loss %s)", tid,
-                            int(batch.y_lens[b]), int(n[b]),
+                            int(self.train_split.target_lengths[batch.index[b]]), int(frames[b]),
                             "zeroed by zero_infinity" if self.cfg.ctc.zero_infinity else "infinite")
 
     # -- the loop -------------------------------------------------------------------------------------------------

@@ -38,13 +38,15 @@ class TrainAugmentation:
         self.taps = smoothing.taps
         self.backend = smoothing.backend
         self.streams = streams
+        self.last_cut = 0  # bins the last call cut from the start of the batch
 
     def __call__(self, x: torch.Tensor, lens: torch.Tensor, step: int):
         from fastdecoder.ops import augment, sample_masks
 
         a = self.cfg
+        self.last_cut = 0
         if a.random_cut > 0:
-            cut = int(self.streams.cut.integers(0, a.random_cut))
+            cut = self.last_cut = int(self.streams.cut.integers(0, a.random_cut))
             if cut:
                 x = x[:, cut:]
                 lens = (lens - cut).clamp(min=1)

@@ -1,19 +1,19 @@
-"""Benchmark set-up: Triton runs through its interpreter where CUDA is absent (set before triton is imported)."""
-import os
+"""Benchmark set-up: the test suite's own (tests/conftest.py: Triton interpreter without CUDA, GPU skips,
+reproducible seeds), loaded from there rather than copied."""
+import importlib.util
+import sys
+from pathlib import Path
 
-import pytest
-import torch
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+_spec = importlib.util.spec_from_file_location("fastdecoder_tests_conftest", _TESTS / "conftest.py")
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; none is available on this machine")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+pytest_collection_modifyitems = _shared.pytest_collection_modifyitems
+pytest_report_header = _shared.pytest_report_header
+pytest_runtest_setup = _shared.pytest_runtest_setup
+pytest_runtest_makereport = _shared.pytest_runtest_makereport
+test_seed = _shared.test_seed
+rng = _shared.rng

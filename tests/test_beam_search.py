@@ -9,13 +9,14 @@ import torch
 
 from ctc_oracle import brute_force_prefix_scores, number_of_prefixes, peaky_log_probs, prefix_beam_search
 from fastdecoder.decode import beam_search, greedy_decode
+import seeding
 
 TOL = 1e-4
 
 
 def fresh_rng():
     """Fresh inputs every run; the seed is printed (pytest shows it on failure) so a failure can be replayed."""
-    seed = int(np.random.SeedSequence().entropy % 2**63)
+    seed = seeding.fresh_seed()
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
 

@@ -15,6 +15,7 @@ import torch
 from fastdecoder.nn import LayerNormGRU
 from fastdecoder.ops import FastPathUnavailable, triton_usable
 from fastdecoder.ops.ln_gru import ln_gru_reference
+import seeding
 
 HAS_CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not triton_usable("cuda" if HAS_CUDA else "cpu"),
@@ -22,7 +23,7 @@ needs_triton = pytest.mark.skipif(not triton_usable("cuda" if HAS_CUDA else "cpu
 
 
 def _seed() -> int:
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = seeding.fresh_seed()
     torch.manual_seed(seed)
     return seed
 

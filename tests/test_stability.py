@@ -54,7 +54,6 @@ def test_planted_nan_gradient_is_skipped_without_touching_weights(data_path):
 
     def step():
         out = trainer.train_step(collate(trainer.train_split, next(trainer.sampler)))
-        trainer.step += 1
         return out
 
     for _ in range(3):
@@ -188,3 +187,28 @@ def test_infeasible_targets_are_reported_by_trial_id(data_path, caplog):
     # zero_infinity is off (b2t25): such batches have an infinite loss and are skipped, saying why
     assert summary["skipped_updates"] >= 1 and summary["infeasible_trials"] == trainer.infeasible_trials
     assert "non-finite loss" in caplog.text and "targets longer than their output frames" in caplog.text
+
+
+def test_host_infeasible_check_equals_the_device_one(data_path):
+    """The per-step infeasible-target check reads host lengths; it must flag exactly what the device tensors say."""
+    from fastdecoder.losses import infeasible_targets, output_lengths
+
+    cfg = make_cfg(data_path, model={"patch_stride": 24}, augment={"random_cut": 8}, train={"steps": 10})
+    trainer = Trainer(cfg, None, progress=False)
+    host_check, seen = trainer._infeasible_in, []
+
+    def both(batch, max_frames):
+        bad, frames = host_check(batch, max_frames)
+        cut = trainer.augment.last_cut
+        lens = (batch.x_lens - cut).clamp(min=1) if cut else batch.x_lens
+        n = output_lengths(lens, cfg.model.patch_size, cfg.model.patch_stride, cfg.ctc.output_lengths, max_frames)
+        assert frames.tolist() == n.tolist()
+        assert bad.tolist() == infeasible_targets(n, batch.y, batch.y_lens).tolist()
+        seen.append((cut, int(bad.sum())))
+        return bad, frames
+
+    trainer._infeasible_in = both
+    for _ in range(10):
+        trainer.train_step(trainer.next_batch())
+    assert trainer.step == 10 and len(seen) == 10
+    assert any(c for c, _ in seen) and any(k for _, k in seen), seen  # cuts happened and some targets did not fit

@@ -13,6 +13,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from fastdecoder.errors import UserError, writing
+
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a decoder from a config (preset name or YAML file)")
@@ -94,7 +96,7 @@ def cmd_bench(args) -> int:
     from fastdecoder.train.bench import SYNTHETIC, bench_train, format_report
 
     if args.steps < 1 or args.warmup < 0:
-        raise ValueError("--steps must be >= 1 and --warmup >= 0")
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
@@ -132,17 +134,17 @@ def cmd_train(args) -> int:
     state = None
     if args.resume:
         if args.overwrite:
-            raise ValueError("--resume and --overwrite conflict: --resume continues the run in --out, --overwrite "
+            raise UserError("--resume and --overwrite conflict: --resume continues the run in --out, --overwrite "
                              "deletes it")
         if out is None:
-            raise ValueError("--resume needs --out DIR, the run folder holding last.pt")
+            raise UserError("--resume needs --out DIR, the run folder holding last.pt")
         state = load_checkpoint(out / "last.pt")  # names the file if missing, corrupt or foreign; touches nothing
         check_resumable(state, out / "last.pt")
         cfg = (load_config(args.config, overrides) if args.config
                else config_from_dict(apply_overrides(state["config"], overrides)))
     else:
         if not args.config:
-            raise ValueError("--config is required (a preset name or YAML file), unless --resume continues a run")
+            raise UserError("--config is required (a preset name or YAML file), unless --resume continues a run")
         cfg = load_config(args.config, overrides)
         if out is not None and out.exists() and (any(out.glob("*.pt")) or (out / "metrics.jsonl").exists()):
             if not args.overwrite:
@@ -196,7 +198,7 @@ def _word_lexicon(name, ds, data_path):
     if name == "train":
         tr = ds.splits.get("train")
         if tr is None or tr.targets is None or tr.transcriptions is None:
-            raise ValueError(f"--lexicon train needs a labelled training split in {data_path}")
+            raise UserError(f"--lexicon train needs a labelled training split in {data_path}")
         return lexicon_from_split(tr.transcriptions, tr.targets)
     return load_lexicon(None if name in (None, "cmudict") else name)
 
@@ -221,24 +223,22 @@ def _add_stream(sub) -> None:
 
 
 def cmd_stream(args) -> int:
+    """Replay a split through the streaming decoder; the words as they firm up, latency, PER/WER."""
     from fastdecoder.data import load_dataset
     from fastdecoder.stream import StreamingDecoder
     from fastdecoder.stream.replay import replay
-    from fastdecoder.train.trainer import load_run
+    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.train.device import resolve_device
 
-    cfg, model, _ = load_run(Path(args.run), args.checkpoint, args.device)
+    device = resolve_device(args.device, "--device")
+    cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
     data_path = args.data or cfg.data.path
     ds = load_dataset(data_path, "auto")
     if args.split not in ds.splits:
-        raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
-    word_decoder = None
-    if args.lm:
-        from fastdecoder.decode import WordDecoder
-
-        word_decoder = WordDecoder(_word_lexicon(args.lexicon, ds, data_path), args.lm, lm_weight=args.lm_weight,
-                                   beam_width=args.word_beam_width)
-    decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=word_decoder, device=args.device)
+        raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[args.split]
+    word_decoder = _word_decoder(args, ds, split, data_path) if args.lm else None
+    decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=word_decoder, device=device)
     show = None if args.quiet or word_decoder is None else (
         lambda i, words: print(f"[{split.trial_ids[i]}] {' '.join(words)}", flush=True))
     report = replay(decoder, split, hop=args.hop, realtime=args.realtime, max_trials=args.max_trials, on_words=show)
@@ -248,61 +248,58 @@ def cmd_stream(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    import numpy as np
+def _word_decoder(args, ds, split, data_path):
+    """The WordDecoder of ``--lm`` / ``--lexicon`` / ``--lm-weight`` / ``--word-beam-width``."""
+    from fastdecoder.decode import WordDecoder
 
+    if split.transcriptions is None:
+        raise UserError(f"split '{args.split}' of {data_path} has no transcriptions: WER needs them")
+    return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
+                       beam_width=args.word_beam_width)
+
+
+def cmd_eval(args) -> int:
+    """Score a run's checkpoint on a split through the trainer's own evaluation path (same transform, autocast)."""
     from fastdecoder.data import load_dataset
+    from fastdecoder.evaluation import EvalSettings, beam_hypotheses, evaluate
+    from fastdecoder.decode import error_rate
     from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.train.evaluate import evaluate
-    from fastdecoder.train.trainer import beam_per, load_run
-    import torch
+    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.train.device import resolve_device
 
     run = Path(args.run)
-    cfg, model, state = load_run(run, args.checkpoint, args.device)
+    device = resolve_device(args.device, "--device")
+    cfg, model, state = load_run(run, args.checkpoint, device)
     data_path = args.data or cfg.data.path
     ds = load_dataset(data_path, "auto")
     if args.split not in ds.splits:
-        raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
+        raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[args.split]
-    res = evaluate(model, split, transform=model.input_transform, device=torch.device(args.device),
-                   batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
-                   patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam" or bool(args.lm))
+    settings = EvalSettings.from_config(cfg, device)
+    words = _word_decoder(args, ds, split, data_path) if args.lm else None
+    res = evaluate(model, split, settings, decoder="words" if words is not None else args.decoder,
+                   beam_width=args.beam_width, word_decoder=words)
     out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,
            "trials": res.n_trials}
-    beam_hyps = None
     if split.targets is not None:
         out["per_greedy"] = res.per
+    beam = res.beam
     if args.decoder == "beam":
-        from fastdecoder.decode import beam_search
-
-        T = max(lp.shape[0] for lp in res.log_probs)
-        arr = np.zeros((len(res.log_probs), T, res.log_probs[0].shape[1]), dtype=np.float32)
-        lens = np.array([lp.shape[0] for lp in res.log_probs])
-        for i, lp in enumerate(res.log_probs):
-            arr[i, : lp.shape[0]] = lp
-        beam_hyps = [h[0][0] for h in beam_search(arr, lens, beam_width=args.beam_width)]
+        if beam is None:  # words were decoded; the phoneme beam search runs on the same log-probs
+            beam = beam_hypotheses(res.log_probs, args.beam_width)
         if split.targets is not None:
-            out["per_beam"], out["beam_width"] = beam_per(res, split, args.beam_width)
-    word_hyps = None
-    if args.lm:
-        from fastdecoder.decode import evaluate_words
-
-        if split.transcriptions is None:
-            raise ValueError(f"split '{args.split}' of {data_path} has no transcriptions: WER needs them")
-        lexicon = _word_lexicon(args.lexicon, ds, data_path)
-        refs = [split.transcriptions[i] for i in res.indices]
-        wres = evaluate_words(res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
-                              beam_width=args.word_beam_width)
-        out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
-        word_hyps = wres.hypotheses
+            refs = [split.targets[i].tolist() for i in res.indices]
+            out["per_beam"], out["beam_width"] = error_rate(beam, refs)[0], args.beam_width
+    if res.words is not None:
+        out.update(wer=res.words.wer, word_edits=res.words.edits, reference_words=res.words.words, lm=args.lm)
     pred_path = run / f"predictions_{args.split}_{args.checkpoint}.jsonl"
-    with open(pred_path, "w") as f:
+    with writing(pred_path), open(pred_path, "w") as f:
         for k, i in enumerate(res.indices):
             rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
-            if beam_hyps is not None:
-                rec["beam"] = ids_to_text(beam_hyps[k])
-            if word_hyps is not None:
-                rec["words"] = word_hyps[k]
+            if beam is not None:
+                rec["beam"] = ids_to_text(beam[k])
+            if res.words is not None:
+                rec["words"] = res.words.hypotheses[k]
                 rec["transcription"] = split.transcriptions[i]
             if split.targets is not None:
                 rec["target"] = ids_to_text(split.targets[i])
@@ -316,9 +313,9 @@ def cmd_lm(args) -> int:
     from fastdecoder.decode import build_lm
 
     if args.order < 1:
-        raise ValueError(f"--order must be >= 1, got {args.order}")
+        raise UserError(f"--order must be >= 1, got {args.order}")
     if not Path(args.text).is_file():
-        raise FileNotFoundError(f"corpus {args.text} does not exist")
+        raise UserError(f"corpus {args.text} does not exist")
     lm = build_lm(args.text, args.order, args.out)
     counts = ", ".join(f"{n}-grams: {c}" for n, c in enumerate(lm.counts, 1))
     print(f"wrote {args.out}: order {args.order}, {counts}")
@@ -367,13 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
     logging.basicConfig(level=level, format=f"%(levelname)s {'' if rank == 0 else f'[rank {rank}] '}%(message)s")
-    from fastdecoder.config import ConfigError
     from fastdecoder.train.stability import NonFiniteError
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
                 "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command}[args.cmd](args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteError as e:

@@ -1,9 +1,25 @@
-"""The error type of every problem a user can fix (bad config, bad data file, bad argument).
+"""The error type for problems with what a user gave (a file, a value, an option, the machine's resources).
 
-Front ends print a `UserError` as one line (no traceback); its message names the key, file or trial and says what
-was expected. It is a ValueError, so existing ``except ValueError`` handlers keep working.
+``fastdecoder`` commands print a ``UserError`` as one line (``error: ...``, exit status 2) without a traceback; any
+other exception is a bug and shows its traceback. Its message names the file, key or option and what was expected.
 """
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class UserError(ValueError):
-    """A problem in the user's input (config key, data file, argument); the message says what was expected."""
+    """Bad input from the user (file, value, option) or an unusable environment (disk full, no GPU): says which."""
+
+
+@contextmanager
+def writing(path: str | Path, what: str = "file"):
+    """Turn an OSError raised while writing ``path`` (disk full, read-only, a file where a folder should be, no
+    permission) into a UserError naming the path and the reason."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise UserError(f"cannot write the {what} {path}: {reason}"
+                        + (f" ({e.filename})" if e.filename and str(e.filename) != str(path) else "")) from e

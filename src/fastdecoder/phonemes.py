@@ -4,7 +4,6 @@ Class 0 is the CTC blank, 1..39 the ARPAbet phonemes without stress, 40 SIL (wor
 end): 41 classes in all.
 """
 
-BLANK = 0
 PHONEMES = (
     "AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY", "JH",
     "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH",

@@ -65,10 +65,6 @@ class Split:
             return np.zeros(len(self), dtype=np.int64)
         return np.fromiter((t.shape[0] for t in self.targets), dtype=np.int64, count=len(self.targets))
 
-    @property
-    def labeled(self) -> bool:
-        return self.targets is not None
-
 
 @dataclass(eq=False)
 class Dataset:

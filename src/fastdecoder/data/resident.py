@@ -45,7 +45,7 @@ class ResidentSplit:
         self.pinned = pin and self.device.type == "cpu" and torch.cuda.is_available()
         for name, t in host.items():
             setattr(self, name, t.pin_memory() if self.pinned else t.to(self.device))
-        
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in
@@ -61,7 +61,9 @@ class ResidentSplit:
             raise ValueError("a batch needs at least one trial index")
         if index.min() < 0 or index.max() >= self.n:
             raise IndexError(f"trial indices must lie in 0..{self.n - 1}, got {index.min()}..{index.max()}")
-        idx = torch.from_numpy(index).to(self.start.device)
+        idx = torch.from_numpy(index)
+        if self.start.device.type == "cuda":  # a pinned, asynchronous copy: no host sync per step
+            idx = idx.pin_memory().to(self.start.device, non_blocking=True)
         lens = self.length[idx]
         T = int(self.host_length[index].max())
         t = torch.arange(T, device=idx.device)

@@ -327,3 +327,12 @@ def write_synthetic(out_path: str | Path, format: str, spec: SynthSpec | None = 
         write_b2t25(out, ds)
     _sentinel_path(out, format).write_text(json.dumps(dataclasses.asdict(spec), indent=1))
     return out
+
+
+def written_from(out_path: str | Path, format: str, spec: SynthSpec) -> bool:
+    """True if ``out_path`` holds the output of ``write_synthetic(out_path, format, spec)`` (its stamp matches)."""
+    stamp = _sentinel_path(Path(out_path), format)
+    try:
+        return json.loads(stamp.read_text()) == json.loads(json.dumps(dataclasses.asdict(spec)))
+    except (OSError, ValueError):
+        return False

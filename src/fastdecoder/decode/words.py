@@ -28,6 +28,7 @@ import numpy as np
 
 from fastdecoder import _words
 from fastdecoder.decode.beam import _as_array, _as_lengths, _int_arg
+from fastdecoder.decode.padding import pad_log_probs
 from fastdecoder.decode.lm import BOS, EOS, UNK, ArpaLM, load_arpa, normalize_text, read_text_bytes
 from fastdecoder.decode.metrics import greedy_decode, word_error_rate
 from fastdecoder.phonemes import N_CLASSES, PHONEMES, SIL
@@ -330,19 +331,7 @@ def _batch(log_probs, lengths):
     if isinstance(log_probs, (list, tuple)):
         if lengths is not None:
             raise ValueError("lengths must be None when log_probs is a list of (T, V) arrays")
-        arrs = [_as_array(x) for x in log_probs]
-        for i, a in enumerate(arrs):
-            if a.ndim != 2:
-                raise ValueError(f"log_probs[{i}] must be (time, classes), got shape {tuple(a.shape)}")
-        V = arrs[0].shape[1] if arrs else N_CLASSES
-        T = max((a.shape[0] for a in arrs), default=0)
-        dtype = np.float64 if any(a.dtype == np.float64 for a in arrs) else np.float32
-        out = np.zeros((len(arrs), T, V), dtype=dtype)
-        for i, a in enumerate(arrs):
-            if a.shape[1] != V:
-                raise ValueError(f"log_probs[{i}] has {a.shape[1]} classes, log_probs[0] has {V}")
-            out[i, : a.shape[0]] = a
-        return out, np.array([a.shape[0] for a in arrs], dtype=np.int64)
+        return pad_log_probs([_as_array(x) for x in log_probs], N_CLASSES)
     arr = _as_array(log_probs)
     if arr.ndim != 3:
         raise ValueError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")

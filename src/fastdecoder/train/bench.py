@@ -24,28 +24,33 @@ def _sync(device: torch.device) -> None:
 
 
 def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
-    """Train ``warmup + steps`` steps on one path; time the last ``steps``. Returns losses of every step."""
+    """Train ``warmup + steps`` steps on one path (the trainer's own loop); time the last ``steps``. Returns losses of
+    every step."""
     from fastdecoder.train.trainer import Trainer
 
     never = 10**9
     c = replace(cfg, train=replace(cfg.train, fast=fast, steps=warmup + steps, eval_every=never, log_every=never,
                                    checkpoint_every=never, beam_width=0, plot=False))
     tr = Trainer(c, None, progress=False)
+    tr.val_split = None  # training speed only: no evaluation at the end
     dev = tr.device
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-    losses = []
-    t0 = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(dev)
-            t0 = time.perf_counter()
-        out = tr.train_step(tr.next_batch())
-        tr.step += 1
+    losses: list[float] = []
+    t0: list[float] = []
+
+    def on_step(out: dict) -> None:
         losses.append(out["loss"])
+        if tr.step == warmup:
+            _sync(dev)
+            t0.append(time.perf_counter())
+
+    if warmup == 0:
+        t0.append(time.perf_counter())
+    tr.run(on_step=on_step)
     _sync(dev)
-    seconds = time.perf_counter() - (t0 if t0 is not None else time.perf_counter())
+    seconds = time.perf_counter() - t0[0]
     return {"fast": fast, "device": str(dev), "batches_per_second": steps / seconds if seconds > 0 else float("nan"),
             "seconds": seconds, "losses": losses,
             "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,

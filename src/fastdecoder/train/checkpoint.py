@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from fastdecoder.errors import UserError, writing
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, corrupt, or not one of ours; the message names the file."""
 
 
@@ -33,8 +34,12 @@ RESUME_KEYS = ("model", "step", "config", "optimizer", "schedule", "sampler", "r
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace + fsync of the folder)."""
     path = Path(path)
+    with writing(path, "checkpoint"):
+        _save_atomically({"format": FORMAT_TAG, **state}, path)
+
+
+def _save_atomically(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT_TAG, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual file mode
@@ -110,3 +115,26 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
+    """(config, model in eval mode on ``device``, checkpoint dict) from a run folder's ``best.pt`` / ``last.pt``.
+
+    The model is built as the training run built it on that device (same op backends, see train.device), so the
+    evaluation path reproduces the run's own validation PER.
+    """
+    from fastdecoder.config import config_from_dict
+    from fastdecoder.train.device import build_model, resolve_device
+
+    device = device if isinstance(device, torch.device) else resolve_device(device, "--device")
+    run_dir = Path(run_dir)
+    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
+    state = load_checkpoint(run_dir / name)
+    cfg = config_from_dict(state["config"])
+    model = build_model(cfg, device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {run_dir / name} does not match its own config: "
+                              f"{str(e).splitlines()[0]}") from None
+    return cfg, model.eval(), state

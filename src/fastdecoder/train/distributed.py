@@ -6,7 +6,7 @@ LOCAL_RANK; the Trainer then joins a process group (NCCL when it trains on CUDA,
 
 Choices (documented in the README paragraph of the trainer):
 
-* Data: every rank draws its own batches from the whole training split with its own seed (``seed + 10007 * rank``
+* Data: every rank draws its own batches from the whole training split with its own seed (``rng.rank_seed``: ``seed + 10007 * rank``
   for the sampler, the random cut, the masks and the augmentation noise), so ``train.batch_size`` is per rank and
   an optimizer step sees ``N * batch_size`` trials. The b2t25 sampler draws days and trials with replacement anyway,
   so independent per-rank streams are the same distribution as one larger batch; no rank repeats another's batch.
@@ -59,14 +59,13 @@ def setup(device_name: str) -> tuple[DistInfo, torch.device]:
     ``device_name`` is train.device: auto/cuda use ``cuda:LOCAL_RANK`` with NCCL where CUDA is present; cpu (or no
     CUDA) uses gloo on the CPU.
     """
-    from fastdecoder.train.trainer import resolve_device
+    from fastdecoder.train.device import resolve_device
 
     info = env_info()
+    requested = resolve_device(device_name)  # checks the name (and CUDA's presence) on every rank
     if not info.enabled:
-        return info, resolve_device(device_name)
-    use_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {device_name!r} but CUDA is not available on this machine")
+        return info, requested
+    use_cuda = requested.type == "cuda"
     device = torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:

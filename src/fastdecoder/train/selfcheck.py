@@ -101,6 +101,7 @@ def _check_resident_batches(tr):
 def _reference_augment(tr) -> None:
     tr.ops_backend = "reference"
     tr.model.smoothing_backend = "reference"
+    tr.eval_transform.backend = "reference"  # shared by the training augmentation and evaluation
 
 
 def _reference_ln_gru(tr) -> None:

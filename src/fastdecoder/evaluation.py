@@ -1,0 +1,215 @@
+"""The one evaluation path: a model over a split -> log-probs -> greedy / beam / word hypotheses -> PER, WER.
+
+Used by the trainer (validation PER, best.pt), ``fastdecoder eval``, ``bench`` and the streaming and ensemble code.
+``EvalSettings.from_config(cfg, device)`` holds what must match the training run for a checkpoint's PER to
+reproduce exactly: the eval-time transform (and its op backend), the autocast dtype, batch size and output lengths.
+
+    settings = EvalSettings.from_config(cfg, device)
+    res = evaluate(model, split, settings, decoder="beam", beam_width=20)   # res.per (greedy), res.per_beam
+    lp = split_log_probs(model, split, settings)                             # per-trial (N_i, 41) log-probs
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fastdecoder.decode.padding import pad_log_probs
+from fastdecoder.errors import UserError
+from fastdecoder.losses import ctc_loss, output_lengths
+
+__all__ = ["EvalSettings", "EvalResult", "SplitLogProbs", "evaluate", "split_log_probs", "beam_hypotheses",
+           "pad_log_probs", "check_compatible"]
+
+DECODERS = ("greedy", "beam", "words")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a split is scored. transform(x (B, T, C), lens (B,)) -> x; autocast_dtype None = fp32."""
+    transform: Callable
+    device: torch.device
+    batch_size: int
+    ctc_cfg: object
+    patch_size: int
+    patch_stride: int
+    autocast_dtype: torch.dtype | None = None
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "EvalSettings":
+        """The settings a training run with ``cfg`` on ``device`` evaluates with (same transform, same autocast)."""
+        from fastdecoder.train.device import autocast_dtype, ops_backend
+        from fastdecoder.train.transforms import EvalTransform
+
+        return cls(transform=EvalTransform(cfg, device, ops_backend(cfg, device)), device=device,
+                   batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
+                   patch_stride=cfg.model.patch_stride, autocast_dtype=autocast_dtype(cfg, device))
+
+
+@dataclass
+class SplitLogProbs:
+    """Per trial of a split (in ``indices`` order): log_probs[k] (N_k, V) float32 over its N_k valid frames."""
+    indices: np.ndarray
+    log_probs: list
+    lengths: np.ndarray          # (n,) int64 N_k
+
+
+@dataclass
+class EvalResult:
+    per: float                      # greedy PER (edits / reference phonemes); NaN without labels
+    edits: int
+    n_ref: int
+    loss: float | None              # mean CTC loss over labelled trials (None if unlabelled)
+    blank_fraction: float           # share of valid frames whose argmax is blank
+    n_trials: int
+    indices: np.ndarray = field(repr=False)       # trial indices into the split, in result order
+    greedy: list = field(repr=False)              # per trial: greedy ids
+    log_probs: list = field(default_factory=list, repr=False)  # per trial: (N_i, V) float32 (kept for beam/words)
+    distinct_phonemes: int = 0      # distinct non-blank classes among the valid frames' argmax (output diversity)
+    beam: list | None = field(default=None, repr=False)  # decoder="beam": per trial the best prefix's ids
+    per_beam: float | None = None   # decoder="beam" on a labelled split
+    beam_width: int | None = None
+    words: object | None = field(default=None, repr=False)  # decoder="words": a decode.WordEvaluation
+
+    @property
+    def hypotheses(self) -> list:
+        """The chosen decoder's hypotheses: word strings, beam ids or greedy ids."""
+        if self.words is not None:
+            return self.words.hypotheses
+        return self.beam if self.beam is not None else self.greedy
+
+
+def check_compatible(model, split, where: str = "the data") -> None:
+    """UserError if ``split`` has more days (sessions) or another feature width than ``model`` was built for."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or len(split) == 0:
+        return
+    top = int(np.max(split.day))
+    if top >= cfg.n_days:
+        raise UserError(f"{where} holds trials of day (session) index {top}, but the model has day layers for "
+                        f"{cfg.n_days} days only (0..{cfg.n_days - 1}): evaluate on the data it was trained on, or "
+                        "a subset of its sessions in the same order")
+    width = split.features[0].shape[1]
+    if width != cfg.n_features:
+        raise UserError(f"{where} has {width} features per bin, the model expects {cfg.n_features}")
+
+
+@torch.no_grad()
+def _batches(model, split, s: EvalSettings, max_trials: int | None):
+    """Per eval batch: (batch on the device, float32 logits, output lengths)."""
+    from fastdecoder.data import eval_batches
+
+    n_seen = 0
+    for batch in eval_batches(split, s.batch_size):
+        if max_trials is not None and n_seen >= max_trials:
+            return
+        batch = batch.to(s.device)
+        x = s.transform(batch.x, batch.x_lens)
+        with torch.autocast(s.device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
+            logits = model(x, batch.day, batch.x_lens)
+        logits = logits.float()
+        n = output_lengths(batch.x_lens, s.patch_size, s.patch_stride, s.ctc_cfg.output_lengths, logits.shape[1])
+        yield batch, logits, n
+        n_seen += batch.x.shape[0]
+
+
+def _host_log_probs(logits: torch.Tensor, n: torch.Tensor):
+    """(log-probs (B, N, V) and lengths (B,) on the host, per-trial (N_b, V) NumPy views over the valid frames)."""
+    lp, n_host = logits.log_softmax(-1).cpu(), n.cpu()
+    return lp, n_host, [lp[b, : n_host[b]].numpy() for b in range(lp.shape[0])]
+
+
+class _EvalMode:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was_training)
+
+
+def split_log_probs(model, split, settings: EvalSettings, *, max_trials: int | None = None) -> SplitLogProbs:
+    """Per-trial log-probs over the valid output frames (the inputs of beam search, word decoding, ensembles)."""
+    check_compatible(model, split)
+    idx, lps, lens = [], [], []
+    with _EvalMode(model):
+        for batch, logits, n in _batches(model, split, settings, max_trials):
+            _, n_host, trials = _host_log_probs(logits, n)
+            idx.extend(int(i) for i in batch.index)
+            lps.extend(trials)
+            lens.extend(int(v) for v in n_host)
+    k = len(idx) if max_trials is None else min(len(idx), max_trials)
+    return SplitLogProbs(indices=np.asarray(idx[:k], dtype=np.int64), log_probs=lps[:k],
+                         lengths=np.asarray(lens[:k], dtype=np.int64))
+
+
+def beam_hypotheses(log_probs: list, beam_width: int) -> list:
+    """Best prefix (ids) of the native CTC prefix beam search for each (N_i, V) array."""
+    from fastdecoder.decode import beam_search
+
+    if not log_probs:
+        return []
+    arr, lens = pad_log_probs(log_probs)
+    return [h[0][0] for h in beam_search(arr, lens, beam_width=beam_width)]
+
+
+def evaluate(model, split, settings: EvalSettings, *, decoder: str = "greedy", beam_width: int = 20,
+             word_decoder=None, max_trials: int | None = None, keep_log_probs: bool = False) -> EvalResult:
+    """Score ``model`` on ``split``: greedy PER, CTC loss, blank fraction, and (``decoder``) beam PER or WER.
+
+    decoder: "greedy"; "beam" (native prefix beam search of ``beam_width``); "words" (``word_decoder``, a
+    decode.WordDecoder, against the split's transcriptions). ``max_trials``: the first N trials only.
+    """
+    from fastdecoder.decode import error_rate, evaluate_words, greedy_decode
+
+    if decoder not in DECODERS:
+        raise UserError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "words" and word_decoder is None:
+        raise ValueError("decoder='words' needs word_decoder=")
+    check_compatible(model, split)
+    labelled = split.targets is not None
+    keep = keep_log_probs or decoder != "greedy"
+    hyps, refs, idx_all, lps = [], [], [], []
+    loss_sum, loss_n, blank, frames = 0.0, 0, 0, 0
+    seen_ids: set[int] = set()
+    with _EvalMode(model):
+        for batch, logits, n in _batches(model, split, settings, max_trials):
+            if labelled:
+                ok = (batch.y_lens > 0)
+                if ok.any():
+                    loss = ctc_loss(logits[ok], n[ok], batch.y[ok], batch.y_lens[ok], reduction="mean_batch",
+                                    zero_infinity=True)
+                    loss_sum += float(loss) * int(ok.sum())
+                    loss_n += int(ok.sum())
+            lp, nn_, trials = _host_log_probs(logits, n)
+            am = lp.argmax(-1)
+            valid = torch.arange(lp.shape[1])[None, :] < nn_[:, None]
+            blank += int(((am == 0) & valid).sum())
+            seen_ids.update(torch.unique(am[valid & (am != 0)]).tolist())
+            frames += int(valid.sum())
+            hyps.extend(greedy_decode(lp, nn_))
+            idx_all.extend(int(i) for i in batch.index)
+            if keep:
+                lps.extend(trials)
+            if labelled:
+                refs.extend(batch.y[b, : batch.y_lens[b]].tolist() for b in range(batch.y.shape[0]))
+    if max_trials is not None:
+        hyps, idx_all, refs, lps = hyps[:max_trials], idx_all[:max_trials], refs[:max_trials], lps[:max_trials]
+    per, edits, n_ref = (error_rate(hyps, refs) if refs else (float("nan"), 0, 0))
+    res = EvalResult(per=per, edits=edits, n_ref=n_ref, loss=(loss_sum / loss_n if loss_n else None),
+                     blank_fraction=blank / max(1, frames), n_trials=len(hyps), indices=np.asarray(idx_all),
+                     greedy=hyps, log_probs=lps, distinct_phonemes=len(seen_ids))
+    if decoder == "beam":
+        res.beam, res.beam_width = beam_hypotheses(lps, beam_width), beam_width
+        if refs:
+            res.per_beam = error_rate(res.beam, refs)[0]
+    elif decoder == "words":
+        if split.transcriptions is None:
+            raise UserError("word decoding needs the split's transcriptions (WER), and this split has none")
+        res.words = evaluate_words(lps, [split.transcriptions[i] for i in res.indices], decoder=word_decoder)
+    return res

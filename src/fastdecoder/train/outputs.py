@@ -1,0 +1,208 @@
+"""What a run writes and shows: DIR/metrics.jsonl, TensorBoard, the progress bar / log lines, summary.json, plots.
+
+Only the main rank writes. Every write that fails for a reason of the machine (disk full, read-only, a file where
+the folder should be) becomes a UserError naming the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from fastdecoder.config import save_config
+from fastdecoder.errors import UserError, writing
+
+log = logging.getLogger("fastdecoder.train")
+
+
+def prepare_run_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` and check it is writable (UserError naming it otherwise)."""
+    with writing(out_dir, "run folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+
+
+class Interval:
+    """Statistics of the steps since the last log line."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.steps = 0
+        self.losses: list[float] = []
+        self.gnorms: list[float] = []
+
+    def add(self, out: dict) -> None:
+        self.steps += 1
+        if math.isfinite(out["loss"]):
+            self.losses.append(out["loss"])
+        if math.isfinite(out["grad_norm"]):
+            self.gnorms.append(out["grad_norm"])
+
+    def record(self, step: int, lr: float, elapsed: float) -> dict:
+        """The metrics.jsonl record of this interval, ending at ``step`` (``elapsed``: training seconds so far)."""
+        rate = self.steps / max(time.perf_counter() - self.t0, 1e-9)
+        return {"step": step,
+                "loss": (sum(self.losses) / len(self.losses)) if self.losses else None,
+                "grad_norm": (sum(self.gnorms) / len(self.gnorms)) if self.gnorms else None,
+                "grad_norm_max": max(self.gnorms) if self.gnorms else None,
+                "lr": lr, "elapsed": round(elapsed, 3), "steps_per_second": round(rate, 3)}
+
+
+def hms(seconds: float) -> str:
+    """``M:SS`` or ``H:MM:SS`` ("?" for a non-finite duration)."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _fmt(v, f: str) -> str:
+    return format(v, f) if v is not None else "nan"
+
+
+class RunOutputs:
+    """The run folder's metrics, TensorBoard, progress bar and summary; ``history`` keeps every record."""
+
+    def __init__(self, out_dir: Path | None, is_main: bool, *, tensorboard: bool, plot: bool, progress: bool):
+        self.out_dir = out_dir
+        self.is_main = is_main
+        self.tensorboard = tensorboard and is_main
+        self.plot = plot
+        self.progress = progress and is_main
+        self.history: list[dict] = []
+        self.bar = None
+        self._tb = None
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+            except ImportError:
+                raise UserError("train.tensorboard is true but the tensorboard package is not installed "
+                                "(pip install tensorboard), or set train.tensorboard: false") from None
+
+    @property
+    def writes(self) -> bool:
+        return self.out_dir is not None and self.is_main
+
+    def open(self, cfg, resumed_from: int | None) -> None:
+        """config.yaml; on resume drop the metrics records after the checkpoint; TensorBoard writer."""
+        from fastdecoder.train.checkpoint import remove_stale_temp_files
+
+        if not self.writes:
+            return
+        prepare_run_folder(self.out_dir)
+        remove_stale_temp_files(self.out_dir)
+        with writing(self.out_dir / "config.yaml"):
+            save_config(cfg, self.out_dir / "config.yaml")
+        if resumed_from is not None:
+            self._truncate_metrics(resumed_from)
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=resumed_from)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Records from after the checkpoint (a crash between checkpoints) are redone by this run: drop them."""
+        metrics = self.out_dir / "metrics.jsonl"
+        keep = []
+        if metrics.is_file():
+            for line in metrics.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the crash
+                if isinstance(rec, dict) and int(rec.get("step", 0)) <= step:
+                    keep.append(line)
+        tmp = metrics.with_name(".metrics.jsonl.tmp")
+        with writing(metrics):
+            tmp.write_text("".join(k + "\n" for k in keep))
+            os.replace(tmp, metrics)
+
+    def log(self, rec: dict) -> None:
+        """One record: history, DIR/metrics.jsonl, TensorBoard scalars."""
+        if not self.is_main:
+            return
+        self.history.append(rec)
+        if self.out_dir is not None:
+            path = self.out_dir / "metrics.jsonl"
+            with writing(path), open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            kind = "event" if "event" in rec else ("val" if "val_per" in rec else "train")
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}" if kind != "event" else f"event/{rec['event']}/{k}", v,
+                                        rec["step"])
+
+    # -- progress ------------------------------------------------------------------------------------------------
+    def start_progress(self, total: int, initial: int) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def stop_progress(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def say(self, msg: str) -> None:
+        """A message above the bar (or a log line)."""
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            log.info(msg)
+
+    def show_train(self, rec: dict, skipped: int, *, steps: int, overall_rate: float) -> None:
+        """The progress bar's postfix, or without a bar a log line with the ETA."""
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            post = {"loss": _fmt(rec["loss"], ".3f"), "lr": f"{rec['lr']:.2e}", "gnorm": _fmt(rec["grad_norm"], ".2f")}
+            if skipped:
+                post["skipped"] = skipped
+            self.bar.set_postfix(post, refresh=False)
+            return
+        eta = (steps - rec["step"]) / max(overall_rate, 1e-9)
+        log.info("step %d/%d  loss %s  lr %.3g  grad norm %s (max %s)  %.2f steps/s  ETA %s%s", rec["step"], steps,
+                 _fmt(rec["loss"], ".4f"), rec["lr"], _fmt(rec["grad_norm"], ".3f"), _fmt(rec["grad_norm_max"], ".3f"),
+                 rec["steps_per_second"], hms(eta), f"  skipped {skipped}" if skipped else "")
+
+    # -- the end ------------------------------------------------------------------------------------------------
+    def write_summary(self, summary: dict) -> None:
+        """DIR/summary.json, atomically."""
+        if not self.writes:
+            return
+        path = self.out_dir / "summary.json"
+        with writing(path):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / ".summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Close TensorBoard and draw DIR/curves.png (if train.plot and matplotlib)."""
+        self.stop_progress()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self.writes and self.plot:
+            from fastdecoder.train.plot import PlotUnavailable, plot_run
+
+            try:
+                path = plot_run(self.out_dir)
+                log.info("wrote %s", path)
+            except PlotUnavailable:
+                log.info("matplotlib is not installed: no curves.png (pip install 'fastdecoder[plot]')")
+            except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
+                log.warning("could not plot the curves: %s", e)

@@ -1,0 +1,70 @@
+"""The batch transforms of a run: the eval-time transform (shared by training, ``eval`` and ``bench``) and the
+training augmentation.
+
+Both take x (B, T, C) float and lens (B,) int64 bins. Eval: b2t25 smooths the input ('same' padding, no noise);
+b2t24 smooths inside the model, so its eval transform is the identity. Training: random cut of
+randint(0, augment.random_cut) bins from the start of the batch, then one fused pass of white noise, constant
+offset, input smoothing and time/channel masks.
+"""
+from __future__ import annotations
+
+import torch
+
+from fastdecoder.train.rng import RunStreams, noise_seed
+
+
+class EvalTransform:
+    """``transform(x, lens) -> x`` at evaluation (and the smoothing part of training)."""
+
+    def __init__(self, cfg, device: torch.device, backend: str):
+        from fastdecoder.ops import gaussian_taps
+
+        self.backend = backend
+        self.taps = gaussian_taps(cfg.model.smooth_taps).to(device) if cfg.model.smoothing == "input" else None
+        self.mask_padding = cfg.model.mask_padding
+
+    def span(self, lens: torch.Tensor) -> torch.Tensor | None:
+        """The lengths the transforms respect: ``lens`` with ``model.mask_padding``, else None (the whole padded
+        batch, as both reference codes do; see GRUDecoder.padding_lengths)."""
+        return lens if self.mask_padding else None
+
+    def __call__(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        if self.taps is None:
+            return x
+        from fastdecoder.ops import augment
+
+        return augment(x, self.span(lens), smooth_taps=self.taps, backend=self.backend)
+
+
+class TrainAugmentation:
+    """``augment(x, lens, step) -> (x, lens)``: the training-time augmentation drawn from the run's streams."""
+
+    def __init__(self, cfg, smoothing: EvalTransform, streams: RunStreams, out_dtype: torch.dtype | None = None):
+        self.cfg = cfg.augment
+        self.smoothing = smoothing  # its taps, padding rule and op backend (a self-check fallback changes it there)
+        self.streams = streams
+        self.out_dtype = out_dtype  # bf16 under bf16 autocast when the next op is the day layer's matmul
+        self.last_cut = 0  # bins the last call cut from the start of the batch
+
+    def __call__(self, x: torch.Tensor, lens: torch.Tensor, step: int):
+        from fastdecoder.ops import augment, sample_masks
+
+        a = self.cfg
+        self.last_cut = 0
+        if a.random_cut > 0:
+            cut = self.last_cut = int(self.streams.cut.integers(0, a.random_cut))
+            if cut:
+                x = x[:, cut:]
+                lens = (lens - cut).clamp(min=1)
+        B, T, C = x.shape
+        tm = fm = None
+        if (a.time_mask_count and a.time_mask_prob) or (a.freq_mask_count and a.freq_mask_prob):
+            tm, fm = sample_masks(B, T, C, lengths=lens, time_prob=a.time_mask_prob, time_max_width=a.time_mask_width,
+                                  time_max_count=a.time_mask_count, freq_prob=a.freq_mask_prob,
+                                  freq_max_width=a.freq_mask_width, freq_max_count=a.freq_mask_count,
+                                  generator=self.streams.masks, device=x.device)
+        s = self.smoothing
+        x = augment(x, s.span(lens), white_noise_std=a.white_noise_std, constant_offset_std=a.constant_offset_std,
+                    smooth_taps=s.taps, time_masks=tm, freq_masks=fm, seed=noise_seed(self.streams.rank_seed, step),
+                    noise=a.noise, out_dtype=self.out_dtype, backend=s.backend)
+        return x, lens

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastdecoder.errors import UserError
+from fastdecoder.ops.checks import augment_error, exact_fp32, ln_gru_errors, max_error  # noqa: F401
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 OPS = ("augment", "ln_gru", "train_step", "decoders")
 
@@ -41,111 +44,16 @@ class Row:
     detail: str = ""
 
 
-def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected| (in fp32); inf on a shape mismatch or a non-finite value."""
-    a, e = actual.detach().float(), expected.detach().float()
-    if a.shape != e.shape or not bool(torch.isfinite(a).all()) or not bool(torch.isfinite(e).all()):
-        return float("inf")
-    if a.numel() == 0:
-        return 0.0
-    return float((a - e).abs().max() / e.abs().max().clamp_min(1e-12))
-
-
 def _row(op, device, dtype, err, tol, detail="") -> Row:
     return Row(op, str(device), dtype, err, tol, "pass" if err <= tol else "FAIL", detail)
 
 
-@contextlib.contextmanager
-def exact_fp32():
-    """Reference runs in true fp32 on CUDA (no TF32 in matmuls and convolutions)."""
-    keep = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = keep
-
-
 def triton_usable(device: torch.device) -> tuple[bool, str]:
-    """Whether the Triton kernels can run on ``device`` here (CUDA, or the CPU through the interpreter)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False, "triton is not installed"
-    if device.type == "cuda":
-        return True, ""
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True, ""
-    return False, "Triton runs on a CPU only through its interpreter (TRITON_INTERPRET=1 before triton is imported)"
+    """Whether the Triton kernels can run on ``device`` here, and if not why (the ops' one rule)."""
+    from fastdecoder.ops.triton_support import why_triton_unusable
 
-
-# ------------------------------------------------------------------------------------------------- op checks
-def augment_error(device, dtype: torch.dtype, shape, seed: int) -> float:
-    """One augmentation batch (noise, offset, smoothing, masks), Triton vs reference; returns the error."""
-    from fastdecoder.ops import augment, sample_masks
-
-    B, T, C = shape
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g).to(device)
-    lengths = torch.randint(max(1, T // 2), T + 1, (B,), generator=g)
-    tm, fm = sample_masks(B, T, C, lengths=lengths, time_prob=0.5, time_max_width=max(1, T // 8), time_max_count=2,
-                          freq_prob=0.5, freq_max_width=max(1, C // 8), freq_max_count=2, generator=g, device=device)
-    kw = dict(white_noise_std=1.0, constant_offset_std=0.2, smooth_taps="b2t25" if seed % 2 else "b2t24",
-              time_masks=tm, freq_masks=fm, seed=seed)
-    with exact_fp32():
-        ref = augment(x, lengths, backend="reference", **kw)
-    fast = augment(x, lengths, backend="triton", out_dtype=dtype, **kw)
-    if fast.dtype != dtype:
-        return float("inf")
-    return max_error(fast, ref)
-
-
-def _ln_gru_run(m, x, h0, wo, wh):
-    """Forward + backward of sum(out wo) + sum(h_n wh): (outputs, gradients) as two lists of tensors."""
-    x = x.detach().clone().requires_grad_(True)
-    h0 = h0.detach().clone().requires_grad_(True)
-    out, h_n = m(x, h0)
-    loss = (out.float() * wo).sum() + (h_n.float() * wh).sum()
-    grads = torch.autograd.grad(loss, [x, h0] + list(m.parameters()))
-    return [out.detach(), h_n.detach()], list(grads)
-
-
-def ln_gru_errors(device, dtype: torch.dtype, shape, seed: int,
-                  bf16_factor: float | None = None) -> tuple[float, float, float, float]:
-    """Triton LN-GRU vs the PyTorch loop on one random problem ``shape = (B, T, I, H, layers, bidirectional)``.
-
-    Returns (forward error, backward error, forward tolerance, backward tolerance); in bf16 (autocast) the
-    tolerances are twice (on a CPU, whose tiny problems are noisy, three times) the error of the reference's own bf16
-    run (both against the fp32 reference), floor 1e-3; ``bf16_factor`` overrides the factor.
-    """
-    from fastdecoder.nn import LayerNormGRU
-
-    B, T, I, H, L, bidir = shape
-    D = 2 if bidir else 1
-    torch.manual_seed(seed)
-    m = LayerNormGRU(I, H, num_layers=L, bidirectional=bidir, backend="reference").to(device)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.startswith("ln_"):
-                p.uniform_(0.5, 1.5)  # away from their init of 1, so that the gain paths count
-    x, h0 = torch.randn(B, T, I, device=device), torch.randn(L * D, B, H, device=device)
-    wo, wh = torch.randn(B, T, D * H, device=device), torch.randn(L * D, B, H, device=device)
-    bf16 = dtype == torch.bfloat16
-    with exact_fp32():
-        ref_out, ref_grads = _ln_gru_run(m, x, h0, wo, wh)
-    with exact_fp32(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-        if bf16:
-            r16_out, r16_grads = _ln_gru_run(m, x, h0, wo, wh)
-        m.backend = "triton"
-        out, grads = _ln_gru_run(m, x, h0, wo, wh)
-    fwd = max(max_error(a, e) for a, e in zip(out, ref_out))
-    bwd = max(max_error(a, e) for a, e in zip(grads, ref_grads))
-    if not bf16:
-        return fwd, bwd, 1e-4, 1e-4
-    k = bf16_factor or (2 if torch.device(device).type == "cuda" else 3)
-    tol_f = max(k * max(max_error(a, e) for a, e in zip(r16_out, ref_out)), 1e-3)
-    tol_b = max(k * max(max_error(a, e) for a, e in zip(r16_grads, ref_grads)), 1e-3)
-    return fwd, bwd, tol_f, tol_b
+    why = why_triton_unusable(device)
+    return why is None, why or ""
 
 
 def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
@@ -238,7 +146,7 @@ def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
     seed = int.from_bytes(os.urandom(3), "little") if seed is None else seed
     ok, why = triton_usable(dev)
     aug_shapes, gru_shapes = _shapes(dev)
@@ -319,7 +227,7 @@ def command(args) -> int:
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
     bad = [o for o in ops if o not in OPS]
     if bad:
-        raise ValueError(f"--ops: unknown {', '.join(bad)} (known: {', '.join(OPS)})")
+        raise UserError(f"--ops: unknown {', '.join(bad)} (known: {', '.join(OPS)})")
     if args.device in ("auto", "cpu") and not torch.cuda.is_available() and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels on the CPU, through Triton's interpreter
     rows = run_parity(args.device, tuple(args.dtype or ["fp32"]), ops, args.seed, args.quick)

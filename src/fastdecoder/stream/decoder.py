@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fastdecoder.decode.beam import _int_arg
+from fastdecoder.errors import UserError
 from fastdecoder.stream.frontend import IncrementalFrontend
 from fastdecoder.stream.search import BeamStream, WordStream
 
@@ -75,10 +76,10 @@ class StreamingDecoder:
         self.model = self.frontend.model
         self.nbest = _int_arg("nbest", nbest, 1)
         if self.nbest > beam_width:
-            raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}")
+            raise UserError(f"nbest={nbest} exceeds beam_width={beam_width}")
         self.beam = BeamStream(model.cfg.n_classes, beam_width=beam_width, token_min_logprob=token_min_logprob)
         if word_decoder is not None and model.cfg.n_classes != 41:
-            raise ValueError(f"the word decoder needs 41 output classes (blank, 39 phonemes, SIL); the model has "
+            raise UserError(f"the word decoder needs 41 output classes (blank, 39 phonemes, SIL); the model has "
                              f"{model.cfg.n_classes}")
         self.words = None if word_decoder is None else WordStream(word_decoder)
         self._state = "idle"  # idle (no trial) | open | finished
@@ -106,9 +107,9 @@ class StreamingDecoder:
     def reset(self, day: int) -> None:
         """Start a trial recorded on day ``day`` (0 <= day < n_days); forgets any previous trial."""
         if isinstance(day, (bool, np.bool_)) or not isinstance(day, (int, np.integer)):
-            raise ValueError(f"day must be an integer day index, got {day!r}")
+            raise UserError(f"day must be an integer day index, got {day!r}")
         if not 0 <= day < self.frontend.n_days:
-            raise ValueError(f"unknown day {day}: the model has day layers for days 0..{self.frontend.n_days - 1}")
+            raise UserError(f"unknown day {day}: the model has day layers for days 0..{self.frontend.n_days - 1}")
         self.frontend.reset(int(day))
         self.beam.reset()
         if self.words is not None:
@@ -126,19 +127,19 @@ class StreamingDecoder:
         C = self.n_features
         if isinstance(bins, torch.Tensor):
             if bins.is_complex() or bins.dtype == torch.bool:
-                raise ValueError(f"bins must be float, got {bins.dtype}")
+                raise UserError(f"bins must be float, got {bins.dtype}")
             x = bins.detach().to(self.frontend.device, torch.float32)
         else:
             arr = np.asarray(bins)
             if arr.dtype.kind not in "fiu":
-                raise ValueError(f"bins must be a float array, got dtype {arr.dtype}")
+                raise UserError(f"bins must be a float array, got dtype {arr.dtype}")
             x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(self.frontend.device)
         if x.dim() != 2 or x.shape[1] != C:
-            raise ValueError(f"bins must be (n, {C}) (n bins of {C} features), got shape {tuple(x.shape)}")
+            raise UserError(f"bins must be (n, {C}) (n bins of {C} features), got shape {tuple(x.shape)}")
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             t, c = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"bins has a non-finite value ({float(x[t, c])}) at bin {t}, feature {c} of this push; "
+            raise UserError(f"bins has a non-finite value ({float(x[t, c])}) at bin {t}, feature {c} of this push; "
                              "nothing of this push was used (the stream is unchanged)")
         return x
 
@@ -163,7 +164,7 @@ class StreamingDecoder:
                 self.words.advance(arr)
         except ValueError as e:  # finite bins in, non-finite log-probs out: the model itself is broken
             self._state = "finished"
-            raise ValueError(f"the model produced non-finite log-probabilities (are its weights finite?): {e}; "
+            raise UserError(f"the model produced non-finite log-probabilities (are its weights finite?): {e}; "
                              "the trial is closed") from None
         self._log_probs.append(arr)
 

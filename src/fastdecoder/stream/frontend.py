@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from fastdecoder.errors import UserError
+
 __all__ = ["IncrementalFrontend"]
 
 
@@ -26,10 +28,10 @@ class IncrementalFrontend:
         from fastdecoder.model import GRUDecoder
 
         if not isinstance(model, GRUDecoder):
-            raise ValueError(f"model must be a fastdecoder.model.GRUDecoder, got {type(model).__name__}")
+            raise UserError(f"model must be a fastdecoder.model.GRUDecoder, got {type(model).__name__}")
         cfg = model.cfg
         if cfg.bidirectional:
-            raise ValueError(
+            raise UserError(
                 "streaming needs a causal model: this GRUDecoder is bidirectional (e.g. the b2t24 preset), so every "
                 "output frame depends on the whole trial through the backward GRU and nothing can be decoded before "
                 "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")

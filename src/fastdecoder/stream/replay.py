@@ -9,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 
+from fastdecoder.errors import UserError
+
 __all__ = ["ReplayReport", "replay"]
 
 BIN_SECONDS = 0.020
@@ -40,7 +42,7 @@ def replay(decoder, split, *, hop: int = 4, realtime: bool = False, max_trials: 
     from fastdecoder.decode import error_rate, greedy_decode, normalize_text, word_error_rate
 
     if hop < 1:
-        raise ValueError(f"hop must be >= 1 bin, got {hop}")
+        raise UserError(f"hop must be >= 1 bin, got {hop}")
     n = len(split) if max_trials is None else min(len(split), max_trials)
     latencies: list[float] = []
     finals, bins_total = [], 0

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-from fastdecoder.parity import augment_error, ln_gru_errors, max_error
+from fastdecoder.ops.checks import augment_error, ln_gru_errors, max_error
 
 log = logging.getLogger("fastdecoder.train")
 

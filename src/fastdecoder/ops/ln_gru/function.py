@@ -29,7 +29,7 @@ _N_SAVED = 6  # buffers saved per direction for the backward: p, mean_x, rstd_x,
 
 
 def _kernels():
-    from fastdecoder.ops.ln_gru import launcher  # imports triton
+    import fastdecoder.ops.ln_gru.launcher as launcher  # imports triton
 
     return launcher
 

@@ -148,8 +148,8 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, overrides)
         if out is not None and out.exists() and (any(out.glob("*.pt")) or (out / "metrics.jsonl").exists()):
             if not args.overwrite:
-                raise SystemExit(f"error: {out} already holds a run (checkpoints or metrics found); pass --overwrite "
-                                 f"to replace it, --resume to continue it, or choose another --out")
+                raise UserError(f"{out} already holds a run (checkpoints or metrics found); pass --overwrite "
+                                f"to replace it, --resume to continue it, or choose another --out")
             if info.is_main:
                 _clear_run(out)
     trainer = Trainer(cfg, out, progress=not args.no_progress, resume=state if state is not None else False)
@@ -166,7 +166,12 @@ def cmd_train(args) -> int:
         raise
     distributed.cleanup()
     if not info.is_main:
-        return 0
+        # A worker rank has nothing left to write. Leave without interpreter finalization: gloo's worker threads can
+        # still hold tensors then, and tearing them down there aborts the process ("terminate called without an
+        # active exception", seen on busy 2-core machines) although training finished.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     print(json.dumps(summary, indent=2))
     if summary.get("val_per") is not None:
         beam = summary.get("val_per_beam")

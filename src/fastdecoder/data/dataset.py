@@ -53,6 +53,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.features)
 
+    @property
+    def labeled(self) -> bool:
+        """True if the split has phoneme targets (a test split may not)."""
+        return self.targets is not None
+
     @cached_property
     def lengths(self) -> np.ndarray:
         """(n,) int64 number of time bins of each trial."""

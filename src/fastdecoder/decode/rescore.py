@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -26,7 +27,8 @@ import numpy as np
 from fastdecoder.decode.lm import normalize_text
 from fastdecoder.decode.metrics import edit_distances
 
-__all__ = ["NeuralLM", "NBestList", "RescoreWeights", "TuneResult", "decode_nbest", "tune_weights", "DEFAULT_GRID"]
+__all__ = ["NeuralLM", "NBestList", "RescoreWeights", "TuneResult", "decode_nbest", "tune_weights", "DEFAULT_GRID",
+           "wer_of", "rescore_split", "require_transformers"]
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +263,11 @@ def _hypothesis_edits(nbest: NBestList, references: Sequence[str], normalize: bo
     return edit_distances([enc(s) for s in nbest.sentences], rep), sum(len(r) for r in refs)
 
 
+def _wer(edits: np.ndarray, n_ref: int, chosen: np.ndarray) -> float:
+    """WER of the chosen flat hypothesis indices, given every hypothesis' edits."""
+    return float(edits[chosen].sum()) / n_ref if n_ref else float("nan")
+
+
 DEFAULT_GRID = {"ngram": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
                 "neural": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
                 "word": (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0)}
@@ -278,8 +285,7 @@ class TuneResult:
 def wer_of(nbest: NBestList, references: Sequence[str], weights: RescoreWeights, *,
            normalize: bool = True) -> float:
     """WER of the hypotheses ``weights`` pick, against the transcripts (normalised when ``normalize``)."""
-    edits, n_ref = _hypothesis_edits(nbest, references, normalize)
-    return float(edits[nbest.best(weights)].sum()) / n_ref if n_ref else float("nan")
+    return _wer(*_hypothesis_edits(nbest, references, normalize), nbest.best(weights))
 
 
 def tune_weights(nbest: NBestList, references: Sequence[str], *, default: RescoreWeights = RescoreWeights(),
@@ -298,12 +304,51 @@ def tune_weights(nbest: NBestList, references: Sequence[str], *, default: Rescor
         default = replace(default, neural=0.0)
         grid["neural"] = (0.0,)
     axes = {k: sorted({float(v) for v in grid.get(k, ())} | {getattr(default, k)}) for k in ("ngram", "neural", "word")}
-    default_wer = float(edits[nbest.best(default)].sum()) / n_ref
+    default_wer = _wer(edits, n_ref, nbest.best(default))
     best_w, best_wer, n = default, default_wer, 0
     for a, b, c in itertools.product(axes["ngram"], axes["neural"], axes["word"]):
         w = RescoreWeights(a, b, c)
         n += 1
-        e = float(edits[nbest.best(w)].sum()) / n_ref
+        e = _wer(edits, n_ref, nbest.best(w))
         if e < best_wer:
             best_w, best_wer = w, e
     return TuneResult(weights=best_w, wer=best_wer, default_weights=default, default_wer=default_wer, evaluated=n)
+
+
+def require_transformers() -> None:
+    """Raise ValueError (how to install it) when ``transformers`` is missing."""
+    _transformers()
+
+
+def rescore_split(log_probs: Sequence, references: Sequence[str], *, lexicon, lm, lm_weight: float,
+                  beam_width: int, nbest: int, rescore_lm=None, rescore_weight: float = 0.5,
+                  ngram_weight: float | None = None, word_bonus: float = 0.0, tune: bool = False,
+                  batch_size: int = 32, device=None) -> tuple[dict, list[str]]:
+    """Word-decode a split into n-best lists, rescore them with ``rescore_lm`` and/or tune the weights.
+
+    Returns (report, hypotheses): the report holds ``wer`` (the decoder's top hypotheses), ``wer_rescored`` and
+    the weights (with ``rescore_lm``), ``tuned_weights`` / ``wer_tuned`` (with ``tune``); the hypotheses are the
+    ones the rescoring weights pick (the tuned weights with ``tune``).
+    """
+    from fastdecoder.decode.words import WordDecoder
+
+    decoder = WordDecoder(lexicon, lm, lm_weight=lm_weight, beam_width=beam_width, nbest=nbest)
+    nb = decode_nbest(decoder, log_probs)
+    edits, n_ref = _hypothesis_edits(nb, references, True)
+    report = {"lm": str(lm), "nbest": nbest, "wer": _wer(edits, n_ref, nb.offsets[:-1]),
+              "reference_words": n_ref, "mean_nbest": float(np.diff(nb.offsets).mean()) if len(nb) else 0.0}
+    weights = RescoreWeights(lm_weight if ngram_weight is None else ngram_weight, 0.0, word_bonus)
+    if rescore_lm is not None:
+        neural = NeuralLM(rescore_lm, device=device, batch_size=batch_size)
+        t0 = time.perf_counter()
+        nb.add_neural_scores(neural)
+        weights = replace(weights, neural=rescore_weight)
+        report.update(rescore_lm=str(rescore_lm), rescore_weights=weights.__dict__,
+                      wer_rescored=_wer(edits, n_ref, nb.best(weights)), rescore_seconds=time.perf_counter() - t0)
+    chosen = weights
+    if tune:
+        res = tune_weights(nb, references, default=weights)
+        report.update(tuned_weights=res.weights.__dict__, wer_tuned=res.wer, tune_default_wer=res.default_wer,
+                      tune_evaluated=res.evaluated)
+        chosen = res.weights
+    return report, [normalize_text(s) for s in nb.best_sentences(chosen)]

@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.decode import error_rate, greedy_decode, normalize_text
 from fastdecoder.decode.ensemble import evaluate_runs
+from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.trainer import Trainer
 
 from tiny import tiny_data
@@ -28,10 +30,15 @@ def _config(seed, steps=12, **model):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     out = []
-    for seed in (1, 2):
-        trainer = Trainer(_config(seed), root / f"seed{seed}", progress=False)
-        trainer.fit()
-        out.append(root / f"seed{seed}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # these shapes are too small to gain from a second thread (and lose on a busy CPU)
+    try:
+        for seed in (1, 2):
+            trainer = Trainer(_config(seed), root / f"seed{seed}", progress=False)
+            trainer.fit()
+            out.append(root / f"seed{seed}")
+    finally:
+        torch.set_num_threads(threads)
     return out, trainer
 
 
@@ -63,8 +70,11 @@ def test_eval_ensemble_reports_members_and_average(runs, capsys):
 
 def test_eval_ensemble_of_mismatched_runs_fails_clearly(runs, tmp_path, capsys):
     (a, _), _ = runs
-    other = tmp_path / "stride2"
-    Trainer(_config(3, steps=2, patch_stride=2), other, progress=False).fit()
+    other = tmp_path / "stride2"              # run A's checkpoint with another patch stride (same weight shapes)
+    other.mkdir()
+    state = load_checkpoint(a / "best.pt")
+    state["config"]["model"]["patch_stride"] = 2
+    save_checkpoint(state, other / "best.pt")
     assert main(["eval", "--run", str(a), "--run", str(other)]) == 2
     err = capsys.readouterr().err
     assert "model.patch_stride" in err and str(a) in err and str(other) in err

@@ -38,10 +38,9 @@ def test_sentence_log_probs_match_direct_computation(lm_path):
     sentences = [" ".join(rng.choice(VOCAB, size=n)) for n in (1, 7, 3, 12, 2, 5, 9)] + ["", "the <unk>"]
     lm = NeuralLM(lm_path, batch_size=3, device="cpu")
     assert lm.context_id == lm.tokenizer.bos_token_id is not None
-    for s in sentences:
-        ids = lm.token_ids(s)
+    for s, ids in zip(sentences, lm.token_ids(sentences)):
         assert ids[0] == lm.context_id and len(ids) == 1 + len(s.split())
-    want = np.array([_direct_log_prob(lm.model, lm.token_ids(s)) for s in sentences])
+    want = np.array([_direct_log_prob(lm.model, ids) for ids in lm.token_ids(sentences)])
     got = lm.score(sentences)
     assert got[sentences.index("")] == 0.0 and (got[:-2] < 0).all()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"seed {SEED}")
@@ -81,8 +80,8 @@ def test_rescored_scores_equal_the_formula(lm_path):
     totals = nb.totals(w)
     k = 0
     for b, trial in enumerate(hyps):
-        direct = [h.acoustic_score + 0.7 * h.lm_score + 1.3 * _direct_log_prob(lm.model, lm.token_ids(h.text))
-                  - 0.4 * len(h.words) for h in trial]
+        neural = [_direct_log_prob(lm.model, ids) for ids in lm.token_ids([h.text for h in trial])]
+        direct = [h.acoustic_score + 0.7 * h.lm_score + 1.3 * n - 0.4 * len(h.words) for h, n in zip(trial, neural)]
         np.testing.assert_allclose(totals[k:k + len(trial)], direct, rtol=1e-6, err_msg=f"seed {SEED + 1}")
         assert nb.best(w)[b] == k + int(np.argmax(direct))
         k += len(trial)

@@ -110,20 +110,21 @@ class NeuralLM:
         self.pad_id = next((i for i in (tokenizer.pad_token_id, self.context_id, tokenizer.eos_token_id)
                             if i is not None), 0)
 
-    def token_ids(self, sentence: str) -> list[int]:
-        """The ids scored for ``sentence``, the context token first (as fed to the model)."""
-        ids = list(self.tokenizer(sentence, add_special_tokens=False)["input_ids"])
-        if self.context_id is not None:
-            ids = [self.context_id] + ids
-        if self.score_eos:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+    def token_ids(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Per sentence, the ids fed to the model: the context token (if any), the sentence's tokens, and EOS with
+        ``score_eos``. Every id after the first is scored."""
+        if not sentences:
+            return []
+        head = [self.context_id] if self.context_id is not None else []
+        tail = [self.tokenizer.eos_token_id] if self.score_eos else []
+        return [head + list(ids) + tail
+                for ids in self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"]]
 
     def score(self, sentences: Sequence[str]) -> np.ndarray:
         """(N,) float64 natural-log probabilities of ``sentences`` (0.0 for a sentence with no scored token)."""
         import torch
 
-        seqs = [self.token_ids(s) for s in sentences]
+        seqs = self.token_ids(sentences)
         out = np.zeros(len(seqs), dtype=np.float64)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         with torch.inference_mode():

@@ -124,7 +124,7 @@ def test_weight_search_is_at_least_as_good_as_the_defaults():
     assert res2.wer <= res2.default_wer
 
 
-def test_bad_input_errors():
+def test_bad_input_errors(lm_path):
     with pytest.raises(ValueError, match="non-finite acoustic"):
         NBestList.from_hypotheses([[WordHypothesis(["a"], 0.0)]])   # no acoustic score (NaN)
     nb = NBestList.from_hypotheses([[_hyp("a b", -1.0, -2.0)], []])
@@ -135,6 +135,8 @@ def test_bad_input_errors():
         wer_of(nb, ["a"], RescoreWeights())
     with pytest.raises(ValueError, match="weight word must be a finite number"):
         RescoreWeights(word=float("nan"))
+    with pytest.raises(ValueError, match="more than the 64 positions"):
+        NeuralLM(lm_path).score(["the " * 70])
     with pytest.raises(ValueError, match="cannot load a causal LM from"):
         NeuralLM("/nonexistent/lm", local_files_only=True)
 

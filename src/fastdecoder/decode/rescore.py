@@ -107,6 +107,8 @@ class NeuralLM:
                         self.source)
         if self.score_eos and tokenizer.eos_token_id is None:
             raise ValueError(f"score_eos=True but the tokenizer of {self.source} has no EOS token")
+        cfg = getattr(model, "config", None)
+        self.max_positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, self.context_id, tokenizer.eos_token_id)
                             if i is not None), 0)
 
@@ -125,6 +127,10 @@ class NeuralLM:
         import torch
 
         seqs = self.token_ids(sentences)
+        longest = max(range(len(seqs)), key=lambda i: len(seqs[i]), default=None)
+        if longest is not None and self.max_positions and len(seqs[longest]) > self.max_positions:
+            raise ValueError(f"sentence {sentences[longest]!r} is {len(seqs[longest])} tokens long, more than the "
+                             f"{self.max_positions} positions of {self.source}")
         out = np.zeros(len(seqs), dtype=np.float64)
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         with torch.inference_mode():
@@ -142,8 +148,7 @@ class NeuralLM:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                 target = ids[:, 1:]
                 tok = logits.gather(-1, target[..., None])[..., 0] - logits.logsumexp(-1)
-                sums = (tok * mask[:, 1:]).sum(-1).double().cpu().numpy()
-                out[idx] = sums
+                out[idx] = torch.where(mask[:, 1:].bool(), tok, 0.0).sum(-1).double().cpu().numpy()
         if not np.isfinite(out).all():
             bad = int(np.flatnonzero(~np.isfinite(out))[0])
             raise ValueError(f"{self.source} gave a non-finite log-probability ({out[bad]}) to sentence "

@@ -33,7 +33,9 @@ def _add_train(sub) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
-    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--run", required=True, action="append",
+                   help="run folder written by 'fastdecoder train --out'; repeat (--run A --run B) to decode the "
+                        "ensemble (mean of the runs' per-frame posteriors)")
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
     p.add_argument("--split", default="val", help="val | test | train")
     p.add_argument("--data", help="data path (default: the one the run was trained on)")
@@ -46,6 +48,19 @@ def _add_eval(sub) -> None:
                         "phonemes), or a file of 'WORD PH PH ...' lines")
     p.add_argument("--lm-weight", type=float, default=0.5)
     p.add_argument("--word-beam-width", type=int, default=64)
+    p.add_argument("--nbest", type=int, default=None,
+                   help="with --rescore-lm / --tune-weights: hypotheses per sentence (default: --word-beam-width)")
+    p.add_argument("--rescore-lm", default=None,
+                   help="with --lm: rescore the n-best lists with this causal LM (a local folder or Hugging Face "
+                        "name; needs pip install 'fastdecoder[llm]') and report WER before and after")
+    p.add_argument("--rescore-weight", type=float, default=0.5, help="weight b of the neural LM log-probability")
+    p.add_argument("--rescore-ngram-weight", type=float, default=None,
+                   help="weight a of the n-gram LM log-probability in rescoring (default: --lm-weight)")
+    p.add_argument("--rescore-word-bonus", type=float, default=0.0, help="weight c of the word count in rescoring")
+    p.add_argument("--rescore-batch-size", type=int, default=32)
+    p.add_argument("--rescore-device", default=None, help="device of the neural LM (default: cuda if available)")
+    p.add_argument("--tune-weights", action="store_true",
+                   help="with --lm: grid-search (a, b, c) on this split's n-best lists and report the best")
 
 
 def _add_lm(sub) -> None:
@@ -264,47 +279,71 @@ def _word_decoder(args, ds, split, data_path):
 
 
 def cmd_eval(args) -> int:
-    """Score a run's checkpoint on a split through the trainer's own evaluation path (same transform, autocast)."""
-    from fastdecoder.data import load_dataset
-    from fastdecoder.evaluation import EvalSettings, beam_hypotheses, evaluate
-    from fastdecoder.decode import error_rate
+    """Score a run's checkpoint, or the ensemble of several runs (--run A --run B), on a split through the trainer's
+    own evaluation path (same transform, same autocast): greedy, beam or words, with optional neural-LM rescoring."""
+    from fastdecoder.decode import error_rate, evaluate_words
+    from fastdecoder.decode.ensemble import evaluate_runs
+    from fastdecoder.evaluation import beam_hypotheses
     from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.train.checkpoint import load_run
     from fastdecoder.train.device import resolve_device
 
-    run = Path(args.run)
+    rescoring = bool(args.rescore_lm or args.tune_weights)
+    if rescoring and not args.lm:
+        raise UserError("--rescore-lm and --tune-weights rescore word n-best lists: they need --lm")
+    if args.rescore_lm:
+        from fastdecoder.decode.rescore import require_transformers
+
+        require_transformers()
     device = resolve_device(args.device, "--device")
-    cfg, model, state = load_run(run, args.checkpoint, device)
-    data_path = args.data or cfg.data.path
-    ds = load_dataset(data_path, "auto")
-    if args.split not in ds.splits:
-        raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
-    split = ds.splits[args.split]
-    settings = EvalSettings.from_config(cfg, device)
-    words = _word_decoder(args, ds, split, data_path) if args.lm else None
-    res = evaluate(model, split, settings, decoder="words" if words is not None else args.decoder,
-                   beam_width=args.beam_width, word_decoder=words)
-    out = {"run": str(run), "checkpoint": args.checkpoint, "step": state["step"], "split": args.split,
-           "trials": res.n_trials}
-    if split.targets is not None:
+    runs = evaluate_runs(args.run, args.split, checkpoint=args.checkpoint, data=args.data, device=device)
+    res, ds, split = runs.result, runs.dataset, runs.split
+    data_path = args.data or runs.configs[0].data.path
+    single = len(args.run) == 1
+    run = Path(args.run[0])
+    out = {"run": str(run) if single else args.run, "checkpoint": args.checkpoint,
+           "step": runs.steps[0] if single else runs.steps, "split": args.split, "trials": res.n_trials}
+    refs = [split.targets[i].tolist() for i in res.indices] if split.targets is not None else None
+    if not single:
+        out["members"] = [{"run": n, "step": st, "per_greedy": m.per}
+                          for n, st, m in zip(runs.names, runs.steps, runs.members)]
+        if args.decoder == "beam" and refs is not None:
+            for rec, m in zip(out["members"], runs.members):
+                rec["per_beam"] = error_rate(beam_hypotheses(m.log_probs, args.beam_width), refs)[0]
+    if refs is not None:
         out["per_greedy"] = res.per
-    beam = res.beam
+    beam = None
     if args.decoder == "beam":
-        if beam is None:  # words were decoded; the phoneme beam search runs on the same log-probs
-            beam = beam_hypotheses(res.log_probs, args.beam_width)
-        if split.targets is not None:
-            refs = [split.targets[i].tolist() for i in res.indices]
+        beam = beam_hypotheses(res.log_probs, args.beam_width)
+        if refs is not None:
             out["per_beam"], out["beam_width"] = error_rate(beam, refs)[0], args.beam_width
-    if res.words is not None:
-        out.update(wer=res.words.wer, word_edits=res.words.edits, reference_words=res.words.words, lm=args.lm)
-    pred_path = run / f"predictions_{args.split}_{args.checkpoint}.jsonl"
+    word_hyps = None
+    if args.lm:
+        words = _word_decoder(args, ds, split, data_path)
+        transcripts = [split.transcriptions[i] for i in res.indices]
+        if rescoring:
+            from fastdecoder.decode.rescore import rescore_split
+
+            report, word_hyps = rescore_split(
+                res.log_probs, transcripts, lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm,
+                lm_weight=args.lm_weight, beam_width=args.word_beam_width, nbest=args.nbest or args.word_beam_width,
+                rescore_lm=args.rescore_lm, rescore_weight=args.rescore_weight,
+                ngram_weight=args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
+                word_bonus=args.rescore_word_bonus, tune=args.tune_weights, batch_size=args.rescore_batch_size,
+                device=args.rescore_device)
+            out.update(report)
+        else:
+            wres = evaluate_words(res.log_probs, transcripts, decoder=words)
+            out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
+            word_hyps = wres.hypotheses
+    ensemble = "" if single else f"_ensemble{len(args.run)}"
+    pred_path = run / f"predictions_{args.split}_{args.checkpoint}{ensemble}.jsonl"
     with writing(pred_path), open(pred_path, "w") as f:
         for k, i in enumerate(res.indices):
             rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
             if beam is not None:
                 rec["beam"] = ids_to_text(beam[k])
-            if res.words is not None:
-                rec["words"] = res.words.hypotheses[k]
+            if word_hyps is not None:
+                rec["words"] = word_hyps[k]
                 rec["transcription"] = split.transcriptions[i]
             if split.targets is not None:
                 rec["target"] = ids_to_text(split.targets[i])

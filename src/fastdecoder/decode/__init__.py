@@ -1,10 +1,14 @@
-"""Decoding: greedy, the native CTC prefix beam search, word decoding, and error rates."""
+"""Decoding: greedy, the native CTC prefix beam search, word decoding, ensembles, n-best rescoring, error rates."""
 from fastdecoder.decode.beam import beam_search, num_cpu_threads
 from fastdecoder.decode.metrics import edit_distances, error_rate, greedy_decode, word_error_rate
 from fastdecoder.decode.lm import ArpaLM, build_lm, load_arpa, normalize_text
 from fastdecoder.decode.words import (
     Lexicon, WordDecoder, WordHypothesis, cmudict_lexicon, evaluate_words, greedy_words, lexicon_from_split, load_lexicon)
+from fastdecoder.decode.ensemble import ensemble_log_probs, evaluate_runs
+from fastdecoder.decode.rescore import NBestList, NeuralLM, RescoreWeights, decode_nbest, tune_weights
 
 __all__ = ["beam_search", "num_cpu_threads", "greedy_decode", "edit_distances", "error_rate", "word_error_rate",
            "ArpaLM", "build_lm", "load_arpa", "normalize_text", "Lexicon", "WordDecoder", "WordHypothesis",
-           "cmudict_lexicon", "evaluate_words", "greedy_words", "lexicon_from_split", "load_lexicon"]
+           "cmudict_lexicon", "evaluate_words", "greedy_words", "lexicon_from_split", "load_lexicon",
+           "ensemble_log_probs", "evaluate_runs", "NBestList", "NeuralLM", "RescoreWeights", "decode_nbest",
+           "tune_weights"]

@@ -139,7 +139,7 @@ class RunsEvaluation:
 
 def _ensemble_result(members, names, split):
     """An EvalResult for the averaged log-probs of ``members`` (greedy PER; no CTC loss)."""
-    from fastdecoder.decode import error_rate, greedy_decode
+    from fastdecoder.decode.metrics import error_rate, greedy_decode
     from fastdecoder.decode.padding import pad_log_probs
 
     lps = ensemble_log_probs([r.log_probs for r in members], names=names)

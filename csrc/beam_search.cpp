@@ -7,20 +7,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "log_math.hpp"
 #include "thread_pool.hpp"
 
 namespace fastdecoder {
 
 namespace {
-
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-
-// log(exp(a) + exp(b)); -inf safe.
-inline double lse(double a, double b) {
-  if (a < b) std::swap(a, b);
-  if (b == kNegInf) return a;
-  return a + std::log1p(std::exp(b - a));
-}
 
 // The k-th largest (0-based) of a[0..m): quickselect with branch-free partitions (random scores make the
 // comparisons of std::nth_element mispredict half the time). Uses buf (2m doubles); a is clobbered.
@@ -59,6 +51,8 @@ double kth_largest(double* a, size_t m, size_t k, double* buf) {
 int32_t PrefixBeamSearch::child(int32_t parent, int32_t token, int32_t frame) {
   for (int32_t c = nodes_[parent].first_child; c >= 0; c = nodes_[c].next_sibling)
     if (nodes_[c].token == token) return c;
+  if (nodes_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    throw std::length_error("beam search: more than 2^31 prefixes in one sentence (lower beam_width or split it)");
   const int32_t id = static_cast<int32_t>(nodes_.size());
   const Node& p = nodes_[parent];
   nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1});
@@ -166,7 +160,10 @@ std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames,
       child_mask_[j * words + s / 64] |= uint64_t{1} << (s % 64);
     }
     for (auto& c : cands_) c.score = lse(c.pb, c.pnb);
-    bool full = n >= k;
+    // A prefix of zero mass (-inf inputs) is no candidate.
+    cands_.erase(std::remove_if(cands_.begin(), cands_.end(), [](const Cand& c) { return c.score == kNegInf; }),
+                 cands_.end());
+    bool full = static_cast<int>(cands_.size()) >= k;
     Cand kth{};
     double thr = kNegInf;
     if (full) {
@@ -269,28 +266,6 @@ std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames,
   return out;
 }
 
-namespace {
-
-// First non-finite value of one sentence's used frames: true and (t, v) if any.
-template <typename T>
-bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
-                    int64_t* v_out) {
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* r = x + t * row_stride;
-    bool ok = true;
-    for (int64_t v = 0; v < vocab; ++v) ok &= std::isfinite(r[v * col_stride]);
-    if (ok) continue;
-    for (int64_t v = 0; v < vocab; ++v)
-      if (!std::isfinite(r[v * col_stride])) {
-        *t_out = t, *v_out = v;
-        return true;
-      }
-  }
-  return false;
-}
-
-}  // namespace
-
 template <typename T>
 std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64_t batch, int64_t frames,
                                                        int64_t vocab, int64_t batch_stride, int64_t row_stride,
@@ -303,13 +278,14 @@ std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64
   std::vector<PrefixBeamSearch> searchers(static_cast<size_t>(workers));
   parallel_for(batch, workers, [&](int64_t b, int w) {
     const T* x = log_probs + b * batch_stride;
-    if (find_nonfinite(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
+    if (find_invalid_log_prob(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
     out[b] = searchers[w].decode(x, lengths[b], vocab, row_stride, col_stride, opt);
   });
   for (int64_t b = 0; b < batch; ++b)
-    if (bad[2 * b] >= 0)
-      throw std::invalid_argument("log_probs has a non-finite value (NaN or Inf) at [" + std::to_string(b) + ", " +
-                                  std::to_string(bad[2 * b]) + ", " + std::to_string(bad[2 * b + 1]) + "]");
+    if (bad[2 * b] >= 0) {
+      const T value = log_probs[b * batch_stride + bad[2 * b] * row_stride + bad[2 * b + 1] * col_stride];
+      throw std::invalid_argument(invalid_log_prob_message(b, bad[2 * b], bad[2 * b + 1], value));
+    }
   return out;
 }
 

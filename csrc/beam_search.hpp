@@ -21,6 +21,8 @@
 #include <limits>
 #include <vector>
 
+#include "limits.hpp"
+
 namespace fastdecoder {
 
 struct BeamOptions {

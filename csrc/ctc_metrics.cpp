@@ -29,17 +29,6 @@ std::vector<int32_t> greedy_decode(const T* scores, int64_t frames, int64_t voca
 template std::vector<int32_t> greedy_decode<float>(const float*, int64_t, int64_t, int64_t, int64_t, int32_t);
 template std::vector<int32_t> greedy_decode<double>(const double*, int64_t, int64_t, int64_t, int64_t, int32_t);
 
-std::vector<int32_t> collapse_labels(const int64_t* labels, int64_t frames, int64_t stride, int32_t blank) {
-  std::vector<int32_t> out;
-  int64_t prev = -1;
-  for (int64_t t = 0; t < frames; ++t) {
-    const int64_t l = labels[t * stride];
-    if (l != prev && l != blank) out.push_back(static_cast<int32_t>(l));
-    prev = l;
-  }
-  return out;
-}
-
 int64_t edit_distance(const int32_t* a, int64_t na, const int32_t* b, int64_t nb) {
   // One row of the dynamic-programming table: row[j] = distance(a[:i], b[:j]).
   std::vector<int64_t> row(static_cast<size_t>(nb) + 1);

@@ -24,15 +24,17 @@ template <typename T>
 Batch3<T> batch3(const pybind11::array_t<T, pybind11::array::forcecast>& a, const char* name) {
   if (a.ndim() != 3) throw std::invalid_argument(std::string(name) + " must be (B, T, V)");
   const int64_t sz = static_cast<int64_t>(sizeof(T));
-  for (int d = 0; d < 3; ++d)
-    if (a.strides(d) % sz != 0)
+  int64_t st[3];
+  for (int d = 0; d < 3; ++d) {
+    st[d] = a.shape(d) > 1 ? a.strides(d) : 0;  // the stride of an extent-1 axis is never used
+    if (st[d] % sz != 0)
       throw std::invalid_argument(std::string(name) + " has strides that are not a whole number of elements; pass "
-                                  "a contiguous copy (numpy.ascontiguousarray)");
+                                  "a copy (numpy.array(x))");
+  }
   if (a.shape(1) > kMaxFrames)
     throw std::invalid_argument(std::string(name) + " has " + std::to_string(a.shape(1)) + " frames; at most " +
                                 std::to_string(kMaxFrames) + " are supported");
-  return Batch3<T>{a.data(), a.shape(0), a.shape(1), a.shape(2), a.strides(0) / sz, a.strides(1) / sz,
-                   a.strides(2) / sz};
+  return Batch3<T>{a.data(), a.shape(0), a.shape(1), a.shape(2), st[0] / sz, st[1] / sz, st[2] / sz};
 }
 
 // lengths (B,) int64 in [0, frames].

@@ -78,6 +78,16 @@ def test_strides_that_are_not_whole_elements_decode_like_a_copy():
     assert beam_search(view, beam_width=3) == beam_search(plain, beam_width=3)
 
 
+def test_single_element_fields_and_nan_in_greedy():
+    rec = np.zeros((1, 1, 1), dtype=[("pad", "i1"), ("lp", "f4")])
+    assert greedy_decode(rec["lp"]) == [[]] and beam_search(rec["lp"]) == [[([], 0.0)]]
+    x = np.zeros((2, 4, 3), np.float32)
+    x[1, 2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"scores\[1, 2, 1\] is NaN"):
+        greedy_decode(x)
+    assert greedy_decode(x, [4, 2]) == [[], []]  # beyond the length: ignored
+
+
 # ---------------------------------------------------------------- word decoder token cut
 
 def test_token_cut_feeds_no_zero_mass_hypothesis():

@@ -59,8 +59,8 @@ def _as_array(log_probs) -> np.ndarray:
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"log_probs must be a float array, got dtype {arr.dtype}")
         arr = arr.astype(np.float32 if arr.dtype.itemsize <= 4 else np.float64)
-    if any(s % arr.itemsize for s in arr.strides):
-        arr = np.ascontiguousarray(arr)  # strides that are not a whole number of elements (a structured field)
+    if any(s % arr.itemsize for n, s in zip(arr.shape, arr.strides) if n > 1):
+        arr = np.array(arr)  # strides that are not whole elements (a structured field): a fresh, aligned copy
     return arr
 
 

@@ -55,9 +55,19 @@ int32_t PrefixBeamSearch::child(int32_t parent, int32_t token, int32_t frame) {
     throw std::length_error("beam search: more than 2^31 prefixes in one sentence (lower beam_width or split it)");
   const int32_t id = static_cast<int32_t>(nodes_.size());
   const Node& p = nodes_[parent];
-  nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1});
+  const Node& j = nodes_[p.jump];
+  const int32_t jump = p.depth - j.depth == j.depth - nodes_[j.jump].depth ? j.jump : parent;
+  nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1, jump});
   nodes_[parent].first_child = id;
   return id;
+}
+
+int32_t PrefixBeamSearch::ancestor_at(int32_t n, int32_t depth) const {
+  while (nodes_[n].depth > depth) {
+    const int32_t j = nodes_[n].jump;
+    n = nodes_[j].depth >= depth ? j : nodes_[n].parent;
+  }
+  return n;
 }
 
 int PrefixBeamSearch::compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t tb) const {
@@ -65,13 +75,26 @@ int PrefixBeamSearch::compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t
   if (pa == pb) return (ta > tb) - (ta < tb);
   // A = seq(a) + [ua, ...], B = seq(b) + [ub, ...]; lift the deeper side to the other's depth.
   int32_t a = pa, b = pb, ua = ta, ub = tb;
-  while (nodes_[a].depth > nodes_[b].depth) ua = nodes_[a].token, a = nodes_[a].parent;
-  while (nodes_[b].depth > nodes_[a].depth) ub = nodes_[b].token, b = nodes_[b].parent;
+  const int32_t da = nodes_[pa].depth, db = nodes_[pb].depth;
+  if (da > db) {
+    a = ancestor_at(pa, db + 1);
+    ua = nodes_[a].token, a = nodes_[a].parent;
+  } else if (db > da) {
+    b = ancestor_at(pb, da + 1);
+    ub = nodes_[b].token, b = nodes_[b].parent;
+  }
   if (a == b) {  // one sequence starts with seq(a) + [u]: a shared next token means the shorter one is a prefix
     if (ua != ub) return (ua > ub) - (ua < ub);
-    return (nodes_[pa].depth > nodes_[pb].depth) - (nodes_[pa].depth < nodes_[pb].depth);
+    return (da > db) - (da < db);
   }
-  while (a != b) ua = nodes_[a].token, a = nodes_[a].parent, ub = nodes_[b].token, b = nodes_[b].parent;
+  // Same depth, different nodes: climb to the two children of the common ancestor (equal depths keep equal jumps).
+  while (nodes_[a].parent != nodes_[b].parent) {
+    if (nodes_[a].jump != nodes_[b].jump)
+      a = nodes_[a].jump, b = nodes_[b].jump;
+    else
+      a = nodes_[a].parent, b = nodes_[b].parent;
+  }
+  ua = nodes_[a].token, ub = nodes_[b].token;
   return (ua > ub) - (ua < ub);  // tokens of two distinct children of the common ancestor
 }
 
@@ -115,7 +138,7 @@ std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames,
 
   nodes_.clear();
   nodes_.reserve(static_cast<size_t>(std::min<int64_t>(frames * k + 1, int64_t{1} << 20)));
-  nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1});  // node 0: the empty prefix
+  nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1, 0});  // node 0: the empty prefix (its own jump)
   beam_.assign(1, Entry{0, -1, 0.0, kNegInf, 0.0});
   best_ = 0.0;
   row_.resize(static_cast<size_t>(vocab));

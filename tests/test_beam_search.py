@@ -282,3 +282,14 @@ def test_integer_and_complex_inputs():
     assert beam_search(np.zeros((1, 2, 3), np.int32), beam_width=2) == beam_search(np.zeros((1, 2, 3)), beam_width=2)
     zeros = beam_search(np.zeros((1, 2, 3)), beam_width=2)
     assert beam_search(torch.zeros(1, 2, 3, dtype=torch.int64), beam_width=2) == zeros
+
+
+@pytest.mark.parametrize("values", [(0.5, 0.25, 0.25), (0.5, 0.5, 0.5), (0.125, 0.25, 0.5, 1.0)])
+def test_exact_ties_between_long_diverged_prefixes_match_the_oracle(values):
+    # Few distinct probabilities over hundreds of frames: exact ties between prefixes whose common ancestor lies
+    # far back (the tie rule climbs the prefix trie by jump pointers; this walked it node by node, quadratic in T).
+    rng = fresh_rng()
+    T, V = int(rng.integers(150, 300)), len(values)
+    x = np.log(rng.choice(np.asarray(values), size=(1, T, V)))
+    for beam in (2, 5):
+        assert_same(beam_search(x, beam_width=beam, nbest=beam)[0], prefix_beam_search(x[0], beam, nbest=beam))

@@ -32,12 +32,14 @@ std::vector<std::vector<int32_t>> greedy_batch(py::array_t<T, py::array::forceca
     py::gil_scoped_release release;
     for (int64_t b = 0; b < x.batch; ++b) {
       const T* s = x.data + b * x.batch_stride;
-      for (int64_t t = 0; t < len[b]; ++t)  // NaN has no argmax (any finite value or an infinity has)
+      bool nan = false;
+      out[b] = greedy_decode<T>(s, len[b], x.vocab, x.row_stride, x.col_stride, blank, &nan);
+      if (!nan) continue;
+      for (int64_t t = 0; t < len[b]; ++t)  // NaN has no argmax (any finite value or an infinity has): name it
         for (int64_t v = 0; v < x.vocab; ++v)
           if (std::isnan(s[t * x.row_stride + v * x.col_stride]))
             throw std::invalid_argument("scores[" + std::to_string(b) + ", " + std::to_string(t) + ", " +
                                         std::to_string(v) + "] is NaN");
-      out[b] = greedy_decode<T>(s, len[b], x.vocab, x.row_stride, x.col_stride, blank);
     }
   }
   return out;

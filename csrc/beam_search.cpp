@@ -304,11 +304,7 @@ std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64
     if (find_invalid_log_prob(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
     out[b] = searchers[w].decode(x, lengths[b], vocab, row_stride, col_stride, opt);
   });
-  for (int64_t b = 0; b < batch; ++b)
-    if (bad[2 * b] >= 0) {
-      const T value = log_probs[b * batch_stride + bad[2 * b] * row_stride + bad[2 * b + 1] * col_stride];
-      throw std::invalid_argument(invalid_log_prob_message(b, bad[2 * b], bad[2 * b + 1], value));
-    }
+  throw_first_invalid_log_prob(log_probs, batch, batch_stride, row_stride, col_stride, bad.data());
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -55,6 +56,18 @@ inline std::string invalid_log_prob_message(int64_t b, int64_t t, int64_t v, dou
   return "log_probs[" + std::to_string(b) + ", " + std::to_string(t) + ", " + std::to_string(v) + "] = " +
          std::string(num) + " is not a log-probability: expected -inf or a finite value with |x| <= 1e100 "
          "(NaN and +inf are refused)";
+}
+
+// Throws std::invalid_argument for the first sentence b with bad[2b] >= 0 ((t, v) of its first invalid value, as
+// found by find_invalid_log_prob), naming [b, t, v] and the value.
+template <typename T>
+void throw_first_invalid_log_prob(const T* x, int64_t batch, int64_t batch_stride, int64_t row_stride,
+                                  int64_t col_stride, const int64_t* bad) {
+  for (int64_t b = 0; b < batch; ++b)
+    if (bad[2 * b] >= 0) {
+      const T value = x[b * batch_stride + bad[2 * b] * row_stride + bad[2 * b + 1] * col_stride];
+      throw std::invalid_argument(invalid_log_prob_message(b, bad[2 * b], bad[2 * b + 1], value));
+    }
 }
 
 }  // namespace fastdecoder

@@ -366,11 +366,7 @@ std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_
     if (find_invalid_log_prob(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
     out[b] = searchers[w]->decode(x, lengths[b], row_stride, col_stride);
   });
-  for (int64_t b = 0; b < batch; ++b)
-    if (bad[2 * b] >= 0) {
-      const T value = log_probs[b * batch_stride + bad[2 * b] * row_stride + bad[2 * b + 1] * col_stride];
-      throw std::invalid_argument(fastdecoder::invalid_log_prob_message(b, bad[2 * b], bad[2 * b + 1], value));
-    }
+  fastdecoder::throw_first_invalid_log_prob(log_probs, batch, batch_stride, row_stride, col_stride, bad.data());
   if (workspace_bytes) {
     size_t m = 0;
     for (const auto& s : searchers) m = std::max(m, s->memory_bytes());

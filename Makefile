@@ -35,7 +35,7 @@ test: setup
 # Sanitizer fuzzing (about 2 minutes on 2 cores): the extensions built with ASAN + UBSAN into build/fuzz/ (the normal
 # build is untouched), then hypothesis drives the Python API of the native decoders against the oracles of tests/.
 # CPython itself is not instrumented: libasan is preloaded; leaks are not checked (the interpreter never frees
-# everything); any other sanitizer report aborts the run (non-zero exit).
+# everything); any other sanitizer report aborts the run (non-zero exit; -s: pytest must not capture the report).
 FUZZ_DIR     := build/fuzz
 SANITIZE     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 FUZZ_ENV     := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
@@ -50,7 +50,7 @@ $(FUZZ_DIR)/.built: setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp c
 	@touch $@
 
 fuzz: setup $(FUZZ_DIR)/.built
-	$(FUZZ_ENV) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider fuzz
+	$(FUZZ_ENV) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:cacheprovider fuzz
 
 bench: setup
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,mean,ops

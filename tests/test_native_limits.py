@@ -79,8 +79,12 @@ def test_strides_that_are_not_whole_elements_decode_like_a_copy():
 
 
 def test_single_element_fields_and_nan_in_greedy():
-    rec = np.zeros((1, 1, 1), dtype=[("pad", "i1"), ("lp", "f4")])
+    rec = np.zeros((1, 1, 1), dtype=[("pad", "i1"), ("lp", "f4")])  # a misaligned start (found by make fuzz)
+    assert not rec["lp"].flags.aligned
     assert greedy_decode(rec["lp"]) == [[]] and beam_search(rec["lp"]) == [[([], 0.0)]]
+    field = np.zeros((1, 1, 41), dtype=[("p", "i1"), ("lp", "f8")])["lp"]
+    dec = WordDecoder({"at": "AE T"})
+    assert dec.decode(field) == dec.decode(np.zeros((1, 1, 41)))
     x = np.zeros((2, 4, 3), np.float32)
     x[1, 2, 1] = np.nan
     with pytest.raises(ValueError, match=r"scores\[1, 2, 1\] is NaN"):

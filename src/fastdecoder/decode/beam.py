@@ -39,7 +39,8 @@ def num_cpu_threads() -> int:
 
 def _as_array(log_probs) -> np.ndarray:
     """The one input normalisation of every native binding: a float32/float64 NumPy view of an array or CPU tensor
-    (other float / integer dtypes converted), copied only when its strides are not whole elements."""
+    (other float / integer dtypes converted), copied only when it is misaligned or its strides are not whole
+    elements."""
     if isinstance(log_probs, torch.Tensor):
         if log_probs.device.type != "cpu":
             raise ValueError(
@@ -59,8 +60,8 @@ def _as_array(log_probs) -> np.ndarray:
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"log_probs must be a float array, got dtype {arr.dtype}")
         arr = arr.astype(np.float32 if arr.dtype.itemsize <= 4 else np.float64)
-    if any(s % arr.itemsize for n, s in zip(arr.shape, arr.strides) if n > 1):
-        arr = np.array(arr)  # strides that are not whole elements (a structured field): a fresh, aligned copy
+    if not arr.flags.aligned or any(s % arr.itemsize for n, s in zip(arr.shape, arr.strides) if n > 1):
+        arr = np.array(arr)  # a misaligned start or strides that are not whole elements (a structured field)
     return arr
 
 

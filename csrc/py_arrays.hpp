@@ -24,7 +24,7 @@ template <typename T>
 Batch3<T> batch3(const pybind11::array_t<T, pybind11::array::forcecast>& a, const char* name) {
   if (a.ndim() != 3) throw std::invalid_argument(std::string(name) + " must be (B, T, V)");
   const int64_t sz = static_cast<int64_t>(sizeof(T));
-  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0)
+  if (a.size() > 0 && reinterpret_cast<uintptr_t>(a.data()) % alignof(T) != 0)  // an empty array reads nothing
     throw std::invalid_argument(std::string(name) + " is not aligned to its element size; pass a copy (numpy.array(x))");
   int64_t st[3];
   for (int d = 0; d < 3; ++d) {

@@ -82,6 +82,8 @@ def test_single_element_fields_and_nan_in_greedy():
     rec = np.zeros((1, 1, 1), dtype=[("pad", "i1"), ("lp", "f4")])  # a misaligned start (found by make fuzz)
     assert not rec["lp"].flags.aligned
     assert greedy_decode(rec["lp"]) == [[]] and beam_search(rec["lp"]) == [[([], 0.0)]]
+    empty = np.zeros((0, 0, 3), dtype=[("p", "i1"), ("lp", "f4")])["lp"]
+    assert greedy_decode(empty) == [] and beam_search(empty) == []
     field = np.zeros((1, 1, 41), dtype=[("p", "i1"), ("lp", "f8")])["lp"]
     dec = WordDecoder({"at": "AE T"})
     assert dec.decode(field) == dec.decode(np.zeros((1, 1, 41)))

@@ -41,7 +41,7 @@ SANITIZE     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fn
 FUZZ_ENV     := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
                 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONMALLOC=malloc
-FUZZ_EXAMPLES ?= 500
+FUZZ_EXAMPLES ?= 1500
 
 # Rebuilt (forced: setuptools does not track headers) whenever a native source or setup.py changes.
 $(FUZZ_DIR)/.built: setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)

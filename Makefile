@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.fastdecoder-installed
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup run test bench gpu-check clean
+.PHONY: setup run test fuzz bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,26 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Sanitizer fuzzing (about 2 minutes on 2 cores): the extensions built with ASAN + UBSAN into build/fuzz/ (the normal
+# build is untouched), then hypothesis drives the Python API of the native decoders against the oracles of tests/.
+# CPython itself is not instrumented: libasan is preloaded; leaks are not checked (the interpreter never frees
+# everything); any other sanitizer report aborts the run (non-zero exit; -s: pytest must not capture the report).
+FUZZ_DIR     := build/fuzz
+SANITIZE     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+FUZZ_ENV     := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+                ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
+                UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONMALLOC=malloc
+FUZZ_EXAMPLES ?= 1500
+
+# Rebuilt (forced: setuptools does not track headers) whenever a native source or setup.py changes.
+$(FUZZ_DIR)/.built: setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
+	CFLAGS="$(SANITIZE)" LDFLAGS="$(SANITIZE)" $(PY) setup.py -q build_ext --force --parallel 2 \
+	    --build-lib $(FUZZ_DIR) --build-temp $(FUZZ_DIR)/tmp
+	@touch $@
+
+fuzz: setup $(FUZZ_DIR)/.built
+	$(FUZZ_ENV) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s -p no:cacheprovider fuzz
 
 bench: setup
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,mean,ops

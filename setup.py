@@ -26,9 +26,8 @@ def native(name: str, sources: list[str]) -> Pybind11Extension:
 
 
 # _native: greedy CTC, edit distance, phoneme prefix beam search. _words: lexicon + n-gram word decoding.
-extensions = [native("fastdecoder._native", sorted(glob.glob("csrc/*.cpp")))]
-if glob.glob("csrc/words/*.cpp"):
-    extensions.append(native("fastdecoder._words", sorted(glob.glob("csrc/words/*.cpp"))))
+extensions = [native("fastdecoder._native", sorted(glob.glob("csrc/*.cpp"))),
+              native("fastdecoder._words", sorted(glob.glob("csrc/words/*.cpp")))]
 
 setup(
     ext_modules=extensions,

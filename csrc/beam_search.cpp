@@ -7,20 +7,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "log_math.hpp"
 #include "thread_pool.hpp"
 
 namespace fastdecoder {
 
 namespace {
-
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-
-// log(exp(a) + exp(b)); -inf safe.
-inline double lse(double a, double b) {
-  if (a < b) std::swap(a, b);
-  if (b == kNegInf) return a;
-  return a + std::log1p(std::exp(b - a));
-}
 
 // The k-th largest (0-based) of a[0..m): quickselect with branch-free partitions (random scores make the
 // comparisons of std::nth_element mispredict half the time). Uses buf (2m doubles); a is clobbered.
@@ -59,11 +51,23 @@ double kth_largest(double* a, size_t m, size_t k, double* buf) {
 int32_t PrefixBeamSearch::child(int32_t parent, int32_t token, int32_t frame) {
   for (int32_t c = nodes_[parent].first_child; c >= 0; c = nodes_[c].next_sibling)
     if (nodes_[c].token == token) return c;
+  if (nodes_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+    throw std::length_error("beam search: more than 2^31 prefixes in one sentence (lower beam_width or split it)");
   const int32_t id = static_cast<int32_t>(nodes_.size());
   const Node& p = nodes_[parent];
-  nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1});
+  const Node& j = nodes_[p.jump];
+  const int32_t jump = p.depth - j.depth == j.depth - nodes_[j.jump].depth ? j.jump : parent;
+  nodes_.push_back(Node{parent, token, p.depth + 1, -1, p.first_child, frame, -1, -1, jump});
   nodes_[parent].first_child = id;
   return id;
+}
+
+int32_t PrefixBeamSearch::ancestor_at(int32_t n, int32_t depth) const {
+  while (nodes_[n].depth > depth) {
+    const int32_t j = nodes_[n].jump;
+    n = nodes_[j].depth >= depth ? j : nodes_[n].parent;
+  }
+  return n;
 }
 
 int PrefixBeamSearch::compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t tb) const {
@@ -71,13 +75,26 @@ int PrefixBeamSearch::compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t
   if (pa == pb) return (ta > tb) - (ta < tb);
   // A = seq(a) + [ua, ...], B = seq(b) + [ub, ...]; lift the deeper side to the other's depth.
   int32_t a = pa, b = pb, ua = ta, ub = tb;
-  while (nodes_[a].depth > nodes_[b].depth) ua = nodes_[a].token, a = nodes_[a].parent;
-  while (nodes_[b].depth > nodes_[a].depth) ub = nodes_[b].token, b = nodes_[b].parent;
+  const int32_t da = nodes_[pa].depth, db = nodes_[pb].depth;
+  if (da > db) {
+    a = ancestor_at(pa, db + 1);
+    ua = nodes_[a].token, a = nodes_[a].parent;
+  } else if (db > da) {
+    b = ancestor_at(pb, da + 1);
+    ub = nodes_[b].token, b = nodes_[b].parent;
+  }
   if (a == b) {  // one sequence starts with seq(a) + [u]: a shared next token means the shorter one is a prefix
     if (ua != ub) return (ua > ub) - (ua < ub);
-    return (nodes_[pa].depth > nodes_[pb].depth) - (nodes_[pa].depth < nodes_[pb].depth);
+    return (da > db) - (da < db);
   }
-  while (a != b) ua = nodes_[a].token, a = nodes_[a].parent, ub = nodes_[b].token, b = nodes_[b].parent;
+  // Same depth, different nodes: climb to the two children of the common ancestor (equal depths keep equal jumps).
+  while (nodes_[a].parent != nodes_[b].parent) {
+    if (nodes_[a].jump != nodes_[b].jump)
+      a = nodes_[a].jump, b = nodes_[b].jump;
+    else
+      a = nodes_[a].parent, b = nodes_[b].parent;
+  }
+  ua = nodes_[a].token, ub = nodes_[b].token;
   return (ua > ub) - (ua < ub);  // tokens of two distinct children of the common ancestor
 }
 
@@ -117,7 +134,7 @@ void PrefixBeamSearch::begin(const BeamOptions& opt, int64_t vocab, int64_t fram
   t_ = 0;
   nodes_.clear();
   nodes_.reserve(static_cast<size_t>(std::min<int64_t>(frames_hint * opt.beam_width + 1, int64_t{1} << 20)));
-  nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1});  // node 0: the empty prefix
+  nodes_.push_back(Node{-1, -1, 0, -1, -1, -1, -1, -1, 0});  // node 0: the empty prefix (its own jump)
   beam_.assign(1, Entry{0, -1, 0.0, kNegInf, 0.0});
   best_ = 0.0;
   row_.resize(static_cast<size_t>(vocab));
@@ -175,7 +192,10 @@ void PrefixBeamSearch::step(const double* lp) {
     child_mask_[j * words + s / 64] |= uint64_t{1} << (s % 64);
   }
   for (auto& c : cands_) c.score = lse(c.pb, c.pnb);
-  bool full = n >= k;
+  // A prefix of zero mass (-inf inputs) is no candidate.
+  cands_.erase(std::remove_if(cands_.begin(), cands_.end(), [](const Cand& c) { return c.score == kNegInf; }),
+               cands_.end());
+  bool full = static_cast<int>(cands_.size()) >= k;
   Cand kth{};
   double thr = kNegInf;
   if (full) {
@@ -308,23 +328,6 @@ std::vector<Hypothesis> PrefixBeamSearch::decode(const T* lp_in, int64_t frames,
 }
 
 template <typename T>
-bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
-                    int64_t* v_out) {
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* r = x + t * row_stride;
-    bool ok = true;
-    for (int64_t v = 0; v < vocab; ++v) ok &= std::isfinite(r[v * col_stride]);
-    if (ok) continue;
-    for (int64_t v = 0; v < vocab; ++v)
-      if (!std::isfinite(r[v * col_stride])) {
-        *t_out = t, *v_out = v;
-        return true;
-      }
-  }
-  return false;
-}
-
-template <typename T>
 std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64_t batch, int64_t frames,
                                                        int64_t vocab, int64_t batch_stride, int64_t row_stride,
                                                        int64_t col_stride, const int64_t* lengths,
@@ -336,13 +339,10 @@ std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64
   std::vector<PrefixBeamSearch> searchers(static_cast<size_t>(workers));
   parallel_for(batch, workers, [&](int64_t b, int w) {
     const T* x = log_probs + b * batch_stride;
-    if (find_nonfinite(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
+    if (find_invalid_log_prob(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
     out[b] = searchers[w].decode(x, lengths[b], vocab, row_stride, col_stride, opt);
   });
-  for (int64_t b = 0; b < batch; ++b)
-    if (bad[2 * b] >= 0)
-      throw std::invalid_argument("log_probs has a non-finite value (NaN or Inf) at [" + std::to_string(b) + ", " +
-                                  std::to_string(bad[2 * b]) + ", " + std::to_string(bad[2 * b + 1]) + "]");
+  throw_first_invalid_log_prob(log_probs, batch, batch_stride, row_stride, col_stride, bad.data());
   return out;
 }
 
@@ -350,7 +350,6 @@ std::vector<std::vector<Hypothesis>> beam_search_batch(const T* log_probs, int64
   template std::vector<Hypothesis> PrefixBeamSearch::decode<T>(const T*, int64_t, int64_t, int64_t, int64_t,     \
                                                                const BeamOptions&);                             \
   template void PrefixBeamSearch::advance<T>(const T*, int64_t, int64_t, int64_t);                                 \
-  template bool find_nonfinite<T>(const T*, int64_t, int64_t, int64_t, int64_t, int64_t*, int64_t*);               \
   template std::vector<std::vector<Hypothesis>> beam_search_batch<T>(const T*, int64_t, int64_t, int64_t, int64_t, \
                                                                      int64_t, int64_t, const int64_t*,           \
                                                                      const BeamOptions&, int);

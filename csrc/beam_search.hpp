@@ -21,6 +21,8 @@
 #include <limits>
 #include <vector>
 
+#include "limits.hpp"
+
 namespace fastdecoder {
 
 struct BeamOptions {
@@ -71,8 +73,11 @@ class alignas(64) PrefixBeamSearch {
   int64_t vocab() const { return vocab_; }
 
  private:
-  struct Node {  // one distinct prefix (canonical: one node per token sequence); children form a linked list
-    int32_t parent, token, depth, first_child, next_sibling, frame, stamp, slot;
+  // One distinct prefix (canonical: one node per token sequence); children form a linked list. `jump`: a skew-binary
+  // jump pointer to an ancestor (Myers 1983; its depth depends on the node's depth only), so the common ancestor of
+  // two prefixes is found in O(log depth) steps: exact ties between prefixes that diverged long ago stay cheap.
+  struct Node {
+    int32_t parent, token, depth, first_child, next_sibling, frame, stamp, slot, jump;
   };
   struct Entry {  // a prefix in the beam
     int32_t node, last;
@@ -88,6 +93,7 @@ class alignas(64) PrefixBeamSearch {
   int32_t child(int32_t parent, int32_t token, int32_t frame);
   // Lexicographic order of seq(pa)+[ta] vs seq(pb)+[tb] (-1, 0, 1); walks up to the common ancestor only.
   int compare_tokens(int32_t pa, int32_t ta, int32_t pb, int32_t tb) const;
+  int32_t ancestor_at(int32_t n, int32_t depth) const;  // the ancestor of node n at a depth <= n's
   // "Ranks before": higher score, then the lexicographically smaller token sequence.
   bool before(const Cand& a, const Cand& b) const {
     if (a.score != b.score) return a.score > b.score;
@@ -113,11 +119,6 @@ class alignas(64) PrefixBeamSearch {
   std::vector<std::pair<double, int32_t>> labels_;
   std::vector<uint64_t> child_mask_;
 };
-
-// First non-finite value of (frames, vocab) values at element strides: true and its (t, v) if any.
-template <typename T>
-bool find_nonfinite(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
-                    int64_t* v_out);
 
 // A batch of sentences (B, T, V) with element strides; lengths (B,) in [0, T]. num_threads 0 = all cores.
 // Throws std::invalid_argument naming [b, t, v] (smallest b) if a used frame holds a NaN or an infinity.

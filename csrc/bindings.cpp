@@ -1,10 +1,11 @@
 // Thin pybind11 binding over the plain C++ cores: NumPy buffers in, Python lists / NumPy arrays out.
-// Argument checking with clear messages lives in the Python wrappers (fastdecoder.decode); the asserts
-// here only guard memory safety.
+// Argument checking with clear messages lives in the Python wrappers (fastdecoder.decode); the checks here
+// (py_arrays.hpp) only guard memory safety.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,8 @@
 
 #include "beam_search.hpp"
 #include "ctc_metrics.hpp"
+#include "log_math.hpp"
+#include "py_arrays.hpp"
 #include "thread_pool.hpp"
 
 namespace py = pybind11;
@@ -21,38 +24,25 @@ namespace {
 
 template <typename T>
 std::vector<std::vector<int32_t>> greedy_batch(py::array_t<T, py::array::forcecast> scores,
-                                               py::array_t<int64_t, py::array::forcecast> lengths,
+                                               py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths,
                                                int32_t blank) {
-  if (scores.ndim() != 3) throw std::invalid_argument("scores must be (B, T, V)");
-  const int64_t B = scores.shape(0), T_ = scores.shape(1), V = scores.shape(2);
-  if (lengths.ndim() != 1 || lengths.shape(0) != B) throw std::invalid_argument("lengths must be (B,)");
-  const int64_t sb = scores.strides(0) / static_cast<int64_t>(sizeof(T));
-  const int64_t st = scores.strides(1) / static_cast<int64_t>(sizeof(T));
-  const int64_t sv = scores.strides(2) / static_cast<int64_t>(sizeof(T));
-  auto len = lengths.template unchecked<1>();
-  for (int64_t b = 0; b < B; ++b)
-    if (len(b) < 0 || len(b) > T_) throw std::invalid_argument("length out of range");
-  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
-  const T* base = scores.data();
+  const Batch3<T> x = batch3(scores, "scores");
+  const int64_t* len = checked_lengths(lengths, x.batch, x.frames);
+  if (x.vocab < 1 || blank < 0 || blank >= x.vocab) throw std::invalid_argument("blank out of range");
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(x.batch));
   {
     py::gil_scoped_release release;
-    for (int64_t b = 0; b < B; ++b) out[b] = greedy_decode<T>(base + b * sb, len(b), V, st, sv, blank);
+    for (int64_t b = 0; b < x.batch; ++b) {
+      const T* s = x.data + b * x.batch_stride;
+      bool nan = false;
+      out[b] = greedy_decode<T>(s, len[b], x.vocab, x.row_stride, x.col_stride, blank, &nan);
+      if (!nan) continue;
+      for (int64_t t = 0; t < len[b]; ++t)  // NaN has no argmax (any finite value or an infinity has): name it
+        for (int64_t v = 0; v < x.vocab; ++v)
+          if (std::isnan(s[t * x.row_stride + v * x.col_stride]))
+            throw std::invalid_argument("scores[" + std::to_string(b) + ", " + std::to_string(t) + ", " +
+                                        std::to_string(v) + "] is NaN");
   }
-  return out;
-}
-
-std::vector<std::vector<int32_t>> collapse_batch(py::array_t<int64_t, py::array::forcecast> labels,
-                                                 py::array_t<int64_t, py::array::forcecast> lengths,
-                                                 int32_t blank) {
-  if (labels.ndim() != 2) throw std::invalid_argument("labels must be (B, T)");
-  const int64_t B = labels.shape(0), T_ = labels.shape(1);
-  if (lengths.ndim() != 1 || lengths.shape(0) != B) throw std::invalid_argument("lengths must be (B,)");
-  auto len = lengths.unchecked<1>();
-  const int64_t sb = labels.strides(0) / 8, st = labels.strides(1) / 8;
-  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    if (len(b) < 0 || len(b) > T_) throw std::invalid_argument("length out of range");
-    out[b] = collapse_labels(labels.data() + b * sb, len(b), st, blank);
   }
   return out;
 }
@@ -89,15 +79,13 @@ template <typename T>
 py::list beam_search_batch_py(py::array_t<T, py::array::forcecast> log_probs,
                               py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths, int beam_width,
                               int blank, int nbest, double token_min_logprob, bool return_frames, int num_threads) {
-  if (log_probs.ndim() != 3) throw std::invalid_argument("log_probs must be (B, T, V)");
-  const int64_t B = log_probs.shape(0), T_ = log_probs.shape(1), V = log_probs.shape(2);
-  if (lengths.ndim() != 1 || lengths.shape(0) != B) throw std::invalid_argument("lengths must be (B,)");
-  if (V < 1 || blank < 0 || blank >= V) throw std::invalid_argument("blank out of range");
-  if (beam_width < 1 || nbest < 1) throw std::invalid_argument("beam_width and nbest must be >= 1");
-  const int64_t* len = lengths.data();
-  for (int64_t b = 0; b < B; ++b)
-    if (len[b] < 0 || len[b] > T_) throw std::invalid_argument("length out of range");
-  const int64_t sz = static_cast<int64_t>(sizeof(T));
+  const Batch3<T> x = batch3(log_probs, "log_probs");
+  const int64_t* len = checked_lengths(lengths, x.batch, x.frames);
+  const int64_t B = x.batch;
+  if (x.vocab < 1 || blank < 0 || blank >= x.vocab) throw std::invalid_argument("blank out of range");
+  if (beam_width < 1 || beam_width > kMaxBeamWidth || nbest < 1 || nbest > beam_width)
+    throw std::invalid_argument("beam_width must lie in [1, " + std::to_string(kMaxBeamWidth) +
+                                "] and nbest in [1, beam_width]");
   BeamOptions opt;
   opt.beam_width = beam_width;
   opt.blank = blank;
@@ -107,8 +95,8 @@ py::list beam_search_batch_py(py::array_t<T, py::array::forcecast> log_probs,
   std::vector<std::vector<Hypothesis>> res;
   {
     py::gil_scoped_release release;  // a non-finite input throws std::invalid_argument -> ValueError
-    res = beam_search_batch<T>(log_probs.data(), B, T_, V, log_probs.strides(0) / sz, log_probs.strides(1) / sz,
-                               log_probs.strides(2) / sz, len, opt, num_threads);
+    res = beam_search_batch<T>(x.data, B, x.frames, x.vocab, x.batch_stride, x.row_stride, x.col_stride, len, opt,
+                               num_threads);
   }
   // Python objects built with the C API (PyList_SET_ITEM steals the new references): this part holds the GIL.
   auto int_list = [](const std::vector<int32_t>& v) {
@@ -138,7 +126,8 @@ class BeamStream {
  public:
   BeamStream(int64_t vocab, int beam_width, int blank, double token_min_logprob) {
     if (vocab < 1 || blank < 0 || blank >= vocab) throw std::invalid_argument("blank out of range");
-    if (beam_width < 1) throw std::invalid_argument("beam_width must be >= 1");
+    if (beam_width < 1 || beam_width > kMaxBeamWidth)
+      throw std::invalid_argument("beam_width must lie in [1, " + std::to_string(kMaxBeamWidth) + "]");
     opt_.beam_width = beam_width;
     opt_.blank = blank;
     opt_.token_min_logprob = token_min_logprob;
@@ -156,10 +145,9 @@ class BeamStream {
     const int64_t n = lp.shape(0), st = lp.strides(0) / sz, sv = lp.strides(1) / sz;
     py::gil_scoped_release release;
     std::lock_guard<std::mutex> lock(mu_);
-    int64_t t = 0, v = 0;
-    if (find_nonfinite(lp.data(), n, search_.vocab(), st, sv, &t, &v))
-      throw std::invalid_argument("log_probs has a non-finite value (NaN or Inf) at [" + std::to_string(t) + ", " +
-                                  std::to_string(v) + "] (frame of this advance, class)");
+    int64_t bad[2] = {-1, -1};  // (frame of this advance, class) of the first value outside the input policy
+    find_invalid_log_prob(lp.data(), n, search_.vocab(), st, sv, &bad[0], &bad[1]);
+    throw_first_invalid_log_prob(lp.data(), 1, 0, st, sv, bad);
     search_.advance(lp.data(), n, st, sv);
   }
   py::tuple partial() {
@@ -191,7 +179,6 @@ PYBIND11_MODULE(_native, m) {
   m.doc() = "fastdecoder native core: CTC greedy decoding, edit distance, prefix beam search";
   m.def("greedy_decode_f32", &greedy_batch<float>, py::arg("scores"), py::arg("lengths"), py::arg("blank"));
   m.def("greedy_decode_f64", &greedy_batch<double>, py::arg("scores"), py::arg("lengths"), py::arg("blank"));
-  m.def("collapse_labels", &collapse_batch, py::arg("labels"), py::arg("lengths"), py::arg("blank"));
   m.def("edit_distance_batch", &edit_distance_batch, py::arg("hyp"), py::arg("hyp_offsets"), py::arg("ref"),
         py::arg("ref_offsets"));
   m.def("beam_search_f32", &beam_search_batch_py<float>, py::arg("log_probs"), py::arg("lengths"),
@@ -209,5 +196,7 @@ PYBIND11_MODULE(_native, m) {
       .def("partial", &BeamStream::partial)
       .def("hypotheses", &BeamStream::hypotheses, py::arg("nbest"))
       .def_property_readonly("frames", &BeamStream::frames);
-  m.def("hardware_threads", []() { return resolve_num_threads(0, int64_t{1} << 30); });
+  m.def("hardware_threads", &hardware_threads);
+  m.attr("MAX_THREADS_PER_CORE") = kMaxThreadsPerCore;
+  m.attr("MAX_BEAM_WIDTH") = kMaxBeamWidth;
 }

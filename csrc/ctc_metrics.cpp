@@ -6,15 +6,18 @@ namespace fastdecoder {
 
 template <typename T>
 std::vector<int32_t> greedy_decode(const T* scores, int64_t frames, int64_t vocab, int64_t row_stride,
-                                   int64_t col_stride, int32_t blank) {
+                                   int64_t col_stride, int32_t blank, bool* has_nan) {
   std::vector<int32_t> out;
   int32_t prev = -1;
+  bool nan = false;
   for (int64_t t = 0; t < frames; ++t) {
     const T* row = scores + t * row_stride;
     int32_t best = 0;
     T best_v = row[0];
+    nan |= best_v != best_v;
     for (int64_t v = 1; v < vocab; ++v) {
       const T x = row[v * col_stride];
+      nan |= x != x;
       if (x > best_v) {  // strict: ties keep the lowest index
         best_v = x;
         best = static_cast<int32_t>(v);
@@ -23,22 +26,13 @@ std::vector<int32_t> greedy_decode(const T* scores, int64_t frames, int64_t voca
     if (best != prev && best != blank) out.push_back(best);
     prev = best;
   }
+  *has_nan = nan;
   return out;
 }
 
-template std::vector<int32_t> greedy_decode<float>(const float*, int64_t, int64_t, int64_t, int64_t, int32_t);
-template std::vector<int32_t> greedy_decode<double>(const double*, int64_t, int64_t, int64_t, int64_t, int32_t);
-
-std::vector<int32_t> collapse_labels(const int64_t* labels, int64_t frames, int64_t stride, int32_t blank) {
-  std::vector<int32_t> out;
-  int64_t prev = -1;
-  for (int64_t t = 0; t < frames; ++t) {
-    const int64_t l = labels[t * stride];
-    if (l != prev && l != blank) out.push_back(static_cast<int32_t>(l));
-    prev = l;
-  }
-  return out;
-}
+template std::vector<int32_t> greedy_decode<float>(const float*, int64_t, int64_t, int64_t, int64_t, int32_t, bool*);
+template std::vector<int32_t> greedy_decode<double>(const double*, int64_t, int64_t, int64_t, int64_t, int32_t,
+                                                    bool*);
 
 int64_t edit_distance(const int32_t* a, int64_t na, const int32_t* b, int64_t nb) {
   // One row of the dynamic-programming table: row[j] = distance(a[:i], b[:j]).

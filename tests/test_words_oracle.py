@@ -106,6 +106,8 @@ def word_beam_oracle(lp, prons, lm=None, *, beam, lm_weight=0.5, word_bonus=0.0,
         total_lm = lm_of(h) + end
         out.append((list(h), ctc + lm_weight * total_lm + word_bonus * len(h), ctc, total_lm))
     out.sort(key=lambda r: -r[1])
+    if not out and not beam_:  # every hypothesis lost its mass (-inf inputs): nothing decoded
+        return []
     if not out:
         (h, n), (pb, pnb) = max(beam_.items(), key=lambda kv: lse(*kv[1]) + extra(*kv[0]))
         out = [(list(h), lse(pb, pnb) + extra(h, n), lse(pb, pnb), lm_of(h))]

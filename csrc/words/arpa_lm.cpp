@@ -1,5 +1,6 @@
 #include "words/arpa_lm.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <stdexcept>
@@ -128,6 +129,12 @@ ArpaLM ArpaLM::from_text(std::string_view text) {
   }
   if (lm.counts_.empty()) fail(header_line, "no 'ngram N=COUNT' lines after '\\data\\'");
   lm.order_ = static_cast<int>(lm.counts_.size());
+  // Every n-gram takes a line: declared counts beyond the file's lines are refused before anything is allocated.
+  const int64_t lines = static_cast<int64_t>(std::count(text.begin(), text.end(), '\n')) + 1;
+  for (int n = 1; n <= lm.order_; ++n)
+    if (lm.counts_[n - 1] > lines)
+      fail(header_line, "the header declares " + std::to_string(lm.counts_[n - 1]) + " " + std::to_string(n) +
+                            "-grams but the file has only " + std::to_string(lines) + " lines (truncated file?)");
   if (lm.counts_[0] < 1) fail(header_line, "the model declares no 1-grams");
   if (lm.counts_[0] >= (int64_t{1} << 31)) fail(header_line, "too many 1-grams");
   int64_t total = 0;
@@ -169,6 +176,7 @@ ArpaLM ArpaLM::from_text(std::string_view text) {
         fail(r.line_no(), "bad log10 back-off weight " + quoted(fields[nf - 1]));
       ids.clear();
       if (n == 1) {
+        if (!valid_utf8(fields[1])) fail(r.line_no(), "the word is not valid UTF-8");
         const std::string w(fields[1]);
         const int32_t id = static_cast<int32_t>(lm.vocab_.size());
         if (!lm.ids_.emplace(w, id).second) fail(r.line_no(), "duplicate 1-gram " + quoted(w));

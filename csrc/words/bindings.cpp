@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "thread_pool.hpp"
+#include "py_arrays.hpp"
 #include "words/arpa_lm.hpp"
 #include "words/lexicon.hpp"
 #include "words/word_decoder.hpp"
@@ -32,16 +32,15 @@ std::string_view bytes_view(const py::bytes& b) {
 template <typename T>
 py::tuple decode_py(const WordDecoder& dec, py::array_t<T, py::array::forcecast> log_probs,
                     py::array_t<int64_t, py::array::c_style | py::array::forcecast> lengths, int num_threads) {
-  if (log_probs.ndim() != 3) throw std::invalid_argument("log_probs must be (B, T, V)");
-  const int64_t B = log_probs.shape(0), T_ = log_probs.shape(1), V = log_probs.shape(2);
-  if (lengths.ndim() != 1 || lengths.shape(0) != B) throw std::invalid_argument("lengths must be (B,)");
-  const int64_t sz = static_cast<int64_t>(sizeof(T));
+  const fastdecoder::Batch3<T> x = fastdecoder::batch3(log_probs, "log_probs");
+  const int64_t* len = fastdecoder::checked_lengths(lengths, x.batch, x.frames);
+  const int64_t B = x.batch;
   std::vector<std::vector<WordHypothesis>> res;
   size_t ws = 0;
   {
     py::gil_scoped_release release;
-    res = dec.decode_batch<T>(log_probs.data(), B, T_, V, log_probs.strides(0) / sz, log_probs.strides(1) / sz,
-                              log_probs.strides(2) / sz, lengths.data(), num_threads, &ws);
+    res = dec.decode_batch<T>(x.data, B, x.frames, x.vocab, x.batch_stride, x.row_stride, x.col_stride, len,
+                              num_threads, &ws);
   }
   py::list out(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
@@ -78,12 +77,20 @@ PYBIND11_MODULE(_words, m) {
   m.attr("BLANK") = kBlank;
   m.attr("SIL") = kSil;
   m.attr("NUM_CLASSES") = kNumClasses;
+  // The one phoneme table: fastdecoder.phonemes (its layout must match the constants above).
+  py::module_ ph = py::module_::import("fastdecoder.phonemes");
+  static const std::vector<std::string> phonemes = ph.attr("PHONEMES").cast<std::vector<std::string>>();
+  if (phonemes.size() != static_cast<size_t>(kNumPhonemes) || ph.attr("SIL").cast<int>() != kSil ||
+      ph.attr("N_CLASSES").cast<int>() != kNumClasses)
+    throw std::runtime_error("fastdecoder.phonemes does not match the native word decoder's layout (blank 0, " +
+                             std::to_string(kNumPhonemes) + " phonemes, SIL " + std::to_string(kSil) + ")");
 
   py::class_<Lexicon, std::shared_ptr<Lexicon>>(m, "Lexicon")
       .def_static(
           "from_text",
           [](py::bytes text, bool strip_stress, bool strip_variant, bool skip_invalid, bool comments) {
             LexiconParseOptions opt;
+            opt.phonemes = phonemes;
             opt.strip_stress = strip_stress;
             opt.strip_variant = strip_variant;
             opt.skip_invalid = skip_invalid;
@@ -177,8 +184,7 @@ PYBIND11_MODULE(_words, m) {
            py::arg("lm_weight"), py::arg("word_bonus"), py::arg("blank_penalty"), py::arg("token_min_logprob"),
            py::arg("unk_log10"), py::arg("lm_lookahead"))
       .def("decode_f32", &decode_py<float>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"))
-      .def("decode_f64", &decode_py<double>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"))
-      .def("lookahead", [](const WordDecoder& d) { return d.lookahead(); });
+      .def("decode_f64", &decode_py<double>, py::arg("log_probs"), py::arg("lengths"), py::arg("num_threads"));
 
   py::class_<LockedWordStream>(m, "WordStream")
       .def(py::init<std::shared_ptr<WordDecoder>>(), py::arg("decoder"))
@@ -211,5 +217,4 @@ PYBIND11_MODULE(_words, m) {
         std::lock_guard<std::mutex> lock(s.mu);
         return s.stream.frames();
       });
-  m.def("hardware_threads", []() { return fastdecoder::resolve_num_threads(0, int64_t{1} << 30); });
 }

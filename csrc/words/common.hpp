@@ -1,4 +1,5 @@
-// Small shared pieces of the word decoder: phoneme inventory, log-sum-exp, flat hash maps, text scanning.
+// Small shared pieces of the word decoder: phoneme inventory, flat hash maps, text scanning (log-sum-exp and
+// the log-probability policy: log_math.hpp).
 // Plain C++17, no Python.
 #pragma once
 #include <cmath>
@@ -12,17 +13,18 @@
 #include <intrin.h>
 #endif
 
+#include "log_math.hpp"
+
 namespace fastdecoder {
 namespace words {
 
-// The 41-class inventory of DESIGN.md: 0 = CTC blank, 1..39 = ARPAbet phonemes without stress, 40 = SIL.
+// The 41-class layout of DESIGN.md: 0 = CTC blank, 1..39 = ARPAbet phonemes without stress, 40 = SIL. The phoneme
+// symbols themselves are not repeated here: the caller passes them (the binding reads fastdecoder.phonemes.PHONEMES,
+// the one table, and checks its layout against these constants at import).
 constexpr int kBlank = 0;
 constexpr int kSil = 40;
 constexpr int kNumClasses = 41;
 constexpr int kNumPhonemes = 39;
-inline constexpr const char* kPhonemes[kNumPhonemes] = {
-    "AA", "AE", "AH", "AO", "AW", "AY", "B",  "CH", "D",  "DH", "EH", "ER", "EY", "F",  "G",  "HH", "IH", "IY", "JH", "K",
-    "L",  "M",  "N",  "NG", "OW", "OY", "P",  "R",  "S",  "SH", "T",  "TH", "UH", "UW", "V",  "W",  "Y",  "Z",  "ZH"};
 
 // A piece of input text in quotes for error messages, cut after `max_chars`.
 inline std::string quoted(std::string_view s, size_t max_chars = 80) {
@@ -30,13 +32,6 @@ inline std::string quoted(std::string_view s, size_t max_chars = 80) {
   out.append(s.substr(0, max_chars));
   if (s.size() > max_chars) out += "...";
   return out + "'";
-}
-
-// Phoneme symbol -> class id 1..39, or -1. Case-sensitive (ARPAbet is upper case); no stress digits.
-inline int phoneme_id(std::string_view sym) {
-  for (int i = 0; i < kNumPhonemes; ++i)
-    if (sym == kPhonemes[i]) return i + 1;
-  return -1;
 }
 
 inline int popcount64(uint64_t x) {
@@ -57,15 +52,9 @@ inline int ctz64(uint64_t x) {  // x != 0
 #endif
 }
 
-constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+using fastdecoder::kNegInf;
+using fastdecoder::lse;
 constexpr double kLn10 = 2.302585092994045684;
-
-// log(exp(a) + exp(b)); -inf safe.
-inline double lse(double a, double b) {
-  if (a < b) std::swap(a, b);
-  if (b == kNegInf) return a;
-  return a + std::log1p(std::exp(b - a));
-}
 
 inline uint64_t pack_key(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -189,6 +178,35 @@ inline void split_fields(std::string_view line, std::vector<std::string_view>* o
     out->push_back(line.substr(i, j - i));
     i = j;
   }
+}
+
+// Whether s is well-formed UTF-8 (no overlong forms, surrogates or code points above U+10FFFF).
+inline bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    int len;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+    else return false;
+    if (i + len > n) return false;
+    for (int k = 1; k < len; ++k) {
+      const unsigned char d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return false;
+    i += static_cast<size_t>(len);
+  }
+  return true;
 }
 
 inline std::string_view trim(std::string_view s) {

@@ -10,10 +10,17 @@ namespace words {
 
 namespace {
 
-std::string inventory() {
+std::string inventory(const std::vector<std::string>& phonemes) {
   std::string s;
-  for (int i = 0; i < kNumPhonemes; ++i) s += (i ? " " : "") + std::string(kPhonemes[i]);
+  for (size_t i = 0; i < phonemes.size(); ++i) s += (i ? " " : "") + phonemes[i];
   return s;
+}
+
+// Phoneme symbol -> class id 1..kNumPhonemes, or -1. Case-sensitive (ARPAbet is upper case); no stress digits.
+int phoneme_id(std::string_view sym, const std::vector<std::string>& phonemes) {
+  for (size_t i = 0; i < phonemes.size(); ++i)
+    if (sym == phonemes[i]) return static_cast<int>(i) + 1;
+  return -1;
 }
 
 }  // namespace
@@ -35,6 +42,8 @@ void Lexicon::add(std::string_view word, const std::vector<int32_t>& phones) {
 }
 
 Lexicon Lexicon::from_text(std::string_view text, const LexiconParseOptions& opt, int64_t* skipped) {
+  if (opt.phonemes.size() != static_cast<size_t>(kNumPhonemes))
+    throw std::invalid_argument("lexicon: the phoneme table must have " + std::to_string(kNumPhonemes) + " symbols");
   Lexicon lex;
   lex.nodes_.clear();
   int64_t n_skipped = 0;
@@ -62,6 +71,8 @@ Lexicon Lexicon::from_text(std::string_view text, const LexiconParseOptions& opt
         if (digits) word = word.substr(0, open);
       }
     }
+    if (!valid_utf8(word))
+      throw std::invalid_argument("lexicon line " + std::to_string(reader.line_no()) + ": the word is not valid UTF-8");
     if (fields.size() < 2) {
       if (opt.skip_invalid) {
         ++n_skipped;
@@ -76,7 +87,7 @@ Lexicon Lexicon::from_text(std::string_view text, const LexiconParseOptions& opt
       std::string_view f = fields[i];
       if (opt.strip_stress)
         while (f.size() > 1 && f.back() >= '0' && f.back() <= '9') f.remove_suffix(1);
-      const int id = phoneme_id(f);
+      const int id = phoneme_id(f, opt.phonemes);
       if (id < 0) {
         if (opt.skip_invalid) {
           ok = false;
@@ -84,7 +95,7 @@ Lexicon Lexicon::from_text(std::string_view text, const LexiconParseOptions& opt
         }
         throw std::invalid_argument("lexicon line " + std::to_string(reader.line_no()) + ": word " + quoted(word) +
                                     " has phoneme " + quoted(fields[i]) +
-                                    " outside the inventory (ARPAbet without stress: " + inventory() + ")");
+                                    " outside the inventory (ARPAbet without stress: " + inventory(opt.phonemes) + ")");
       }
       phones.push_back(id);
     }

@@ -21,6 +21,7 @@ namespace fastdecoder {
 namespace words {
 
 struct LexiconParseOptions {
+  std::vector<std::string> phonemes;  // the symbols of class ids 1..kNumPhonemes, in order (required)
   bool strip_stress = true;    // "AH0" -> "AH" (trailing digits of a phoneme are dropped)
   bool strip_variant = true;   // "read(2)" -> "read" (cmudict marks alternative pronunciations so)
   bool skip_invalid = false;   // false: a symbol outside the inventory throws (naming line, word, symbol);

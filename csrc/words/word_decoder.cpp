@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "limits.hpp"
 #include "thread_pool.hpp"
 
 namespace fastdecoder {
@@ -16,7 +17,9 @@ WordDecoder::WordDecoder(std::shared_ptr<const Lexicon> lexicon, std::shared_ptr
     : lex_(std::move(lexicon)), lm_(std::move(lm)), lm_ids_(std::move(lm_ids)), opt_(opt) {
   if (!lex_) throw std::invalid_argument("word decoder: no lexicon");
   if (lex_->num_words() == 0) throw std::invalid_argument("word decoder: the lexicon is empty");
-  if (opt_.beam_width < 1 || opt_.nbest < 1) throw std::invalid_argument("beam_width and nbest must be >= 1");
+  if (opt_.beam_width < 1 || opt_.beam_width > fastdecoder::kMaxBeamWidth || opt_.nbest < 1)
+    throw std::invalid_argument("beam_width must lie in [1, " + std::to_string(fastdecoder::kMaxBeamWidth) +
+                                "] and nbest must be >= 1");
   if (lm_) {
     if (lm_ids_.size() != static_cast<size_t>(lex_->num_words()))
       throw std::invalid_argument("word decoder: lm_ids needs one entry per lexicon word");
@@ -273,6 +276,10 @@ void Searcher::step(const double* lp) {
 
   // 3. The k best by ranking score form the next beam (the best first, the rest in no order): the k-th best
   //    score by a selection on plain doubles, then one pass; exact ties at the k-th score by (hist, node).
+    //    A hypothesis of zero mass (-inf inputs) is none: it leaves the beam, so no later label (not even one
+    //    below the cut) can feed it.
+    cands_.erase(std::remove_if(cands_.begin(), cands_.end(), [](const Hyp& c) { return c.ctc == kNegInf; }),
+                 cands_.end());
   const int m = static_cast<int>(cands_.size());
   order_.clear();
   if (m <= k) {
@@ -369,27 +376,6 @@ WordPartial Searcher::partial() const {
 
 }  // namespace detail
 
-namespace {
-
-// First NaN or +inf of one sentence's used frames: true and (t, v) if any.
-template <typename T>
-bool find_bad(const T* x, int64_t frames, int64_t vocab, int64_t row_stride, int64_t col_stride, int64_t* t_out,
-              int64_t* v_out) {
-  for (int64_t t = 0; t < frames; ++t) {
-    const T* r = x + t * row_stride;
-    for (int64_t v = 0; v < vocab; ++v) {
-      const T val = r[v * col_stride];
-      if (std::isnan(val) || val == std::numeric_limits<T>::infinity()) {
-        *t_out = t, *v_out = v;
-        return true;
-      }
-    }
-  }
-  return false;
-}
-
-}  // namespace
-
 template <typename T>
 std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_probs, int64_t batch, int64_t frames,
                                                                    int64_t vocab, int64_t batch_stride,
@@ -408,13 +394,10 @@ std::vector<std::vector<WordHypothesis>> WordDecoder::decode_batch(const T* log_
   for (int w = 0; w < workers; ++w) searchers.push_back(std::make_unique<detail::Searcher>(*this));
   parallel_for(batch, workers, [&](int64_t b, int w) {
     const T* x = log_probs + b * batch_stride;
-    if (find_bad(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
+    if (find_invalid_log_prob(x, lengths[b], vocab, row_stride, col_stride, &bad[2 * b], &bad[2 * b + 1])) return;
     out[b] = searchers[w]->decode(x, lengths[b], row_stride, col_stride);
   });
-  for (int64_t b = 0; b < batch; ++b)
-    if (bad[2 * b] >= 0)
-      throw std::invalid_argument("log_probs has a NaN or +inf at [" + std::to_string(b) + ", " +
-                                  std::to_string(bad[2 * b]) + ", " + std::to_string(bad[2 * b + 1]) + "]");
+  fastdecoder::throw_first_invalid_log_prob(log_probs, batch, batch_stride, row_stride, col_stride, bad.data());
   if (workspace_bytes) {
     size_t m = 0;
     for (const auto& s : searchers) m = std::max(m, s->memory_bytes());
@@ -438,10 +421,9 @@ void WordStream::reset() {
 
 template <typename T>
 void WordStream::advance(const T* log_probs, int64_t frames, int64_t row_stride, int64_t col_stride) {
-  int64_t t = 0, v = 0;
-  if (find_bad(log_probs, frames, kNumClasses, row_stride, col_stride, &t, &v))
-    throw std::invalid_argument("log_probs has a NaN or +inf at [" + std::to_string(t) + ", " + std::to_string(v) +
-                                "] (frame of this advance, class)");
+  int64_t bad[2] = {-1, -1};  // (frame of this advance, class) of the first value outside the input policy
+  find_invalid_log_prob(log_probs, frames, kNumClasses, row_stride, col_stride, &bad[0], &bad[1]);
+  fastdecoder::throw_first_invalid_log_prob(log_probs, 1, 0, row_stride, col_stride, bad);
   search_->advance(log_probs, frames, row_stride, col_stride);
   frames_ += frames;
 }

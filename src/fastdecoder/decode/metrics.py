@@ -4,44 +4,31 @@ PER over a split = total edit distance / total reference length (DESIGN.md secti
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fastdecoder import _native
-
-
-def _as_numpy(a):
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+from fastdecoder.decode.beam import _as_array, _as_lengths
 
 
 def greedy_decode(logits, lengths=None, *, blank: int = 0) -> list[list[int]]:
     """Greedy CTC decoding: argmax per frame, merge repeats, drop blank.
 
-    logits: (B, T, V) float32/float64 scores (logits or log-probs; argmax is the same); lengths: (B,) valid frames
-    (default T). Returns one token list per sentence.
+    logits: (B, T, V) float scores (logits or log-probs; argmax is the same), a NumPy array or CPU tensor with any
+    strides (normalised like :func:`beam_search`'s input); lengths: (B,) valid frames (default T). Returns one token list per sentence.
     """
-    if isinstance(logits, torch.Tensor) and logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
-    arr = _as_numpy(logits)
+    arr = _as_array(logits)
     if arr.ndim != 3:
         raise ValueError(f"logits must be (batch, time, classes), got shape {tuple(arr.shape)}")
     B, T, V = arr.shape
     if V < 1:
         raise ValueError("logits have an empty class dimension")
-    if not 0 <= blank < V:
-        raise ValueError(f"blank={blank} is out of range for {V} classes")
-    lens = np.full(B, T, dtype=np.int64) if lengths is None else _as_numpy(lengths).astype(np.int64).reshape(-1)
-    if lens.shape[0] != B:
-        raise ValueError(f"lengths has {lens.shape[0]} entries for a batch of {B}")
-    if (lens < 0).any() or (lens > T).any():
-        raise ValueError(f"lengths must lie in [0, {T}], got min {lens.min()} max {lens.max()}")
+    if isinstance(blank, bool) or not isinstance(blank, numbers.Integral) or not 0 <= blank < V:
+        raise ValueError(f"blank={blank!r} is out of range for {V} classes")
+    lens = _as_lengths(lengths, B, T)
     fn = _native.greedy_decode_f64 if arr.dtype == np.float64 else _native.greedy_decode_f32
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float32)
     return fn(arr, lens, int(blank))
 
 

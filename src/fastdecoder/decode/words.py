@@ -27,16 +27,16 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from fastdecoder import _words
-from fastdecoder.decode.beam import _as_array, _as_lengths, _int_arg
+from fastdecoder.decode.beam import _as_array, _as_lengths, _beam_width_arg, _int_arg, _num_threads_arg
 from fastdecoder.decode.padding import pad_log_probs
 from fastdecoder.decode.lm import BOS, EOS, UNK, ArpaLM, load_arpa, normalize_text, read_text_bytes
 from fastdecoder.decode.metrics import greedy_decode, word_error_rate
-from fastdecoder.phonemes import N_CLASSES, PHONEMES, SIL
+from fastdecoder.phonemes import N_CLASSES, PHONEME_TO_ID, PHONEMES, SIL
 
 __all__ = ["Lexicon", "WordDecoder", "WordHypothesis", "load_lexicon", "cmudict_lexicon", "greedy_words",
            "evaluate_words", "WordEvaluation"]
 
-_PHONEME_IDS = {p: i + 1 for i, p in enumerate(PHONEMES)}
+_PHONEME_IDS = {p: i for p, i in PHONEME_TO_ID.items() if i != SIL}
 
 
 def _to_ids(pron, word: str) -> list[int]:
@@ -347,8 +347,9 @@ class WordDecoder:
         lm_weight: weight of the natural-log LM probability (>= 0).
         word_bonus: added per word (natural-log units; > 0 favours more words).
         blank_penalty: subtracted from the blank's log-probability in every frame (> 0 discourages blanks).
-        beam_width: hypotheses kept per frame. nbest: sentences returned (1 <= nbest <= beam_width).
-        num_threads: decoding threads (0 = all cores); results do not depend on it.
+        beam_width: hypotheses kept per frame (at most 65536). nbest: sentences returned (1 <= nbest <= beam_width).
+        num_threads: decoding threads (0 = all cores; clamped to 4 per core with a warning); results do not depend
+            on it.
         token_min_logprob: optional lossy cut: a label whose log-probability at a frame is below this starts no new
             hypothesis there (e.g. -8). None = exact (the pruning is then lossless).
         lm_lookahead: rank hypotheses inside a word with ``lm_weight`` times the best unigram log-probability of the
@@ -368,11 +369,11 @@ class WordDecoder:
         self.lm_weight = _finite("lm_weight", lm_weight, 0.0)
         self.word_bonus = _finite("word_bonus", word_bonus)
         self.blank_penalty = _finite("blank_penalty", blank_penalty)
-        self.beam_width = _int_arg("beam_width", beam_width, 1)
+        self.beam_width = _beam_width_arg(beam_width)
         self.nbest = _int_arg("nbest", nbest, 1)
         if self.nbest > self.beam_width:
             raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}")
-        self.num_threads = _int_arg("num_threads", num_threads, 0)
+        self.num_threads = _num_threads_arg(num_threads)
         if token_min_logprob is None:
             self.token_min_logprob = None
         else:
@@ -412,8 +413,9 @@ class WordDecoder:
 
         Args:
             log_probs: (B, T, 41) natural-log phoneme posteriors (``logits.log_softmax(-1)``), float32/float64, NumPy
-                or a CPU torch tensor, any strides; or a list of (T_i, 41) arrays. NaN / +inf in a used frame raise
-                ValueError naming [b, t, v]; -inf (probability 0) is allowed.
+                or a CPU torch tensor, any strides; or a list of (T_i, 41) arrays. The policy of
+                :func:`beam_search`: -inf (probability 0) or finite with ``|x| <= 1e100``; NaN / +inf in a used frame
+                raise ValueError naming [b, t, v].
             lengths: (B,) valid frames per sentence (default all T).
 
         Returns:

@@ -1,0 +1,23 @@
+"""The sanitizer fuzz run (``make fuzz``): the native extensions built with ASAN + UBSAN into build/fuzz/ are loaded
+in place of the normal build (they are found first on the package path), and the oracles of tests/ are importable."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import fastdecoder
+
+ROOT = Path(__file__).resolve().parent.parent
+SANITIZED = ROOT / "build" / "fuzz" / "fastdecoder"
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+if os.environ.get("FASTDECODER_FUZZ_SANITIZED", "1") == "1":
+    if not any(SANITIZED.glob("_native*.so")) or not any(SANITIZED.glob("_words*.so")):
+        raise RuntimeError(f"no sanitized extensions in {SANITIZED}: run `make fuzz` (it builds them first)")
+    fastdecoder.__path__.insert(0, str(SANITIZED))
+    from fastdecoder import _native, _words  # noqa: E402
+
+    for mod in (_native, _words):
+        assert Path(mod.__file__).parent == SANITIZED, f"{mod.__name__} loaded from {mod.__file__}, not {SANITIZED}"

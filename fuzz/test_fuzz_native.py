@@ -1,0 +1,210 @@
+"""Property fuzzing of the native decoders' Python API against the plain-Python oracles of tests/ (run under ASAN +
+UBSAN by ``make fuzz``; any sanitizer report aborts the run). Values are drawn continuous (no float ties, which the
+two implementations may break differently after rounding) plus the awkward specials: -inf, NaN, +inf, huge."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ctc_oracle import prefix_beam_search
+from test_words_oracle import PRON_IDS, word_beam_oracle
+from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, beam_search, edit_distances, greedy_decode
+
+EXAMPLES = int(__import__("os").environ.get("FUZZ_EXAMPLES", "150"))
+fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+SPECIALS = [-np.inf, np.nan, np.inf, 1e100, -1e100, 1.5e100, 9e307, 0.0]
+
+
+def valid(x) -> bool:
+    return bool(np.all((x == -np.inf) | (np.abs(x) <= 1e100)))
+
+
+@st.composite
+def log_prob_batches(draw, vocab=None, max_t=7):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    B = draw(st.integers(0, 3))
+    T = draw(st.integers(0, max_t))
+    V = vocab or draw(st.integers(1, 6))
+    x = np.log(rng.dirichlet(np.full(V, 0.3), size=(B, T)) + 1e-12)
+    n_special = draw(st.integers(0, 3))
+    special = []
+    for _ in range(n_special if B * T else 0):
+        value = draw(st.sampled_from(SPECIALS))
+        idx = (int(rng.integers(B)), int(rng.integers(T)), int(rng.integers(V)))
+        x[idx] = value
+        special.append(value)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    with np.errstate(over="ignore"):
+        x = x.astype(dtype)
+    layout = draw(st.sampled_from(["c", "fortran", "reversed", "field"]))
+    if layout == "fortran":
+        x = np.asfortranarray(x)
+    elif layout == "reversed":
+        x = np.ascontiguousarray(x[:, ::-1])[:, ::-1]
+    elif layout == "field":
+        rec = np.zeros(x.shape, dtype=[("pad", "i1"), ("v", x.dtype)])
+        rec["v"] = x
+        x = rec["v"]
+    lengths = np.array([draw(st.integers(0, T)) for _ in range(B)], dtype=np.int64)
+    return x, lengths, special
+
+
+@fuzz
+@given(log_prob_batches(), st.integers(1, 6), st.data())
+def test_beam_search_matches_the_oracle(batch, beam, data):
+    x, lengths, special = batch
+    V = x.shape[2]
+    nbest = data.draw(st.integers(1, beam))
+    blank = data.draw(st.integers(0, V - 1))
+    cut = data.draw(st.sampled_from([None, -1.0, -3.0]))
+    used_valid = all(valid(np.asarray(x[b, :L], dtype=np.float64)) for b, L in enumerate(lengths))
+    try:
+        out = beam_search(x, lengths, beam_width=beam, nbest=nbest, blank=blank, token_min_logprob=cut,
+                          num_threads=data.draw(st.integers(0, 3)))
+    except ValueError as e:
+        assert not used_valid and "not a log-probability" in str(e)
+        return
+    assert used_valid
+    huge = any(abs(v) >= 1e99 for v in special if not math.isnan(v))
+    for b, L in enumerate(lengths):
+        hyps = out[b]
+        assert all(math.isfinite(h[1]) for h in hyps)
+        assert [h[1] for h in hyps] == sorted((h[1] for h in hyps), reverse=True)
+        if huge:  # rounding at 1e100 makes ties: well-formed is all we can ask
+            continue
+        want = prefix_beam_search(np.asarray(x[b, :L], dtype=np.float64), beam, blank=blank, nbest=nbest,
+                                  token_min_logprob=cut)
+        assert [h[0] for h in hyps] == [h[0] for h in want]
+        for h, w in zip(hyps, want):
+            assert math.isclose(h[1], w[1], rel_tol=1e-9, abs_tol=1e-6)
+
+
+@fuzz
+@given(log_prob_batches())
+def test_greedy_matches_argmax(batch):
+    x, lengths, _ = batch
+    B, T, V = x.shape
+    if V < 1:
+        return
+    if any(np.isnan(np.asarray(x[b, :L])).any() for b, L in enumerate(lengths)):
+        try:
+            greedy_decode(x, lengths)
+        except ValueError as e:
+            assert "is NaN" in str(e)
+            return
+        raise AssertionError("a NaN in a used frame was not refused")
+    got = greedy_decode(x, lengths)
+    for b, L in enumerate(lengths):
+        path = [int(np.argmax(np.asarray(x[b, t]))) for t in range(L)]
+        want = [p for i, p in enumerate(path) if p != 0 and (i == 0 or p != path[i - 1])]
+        assert got[b] == want
+
+
+def levenshtein(a, b):
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+seqs = st.lists(st.lists(st.integers(-3, 5), max_size=12), max_size=5)
+
+
+@fuzz
+@given(seqs, seqs)
+def test_edit_distance_matches_the_dp(hyps, refs):
+    refs = (refs + [[]] * len(hyps))[: len(hyps)]
+    assert list(edit_distances(hyps, refs)) == [levenshtein(h, r) for h, r in zip(hyps, refs)]
+
+
+@fuzz
+@given(log_prob_batches(vocab=41, max_t=9), st.integers(1, 6), st.data())
+def test_word_decoder_matches_the_oracle(batch, beam, data):
+    x, lengths, special = batch
+    cut = data.draw(st.sampled_from([None, -2.0, -5.0]))
+    blank_penalty = data.draw(st.sampled_from([0.0, 0.5]))
+    dec = WordDecoder({w: [list(p) for p in ps] for w, ps in FUZZ_PRONS.items()}, beam_width=beam, nbest=1, token_min_logprob=cut, blank_penalty=blank_penalty,
+                      num_threads=data.draw(st.integers(0, 2)))
+    used_valid = all(valid(np.asarray(x[b, :L], dtype=np.float64)) for b, L in enumerate(lengths))
+    try:
+        out = dec.decode(x, lengths)
+    except ValueError as e:
+        assert not used_valid and "not a log-probability" in str(e)
+        return
+    assert used_valid
+    if any(abs(v) >= 1e99 for v in special if not math.isnan(v)):
+        return
+    for b, L in enumerate(lengths):
+        want = word_beam_oracle(np.asarray(x[b, :L], dtype=np.float64), FUZZ_PRONS, beam=beam, cut=cut,
+                                blank_penalty=blank_penalty, nbest=1)
+        assert [h.words for h in out[b]] == [w for w, *_ in want]
+        for h, w in zip(out[b], want):
+            assert math.isclose(h.score, w[1], rel_tol=1e-9, abs_tol=1e-6)
+
+
+def _without_homophones(prons: dict) -> dict:
+    """The oracle lexicon minus words that share a pronunciation (homophones tie exactly, and the two
+    implementations may keep either one at the beam's edge): tie-free, so results must agree exactly."""
+    owners: dict = {}
+    for w, ps in prons.items():
+        for p in ps:
+            owners.setdefault(p, set()).add(w)
+    return {w: ps for w, ps in prons.items() if all(len(owners[p]) == 1 for p in ps)}
+
+
+FUZZ_PRONS = _without_homophones(PRON_IDS)
+
+
+ARPA = (b"\\data\\\nngram 1=4\nngram 2=2\n\n\\1-grams:\n-1.0\t<s>\t-0.3\n-0.5\t</s>\n-0.7\tcat\t-0.2\n-0.9\tdog\n\n"
+        b"\\2-grams:\n-0.2\t<s> cat\n-0.4\tcat </s>\n\n\\end\\\n")
+LEXICON = b"cat K AE1 T\ndog D AO1 G\nread(2) R EH D\n# comment\n"
+
+
+def mutate(data, text: bytes) -> bytes:
+    out = bytearray(text)
+    for _ in range(data.draw(st.integers(0, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "dup"]))
+        i = data.draw(st.integers(0, max(len(out) - 1, 0)))
+        if op == "flip" and out:
+            out[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del out[i:i + data.draw(st.integers(1, 20))]
+        elif op == "insert":
+            out[i:i] = data.draw(st.sampled_from([b"9999999999", b"\xff\xfe", b"\n", b" ", b"-inf", b"nan", b"=",
+                                                  b"ngram 3=5\n", b"\\2-grams:\n", b"\x00"]))
+        else:
+            out[i:i] = out[i:i + data.draw(st.integers(1, 40))]
+    return bytes(out)
+
+
+@fuzz
+@given(st.data())
+def test_arpa_loading_never_crashes(data):
+    text = mutate(data, ARPA)
+    try:
+        lm = ArpaLM.from_text(text)
+    except ValueError:
+        return
+    words = lm.vocabulary
+    assert len(words) == lm.counts[0]
+    for w in words:
+        p = lm.log_prob(w)
+        assert math.isnan(p) or p <= 0
+
+
+@fuzz
+@given(st.data())
+def test_lexicon_loading_never_crashes(data):
+    text = mutate(data, LEXICON)
+    skip = data.draw(st.booleans())
+    try:
+        lex = Lexicon.from_text(text, skip_invalid=skip)
+    except ValueError:
+        return
+    for w, prons in lex.pronunciations().items():
+        assert w in lex and all(prons)

@@ -276,10 +276,10 @@ void Searcher::step(const double* lp) {
 
   // 3. The k best by ranking score form the next beam (the best first, the rest in no order): the k-th best
   //    score by a selection on plain doubles, then one pass; exact ties at the k-th score by (hist, node).
-    //    A hypothesis of zero mass (-inf inputs) is none: it leaves the beam, so no later label (not even one
-    //    below the cut) can feed it.
-    cands_.erase(std::remove_if(cands_.begin(), cands_.end(), [](const Hyp& c) { return c.ctc == kNegInf; }),
-                 cands_.end());
+  //    A hypothesis of zero mass (-inf inputs) is none: it leaves the beam, so no later label (not even one
+  //    below the cut) can feed it.
+  cands_.erase(std::remove_if(cands_.begin(), cands_.end(), [](const Hyp& c) { return c.ctc == kNegInf; }),
+               cands_.end());
   const int m = static_cast<int>(cands_.size());
   order_.clear();
   if (m <= k) {

@@ -241,8 +241,11 @@ def test_bad_input_is_named_and_stream_stays_usable(word_decoder):
         dec.push(x[:4].numpy())
     with pytest.raises(ValueError, match="must be a fastdecoder.model.GRUDecoder"):
         StreamingDecoder(torch.nn.GRU(4, 4))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=r"log_probs\[0, 0, 0\] = nan is not a log-probability"):
         BeamStream(41).advance(np.full((2, 41), np.nan))
+    zero_mass = np.log(np.full((2, 41), 1 / 40))
+    zero_mass[:, 5] = -np.inf  # -inf is probability 0 (the decoders' one input policy), not an error
+    BeamStream(41).advance(zero_mass)
     with pytest.raises(ValueError, match=r"\(frames, 41\)"):
         BeamStream(41).advance(np.zeros((2, 40)))
 

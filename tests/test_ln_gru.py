@@ -7,7 +7,6 @@ failure message. The ``gpu``-marked tests repeat the parity at larger shapes on 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch

@@ -282,7 +282,7 @@ def cmd_eval(args) -> int:
     """Score a run's checkpoint, or the ensemble of several runs (--run A --run B), on a split through the trainer's
     own evaluation path (same transform, same autocast): greedy, beam or words, with optional neural-LM rescoring."""
     from fastdecoder.decode import error_rate, evaluate_words
-    from fastdecoder.decode.ensemble import evaluate_runs
+    from fastdecoder.evaluation import evaluate_runs
     from fastdecoder.evaluation import beam_hypotheses
     from fastdecoder.phonemes import ids_to_text
     from fastdecoder.train.device import resolve_device

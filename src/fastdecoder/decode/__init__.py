@@ -4,11 +4,11 @@ from fastdecoder.decode.metrics import edit_distances, error_rate, greedy_decode
 from fastdecoder.decode.lm import ArpaLM, build_lm, load_arpa, normalize_text
 from fastdecoder.decode.words import (
     Lexicon, WordDecoder, WordHypothesis, cmudict_lexicon, evaluate_words, greedy_words, lexicon_from_split, load_lexicon)
-from fastdecoder.decode.ensemble import ensemble_log_probs, evaluate_runs
+from fastdecoder.decode.ensemble import ensemble_log_probs
 from fastdecoder.decode.rescore import NBestList, NeuralLM, RescoreWeights, decode_nbest, tune_weights
 
 __all__ = ["beam_search", "num_cpu_threads", "greedy_decode", "edit_distances", "error_rate", "word_error_rate",
            "ArpaLM", "build_lm", "load_arpa", "normalize_text", "Lexicon", "WordDecoder", "WordHypothesis",
            "cmudict_lexicon", "evaluate_words", "greedy_words", "lexicon_from_split", "load_lexicon",
-           "ensemble_log_probs", "evaluate_runs", "NBestList", "NeuralLM", "RescoreWeights", "decode_nbest",
+           "ensemble_log_probs", "NBestList", "NeuralLM", "RescoreWeights", "decode_nbest",
            "tune_weights"]

@@ -12,16 +12,13 @@ split of one dataset and returns the members' results and the ensemble's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fastdecoder.errors import UserError
 
-__all__ = ["ensemble_log_probs", "check_framing", "evaluate_runs", "RunsEvaluation", "FRAMING_KEYS"]
+__all__ = ["ensemble_log_probs", "check_framing", "FRAMING_KEYS"]
 
 # Config keys (section, key) that fix a run's output frames per trial and its classes.
 FRAMING_KEYS = (("model", "patch_size"), ("model", "patch_stride"), ("ctc", "output_lengths"),
@@ -122,71 +119,3 @@ def check_framing(configs, names: Sequence[str], n_features: int | None = None) 
         for n, c in zip(names, configs):
             if c.model.n_features != n_features:
                 raise UserError(f"run {n} takes {c.model.n_features} features, the data has {n_features}")
-
-
-@dataclass
-class RunsEvaluation:
-    """Members' evaluations of one split and the ensemble's (``result``; with one run, that run's own result)."""
-
-    names: list[str]
-    configs: list
-    steps: list[int]
-    members: list          # per run: train.evaluate.EvalResult with log_probs kept
-    result: object          # EvalResult of the averaged log-probs (greedy PER, log_probs kept)
-    dataset: object
-    split: object
-
-
-def _ensemble_result(members, names, split):
-    """An EvalResult for the averaged log-probs of ``members`` (greedy PER; no CTC loss)."""
-    from fastdecoder.decode.metrics import error_rate, greedy_decode
-    from fastdecoder.decode.padding import pad_log_probs
-
-    lps = ensemble_log_probs([r.log_probs for r in members], names=names)
-    arr, lens = pad_log_probs(lps)
-    hyps = greedy_decode(arr, lens)
-    per, edits, n_ref = float("nan"), 0, 0
-    if split.targets is not None:
-        per, edits, n_ref = error_rate(hyps, [split.targets[i].tolist() for i in members[0].indices])
-    argmax = np.concatenate([lp.argmax(-1) for lp in lps]) if lps else np.zeros(0, dtype=np.int64)
-    return replace(members[0], per=per, edits=edits, n_ref=n_ref, loss=None, greedy=hyps, log_probs=lps,
-                   blank_fraction=float((argmax == 0).mean()) if argmax.size else 0.0,
-                   distinct_phonemes=len(set(argmax[argmax != 0].tolist())))
-
-
-def evaluate_runs(runs: Sequence, split_name: str = "val", *, checkpoint: str = "best", data=None,
-                  device="cpu") -> RunsEvaluation:
-    """Evaluate each run folder on ``split_name`` of one dataset (``data``, default the first run's) and average
-    their log-posteriors.
-
-    The members' greedy PERs are in ``members[i].per``, the ensemble's in ``result.per``. Runs must share the
-    output framing and the data's feature count (ValueError naming the key and the runs otherwise).
-    """
-    from fastdecoder.data import load_dataset
-    from fastdecoder.evaluation import EvalSettings, evaluate
-    from fastdecoder.train.checkpoint import load_run
-    from fastdecoder.train.device import resolve_device
-
-    device = device if isinstance(device, torch.device) else resolve_device(str(device), "device")
-
-    if not runs:
-        raise UserError("evaluate_runs needs at least one run folder")
-    names = [str(r) for r in runs]
-    loaded = [load_run(Path(r), checkpoint, device) for r in runs]
-    configs = [cfg for cfg, _, _ in loaded]
-    data_path = data or configs[0].data.path
-    ds = load_dataset(data_path, "auto")
-    if split_name not in ds.splits:
-        raise UserError(f"{data_path} has no '{split_name}' split (has: {', '.join(ds.splits)})")
-    split = ds.splits[split_name]
-    check_framing(configs, names, ds.n_features)
-    members = []
-    for cfg, model, _ in loaded:
-        # each member as its own training run scored it: same transform, same autocast (the one evaluation path)
-        members.append(evaluate(model, split, EvalSettings.from_config(cfg, device), keep_log_probs=True))
-    for name, res in zip(names[1:], members[1:]):
-        if not np.array_equal(res.indices, members[0].indices):
-            raise UserError(f"run {name} evaluated the trials of '{split_name}' in another order than {names[0]}")
-    result = members[0] if len(members) == 1 else _ensemble_result(members, names, split)
-    return RunsEvaluation(names=names, configs=configs, steps=[int(s["step"]) for _, _, s in loaded],
-                          members=members, result=result, dataset=ds, split=split)

@@ -141,8 +141,11 @@ class GRUDecoder(nn.Module):
         return logits.float().log_softmax(-1), n
 
     def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor) -> torch.Tensor:
-        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C)."""
-        y = torch.bmm(x, self.day_weights[day_idx]) + self.day_biases[day_idx]
+        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C). Trials are grouped by day (one GEMM per distinct
+        day, no (B, C, C) gather; see ops.day_affine) where ``day_idx`` is on the CPU; both paths run this."""
+        from fastdecoder.ops.day_affine import day_affine
+
+        y = day_affine(x, day_idx, self.day_weights, self.day_biases)
         return F.softsign(y) if self.cfg.day_activation == "softsign" else y
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:

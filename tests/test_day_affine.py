@@ -3,6 +3,7 @@
 Fresh random inputs of several shapes and day groupings (one day, all different, equal groups, ragged, unsorted);
 outputs and the gradients of x, W and b agree to fp32 round-off (1e-5 relative to the largest magnitude).
 """
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ GROUPINGS = {
     "one day": lambda B, D, g: torch.full((B,), int(torch.randint(D, (1,), generator=g))),
     "all different": lambda B, D, g: torch.randperm(D, generator=g)[:B],
     "equal groups sorted": lambda B, D, g: torch.arange(B) // (B // 2) * 2 % D,
+    "contiguous runs unsorted": lambda B, D, g: (D - 1 - torch.arange(B) // 2 % D).sort(descending=True).values,
     "ragged unsorted": lambda B, D, g: torch.randint(D, (B,), generator=g),
 }
 
@@ -70,3 +72,12 @@ def test_model_day_layer_uses_the_grouped_form(test_seed):
     x, day = torch.randn(6, 20, 12), torch.tensor([4, 1, 1, 4, 0, 1])
     want = torch.nn.functional.softsign(day_affine_gather(x, day, model.day_weights, model.day_biases))
     _close(model.day_layer(x, day), want, "model.day_layer")
+
+
+def test_groups_keep_contiguous_day_runs_in_place():
+    from fastdecoder.ops.day_affine import _groups
+
+    distinct, counts, order = _groups(np.array([5, 5, 2, 2, 2, 7]))
+    assert distinct.tolist() == [5, 2, 7] and counts.tolist() == [2, 3, 1] and order.tolist() == list(range(6))
+    distinct, counts, order = _groups(np.array([3, 1, 3, 1]))
+    assert distinct.tolist() == [3, 1] and counts.tolist() == [2, 2] and order.tolist() == [0, 2, 1, 3]

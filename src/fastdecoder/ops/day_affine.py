@@ -32,6 +32,16 @@ def _host_days(day_idx: torch.Tensor, n_days: int) -> np.ndarray:
     return days
 
 
+def _groups(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct days in order of first appearance, their trial counts, the stable order that groups the trials)."""
+    uniq, first, inverse = np.unique(days, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)
+    rank = np.empty_like(by_first)
+    rank[by_first] = np.arange(by_first.size)
+    key = rank[inverse.reshape(-1)]
+    return uniq[by_first], np.bincount(key, minlength=uniq.size), np.argsort(key, kind="stable")
+
+
 def day_affine(x: torch.Tensor, day_idx: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
     """``x W[day] + b[day]`` per trial, grouped by day.
 
@@ -42,9 +52,8 @@ def day_affine(x: torch.Tensor, day_idx: torch.Tensor, weights: torch.Tensor, bi
         return day_affine_gather(x, day_idx, weights, biases)
     days = _host_days(day_idx, weights.shape[0])
     B, T, C = x.shape
-    order = np.argsort(days, kind="stable")
-    in_order = bool((order == np.arange(B)).all())
-    distinct, counts = np.unique(days, return_counts=True)
+    distinct, counts, order = _groups(days)
+    in_order = bool((order == np.arange(B)).all())  # each day's trials contiguous (the day batch sampler's batches)
     dev = x.device
     xs = x if in_order else x.index_select(0, torch.from_numpy(order).to(dev))
     pick = torch.from_numpy(distinct).to(dev)

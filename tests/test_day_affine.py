@@ -81,3 +81,11 @@ def test_groups_keep_contiguous_day_runs_in_place():
     assert distinct.tolist() == [5, 2, 7] and counts.tolist() == [2, 3, 1] and order.tolist() == list(range(6))
     distinct, counts, order = _groups(np.array([3, 1, 3, 1]))
     assert distinct.tolist() == [3, 1] and counts.tolist() == [2, 2] and order.tolist() == [0, 2, 1, 3]
+
+
+def test_strided_input_as_after_the_random_cut(test_seed):
+    g = torch.Generator().manual_seed(test_seed)
+    x = torch.randn(6, 13, 8, generator=g)[:, 3:]  # a view, as TrainAugmentation's cut gives
+    W, b = torch.randn(4, 8, 8, generator=g), torch.randn(4, 1, 8, generator=g)
+    for day in (torch.tensor([2, 2, 0, 0, 3, 3]), torch.tensor([1, 3, 1, 0, 3, 1])):
+        _close(day_affine(x, day, W, b), day_affine_gather(x, day, W, b), f"strided x, days {day.tolist()}")

@@ -48,6 +48,7 @@ class GRUDecoder(nn.Module):
         self.output_lengths = output_lengths  # ctc.output_lengths of the run: the valid frames ``predict`` reports
         C, H, D = cfg.n_features, cfg.hidden_size, cfg.n_days
         self.smoothing_backend = smoothing_backend
+        self.rnn_backend = rnn_backend  # "reference": torch's own GRU everywhere; else the fast ops where they run
         # Day layers: identity init, zero bias (stacked: (days, C, C) and (days, 1, C)).
         self.day_weights = nn.Parameter(torch.eye(C).repeat(D, 1, 1))
         self.day_biases = nn.Parameter(torch.zeros(D, 1, C))
@@ -141,8 +142,11 @@ class GRUDecoder(nn.Module):
         return logits.float().log_softmax(-1), n
 
     def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor) -> torch.Tensor:
-        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C)."""
-        y = torch.bmm(x, self.day_weights[day_idx]) + self.day_biases[day_idx]
+        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C). Trials are grouped by day (one GEMM per distinct
+        day, no (B, C, C) gather; see ops.day_affine) where ``day_idx`` is on the CPU; both paths run this."""
+        from fastdecoder.ops.day_affine import day_affine
+
+        y = day_affine(x, day_idx, self.day_weights, self.day_biases)
         return F.softsign(y) if self.cfg.day_activation == "softsign" else y
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,8 +174,18 @@ class GRUDecoder(nn.Module):
         x = self.smooth(x, lengths)
         x = self.input_dropout(self.day_layer(x, day_idx))
         x = self.patch(x)
-        out, _ = self.rnn(x, self.initial_state(x.shape[0]))
-        return self.head(out)
+        return self.head(self.recurrence(x))
+
+    def recurrence(self, x: torch.Tensor) -> torch.Tensor:
+        """The (LayerNorm-)GRU over patches: (B, N, K*C) -> (B, N, H*dirs). Training on the CPU off the reference
+        backend, an ``nn.GRU`` runs as ops.gru_cpu (same weights and math, one-GEMM-per-weight backward)."""
+        from fastdecoder.ops import gru_cpu
+
+        h0 = self.initial_state(x.shape[0])
+        if (self.rnn_backend != "reference" and x.device.type == "cpu" and torch.is_grad_enabled()
+                and gru_cpu.supports(self.rnn)):
+            return gru_cpu.gru_forward(self.rnn, x, h0)
+        return self.rnn(x, h0)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

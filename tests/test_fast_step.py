@@ -1,0 +1,160 @@
+"""The fast training step (issue 17): no host read inside a step, the NaN guard decided on the device and accounted
+at the log read, length buckets that leave the losses unchanged and bound the compiles."""
+import copy
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fastdecoder.config import config_from_dict
+from fastdecoder.losses import output_lengths
+from fastdecoder.train.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
+from fastdecoder.train.stability import NonFiniteError
+from fastdecoder.train.trainer import Trainer, compile_forward, host_output_lengths, pad_to_bucket
+
+from test_train import TINY
+
+#: the host reads of one log interval on the deferred path with train.train_monitor off and no eval / checkpoint
+#: in it: the one tolist() of the waiting losses and grad norms
+READS_PER_LOG_INTERVAL = {("tolist", "train/stability.py:read"): 1}
+
+
+def make(monkeypatch, tmp_path, fast=True, **train):
+    monkeypatch.chdir(tmp_path)
+    raw = copy.deepcopy(TINY)
+    raw["augment"]["noise"] = "philox"  # the same noise on both paths, independent of the padded length
+    cfg = config_from_dict(raw)
+    t = dict(fast=fast, steps=50, log_every=5, eval_every=10**6, checkpoint_every=10**6, train_monitor=False,
+             fast_selfcheck=False)
+    t.update(train)
+    tr = Trainer(replace(cfg, train=replace(cfg.train, **t)), None, progress=False)
+    tr.val_split = None
+    return tr
+
+
+def losses_of(tr, steps):
+    out = []
+    tr.run(max_steps=steps, on_read=lambda outs: out.extend(o["loss"] for o in outs))
+    return np.array(out)
+
+
+def test_fast_step_makes_no_host_read(monkeypatch, tmp_path):
+    tr = make(monkeypatch, tmp_path)
+    assert tr.deferred
+    with HostReads(raise_on_read=True, allow=CPU_ONLY_SITES) as guard:
+        for _ in range(3):
+            out = tr.train_step(tr.next_batch())
+    assert out["deferred"] and out["loss"] is None
+    assert set(site for _, site in guard.reads) <= CPU_ONLY_SITES, guard.reads
+    assert tr.step == 3 and len(tr.pending) == 3
+    assert [o["step"] for o in tr.read_steps()] == [1, 2, 3]
+
+
+def test_the_guard_catches_the_reference_steps_read(monkeypatch, tmp_path):
+    tr = make(monkeypatch, tmp_path, fast=False)
+    assert not tr.deferred
+    with pytest.raises(HostReadError, match="tolist.*train/trainer.py:_synced_update"):
+        with HostReads(raise_on_read=True, allow=CPU_ONLY_SITES):
+            tr.train_step(tr.next_batch())
+
+
+def test_reads_per_log_interval_are_the_listed_ones(monkeypatch, tmp_path):
+    tr = make(monkeypatch, tmp_path, steps=15, log_every=5)
+    with HostReads() as guard:
+        tr.run()
+    reads = {k: v for k, v in guard.reads.items() if k[1] not in CPU_ONLY_SITES}
+    assert reads == {k: 3 * v for k, v in READS_PER_LOG_INTERVAL.items()}, guard.reads
+    assert [r["step"] for r in tr.history if "loss" in r] == [5, 10, 15]
+
+
+def planted_nan(tr, at_step):
+    """Make the forward of step ``at_step`` return NaN logits."""
+    fwd = tr.forward
+
+    def forward(*a):
+        y = fwd(*a)
+        return y * float("nan") if tr.step + 1 == at_step else y
+    tr.forward = forward
+
+
+def test_planted_nan_skips_its_update_and_is_counted_at_the_read(monkeypatch, tmp_path):
+    tr = make(monkeypatch, tmp_path)
+    planted_nan(tr, 2)
+    tr.train_step(tr.next_batch())
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    adam_steps = [float(s["step"]) for s in tr.optimizer.state.values()]
+    tr.train_step(tr.next_batch())
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())  # no update applied
+    assert [float(s["step"]) for s in tr.optimizer.state.values()] == adam_steps  # Adam's step not advanced
+    assert tr.guard.skipped == 0  # not read yet
+    outs = tr.read_steps()
+    assert [o["skipped"] for o in outs] == [False, True] and math.isnan(outs[1]["loss"])
+    assert tr.guard.skipped == 1
+    assert outs[1]["events"][0]["event"] == "skipped_update"
+    tr.train_step(tr.next_batch())
+    assert not all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())  # training goes on
+
+
+def test_consecutive_skips_stop_the_run_at_the_read(monkeypatch, tmp_path):
+    tr = make(monkeypatch, tmp_path, steps=20, log_every=5)
+    tr.cfg = replace(tr.cfg, stability=replace(tr.cfg.stability, max_consecutive_skips=3))
+    tr.guard.cfg = tr.cfg.stability
+    fwd = tr.forward
+    tr.forward = lambda *a: fwd(*a) * float("nan")
+    with pytest.raises(NonFiniteError, match="3 updates in a row"):
+        tr.run()
+    assert tr.step == 5  # the abort comes with the read of the first log interval
+
+
+def test_host_output_lengths_equal_the_torch_ones():
+    rng = np.random.default_rng(0)
+    lens = rng.integers(1, 300, size=64)
+    for mode in ("exact", "shipped"):
+        for k, s in ((14, 4), (32, 4), (1, 1), (7, 3)):
+            want = output_lengths(torch.from_numpy(lens), k, s, mode, 60).numpy()
+            np.testing.assert_array_equal(host_output_lengths(lens, k, s, mode, 60), want, err_msg=f"{mode} {k} {s}")
+
+
+def test_pad_to_bucket():
+    x = torch.randn(2, 37, 3)
+    y = pad_to_bucket(x, 16)
+    assert y.shape == (2, 48, 3) and torch.equal(y[:, :37], x) and not y[:, 37:].any()
+    assert pad_to_bucket(x, 0) is x and pad_to_bucket(torch.randn(1, 32, 3), 16).shape[1] == 32
+
+
+def test_buckets_leave_the_losses_unchanged_on_both_paths(monkeypatch, tmp_path):
+    plain = losses_of(make(monkeypatch, tmp_path, length_bucket=0), 6)
+    fast = losses_of(make(monkeypatch, tmp_path, length_bucket=32), 6)
+    ref = losses_of(make(monkeypatch, tmp_path, fast=False, length_bucket=32), 6)
+    assert len(plain) == 6 and np.isfinite(plain).all()
+    # fp32: padding past every length changes only the round-off of the wider matmuls
+    np.testing.assert_allclose(fast, plain, rtol=1e-5)
+    # fused (fast) vs foreach (reference) Adam round-off
+    np.testing.assert_allclose(fast, ref, rtol=1e-5)
+
+
+def test_compiles_stay_within_the_buckets(monkeypatch, tmp_path):
+    from torch._dynamo.testing import CompileCounter
+
+    def compiles(bucket):
+        torch._dynamo.reset()
+        tr = make(monkeypatch, tmp_path, length_bucket=bucket, steps=50, log_every=50)
+        counter = CompileCounter()
+        tr.forward = compile_forward(tr.model, bucket, backend=counter)
+        shapes = set()
+        orig = tr.forward
+        tr.forward = lambda x, *a: (shapes.add(x.shape[1]), orig(x, *a))[1]
+        tr.run()
+        return counter.frame_count, shapes, tr
+
+    n, shapes, tr = compiles(16)
+    longest = int(tr.train_split.lengths.max())
+    buckets = -(-longest // 16)
+    assert all(t % 16 == 0 for t in shapes) and len(shapes) <= buckets
+    print(f"bucket 16: {n} compiled frames, {len(shapes)} shapes, {buckets} buckets")
+    assert 1 <= n <= buckets, (n, shapes)
+    n_off, shapes_off, _ = compiles(0)
+    assert len(shapes_off) > len(shapes)  # the lengths do vary
+    torch._dynamo.reset()

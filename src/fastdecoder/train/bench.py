@@ -105,7 +105,7 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
             "host_reads_per_step": reads.total / steps, "host_read_sites": sorted(f"{m} {s}" for m, s in reads.reads),
             "compiles": counters["stats"]["unique_graphs"] - graphs0, "deferred": tr.deferred,
             "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
-            "ops_backend": tr.ops_backend, "compiled": tr.forward is not tr.model and tr.ddp is None}
+            "ops_backend": tr.ops_backend, "compiled": tr.compiled}
 
 
 def bench_train(cfg: Config, steps: int = 50, warmup: int = 5, compare_steps: int = 10) -> dict:

@@ -70,11 +70,16 @@ def pad_to_bucket(x: torch.Tensor, bucket: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
 
 
-def compile_forward(module, length_bucket: int, backend="inductor"):
-    """torch.compile of the model's forward: one static graph per shape with length buckets (recompiles bounded by
-    the number of buckets), dynamo's automatic dynamic shapes without. Dynamo breaks the graph at the GRU; the parts
-    before and after it compile as separate graphs."""
-    return torch.compile(module, backend=backend, dynamic=False if length_bucket > 0 else None)
+def compile_step(fn, length_bucket: int, backend="inductor", max_len: int | None = None):
+    """torch.compile of the step's forward and loss (``Trainer._forward_loss``): with length buckets one static
+    graph per bucket (dynamo's recompile limit raised to the number of buckets ``max_len`` bins need), dynamo's
+    automatic dynamic shapes without. Graphs break where dynamo cannot trace (F.ctc_loss, whose output shape
+    depends on data; nn.GRU on CUDA) and resume after it, so day layer, patching, head, log-softmax and the loss's
+    reduction are compiled around them."""
+    if length_bucket > 0 and max_len:
+        limit = -(-max_len // length_bucket) + 1
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    return torch.compile(fn, backend=backend, dynamic=False if length_bucket > 0 else None)
 
 
 def skip_flag(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
@@ -133,6 +138,7 @@ class Trainer:
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)
         self._need_frames = target_min_frames(self.train_split)  # (n,) frames each training target needs
+        self._target_width = max(1, int(np.max(self.train_split.target_lengths, initial=0)))  # the longest target
 
         # The fast path and the reference path share everything but the op implementations and the batching.
         self.fast = use_fast_path(cfg, self.device)
@@ -159,8 +165,11 @@ class Trainer:
             raise UserError(f"train.length_bucket is {cfg.train.length_bucket} but model.bidirectional is true: the "
                             "backward direction would see the extra padding and change the loss; set "
                             "train.length_bucket: 0")
-        self.forward = (compile_forward(fwd, cfg.train.length_bucket) if cfg.train.compile and on_cuda and self.fast
-                        else fwd)
+        self.forward = fwd  # the model's forward (DDP-wrapped under torchrun)
+        self.compiled = bool(cfg.train.compile and on_cuda and self.fast)
+        self.forward_loss = (compile_step(self._forward_loss, cfg.train.length_bucket,
+                                          max_len=int(self.train_split.lengths.max()))
+                             if self.compiled else self._forward_loss)
         self.sampler = make_sampler(cfg, self.train_split, self.rank_seed)
         self.resident = make_resident(self.train_split, self.device) if self.fast else None
         # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
@@ -256,8 +265,8 @@ class Trainer:
         path with a fused optimizer, one process, no GradScaler): no host read at all; the update is skipped on the
         device through the fused optimizer's ``found_inf`` and loss / grad norm go to ``self.pending``, read and
         accounted at the next ``read_steps()`` (log interval, evaluation, checkpoint, end): then ``loss``,
-        ``grad_norm`` and ``skipped`` are None here and ``deferred`` is True. Both paths take the infeasible-target
-        check and the CTC length tensors from host copies of the lengths.
+        ``grad_norm`` and ``skipped`` are None here and ``deferred`` is True, and the CTC length tensors are host
+        copies. Both paths take the infeasible-target check from host copies of the lengths.
         """
         cfg = self.cfg
         (self.ddp if self.ddp is not None else self.model).train()
@@ -267,9 +276,9 @@ class Trainer:
             self.phase_hook("data")
         x, lens = self.augment(batch.x, batch.x_lens, self.step)
         x = pad_to_bucket(x, cfg.train.length_bucket)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.forward(x, batch.day, lens)
-        bad, frames = self._infeasible_in(batch, logits.shape[1])
+        m = cfg.model
+        max_frames = (x.shape[1] - m.patch_size) // m.patch_stride + 1  # the frames the patching gives
+        bad, frames = self._infeasible_in(batch, max_frames)
         infeasible = bool(bad.any())
         if infeasible:
             self._report_infeasible(batch, bad, frames)
@@ -277,11 +286,12 @@ class Trainer:
             n = torch.from_numpy(frames)
             y_lens = torch.from_numpy(np.asarray(self.train_split.target_lengths[batch.index], dtype=np.int64))
         else:
-            n = output_lengths(lens, cfg.model.patch_size, cfg.model.patch_stride, cfg.ctc.output_lengths,
-                               logits.shape[1])
+            n = output_lengths(lens, m.patch_size, m.patch_stride, cfg.ctc.output_lengths, max_frames)
             y_lens = batch.y_lens
-        loss = ctc_loss(logits, n, batch.y, y_lens, reduction=cfg.ctc.reduction,
-                        zero_infinity=cfg.ctc.zero_infinity)
+        y = batch.y
+        if cfg.train.length_bucket:  # one target width for the run: the loss region keeps its shape too
+            y = torch.nn.functional.pad(y, (0, self._target_width - y.shape[1]))
+        logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens)
         if self.phase_hook is not None:
             self.phase_hook("forward")
         self.optimizer.zero_grad(set_to_none=True)
@@ -301,6 +311,13 @@ class Trainer:
         if stats:
             out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
         return out
+
+    def _forward_loss(self, x, day, lens, n, y, y_lens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, N, V), CTC loss) of the step, under the run's autocast; compiled with ``train.compile``."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.forward(x, day, lens)
+        return logits, ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
+                                zero_infinity=self.cfg.ctc.zero_infinity)
 
     def _deferred_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
         """Clip and apply the update unless the loss or grad norm is non-finite, decided on the device; no host

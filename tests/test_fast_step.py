@@ -53,6 +53,19 @@ def test_fast_step_makes_no_host_read(monkeypatch, tmp_path):
     assert [o["step"] for o in tr.read_steps()] == [1, 2, 3]
 
 
+def test_a_failed_fused_optimizer_check_falls_back_to_the_synced_step(monkeypatch, tmp_path):
+    from fastdecoder.train import selfcheck
+
+    monkeypatch.setitem(selfcheck.FAST_OPS, "fused_optimizer",
+                        (*selfcheck.FAST_OPS["fused_optimizer"][:1], lambda tr: [("", float("nan"), 0.0)],
+                         selfcheck.FAST_OPS["fused_optimizer"][2]))
+    with pytest.warns(selfcheck.FastPathWarning, match="fused_optimizer"):
+        tr = make(monkeypatch, tmp_path, fast_selfcheck=True)
+    assert tr.fast and not tr.deferred and not tr.optimizer.defaults["fused"]
+    out = tr.train_step(tr.next_batch())
+    assert math.isfinite(out["loss"]) and out["skipped"] is False
+
+
 def test_the_guard_catches_the_reference_steps_read(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path, fast=False)
     assert not tr.deferred

@@ -172,9 +172,7 @@ class Trainer:
                              if self.compiled else self._forward_loss)
         self.sampler = make_sampler(cfg, self.train_split, self.rank_seed)
         self.resident = make_resident(self.train_split, self.device) if self.fast else None
-        # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
-        self.deferred = (self.fast and not self.dist.enabled and self.scaler is None
-                         and bool(self.optimizer.defaults.get("fused")))
+        self.deferred = False  # set after the self-check below (which may fall back to the unfused optimizer)
         self.pending = PendingSteps(cfg.train.log_every, self.device)
         self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
         self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
@@ -206,6 +204,9 @@ class Trainer:
         from fastdecoder.train.selfcheck import check_fast_path  # each fast op vs its reference; falls back on a fail
 
         self.selfcheck_events = check_fast_path(self)
+        # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
+        self.deferred = (self.fast and not self.dist.enabled and self.scaler is None
+                         and bool(self.optimizer.defaults.get("fused")))
 
     @property
     def history(self) -> list[dict]:

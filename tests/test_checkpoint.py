@@ -78,14 +78,17 @@ def assert_same_state(a: Trainer, b: Trainer):
 
 # -- exact resume -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("variant,stop_at", [("days_cosine", 10), ("random_plateau_adaptive", 13)])
+@pytest.mark.parametrize("variant,stop_at", [("days_cosine", 10), ("random_plateau_adaptive", 13),
+                                             ("fast_deferred_buckets", 10), ("fast_deferred_adaptive", 13)])
 def test_interrupted_and_resumed_run_is_bitwise_equal(data_path, tmp_path, one_thread, variant, stop_at):
     extra = {}
-    if variant == "random_plateau_adaptive":  # also exercises the epoch sampler, plateau and adaptive-LR state
+    if variant.endswith("adaptive"):  # also exercises the epoch sampler, plateau and adaptive-LR state
         extra = {"data": {"batching": "random"}, "optim": {"schedule": "plateau", "plateau_patience": 0},
                  "stability": {"adaptive_lr": True, "grad_norm_threshold": 2.0, "instability_events": 3,
                                "instability_window": 6, "max_lr_reductions": 8},
                  "train": {"eval_every": 4}}
+    if variant.startswith("fast"):  # the deferred step: the guard accounts the steps at reads, not per step
+        extra.setdefault("train", {}).update(fast=True, length_bucket=16)
     cfg = make_cfg(data_path, **extra)
     full = Trainer(cfg, tmp_path / "full", progress=False)
     s_full = full.fit()

@@ -48,7 +48,7 @@ def test_healthy_fast_path_passes_its_check(tmp_path):
     assert tr.ops_backend == "triton" and tr.resident is not None
     (ev,) = tr.selfcheck_events
     assert ev["event"] == "fast_selfcheck" and ev["failed"] == []
-    assert set(ev["checked"]) == {"augment", "resident_batches"}
+    assert set(ev["checked"]) == {"augment", "resident_batches", "fused_optimizer"}  # fused AdamW on the CPU too
 
 
 @pytest.mark.parametrize("broken", [wrong_augment, raising_augment], ids=["wrong-numbers", "raises"])

@@ -145,6 +145,9 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     amp: str = "bf16"                   # bf16 | none (bf16 autocast only on CUDA)
     compile: bool = False
+    length_bucket: int = 0              # pad each batch's time axis up to a multiple of this many bins after the
+    #                                     augmentation (0 = off, as the presets ship): few distinct shapes for
+    #                                     torch.compile / cuDNN autotuning; losses unchanged (unidirectional models)
     deterministic: bool = False         # deterministic algorithms; on the CPU a resumed run is bitwise exact
     eval_batch_size: int = 64
     beam_width: int = 20                # final evaluation also reports beam-search PER (0 = skip)
@@ -267,6 +270,7 @@ RANGES: dict[str, Range] = {
     "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
     "train.eval_batch_size": AT_LEAST_1, "train.beam_width": Range(0, 2**31 - 1), "train.threads": NON_NEGATIVE,
+    "train.length_bucket": NON_NEGATIVE,
 }
 
 #: YAML 1.2 core-schema scalars (https://yaml.org/spec/1.2.2/#1032-tag-resolution): tag, regex, possible first chars

@@ -1,7 +1,12 @@
 """``fastdecoder bench train``: the fast path against the reference path, same data, same device, one call.
 
 Both trainers start from the same seed, so they build the same model and draw the same batches; the loss curves of
-their first steps must agree (exactly on the CPU, where both run the reference ops; to bf16/Triton rounding on a GPU).
+their first steps must agree (to fused-vs-foreach Adam round-off on the CPU; to bf16/Triton rounding on a GPU).
+Each path runs ``warmup`` steps, ``steps`` plainly timed steps (batches/s, host reads counted by host_reads.HostReads:
+Python-level calls but the CPU-only checks; on the reference path they include the unfused Adam's step.item() of
+its step counters, which are host tensors on CUDA too; the deferred path's one read comes at the end), then ``steps`` more
+with a synchronising phase timer (ms per step in data / forward / backward / optimizer; the trainer itself never
+synchronises for timing). Compiles: dynamo's unique graphs during the run; peak memory: CUDA only.
 """
 from __future__ import annotations
 
@@ -23,14 +28,43 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+class PhaseTimer:
+    """The trainer's ``phase_hook``: synchronises the device at each phase boundary (in the bench only, never in
+    training) and sums the seconds of data / forward / backward / optimizer."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.on = False
+        self._t = 0.0
+
+    def start(self) -> None:
+        _sync(self.device)
+        self._t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        if self.on:
+            self.seconds[phase] += now - self._t
+        self._t = now
+
+
 def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
     """Train ``warmup + steps`` steps on one path (the trainer's own loop); time the last ``steps``. Returns losses of
-    every step."""
+    every step, and of the timed steps: ms per step by phase (a second pass with synchronising phase timing), host
+    reads per step (counted, see host_reads), dynamo compiles, peak memory."""
+    from torch._dynamo.utils import counters
+
+    from fastdecoder.train.host_reads import CPU_ONLY_SITES, HostReads
     from fastdecoder.train.trainer import Trainer
 
     never = 10**9
-    c = replace(cfg, train=replace(cfg.train, fast=fast, steps=warmup + steps, eval_every=never, log_every=never,
-                                   checkpoint_every=never, beam_width=0, plot=False))
+    c = replace(cfg, train=replace(cfg.train, fast=fast, steps=warmup + 2 * steps, eval_every=never,
+                                   log_every=warmup + 2 * steps, checkpoint_every=never, beam_width=0, plot=False))
     tr = Trainer(c, None, progress=False)
     tr.val_split = None  # training speed only: no evaluation at the end
     dev = tr.device
@@ -39,22 +73,41 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     losses: list[float] = []
     t0: list[float] = []
+    graphs0 = counters["stats"]["unique_graphs"]
+    timer = PhaseTimer(dev)
+    reads = HostReads()
 
     def on_step(out: dict) -> None:
-        losses.append(out["loss"])
         if tr.step == warmup:
             _sync(dev)
             t0.append(time.perf_counter())
+            reads.__enter__()
+        elif tr.step == warmup + steps:  # the plain timing ends; the phase-timed pass begins
+            _sync(dev)
+            t0.append(time.perf_counter())
+            reads.__exit__()
+            tr.phase_hook = timer
+            timer.on = True
+        if tr.phase_hook is not None:
+            timer.start()
 
     if warmup == 0:
         t0.append(time.perf_counter())
-    tr.run(on_step=on_step)
-    _sync(dev)
-    seconds = time.perf_counter() - t0[0]
+        reads.__enter__()
+    try:
+        tr.run(on_step=on_step, on_read=lambda outs: losses.extend(o["loss"] for o in outs))
+    finally:
+        if reads._saved:
+            reads.__exit__()
+    seconds = t0[1] - t0[0]
     return {"fast": fast, "device": str(dev), "batches_per_second": steps / seconds if seconds > 0 else float("nan"),
-            "seconds": seconds, "losses": losses,
+            "seconds": seconds, "losses": losses[: warmup + steps],
+            "ms_per_step": {k: 1e3 * v / steps for k, v in timer.seconds.items()},
+            "host_reads_per_step": sum(n for (_, s), n in reads.reads.items() if s not in CPU_ONLY_SITES) / steps,
+            "host_read_sites": sorted(f"{m} {s}" for m, s in reads.reads if s not in CPU_ONLY_SITES),
+            "compiles": counters["stats"]["unique_graphs"] - graphs0, "deferred": tr.deferred,
             "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
-            "ops_backend": tr.ops_backend, "compiled": tr.forward is not tr.model and tr.ddp is None}
+            "ops_backend": tr.ops_backend, "compiled": tr.compiled}
 
 
 def bench_train(cfg: Config, steps: int = 50, warmup: int = 5, compare_steps: int = 10) -> dict:
@@ -71,11 +124,14 @@ def bench_train(cfg: Config, steps: int = 50, warmup: int = 5, compare_steps: in
 
 def format_report(r: dict) -> str:
     lines = [f"bench train: {r['config']} on {r['device']}, {r['steps']} timed steps after {r['warmup']} warm-up",
-             "| path | ops | compiled | batches/s | peak GPU memory |", "|---|---|---|---|---|"]
+             "| path | ops | compiled | batches/s | ms/step data / forward / backward / optimizer | host reads/step "
+             "| compiles | peak GPU memory |", "|---|---|---|---|---|---|---|---|"]
     for name in ("reference", "fast"):
         p = r[name]
         mem = f"{p['peak_memory_gb']:.2f} GB" if p["peak_memory_gb"] is not None else "n/a (CPU)"
-        lines.append(f"| {name} | {p['ops_backend']} | {p['compiled']} | {p['batches_per_second']:.2f} | {mem} |")
+        ms = " / ".join(f"{p['ms_per_step'][k]:.1f}" for k in PHASES)
+        lines.append(f"| {name} | {p['ops_backend']} | {p['compiled']} | {p['batches_per_second']:.2f} | {ms} "
+                     f"| {p['host_reads_per_step']:.2f} | {p['compiles']} | {mem} |")
     lines.append(f"speed-up fast / reference: {r['speedup']:.2f}x")
     lines.append(f"loss agreement over the first {r['compared_steps']} steps: max relative difference "
                  f"{r['loss_max_rel_diff']:.2e}")

@@ -41,7 +41,8 @@ def configure_runtime(train_cfg, device: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not train_cfg.deterministic
+        # autotuning pays only when shapes repeat: with length buckets (on either path, so ratios stay honest)
+        torch.backends.cudnn.benchmark = not train_cfg.deterministic and train_cfg.length_bucket > 0
         torch.backends.cudnn.deterministic = train_cfg.deterministic
 
 

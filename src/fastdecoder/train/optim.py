@@ -59,7 +59,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
     groups = param_groups(model, cfg)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     kwargs = dict(betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.fused and device.type == "cuda":
+    if cfg.fused and device.type in ("cuda", "cpu"):  # fused CPU Adam(W): torch >= 2.4
         kwargs["fused"] = True
     opt = cls(groups, lr=cfg.lr, **kwargs)
     for g in opt.param_groups:

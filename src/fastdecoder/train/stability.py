@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import math
 
+import torch
+
 from fastdecoder.config import StabilityConfig
 
 log = logging.getLogger("fastdecoder.train")
@@ -130,3 +132,34 @@ class InstabilityGuard:
 def _num(x: float):
     """A float for JSON: NaN/Inf as strings (JSON has no literals for them)."""
     return x if math.isfinite(x) else str(x)
+
+
+class PendingSteps:
+    """Loss and pre-clip grad norm of the steps since the last read, kept on the device (the deferred fast step).
+
+    ``put`` writes one step's values with a device copy (no host read); ``read`` fetches every waiting step with one
+    ``tolist()`` and returns (step, lr, infeasible, loss, grad_norm) tuples in order, for InstabilityGuard.observe.
+    """
+
+    def __init__(self, capacity: int, device):
+        self.values = torch.zeros(capacity, 2, dtype=torch.float32, device=device)  # (capacity, [loss, norm])
+        self.host: list[tuple[int, float, bool]] = []  # (step, lr, infeasible) per waiting step
+
+    @property
+    def full(self) -> bool:
+        return len(self.host) == self.values.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    def put(self, step: int, lr: float, infeasible: bool, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.values[len(self.host)].copy_(torch.stack([loss.reshape(()), grad_norm.reshape(()).float()]))
+        self.host.append((step, lr, infeasible))
+
+    def read(self) -> list[tuple[int, float, bool, float, float]]:
+        if not self.host:
+            return []
+        vals = self.values[: len(self.host)].tolist()  # the one host read of a log interval
+        out = [(*h, loss, norm) for h, (loss, norm) in zip(self.host, vals)]
+        self.host = []
+        return out

@@ -41,7 +41,7 @@ from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedu
 from fastdecoder.train.outputs import Interval, RunOutputs, prepare_run_folder
 from fastdecoder.train.rng import RunStreams, rank_seed, seed_everything
 from fastdecoder.train.signals import StopRequest
-from fastdecoder.train.stability import InstabilityGuard, NonFiniteError
+from fastdecoder.train.stability import InstabilityGuard, NonFiniteError, PendingSteps
 from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
 
 log = logging.getLogger("fastdecoder.train")
@@ -51,6 +51,40 @@ from fastdecoder.train.device import resolve_device  # noqa: E402,F401
 
 __all__ = ["Trainer", "ResumeError", "RESUME_MAY_DIFFER", "prepare_dataset", "load_run", "resolve_device",
            "seed_everything", "beam_per"]
+
+
+def host_output_lengths(lens: np.ndarray, patch_size: int, patch_stride: int, mode: str,
+                        max_frames: int) -> np.ndarray:
+    """losses.output_lengths in numpy, for host copies of the lengths: (B,) int64 bins -> (B,) int64 frames."""
+    if mode == "exact":
+        n = np.maximum((lens - patch_size) // patch_stride + 1, 1)
+    else:  # shipped: C-style truncation toward zero, then >= 0
+        n = np.maximum(np.trunc((lens - patch_size) / patch_stride).astype(np.int64), 0)
+    return np.minimum(n, max_frames).astype(np.int64)
+
+
+def pad_to_bucket(x: torch.Tensor, bucket: int) -> torch.Tensor:
+    """(B, T, C) zero padded in time up to the next multiple of ``bucket`` bins (0: unchanged). The new bins lie
+    past every trial's length, so outputs and losses of a unidirectional model do not change."""
+    pad = -x.shape[1] % bucket if bucket > 0 else 0
+    return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+def compile_step(fn, length_bucket: int, backend="inductor", max_len: int | None = None):
+    """torch.compile of the step's forward and loss (``Trainer._forward_loss``): with length buckets one static
+    graph per bucket (dynamo's recompile limit raised to the number of buckets ``max_len`` bins need), dynamo's
+    automatic dynamic shapes without. Graphs break where dynamo cannot trace (F.ctc_loss, whose output shape
+    depends on data; nn.GRU on CUDA) and resume after it, so day layer, patching, head, log-softmax and the loss's
+    reduction are compiled around them."""
+    if length_bucket > 0 and max_len:
+        limit = -(-max_len // length_bucket) + 1
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+    return torch.compile(fn, backend=backend, dynamic=False if length_bucket > 0 else None)
+
+
+def skip_flag(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """() float32 on the device: 1.0 if the loss or the grad norm is non-finite (the fused optimizers' found_inf)."""
+    return (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).to(torch.float32)
 
 
 class ResumeError(UserError):
@@ -104,6 +138,7 @@ class Trainer:
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)
         self._need_frames = target_min_frames(self.train_split)  # (n,) frames each training target needs
+        self._target_width = max(1, int(np.max(self.train_split.target_lengths, initial=0)))  # the longest target
 
         # The fast path and the reference path share everything but the op implementations and the batching.
         self.fast = use_fast_path(cfg, self.device)
@@ -126,9 +161,21 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
         fwd = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(fwd) if cfg.train.compile and on_cuda and self.fast else fwd
+        if cfg.train.length_bucket and cfg.model.bidirectional:
+            raise UserError(f"train.length_bucket is {cfg.train.length_bucket} but model.bidirectional is true: the "
+                            "backward direction would see the extra padding and change the loss; set "
+                            "train.length_bucket: 0")
+        self.forward = fwd  # the model's forward (DDP-wrapped under torchrun)
+        self.compiled = bool(cfg.train.compile and on_cuda and self.fast)
+        self.forward_loss = (compile_step(self._forward_loss, cfg.train.length_bucket,
+                                          max_len=int(self.train_split.lengths.max()))
+                             if self.compiled else self._forward_loss)
         self.sampler = make_sampler(cfg, self.train_split, self.rank_seed)
         self.resident = make_resident(self.train_split, self.device) if self.fast else None
+        self.deferred = False  # set after the self-check below (which may fall back to the unfused optimizer)
+        self.pending = PendingSteps(cfg.train.log_every, self.device)
+        self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
+        self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
         self.streams = RunStreams(self.rank_seed, self.device)
         self.eval_settings = EvalSettings.from_config(cfg, self.device)
         self.eval_transform: EvalTransform = self.eval_settings.transform
@@ -157,6 +204,9 @@ class Trainer:
         from fastdecoder.train.selfcheck import check_fast_path  # each fast op vs its reference; falls back on a fail
 
         self.selfcheck_events = check_fast_path(self)
+        # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
+        self.deferred = (self.fast and not self.dist.enabled and self.scaler is None
+                         and bool(self.optimizer.defaults.get("fused")))
 
     @property
     def history(self) -> list[dict]:
@@ -208,34 +258,106 @@ class Trainer:
         return collate(self.train_split, idx).to(self.device, non_blocking=True)
 
     def train_step(self, batch, *, stats: bool = False) -> dict:
-        """One update (or a skipped one), then ``step += 1``. Returns floats: loss, grad_norm (pre-clip), lr;
-        skipped, stop, events, and with ``stats`` the training batch's blank fraction and distinct phonemes.
+        """One update (or a skipped one), then ``step += 1``. Returns loss, grad_norm (pre-clip), lr, skipped,
+        stop, events, and with ``stats`` the training batch's blank fraction and distinct phonemes.
 
-        Host syncs: one per step (the loss / grad-norm / stop flags, reduced over ranks); the infeasible-target check
-        reads host copies of the lengths. On a GPU that is a few microseconds of idle per step, the price of never
-        applying a NaN update.
+        Reference path (and fp16 / torchrun / a non-fused optimizer): one host sync per step (the loss / grad-norm /
+        stop flags, reduced over ranks), the guard decides on the host. Deferred path (``self.deferred``: the fast
+        path with a fused optimizer, one process, no GradScaler): no host read at all; the update is skipped on the
+        device through the fused optimizer's ``found_inf`` and loss / grad norm go to ``self.pending``, read and
+        accounted at the next ``read_steps()`` (log interval, evaluation, checkpoint, end): then ``loss``,
+        ``grad_norm`` and ``skipped`` are None here and ``deferred`` is True, and the CTC length tensors are host
+        copies. Both paths take the infeasible-target check from host copies of the lengths.
         """
         cfg = self.cfg
         (self.ddp if self.ddp is not None else self.model).train()
         step_no = self.step + 1
         lr = self.schedule.apply(self.step)
+        if self.phase_hook is not None:
+            self.phase_hook("data")
         x, lens = self.augment(batch.x, batch.x_lens, self.step)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.forward(x, batch.day, lens)
-        n = output_lengths(lens, cfg.model.patch_size, cfg.model.patch_stride, cfg.ctc.output_lengths,
-                           logits.shape[1])
-        bad, frames = self._infeasible_in(batch, logits.shape[1])
+        x = pad_to_bucket(x, cfg.train.length_bucket)
+        m = cfg.model
+        max_frames = (x.shape[1] - m.patch_size) // m.patch_stride + 1  # the frames the patching gives
+        bad, frames = self._infeasible_in(batch, max_frames)
         infeasible = bool(bad.any())
         if infeasible:
             self._report_infeasible(batch, bad, frames)
-        loss = ctc_loss(logits, n, batch.y, batch.y_lens, reduction=cfg.ctc.reduction,
-                        zero_infinity=cfg.ctc.zero_infinity)
+        if self.deferred:  # host length tensors: F.ctc_loss copies device ones to the host
+            n = torch.from_numpy(frames)
+            y_lens = torch.from_numpy(np.asarray(self.train_split.target_lengths[batch.index], dtype=np.int64))
+        else:
+            n = output_lengths(lens, m.patch_size, m.patch_stride, cfg.ctc.output_lengths, max_frames)
+            y_lens = batch.y_lens
+        y = batch.y
+        if cfg.train.length_bucket:  # one target width for the run: the loss region keeps its shape too
+            y = torch.nn.functional.pad(y, (0, self._target_width - y.shape[1]))
+        logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens)
+        if self.phase_hook is not None:
+            self.phase_hook("forward")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        if self.phase_hook is not None:
+            self.phase_hook("backward")
+        if self.deferred:
+            out = self._deferred_update(loss, step_no, lr, infeasible)
+        else:
+            out = self._synced_update(loss, step_no, lr, infeasible)
+        if self.phase_hook is not None:
+            self.phase_hook("optimizer")
+        if stats:
+            out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
+        return out
+
+    def _forward_loss(self, x, day, lens, n, y, y_lens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, N, V), CTC loss) of the step, under the run's autocast; compiled with ``train.compile``."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.forward(x, day, lens)
+        return logits, ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
+                                zero_infinity=self.cfg.ctc.zero_infinity)
+
+    def _deferred_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
+        """Clip and apply the update unless the loss or grad norm is non-finite, decided on the device; no host
+        read. The loss and grad norm wait in ``self.pending`` for ``read_steps``."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
+        loss_d = loss.detach().float()
+        if self.cfg.optim.grad_clip > 0:  # a non-finite norm makes the grads NaN: that update is skipped anyway
+            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, gnorm)
+        self.optimizer.found_inf = skip_flag(loss_d, gnorm)  # the fused kernels skip the update (and Adam's step)
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        self.step = step_no
+        self.pending.put(step_no, lr, infeasible, loss_d, gnorm)
+        if self.pending.full:  # only where train_step runs outside ``run`` (which reads at every log step)
+            self._replayed = self.read_steps()
+        stop = self._stop is not None and self._stop.signum is not None
+        return {"loss": None, "grad_norm": None, "lr": lr, "skipped": None, "stop": stop, "events": [],
+                "deferred": True}
+
+    def read_steps(self) -> list[dict]:
+        """The steps waiting in ``self.pending`` (deferred path), read with one host read and accounted by the
+        stability guard in order, exactly as the synced path does per step: skip counts, events, high-grad-norm
+        counts, adaptive-LR reductions and the consecutive-skip / abort_on_nonfinite stops (which therefore act at
+        this read, not at the step itself). Returns a dict per step (loss, grad_norm, lr, skipped, events)."""
+        outs = self._replayed
+        self._replayed = []
+        for step_no, lr, infeasible, loss_f, gn in self.pending.read():
+            apply, events = self.guard.observe(step_no, loss_f, gn, loss_finite=math.isfinite(loss_f),
+                                               grad_finite=math.isfinite(gn), infeasible=infeasible)
+            outs.append({"step": step_no, "loss": loss_f, "grad_norm": gn, "lr": lr, "skipped": not apply,
+                         "events": events})
+        return outs
+
+    def _synced_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
+        """The guard decides on the host (one read per step); the update is clipped and applied, or skipped."""
+        cfg = self.cfg
         params = [p for p in self.model.parameters() if p.grad is not None]
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
         loss_d = loss.detach().float()
@@ -268,10 +390,7 @@ class Trainer:
             if not apply:
                 self.optimizer.zero_grad(set_to_none=True)
         self.step = step_no
-        out = {"loss": loss_f, "grad_norm": gn, "lr": lr, "skipped": skipped, "stop": bool(stop), "events": events}
-        if stats:
-            out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
-        return out
+        return {"loss": loss_f, "grad_norm": gn, "lr": lr, "skipped": skipped, "stop": bool(stop), "events": events}
 
     def _infeasible_in(self, batch, max_frames: int):
         """(bad (B,) bool, frames (B,) int64) on the host: targets longer than their output frames after this
@@ -280,8 +399,8 @@ class Trainer:
         if self.augment.last_cut:
             lens = np.maximum(lens - self.augment.last_cut, 1)  # as TrainAugmentation cut them on the device
         c = self.cfg
-        frames = output_lengths(torch.from_numpy(lens), c.model.patch_size, c.model.patch_stride,
-                                c.ctc.output_lengths, max_frames).numpy()
+        frames = host_output_lengths(lens, c.model.patch_size, c.model.patch_stride, c.ctc.output_lengths,
+                                     max_frames)
         return self._need_frames[batch.index] > frames, frames
 
     def _report_infeasible(self, batch, bad, frames) -> None:
@@ -333,26 +452,41 @@ class Trainer:
         finally:
             self._stop.restore()
 
-    def run(self, max_steps: int | None = None, on_step=None) -> str | None:
+    def run(self, max_steps: int | None = None, on_step=None, on_read=None) -> str | None:
         """Steps until ``train.steps`` (or ``max_steps``, or a stop request), with logging, evaluation and
-        checkpoints at their intervals; ``on_step(out)`` after each step. Returns why it stopped early (or None)."""
+        checkpoints at their intervals; ``on_step(out)`` after each step, ``on_read(outs)`` with the steps whose
+        loss / grad norm were just read (each step on the synced path; on the deferred path those since the last
+        read, at log, evaluation and checkpoint steps and at the end). Returns why it stopped early (or None)."""
         cfg = self.cfg
         step0, iv = self.step, Interval()
         while self.step < cfg.train.steps:
             will_log = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.steps
             out = self.train_step(self.next_batch(), stats=will_log and cfg.train.train_monitor)
-            iv.add(out)
             if on_step is not None:
                 on_step(out)
-            for ev in out["events"]:
-                self._log_metrics(ev)
+            will_eval = self.val_split is not None and (self.step % cfg.train.eval_every == 0
+                                                        or self.step == cfg.train.steps)
+            will_save = self.step % cfg.train.checkpoint_every == 0
+            ending = (out["stop"] or self.step >= cfg.train.steps
+                      or (max_steps is not None and self.step >= max_steps))
+            if not out.get("deferred"):
+                reads = [out]
+            elif will_log or will_eval or will_save or ending or self._replayed:
+                reads = self.read_steps()
+            else:
+                reads = []
+            for o in reads:
+                iv.add(o)
+                for ev in o["events"]:
+                    self._log_metrics(ev)
+            if on_read is not None and reads:
+                on_read(reads)
             if will_log:
                 self._log_train(iv, out, step0)
                 iv = Interval()
-            if self.val_split is not None and (self.step % cfg.train.eval_every == 0
-                                               or self.step == cfg.train.steps):
+            if will_eval:
                 self._eval_and_track()
-            if self.step % cfg.train.checkpoint_every == 0:
+            if will_save:
                 self.save("last.pt")
             self.outputs.advance()
             if self.step >= cfg.train.steps:
@@ -442,7 +576,10 @@ class Trainer:
         self.outputs.say(f"step {self.step}: val PER {per:.4f} (best {self.best_per:.4f} @ {self.best_step})")
 
     def state_dict(self) -> dict:
-        """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun."""
+        """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still
+        waiting in ``pending`` are read and accounted first (their records go out with the next read in ``run``)."""
+        if len(self.pending):
+            self._replayed = self.read_steps()
         mine = {"rank": self.dist.rank, "sampler": self.sampler.state_dict(), "rng": self.streams.state_dict()}
         ranks = distributed.gather_objects(mine, self.dist)
         d = {"model": self.model.state_dict(), "step": self.step, "config": self.cfg.to_dict(),

@@ -20,7 +20,9 @@ READ_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__
 
 #: reads that run only when the tensor is on the CPU (free there, skipped on a device): the augmentation's host
 #: checks of its taps and lengths (ops/augment/dispatch.py)
-CPU_ONLY_SITES = frozenset({"ops/augment/dispatch.py:_taps_finite", "ops/augment/dispatch.py:_host_range_check"})
+CPU_ONLY_SITES = frozenset({"ops/augment/dispatch.py:_taps_finite", "ops/augment/dispatch.py:_host_range_check",
+                            # the day layer groups trials by day from CPU day indices only (a device keeps the gather)
+                            "ops/day_affine.py:_host_days"})
 
 
 class HostReadError(RuntimeError):

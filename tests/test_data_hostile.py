@@ -16,6 +16,8 @@ from fastdecoder.data import (DataFormatError, Dataset, Split, SynthSpec, Unsafe
                               write_synthetic)
 from fastdecoder.data.dataset import decode_ascii, training_splits
 
+from test_data_formats import _first as _session_file
+
 SMALL = SynthSpec(n_days=2, trials_per_day=4, val_trials_per_day=2, test_trials_per_day=1, n_features=8,
                   vocab_size=10, seed=5)
 
@@ -116,10 +118,6 @@ def test_data_info_cli_refuses_the_bomb(tmp_path, capsys):
 @pytest.fixture
 def dir25(tmp_path):
     return write_synthetic(tmp_path / "d25", "b2t25", SMALL)
-
-
-def _session_file(root, fname="data_train.hdf5", session=0):
-    return sorted(p for p in root.iterdir() if p.is_dir())[session] / fname
 
 
 def test_b2t25_ids_past_seq_len(dir25):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastdecoder import _native, _words
-from fastdecoder.decode.beam import _int_arg
+from fastdecoder.decode.beam import _beam_width_arg, _int_arg
 from fastdecoder.decode.words import WordDecoder, WordHypothesis
 
 __all__ = ["BeamStream", "WordStream"]
@@ -34,18 +34,37 @@ def _frames(log_probs, vocab: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-class BeamStream:
+class _NativeStream:
+    """A native stateful search over one sentence: ``self._native`` advanced by (n, ``self._vocab``) frames."""
+
+    _native: object
+    _vocab: int
+
+    def reset(self) -> None:
+        self._native.reset()
+
+    def advance(self, log_probs) -> None:
+        arr = _frames(log_probs, self._vocab)
+        (self._native.advance_f64 if arr.dtype == np.float64 else self._native.advance_f32)(arr)
+
+    @property
+    def frames(self) -> int:
+        return int(self._native.frames)
+
+
+class BeamStream(_NativeStream):
     """CTC prefix beam search over one sentence, advanced frame by frame (the GIL is released while advancing).
 
     ``advance(lp (n, V))`` then ``partial() -> (tokens, stable, log_score)`` (tokens[:stable] is final) and
     ``hypotheses(nbest) -> [(tokens, log_score)]``, equal to ``beam_search`` over all frames advanced so far.
-    A non-finite value raises ValueError naming [frame, class] and leaves the state unchanged.
+    Inputs follow the decoders' one policy (-inf is probability 0; NaN, +inf and |x| > 1e100 raise ValueError
+    naming [frame, class]); a refused block leaves the state unchanged.
     """
 
     def __init__(self, vocab: int = 41, *, beam_width: int = 20, blank: int = 0,
                  token_min_logprob: float | None = None):
         self.vocab = _int_arg("vocab", vocab, 1)
-        self.beam_width = _int_arg("beam_width", beam_width, 1)
+        self.beam_width = _beam_width_arg(beam_width)
         blank = _int_arg("blank", blank, 0)
         if blank >= self.vocab:
             raise ValueError(f"blank={blank} is out of range for {vocab} classes")
@@ -53,13 +72,7 @@ class BeamStream:
         if math.isnan(cut):
             raise ValueError("token_min_logprob must be a number or None, got NaN")
         self._native = _native.BeamStream(self.vocab, self.beam_width, blank, cut)
-
-    def reset(self) -> None:
-        self._native.reset()
-
-    def advance(self, log_probs) -> None:
-        arr = _frames(log_probs, self.vocab)
-        (self._native.advance_f64 if arr.dtype == np.float64 else self._native.advance_f32)(arr)
+        self._vocab = self.vocab
 
     def partial(self) -> tuple[list[int], int, float]:
         return self._native.partial()
@@ -67,12 +80,8 @@ class BeamStream:
     def hypotheses(self, nbest: int = 1) -> list[tuple[list[int], float]]:
         return self._native.hypotheses(_int_arg("nbest", nbest, 1))
 
-    @property
-    def frames(self) -> int:
-        return int(self._native.frames)
 
-
-class WordStream:
+class WordStream(_NativeStream):
     """The lexicon + LM word decoder over one sentence, advanced frame by frame.
 
     ``partial() -> (words, stable, score)``: the best hypothesis' completed words, of which words[:stable] are final.
@@ -86,13 +95,7 @@ class WordStream:
         self.decoder = decoder
         self._words = decoder.lexicon.words
         self._native = _words.WordStream(decoder._native)
-
-    def reset(self) -> None:
-        self._native.reset()
-
-    def advance(self, log_probs) -> None:
-        arr = _frames(log_probs, _words.NUM_CLASSES)
-        (self._native.advance_f64 if arr.dtype == np.float64 else self._native.advance_f32)(arr)
+        self._vocab = _words.NUM_CLASSES
 
     def partial(self) -> tuple[list[str], int, float]:
         ids, stable, score = self._native.partial()
@@ -102,7 +105,3 @@ class WordStream:
         nbest = self.decoder.nbest if nbest is None else _int_arg("nbest", nbest, 1)
         return [WordHypothesis([self._words[i] for i in ids], score, ac, lm)
                 for ids, score, ac, lm in self._native.finish(nbest)]
-
-    @property
-    def frames(self) -> int:
-        return int(self._native.frames)

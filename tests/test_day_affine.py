@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastdecoder.ops.day_affine import day_affine, day_affine_gather
+from fastdecoder.ops.day_affine import DayGroups, day_affine, day_affine_gather, plan_day_groups
 
 GROUPINGS = {
     "one day": lambda B, D, g: torch.full((B,), int(torch.randint(D, (1,), generator=g))),
@@ -15,6 +15,9 @@ GROUPINGS = {
     "equal groups sorted": lambda B, D, g: torch.arange(B) // (B // 2) * 2 % D,
     "contiguous runs unsorted": lambda B, D, g: (D - 1 - torch.arange(B) // 2 % D).sort(descending=True).values,
     "ragged unsorted": lambda B, D, g: torch.randint(D, (B,), generator=g),
+    # the 'days' batching with a surplus trimmed: contiguous runs of m and m - 1 (padded to m slots)
+    "trimmed runs": lambda B, D, g: torch.repeat_interleave(torch.randperm(D, generator=g)[:2],
+                                                            torch.tensor([B - B // 2, B // 2])),
 }
 
 
@@ -34,18 +37,77 @@ def test_grouped_equals_gather_with_gradients(grouping, B, T, C, D, test_seed):
     W0 = torch.eye(C) + 0.3 * torch.randn(D, C, C, generator=g)
     b0 = torch.randn(D, 1, C, generator=g)
     dy = torch.randn(B, T, C, generator=g)
-    results = []
-    for fn in (day_affine, day_affine_gather):
+    host_days = day.numpy().copy()
+    fns = {"grouped from a CPU day_idx": day_affine,
+           # the fast step's form: planned from the host days, the op given a day_idx it must not read
+           "planned from host days": lambda x, d, W, b: day_affine(x, d, W, b, plan_day_groups(host_days, D)),
+           "planned, one GEMM per day": lambda x, d, W, b: day_affine(x, d, W, b,
+                                                                     plan_day_groups(host_days, D, max_padding=0)),
+           "gather": day_affine_gather}
+    results = {}
+    for how, fn in fns.items():
         x, W, b = (t.clone().requires_grad_() for t in (x0, W0, b0))
         y = fn(x, day, W, b)
         y.backward(dy)
-        results.append((y.detach(), x.grad, W.grad, b.grad))
-    for name, got, want in zip(("y", "dx", "dW", "db"), *results):
-        assert got.shape == want.shape, name
-        _close(got, want, f"{name} ({grouping}, B={B} T={T} C={C} D={D})")
-    unused = torch.ones(D, dtype=torch.bool)
-    unused[day] = False
-    assert not results[0][2][unused].any()  # days absent from the batch get zero gradient, as with the gather
+        results[how] = (y.detach(), x.grad, W.grad, b.grad)
+    want = results.pop("gather")
+    for how, got in results.items():
+        for name, a, w in zip(("y", "dx", "dW", "db"), got, want):
+            assert a.shape == w.shape, name
+            _close(a, w, f"{name} {how} ({grouping}, B={B} T={T} C={C} D={D}, seed {test_seed})")
+        unused = torch.ones(D, dtype=torch.bool)
+        unused[day] = False
+        assert not got[2][unused].any()  # days absent from the batch get zero gradient, as with the gather
+
+
+@pytest.mark.parametrize("days,width,counts,identity", [
+    ([3, 3, 0, 0, 5, 5], 2, (2, 2, 2), True),        # the 'days' batching: equal runs, nothing reordered
+    ([3, 3, 3, 0, 0, 5, 5, 5], 3, (3, 2, 3), False),  # a trimmed run: padded to 3 slots (1 extra row of 8)
+    ([1, 2, 1, 2], 2, (2, 2), False),                  # equal but interleaved: a permutation
+    ([0, 0, 0, 0, 0, 1, 2, 3], 0, (5, 1, 1, 1), True),  # padding would add 12 rows to 8: one GEMM per day
+])
+def test_plans_have_static_shapes(days, width, counts, identity):
+    g = plan_day_groups(np.array(days), 6)
+    assert isinstance(g, DayGroups) and g.width == width and g.counts == counts and g.batch == len(days)
+    assert (g.take is None and g.put is None) == identity
+    if width and not identity:
+        assert g.take.shape == (len(counts) * width,) and g.put.shape == (len(days),)
+        # every trial is taken into exactly the slot ``put`` names
+        assert (g.take[g.put] == torch.arange(len(days))).all()
+
+
+def test_plans_refuse_bad_days_and_wrong_batches():
+    with pytest.raises(ValueError, match=r"day_idx must lie in \[0, 4\).*\[1, 4\]"):
+        plan_day_groups(np.array([1, 4]), 4)
+    with pytest.raises(ValueError, match="at least one trial"):
+        plan_day_groups(np.zeros(0, dtype=np.int64), 4)
+    x, W, b = torch.randn(3, 4, 5), torch.randn(2, 5, 5), torch.randn(2, 1, 5)
+    with pytest.raises(ValueError, match="planned for 2 trials, x holds 3"):
+        day_affine(x, torch.zeros(3, dtype=torch.long), W, b, plan_day_groups([0, 1], 2))
+
+
+def test_planned_groups_compile_once_for_every_batch_of_the_same_structure(test_seed):
+    """Under dynamo the plan's tensors are graph inputs and its ints guards: new days, same structure, no
+    recompile (the 'days' batching's batches differ only in which days they hold)."""
+    from test_fast_step import CompilesPerFrame
+
+    g = torch.Generator().manual_seed(test_seed)
+    W, b = torch.randn(6, 8, 8, generator=g), torch.randn(6, 1, 8, generator=g)
+    counter = CompilesPerFrame()
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, d, groups: day_affine(x, d, W, b, groups), backend=counter, dynamic=False)
+    try:
+        for trimmed in (False, True):
+            for _ in range(3):
+                days = torch.randperm(6, generator=g)[:2].repeat_interleave(4).numpy()
+                if trimmed:
+                    days = np.delete(days, 0)  # 3 + 4 trials: padded to 2 x 4 slots
+                x = torch.randn(len(days), 5, 8, generator=g)
+                got = fn(x, torch.from_numpy(days), plan_day_groups(days, 6))
+                _close(got, day_affine_gather(x, torch.from_numpy(days), W, b), f"compiled, days {days}")
+    finally:
+        torch._dynamo.reset()
+    assert sum(counter.compiles.values()) <= 2, counter.compiles  # one graph per structure (and batch size)
 
 
 def test_device_day_index_keeps_the_gather_and_bad_days_are_named():
@@ -89,3 +151,23 @@ def test_strided_input_as_after_the_random_cut(test_seed):
     W, b = torch.randn(4, 8, 8, generator=g), torch.randn(4, 1, 8, generator=g)
     for day in (torch.tensor([2, 2, 0, 0, 3, 3]), torch.tensor([1, 3, 1, 0, 3, 1])):
         _close(day_affine(x, day, W, b), day_affine_gather(x, day, W, b), f"strided x, days {day.tolist()}")
+
+
+def test_the_fast_step_groups_by_the_batch_host_days(monkeypatch, tmp_path):
+    """The resident batch carries its days' host copy; the fast step plans the groups from it (no read of the
+    day tensor, so on a GPU too) and never runs the (B, C, C) gather."""
+    from fastdecoder.ops import day_affine as op
+    from fastdecoder.train.host_reads import HostReads
+    from test_fast_step import make
+
+    tr = make(monkeypatch, tmp_path)
+    batch = tr.next_batch()
+    assert batch.host_day is not None and (torch.from_numpy(batch.host_day) == batch.day).all()
+
+    def no_gather(*a):
+        raise AssertionError("the fast step ran the (B, C, C) gather")
+    monkeypatch.setattr(op, "day_affine_gather", no_gather)
+    with HostReads() as reads:
+        tr.train_step(batch)
+        tr.train_step(tr.next_batch())
+    assert not [s for _, s in reads.reads if "day_affine" in s], reads.reads

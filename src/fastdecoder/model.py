@@ -141,12 +141,13 @@ class GRUDecoder(nn.Module):
         n = output_lengths(lengths, self.cfg.patch_size, self.cfg.patch_stride, self.output_lengths, logits.shape[1])
         return logits.float().log_softmax(-1), n
 
-    def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor) -> torch.Tensor:
-        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C). Trials are grouped by day (one GEMM per distinct
-        day, no (B, C, C) gather; see ops.day_affine) where ``day_idx`` is on the CPU; both paths run this."""
+    def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor, day_groups=None) -> torch.Tensor:
+        """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C). Trials are grouped by day (no (B, C, C) gather;
+        see ops.day_affine) where ``day_idx`` is on the CPU or ``day_groups`` (ops.day_affine.plan_day_groups of the
+        batch's host day indices) is given; else the gather. Both paths run this."""
         from fastdecoder.ops.day_affine import day_affine
 
-        y = day_affine(x, day_idx, self.day_weights, self.day_biases)
+        y = day_affine(x, day_idx, self.day_weights, self.day_biases, day_groups)
         return F.softsign(y) if self.cfg.day_activation == "softsign" else y
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,14 +166,16 @@ class GRUDecoder(nn.Module):
         dirs = 2 if self.cfg.bidirectional else 1
         return self.h0.expand(self.cfg.num_layers * dirs, batch, self.cfg.hidden_size).contiguous()
 
-    def forward(self, x: torch.Tensor, day_idx: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C) float, day_idx: (B,) int64, lengths: optional (B,) valid bins -> logits (B, N, n_classes)."""
+    def forward(self, x: torch.Tensor, day_idx: torch.Tensor, lengths: torch.Tensor | None = None,
+                day_groups=None) -> torch.Tensor:
+        """x: (B, T, C) float, day_idx: (B,) int64, lengths: optional (B,) valid bins, day_groups: optional
+        ops.day_affine.DayGroups of ``day_idx`` planned on the host -> logits (B, N, n_classes)."""
         if x.dim() != 3 or x.shape[2] != self.cfg.n_features:
             raise ValueError(f"x must be (batch, time, {self.cfg.n_features}), got {tuple(x.shape)}")
         if day_idx.shape != (x.shape[0],):
             raise ValueError(f"day_idx must be ({x.shape[0]},), got {tuple(day_idx.shape)}")
         x = self.smooth(x, lengths)
-        x = self.input_dropout(self.day_layer(x, day_idx))
+        x = self.input_dropout(self.day_layer(x, day_idx, day_groups))
         x = self.patch(x)
         return self.head(self.recurrence(x))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from fastdecoder.plain import to_plain
 class Batch:
     """x: (batch, time, channels) float32 zero-padded; x_lens: (batch,) int64 true lengths in bins;
     y: (batch, L_max) int64 zero-padded targets (L_max >= 1, all zero if unlabeled); y_lens: (batch,) int64;
-    day: (batch,) int64 day index; index: (batch,) trial indices into the split."""
+    day: (batch,) int64 day index; index: (batch,) trial indices into the split; host_day: (batch,) int64 host
+    copy of ``day`` where the batch builder has one (resident batches: the day layer groups by it, no host read)."""
 
     x: torch.Tensor
     x_lens: torch.Tensor
@@ -33,6 +34,7 @@ class Batch:
     y_lens: torch.Tensor
     day: torch.Tensor
     index: np.ndarray
+    host_day: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -42,6 +42,7 @@ class ResidentSplit:
         # host copies of the lengths: the padded shape of a batch is known without a device -> host sync
         self.host_length = lengths
         self.host_target_len = np.asarray(split.target_lengths, dtype=np.int64)
+        self.host_day = np.asarray(split.day, dtype=np.int64)  # each batch carries its days' host copy
         self.pinned = pin and self.device.type == "cpu" and torch.cuda.is_available()
         for name, t in host.items():
             setattr(self, name, t.pin_memory() if self.pinned else t.to(self.device))
@@ -54,7 +55,8 @@ class ResidentSplit:
     def batch(self, indices, device=None) -> Batch:
         """Padded Batch of the trials ``indices`` built where the data lives (then moved to ``device`` if given).
 
-        x (B, T_max, C) float32 with T_max the longest trial in the batch; bins past each length are zero.
+        x (B, T_max, C) float32 with T_max the longest trial in the batch; bins past each length are zero;
+        ``host_day`` (B,) int64 the host copy of ``day`` (for ops.day_affine.plan_day_groups).
         """
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
         if index.size == 0:
@@ -72,7 +74,8 @@ class ResidentSplit:
         x = self.features[rows] * valid[..., None]                          # (B, T, C), zero padding
         y_len = self.target_len[idx]
         Lb = max(1, int(self.host_target_len[index].max()))
-        out = Batch(x=x.float(), x_lens=lens, y=self.targets[idx, :Lb], y_lens=y_len, day=self.day[idx], index=index)
+        out = Batch(x=x.float(), x_lens=lens, y=self.targets[idx, :Lb], y_lens=y_len, day=self.day[idx], index=index,
+                    host_day=self.host_day[index])
         if device is not None and torch.device(device) != self.features.device:
             out = out.to(device, non_blocking=self.pinned)
         return out

@@ -30,6 +30,7 @@ from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
 from fastdecoder.losses import ctc_loss, output_lengths
+from fastdecoder.ops.day_affine import plan_day_groups
 from fastdecoder.train import distributed
 from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_run,
                                           save_checkpoint)
@@ -172,6 +173,7 @@ class Trainer:
                              if self.compiled else self._forward_loss)
         self.sampler = make_sampler(cfg, self.train_split, self.rank_seed)
         self.resident = make_resident(self.train_split, self.device) if self.fast else None
+        self._plan_days = self.fast and (self.device.type == "cpu" or cfg.data.batching == "days")
         self.deferred = False  # set after the self-check below (which may fall back to the unfused optimizer)
         self.pending = PendingSteps(cfg.train.log_every, self.device)
         self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
@@ -292,7 +294,7 @@ class Trainer:
         y = batch.y
         if cfg.train.length_bucket:  # one target width for the run: the loss region keeps its shape too
             y = torch.nn.functional.pad(y, (0, self._target_width - y.shape[1]))
-        logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens)
+        logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens, self._day_groups(batch))
         if self.phase_hook is not None:
             self.phase_hook("forward")
         self.optimizer.zero_grad(set_to_none=True)
@@ -313,10 +315,18 @@ class Trainer:
             out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
         return out
 
-    def _forward_loss(self, x, day, lens, n, y, y_lens) -> tuple[torch.Tensor, torch.Tensor]:
+    def _day_groups(self, batch):
+        """The day layer's grouping of ``batch`` planned from its host copy of the days (ops.day_affine), on the
+        fast path: on the CPU always, on a device with the 'days' batching (the same group sizes every step, so the
+        compiled shapes stay static). None: the op decides (a device ``day`` keeps the gather)."""
+        if not self._plan_days or batch.host_day is None:
+            return None
+        return plan_day_groups(batch.host_day, self.cfg.model.n_days, self.device)
+
+    def _forward_loss(self, x, day, lens, n, y, y_lens, day_groups=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, N, V), CTC loss) of the step, under the run's autocast; compiled with ``train.compile``."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.forward(x, day, lens)
+            logits = self.forward(x, day, lens, day_groups)
         return logits, ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
                                 zero_infinity=self.cfg.ctc.zero_infinity)
 

@@ -38,6 +38,20 @@ def test_fast_and_reference_paths_give_the_same_losses(tiny_cfg):
         assert p["batches_per_second"] == pytest.approx(4 / p["seconds"], rel=1e-12)
     text = format_report(r)
     assert "speed-up fast / reference" in text and "max relative difference" in text
+    # every column measured: each phase took time; the synced reference step reads its loss back every step, the
+    # deferred fast step not once in the timed steps; nothing compiled or captured, no CUDA counts on a CPU
+    for path in ("reference", "fast"):
+        p = r[path]
+        assert all(p["ms_per_step"][k] > 0 for k in ("data", "forward", "backward", "optimizer")), p["ms_per_step"]
+        assert p["compiles"] == 0 and p["graph_captures"] == 0
+        assert p["device_syncs_per_step"] is None and p["peak_memory_gb"] is None
+    assert r["reference"]["host_reads_per_step"] >= 1, r["reference"]["host_read_sites"]
+    assert r["fast"]["deferred"] and r["fast"]["host_reads_per_step"] == 0, r["fast"]["host_read_sites"]
+    header = text.splitlines()[1]
+    for column in ("batches/s", "data / forward / backward / optimizer", "host reads/step", "device syncs/step",
+                   "compiles", "graph captures", "peak GPU memory"):
+        assert column in header
+    assert all(len(line.split("|")) == len(header.split("|")) for line in text.splitlines()[1:5])
 
 
 def test_fast_path_uses_resident_batches(tiny_cfg):

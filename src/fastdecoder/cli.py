@@ -95,7 +95,9 @@ def _add_data(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks a user runs on their own machine")
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
-    t = bsub.add_parser("train", help="fast path vs reference path: batches/s, ratio, peak memory, loss agreement")
+    t = bsub.add_parser("train", help="fast path vs reference path, per path: batches/s, ms per step in data / "
+                        "forward / backward / optimizer, host reads and (CUDA) device syncs per step, compiles, CUDA "
+                        "graph captures, peak GPU memory; their ratio and loss agreement")
     t.add_argument("--config", required=True, help="YAML file or preset name")
     t.add_argument("--steps", type=int, default=50, help="timed steps per path")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")

@@ -160,6 +160,9 @@ class TrainConfig:
     fast_selfcheck: bool = True         # fast path: check each fast op against its reference at start-up; a
     #                                     failing op warns, is logged and falls back to its reference for the run
     fast_selfcheck_fatal: bool = False  # a failing fast-op self-check stops the run with an error instead
+    cuda_graphs: bool = False           # fast path on CUDA with length buckets: capture the model's forward and
+    #                                     backward once per bucket and replay it (train/cuda_graphs.py); off until
+    #                                     the GPU check has measured it
 
 
 @dataclass

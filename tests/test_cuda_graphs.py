@@ -127,3 +127,32 @@ def test_a_capture_that_repeats_its_dropout_masks_is_refused(test_seed):
         StepGraphs(model, gru_cfg, None, "cpu", capture=FrozenCapture()).check_dropout()
     # no dropout in the model: nothing to probe
     StepGraphs(model, replace(cfg, input_dropout=0.0), None, "cpu", capture=FrozenCapture()).check_dropout()
+
+
+@pytest.mark.gpu
+def test_real_capture_on_cuda_equals_the_eager_model(test_seed):
+    """The GPU side (run by the GPU check's gpu_tests step): captures replay the eager forward and backward (fp32,
+    cuDNN GRU), one per shape, and a captured dropout draws fresh masks at each replay (both probes)."""
+    cfg, model = _tiny_model(test_seed)
+    model = model.cuda()
+    graphs = StepGraphs(model, cfg, None, "cuda")
+    g = torch.Generator().manual_seed(test_seed)
+    days = np.array([3, 3, 1, 1])
+    for T in (16, 24, 16, 24):
+        x = torch.randn(4, T, 6, generator=g).cuda()
+        lens = torch.full((4,), T, device="cuda")
+        day = torch.from_numpy(days).cuda()
+        got = graphs(x, day, lens, plan_day_groups(days, 5, "cuda"))
+        got.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        want = model(x, day, lens)
+        want.square().sum().backward()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        for a, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
+        model.zero_grad(set_to_none=True)
+    assert graphs.captures == 2
+    capture = StepGraphs._make_graphed
+    assert masks_vary(capture, "dropout", "cuda"), "a CUDA graph replayed the same nn.Dropout masks"
+    assert masks_vary(capture, "cudnn_gru", "cuda"), "a CUDA graph replayed the same cuDNN GRU dropout masks"

@@ -171,3 +171,45 @@ def test_the_fast_step_groups_by_the_batch_host_days(monkeypatch, tmp_path):
         tr.train_step(batch)
         tr.train_step(tr.next_batch())
     assert not [s for _, s in reads.reads if "day_affine" in s], reads.reads
+
+
+@pytest.mark.parametrize("grouping", ["equal groups sorted", "trimmed runs", "ragged unsorted"])
+def test_planned_groups_under_bf16_autocast(grouping, test_seed):
+    """Under bf16 autocast both forms run bf16 products and add the bias in fp32 (the same output dtype): they agree
+    to bf16 round-off (1e-2 relative)."""
+    g = torch.Generator().manual_seed(test_seed)
+    B, T, C, D = 8, 12, 32, 6
+    day = GROUPINGS[grouping](B, D, g).long()
+    x, W, b = torch.randn(B, T, C, generator=g), torch.randn(D, C, C, generator=g), torch.randn(D, 1, C, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = day_affine(x, day, W, b, plan_day_groups(day.numpy(), D))
+        want = day_affine_gather(x, day, W, b)
+    assert got.dtype == want.dtype == torch.float32
+    err = (got.float() - want.float()).abs().max() / want.float().abs().max()
+    assert torch.isfinite(got).all() and err <= 1e-2, f"{grouping}: bf16 relative error {err:.2e} (seed {test_seed})"
+
+
+@pytest.mark.gpu
+def test_planned_groups_on_cuda_equal_the_gather_without_a_sync(test_seed):
+    g = torch.Generator().manual_seed(test_seed)
+    B, T, C, D = 8, 20, 64, 6
+    W0, b0 = torch.randn(D, C, C, generator=g), torch.randn(D, 1, C, generator=g)
+    for grouping in ("equal groups sorted", "trimmed runs", "ragged unsorted"):
+        day = GROUPINGS[grouping](B, D, g).long()
+        x0, dy = torch.randn(B, T, C, generator=g).cuda(), torch.randn(B, T, C, generator=g).cuda()
+        results = []
+        for planned in (True, False):
+            x, W, b = (t.cuda().clone().requires_grad_() for t in (x0, W0, b0))
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                if planned:  # the plan, its copies and the op: no host sync
+                    y = day_affine(x, day.cuda(non_blocking=True), W, b, plan_day_groups(day.numpy(), D, "cuda"))
+                else:
+                    y = day_affine_gather(x, day.cuda(), W, b)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            y.backward(dy)
+            results.append((y.detach(), x.grad, W.grad, b.grad))
+        for name, a, w in zip(("y", "dx", "dW", "db"), *results):
+            _close(a.cpu(), w.cpu(), f"cuda {name} ({grouping}, seed {test_seed})")

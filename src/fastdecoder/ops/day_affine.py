@@ -1,7 +1,7 @@
 """The day layer's affine map ``x W[day] + b[day]`` without materialising the (B, C, C) gather ``W[day_idx]``.
 
 A b2t25 batch holds a few days (4 days x 16 trials), so the trials are grouped by day and the distinct days run one
-``baddbmm`` of (G, m*T, C) @ (G, C, C): G distinct days, m trials each (groups of unequal size are padded up to m
+``bmm`` of (G, m*T, C) @ (G, C, C): G distinct days, m trials each (groups of unequal size are padded up to m
 by repeating a trial of the group, whose extra outputs are dropped; where that padding would add more than a quarter
 of the batch, each day runs its own GEMM instead). Equal to the gather + ``bmm`` to fp32 round-off (each output is
 the same length-C dot product, blocked differently), gradients included.
@@ -115,11 +115,13 @@ def _grouped_affine(x: torch.Tensor, weights: torch.Tensor, biases: torch.Tensor
         raise ValueError(f"the day groups were planned for {g.batch} trials, x holds {B}")
     xs = x if g.take is None else x.index_select(0, g.take)
     w, b = weights.index_select(0, g.pick), biases.index_select(0, g.pick)  # (G, C, C), (G, 1, C)
+    # the bias is added after the product (not baddbmm / addmm): under autocast the product runs in bf16 and the
+    # bias adds in fp32, as in the gather form, so both give the same dtype and rounding
     if g.width:  # one batched GEMM over the distinct days: (G, m*T, C) @ (G, C, C)
-        y = torch.baddbmm(b, xs.reshape(len(g.counts), g.width * T, C), w).reshape(-1, T, C)
+        y = (torch.bmm(xs.reshape(len(g.counts), g.width * T, C), w) + b).reshape(-1, T, C)
     else:
         parts = torch.split(xs, list(g.counts))
-        y = torch.cat([torch.addmm(b[i], p.reshape(-1, C), w[i]).reshape(p.shape) for i, p in enumerate(parts)])
+        y = torch.cat([(torch.mm(p.reshape(-1, C), w[i]) + b[i]).reshape(p.shape) for i, p in enumerate(parts)])
     return y if g.put is None else y.index_select(0, g.put)
 
 

@@ -16,7 +16,8 @@ RNN dropout keeps its own state buffer. Both are probed once at the first captur
 module captured and replayed twice on the same input must give different outputs); where a probe's masks repeat,
 the run stops with a UserError naming the dropout key to change.
 
-The first step of each new shape synchronises (warm-up and capture); the others replay. Each capture has its own
+The first step of each new shape synchronises (warm-up and capture); the others replay. The captured forward is the
+eager model's: ``train.compile`` is not applied with graphs on. Each capture has its own
 memory pool (replays of different buckets come in any order, so pools are not shared).
 """
 from __future__ import annotations

@@ -217,6 +217,9 @@ class Trainer:
             if why:
                 raise UserError(why)
             self.graphs = StepGraphs(self.model, cfg.model, self.amp_dtype, self.device)
+            if self.compiled:  # the graphs capture the eager forward; the compiled step would go unused
+                log.info("train.cuda_graphs: the captured forward is the eager model's (train.compile is not used)")
+                self.compiled, self.forward_loss = False, self._forward_loss
 
     @property
     def history(self) -> list[dict]:

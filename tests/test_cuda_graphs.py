@@ -6,7 +6,6 @@ and without graphs there. Here ``capture`` is replaced by an eager stand-in (the
 input signature, the batch passed as tensors only and the day groups rebuilt from them, the trainer's call site
 giving the losses of the plain step, and the dropout probe refusing a capture that repeats its masks.
 """
-import copy
 from dataclasses import replace
 
 import numpy as np

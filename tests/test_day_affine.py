@@ -137,11 +137,11 @@ def test_model_day_layer_uses_the_grouped_form(test_seed):
 
 
 def test_groups_keep_contiguous_day_runs_in_place():
-    from fastdecoder.ops.day_affine import _groups
+    from fastdecoder.ops.day_affine import _group_order
 
-    distinct, counts, order = _groups(np.array([5, 5, 2, 2, 2, 7]))
+    distinct, counts, order = _group_order(np.array([5, 5, 2, 2, 2, 7]))
     assert distinct.tolist() == [5, 2, 7] and counts.tolist() == [2, 3, 1] and order.tolist() == list(range(6))
-    distinct, counts, order = _groups(np.array([3, 1, 3, 1]))
+    distinct, counts, order = _group_order(np.array([3, 1, 3, 1]))
     assert distinct.tolist() == [3, 1] and counts.tolist() == [2, 2] and order.tolist() == [0, 2, 1, 3]
 
 

@@ -59,9 +59,6 @@ def _group_order(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return uniq[by_first], np.bincount(key, minlength=uniq.size), np.argsort(key, kind="stable")
 
 
-_groups = _group_order  # the former name
-
-
 def _to_device(a: np.ndarray, device) -> torch.Tensor:
     """(n,) int64 host array -> tensor on ``device``: pinned and non-blocking on CUDA (no host sync)."""
     t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))

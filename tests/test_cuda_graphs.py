@@ -155,3 +155,16 @@ def test_real_capture_on_cuda_equals_the_eager_model(test_seed):
     capture = StepGraphs._make_graphed
     assert masks_vary(capture, "dropout", "cuda"), "a CUDA graph replayed the same nn.Dropout masks"
     assert masks_vary(capture, "cudnn_gru", "cuda"), "a CUDA graph replayed the same cuDNN GRU dropout masks"
+
+
+def test_bench_train_applies_graphs_to_the_fast_path_only(monkeypatch, tmp_path):
+    from fastdecoder.train import bench
+
+    tr = make(monkeypatch, tmp_path)
+    cfg = replace(tr.cfg, train=replace(tr.cfg.train, length_bucket=16, cuda_graphs=True))
+    ran = []
+    real = bench.run_path
+    monkeypatch.setattr(bench, "run_path", lambda c, fast, *a: (ran.append(fast), real(c, fast, *a))[1])
+    with pytest.raises(UserError, match="train.cuda_graphs needs a CUDA device"):
+        bench.bench_train(cfg, steps=1, warmup=0)
+    assert ran == [False, True]  # the reference path ran (graphs are not its option); the fast path refused here

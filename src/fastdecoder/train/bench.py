@@ -9,7 +9,8 @@ every synchronisation the device reports, C++ ones included, counted under ``tor
 then ``steps`` more with a synchronising phase timer (ms per step in data: the sampler, the batch gather and the LR
 schedule; forward: augmentation, padding, model and loss; backward; optimizer: grad norm, clipping, the guard and the
 update; the trainer itself never synchronises for timing). Compiles: dynamo's unique graphs during the run (0 where
-nothing is compiled); peak memory: CUDA only (the allocator's peak after the trainer is built).
+nothing is compiled); graph captures: ``train.cuda_graphs``' captures (fast path only; give ``warmup`` enough steps
+to meet every length bucket, or captures fall into the timed steps); peak memory: CUDA only (the allocator's peak after the trainer is built).
 """
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
 
     never = 10**9
     c = replace(cfg, train=replace(cfg.train, fast=fast, steps=warmup + 2 * steps, eval_every=never,
-                                   log_every=warmup + 2 * steps, checkpoint_every=never, beam_width=0, plot=False))
+                                   log_every=warmup + 2 * steps, checkpoint_every=never, beam_width=0, plot=False,
+                                   cuda_graphs=cfg.train.cuda_graphs and fast))  # graphs: a fast-path option
     tr = Trainer(c, None, progress=False)
     tr.val_split = None  # training speed only: no evaluation at the end
     dev = tr.device

@@ -1,6 +1,6 @@
 """One call on a GPU machine: versions, build, parity, op speed, training throughput, sync check, decoding speed.
 
-    python3 bench/gpu_check.py --out DIR            # on a CUDA machine; at most ~7 minutes (--budget 400 s)
+    python3 bench/gpu_check.py --out DIR            # on a CUDA machine; at most 7 minutes (--budget 420 s)
     python3 bench/gpu_check.py --smoke --out DIR    # the same steps at tiny sizes on a CPU (Triton interpreted)
 
 Needs only what the package needs to build and run (torch, triton, numpy, h5py, pyyaml, pybind11, setuptools,
@@ -13,12 +13,12 @@ everything done so far. DIR holds at most 8 files (6 logs + those 2). Exit code 
 Steps: versions -> build (``pip install --no-build-isolation --no-deps --no-index -e .``; a check that the extension
 imports in --smoke) -> parity (``fastdecoder parity`` fp32 + bf16) -> gpu_tests (``pytest -m gpu``) -> ops
 (augmentation vs a copy's bandwidth; LN-GRU vs cuDNN GRU vs the PyTorch loop) -> train_b2t25, train_b2t24
-(``fastdecoder bench train``: fast vs reference path, batch 64) -> graphs (b2t25 fast steps with and without
-``train.cuda_graphs`` from one seed: losses within 1e-2 relative, replayed step times; skipped in --smoke) -> sync
-(``torch.cuda.set_sync_debug_mode`` over a few fast steps: the step fails unless there are none) -> decode (native
-beam search and word decoding on this machine's cores). tables.md ends with the issue's targets, measured against
-each (fast >= 3x reference, b2t25 >= 40 batches/s, LN-GRU <= 1.5x cuDNN GRU, zero syncs). The CPU-only peer
-comparisons are ``make bench``'s.
+(``fastdecoder bench train``: fast vs reference path, batch 64) -> sync (``torch.cuda.set_sync_debug_mode`` over a
+few fast steps: the step fails unless there are none) -> graphs, graphs_ln_gru (b2t25 fast steps with and without
+``train.cuda_graphs`` from one seed, GRU and LN-GRU: losses within 1e-2 relative, replayed step times; skipped in
+--smoke) -> decode (native beam search and word decoding on this machine's cores). tables.md ends with the issue's
+targets, measured against each (fast >= 3x reference, b2t25 >= 40 batches/s, LN-GRU <= 1.5x cuDNN GRU, zero syncs).
+The CPU-only peer comparisons are ``make bench``'s.
 """
 from __future__ import annotations
 
@@ -219,11 +219,11 @@ def step_sync(smoke: bool) -> dict:
 GRAPH_LOSS_RTOL = 1e-2
 
 
-def _graph_config():
+def _graph_config(rnn: str):
     from dataclasses import replace
 
     cfg = _sync_config(False)
-    return replace(cfg, model=replace(cfg.model, input_dropout=0.0, rnn_dropout=0.0),  # the same losses need no RNG
+    return replace(cfg, model=replace(cfg.model, rnn=rnn, input_dropout=0.0, rnn_dropout=0.0),  # no RNG: same losses
                    train=replace(cfg.train, length_bucket=32, fast_selfcheck=False))
 
 
@@ -253,7 +253,7 @@ def _timed_steps(cfg, steps: int, graphs: bool) -> dict:
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 
-def compare_graph_runs(eager: dict, graphed: dict, rtol: float = GRAPH_LOSS_RTOL) -> dict:
+def compare_graph_runs(eager: dict, graphed: dict, rtol: float = GRAPH_LOSS_RTOL, rnn: str = "gru") -> dict:
     """Losses of the two runs (max relative difference, pass within ``rtol``, NaN never passes) and the median step
     time of the steps the graphed run replayed (the capture steps left out of both)."""
     import numpy as np
@@ -264,7 +264,8 @@ def compare_graph_runs(eager: dict, graphed: dict, rtol: float = GRAPH_LOSS_RTOL
     keep = [i for i, r in enumerate(graphed["replayed"]) if r]
     med = lambda xs: float(np.median([xs[i] for i in keep])) * 1e3 if keep else float("nan")  # noqa: E731
     ms_eager, ms_graphed = med(eager["seconds"]), med(graphed["seconds"])
-    lines = [f"CUDA graphs (train.cuda_graphs), b2t25 synthetic, batch 64, buckets of 32 bins, dropout off, "
+    lines = [f"CUDA graphs (train.cuda_graphs), b2t25 synthetic, model.rnn {rnn}, batch 64, buckets of 32 bins, "
+             "dropout off, "
              f"{len(a)} steps from one seed; {graphed['captures']} captures, {len(keep)} replayed steps timed",
              "| run | ms/step (median of the replayed steps) | peak GPU memory |", "|---|---|---|",
              f"| eager fast step | {ms_eager:.1f} | {eager['peak_memory_gb']:.2f} GB |",
@@ -276,13 +277,21 @@ def compare_graph_runs(eager: dict, graphed: dict, rtol: float = GRAPH_LOSS_RTOL
             "failed": not ok}
 
 
-def step_graphs(smoke: bool) -> dict:
+def _graphs_of(rnn: str, steps: int) -> dict:
     """The fast step with and without CUDA graphs from one seed (CUDA only: the plan skips it in --smoke)."""
-    steps = 40
-    cfg = _graph_config()
+    cfg = _graph_config(rnn)
     eager = _timed_steps(cfg, steps, graphs=False)
     graphed = _timed_steps(cfg, steps, graphs=True)
-    return compare_graph_runs(eager, graphed)
+    return compare_graph_runs(eager, graphed, rnn=rnn)
+
+
+def step_graphs(smoke: bool) -> dict:
+    return _graphs_of("gru", 30)
+
+
+def step_graphs_ln_gru(smoke: bool) -> dict:
+    """As ``graphs`` with the LayerNorm-GRU, whose ~1,500 Triton launches per step from Python graphs replay."""
+    return _graphs_of("ln_gru", 24)
 
 
 def step_decode(smoke: bool) -> dict:
@@ -320,7 +329,7 @@ def step_decode(smoke: bool) -> dict:
 
 
 STEP_FUNCTIONS = {"versions": step_versions, "build_check": step_build_check, "ops": step_ops, "sync": step_sync,
-                  "graphs": step_graphs, "decode": step_decode}
+                  "graphs": step_graphs, "graphs_ln_gru": step_graphs_ln_gru, "decode": step_decode}
 
 
 # ------------------------------------------------------------------------------------------------ the driver
@@ -352,10 +361,12 @@ def plan(smoke: bool, tmp: Path) -> list[dict]:
                       "kind": "train",
                       "json": js, "cmd": cli + ["bench", "train", "--config", preset, "--synthetic", "--json", str(js)]
                       + train_args})
-    steps += [{"name": "graphs", "log": "train", "cmd": own("graphs"), "limit": 75,
-               "skip": "no GPU (--smoke): CUDA graphs capture only on CUDA (tests/test_cuda_graphs.py covers the "
-                       "CPU side)" if smoke else None},
-              {"name": "sync", "log": "sync", "cmd": own("sync"), "limit": 40},
+    no_gpu = "no GPU (--smoke): CUDA graphs capture only on CUDA (tests/test_cuda_graphs.py: the CPU side)"
+    steps += [{"name": "sync", "log": "sync", "cmd": own("sync"), "limit": 40},
+              {"name": "graphs", "log": "train", "cmd": own("graphs"), "limit": 60,
+               "skip": no_gpu if smoke else None},
+              {"name": "graphs_ln_gru", "log": "train", "cmd": own("graphs_ln_gru"), "limit": 60,
+               "skip": no_gpu if smoke else None},
               {"name": "decode", "log": "decode", "cmd": own("decode"), "limit": 30}]
     return steps
 
@@ -452,9 +463,14 @@ def targets_table(results: dict, smoke: bool) -> str:
             ("LN-GRU / cuDNN GRU, one layer forward + backward",
              ln / cudnn if ln is not None and cudnn else None, "<= 1.5", lambda v: v <= 1.5),
             ("host syncs per fast step ('warn' mode)", get("sync", "syncs_per_step"), "0", lambda v: v == 0),
-            ("CUDA graphs: losses within 1e-2 of eager", get("graphs", "loss_max_rel_diff"), "<= 0.01",
+            ("CUDA graphs, GRU: losses within 1e-2 of eager", get("graphs", "loss_max_rel_diff"), "<= 0.01",
              lambda v: v <= GRAPH_LOSS_RTOL),
-            ("CUDA graphs: eager / graphed step time", get("graphs", "speedup"), "> 1 (measured)", lambda v: v > 1)]
+            ("CUDA graphs, GRU: eager / graphed step time", get("graphs", "speedup"), "> 1 (measured)",
+             lambda v: v > 1),
+            ("CUDA graphs, LN-GRU: losses within 1e-2 of eager", get("graphs_ln_gru", "loss_max_rel_diff"),
+             "<= 0.01", lambda v: v <= GRAPH_LOSS_RTOL),
+            ("CUDA graphs, LN-GRU: eager / graphed step time", get("graphs_ln_gru", "speedup"), "> 1 (measured)",
+             lambda v: v > 1)]
     lines = ["| target | measured | wanted | met |", "|---|---|---|---|"]
     for name, value, wanted, met in rows:
         shown = "n/a" if value is None else f"{value:.3g}"
@@ -526,7 +542,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="folder for logs and tables")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU (Triton through its interpreter)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="seconds for all steps together (default 400; --smoke: 1200, for a loaded CI machine)")
+                    help="seconds for all steps together (default 420; --smoke: 1200, for a loaded CI machine)")
     ap.add_argument("--only", help="comma-separated step names to run (a rerun of what failed or ran out of time)")
     ap.add_argument("--step", choices=sorted(STEP_FUNCTIONS), help=argparse.SUPPRESS)  # a subprocess's own step
     args = ap.parse_args()
@@ -539,7 +555,7 @@ def main() -> int:
             return 2
         return 1 if result.get("failed") else 0
     only = {n.strip() for n in args.only.split(",")} if args.only else None
-    return drive(Path(args.out), args.smoke, args.budget or (1200.0 if args.smoke else 400.0), only)
+    return drive(Path(args.out), args.smoke, args.budget or (1200.0 if args.smoke else 420.0), only)
 
 
 if __name__ == "__main__":

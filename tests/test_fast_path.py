@@ -83,3 +83,16 @@ def test_bench_train_cli_with_synthetic_data(tmp_path, monkeypatch, capsys):
 def test_bench_train_cli_bad_args(capsys):
     assert main(["bench", "train", "--config", "demo", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_device_syncs_count_the_sync_warnings_only():
+    """bench train's sync counter (CUDA's sync debug mode warnings; its CUDA side runs in the GPU check)."""
+    from fastdecoder.train.bench import DeviceSyncs
+
+    with DeviceSyncs(torch.device("cpu")) as off:  # nothing to count off CUDA
+        pass
+    assert off.total is None
+    syncs = DeviceSyncs(torch.device("cuda"))  # not entered: only the recording is exercised here
+    syncs._record("called a synchronizing CUDA operation", UserWarning, __file__, 1)
+    syncs._record("some other warning", UserWarning, __file__, 1)
+    assert syncs.total == 1 and dict(syncs.where) == {"outside fastdecoder": 1}

@@ -96,3 +96,10 @@ def test_device_syncs_count_the_sync_warnings_only():
     syncs._record("called a synchronizing CUDA operation", UserWarning, __file__, 1)
     syncs._record("some other warning", UserWarning, __file__, 1)
     assert syncs.total == 1 and dict(syncs.where) == {"outside fastdecoder": 1}
+    # a sync raised from package code is attributed to its innermost package frame, not to the counter's own
+    import fastdecoder
+    from pathlib import Path
+
+    fake = str(Path(fastdecoder.__file__).parent / "fake_op.py")
+    exec(compile("record('synchronizing', UserWarning, '', 0)", fake, "exec"), {"record": syncs._record})
+    assert syncs.where["fake_op.py:1 ``"] == 1 and syncs.total == 2, dict(syncs.where)

@@ -14,6 +14,7 @@ to meet every length bucket, or captures fall into the timed steps); peak memory
 """
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 import warnings
@@ -75,8 +76,8 @@ class DeviceSyncs:
         return sum(self.where.values()) if self.on else None
 
     def _record(self, message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" in str(message):  # raised while the calling Python frames are live
-            self.where[where_in_package(traceback.extract_stack())] += 1
+        if "synchroniz" in str(message):  # raised while the calling Python frames are live (this one left out)
+            self.where[where_in_package(traceback.extract_stack(sys._getframe(1)))] += 1
 
     def __enter__(self) -> "DeviceSyncs":
         if self.on:

@@ -8,7 +8,8 @@ warm-up that fills the patch and the smoothing lookahead (so every timed push em
 the 10,000-word 3-gram lexicon/LM of bench/test_bench_words.py (built once and cached), beam 64, lm_weight 0.5.
 Random weights give near-uniform posteriors, the word decoder's hardest case (many words compete every frame).
 The "GRU step alone" rows time one step of the 5 x 768 GRU on one frame: the native fp32 step the frontend runs per
-hop on the CPU (csrc/gru_step.cpp, stream.native_gru) and nn.GRU, the path it replaced.
+hop on the CPU (csrc/gru_step.cpp, stream.native_gru; its default path, and the AVX-512 one forced) and nn.GRU, the
+path it replaced.
 Times are wall-clock per push (pytest-benchmark's rounds); the CPU column is the pushing thread's CPU time, which a
 machine shared with other jobs inflates less than wall time (memory-bandwidth contention still shows in both).
 The last test prints the table and appends it to $FASTDECODER_BENCH_TABLE when set (for bench/RESULTS.md).
@@ -32,6 +33,7 @@ from fastdecoder.config import load_config
 from fastdecoder.decode import WordDecoder, load_arpa
 from fastdecoder.model import GRUDecoder
 from fastdecoder.stream import StreamingDecoder
+from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bench_words import BEAM as WORD_BEAM, LM_WEIGHT, load_setup, make_lexicon  # noqa: E402
@@ -99,7 +101,8 @@ def test_hop_latency(benchmark, model, lm, request):
 @pytest.mark.parametrize("part", ["model (smoothing, day layer, GRU step, head)", "beam update",
                                   "word decoder update (model's posteriors)",
                                   "word decoder update (peaky posteriors of bench_words)",
-                                  "GRU step alone: native (frontend's per-hop path)", "GRU step alone: nn.GRU",
+                                  "GRU step alone: native (frontend's per-hop path)",
+                                  "GRU step alone: native, AVX-512 path forced", "GRU step alone: nn.GRU",
                                   "floor: read the GRU's weights once (no math)"])
 def test_hop_components(benchmark, model, part, request):
     """One hop's pieces on their own, to say where the time goes."""
@@ -117,6 +120,10 @@ def test_hop_components(benchmark, model, part, request):
         x = torch.from_numpy(_bins(1, SEED + 2).repeat(14, axis=1))  # (1, 7168): one patch
         h = torch.zeros(model.cfg.num_layers, 1, model.cfg.hidden_size)
         native = dec.frontend.native_gru
+        if "AVX-512" in part:
+            if "avx512" not in ISAS:
+                pytest.skip("this CPU has no AVX-512 path")
+            native = NativeGRUStep(model.rnn, "avx512")
         if "native" in part:
             assert native is not None, "the frontend did not pick the native GRU step"
             step = lambda: native.step(x[0], h[:, 0])  # noqa: E731

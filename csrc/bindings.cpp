@@ -228,7 +228,7 @@ class GruStep {
 
 std::vector<std::string> gru_isas() {
   std::vector<std::string> out;
-  for (GruIsa isa : {GruIsa::kAvx512, GruIsa::kAvx2, GruIsa::kScalar})
+  for (GruIsa isa : kGruIsaPreference)
     if (gru_isa_supported(isa)) out.push_back(gru_isa_name(isa));
   return out;
 }
@@ -265,7 +265,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("input_size", &GruStep::input_size)
       .def_property_readonly("hidden_size", &GruStep::hidden_size)
       .def_property_readonly("num_layers", &GruStep::num_layers);
-  m.def("gru_isas", &gru_isas, "the GRU step's ISA paths this CPU supports, fastest first");
+  m.def("gru_isas", &gru_isas, "the GRU step's ISA paths this CPU supports, in the order isa='auto' prefers");
   m.def("hardware_threads", &hardware_threads);
   m.attr("MAX_THREADS_PER_CORE") = kMaxThreadsPerCore;
   m.attr("MAX_BEAM_WIDTH") = kMaxBeamWidth;

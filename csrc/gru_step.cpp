@@ -120,12 +120,9 @@ const char* gru_isa_name(GruIsa isa) {
 }
 
 GruIsa parse_gru_isa(const std::string& name) {
-  if (name == "auto") {
-    for (GruIsa isa : {GruIsa::kAvx512, GruIsa::kAvx2})
-      if (gru_isa_supported(isa)) return isa;
-    return GruIsa::kScalar;
-  }
-  for (GruIsa isa : {GruIsa::kAvx512, GruIsa::kAvx2, GruIsa::kScalar}) {
+  for (GruIsa isa : kGruIsaPreference)  // ends at kScalar, always supported
+    if (name == "auto" && gru_isa_supported(isa)) return isa;
+  for (GruIsa isa : kGruIsaPreference) {
     if (name != gru_isa_name(isa)) continue;
     if (!gru_isa_supported(isa))
       throw std::invalid_argument("isa='" + name + "': this CPU (or this build) has no " + name +

@@ -1,8 +1,8 @@
 """One time step of a unidirectional ``torch.nn.GRU`` (batch 1, fp32, CPU) in native code (csrc/gru_step.cpp).
 
 The streaming decoder's per-hop path: a step of b2t25's 5 x 768 GRU is memory-bound (it reads ~124 MiB of fp32
-weights), and the native step reads them at close to the core's memory bandwidth (8 weight rows per pass, AVX-512F or
-AVX2+FMA picked at run time), where ``nn.GRU`` on one frame does not. Same math and weight layout as ``nn.GRU``
+weights), and the native step reads them at close to the core's memory bandwidth (8 weight rows per pass, AVX2+FMA
+or AVX-512F picked at run time), where ``nn.GRU`` on one frame does not. Same math and weight layout as ``nn.GRU``
 (gates r, z, n; h' = (1 - z) n + z h), fp32 throughout, so results agree to fp32 round-off.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from fastdecoder import _native
 
 __all__ = ["NativeGRUStep", "ISAS", "unsupported_reason"]
 
-ISAS: tuple[str, ...] = tuple(_native.gru_isas())  # the paths this CPU supports, fastest first ("scalar" always)
+# The paths this CPU supports, in the order isa="auto" prefers (csrc/gru_step.hpp: AVX2+FMA, AVX-512F, scalar).
+ISAS: tuple[str, ...] = tuple(_native.gru_isas())
 
 
 def unsupported_reason(rnn) -> str | None:
@@ -37,7 +38,7 @@ class NativeGRUStep:
 
     Args:
         rnn: a unidirectional ``torch.nn.GRU`` with biases, fp32 on the CPU.
-        isa: "auto" (the fastest path this CPU has) or one of :data:`ISAS`; a path the CPU lacks raises ValueError.
+        isa: "auto" (the first of :data:`ISAS`) or one of them; a path the CPU lacks raises ValueError.
     """
 
     def __init__(self, rnn: torch.nn.GRU, isa: str = "auto"):

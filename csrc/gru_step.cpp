@@ -27,6 +27,10 @@ void gemv_scalar(const float* w, const float* x, const float* b, float* y, int64
 }
 
 #ifdef FASTDECODER_X86
+// GCC 12's _mm512_reduce_add_ps starts from a deliberately undefined vector, which -Wall reports as maybe-uninitialized.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 // R rows of W (row stride cols) times x, 16 columns per vector; the last cols % 16 columns through a masked load.
 template <int R>
@@ -87,6 +91,7 @@ __attribute__((target("avx2,fma"))) void gemv_avx2(const float* w, const float* 
   for (; r < rows; ++r) rows_avx2<1>(w + r * cols, x, b + r, y + r, cols);
 }
 
+#pragma GCC diagnostic pop
 #endif  // FASTDECODER_X86
 
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }

@@ -26,9 +26,10 @@ CHUNKS = [1, 3, 4, 7, 50, None]  # None: the whole trial in one push
 MIXED = [4, 30, 1, 17, 8]  # push sizes cycled by chunk="mixed": the GRU state passes between native and nn.GRU
 
 
-def tiny_model(rnn: str, seed: int) -> GRUDecoder:
+def tiny_model(rnn: str, seed: int, **model_keys) -> GRUDecoder:
     torch.manual_seed(seed)
-    cfg = replace(load_config("b2t25").model, n_features=C, n_days=DAYS, hidden_size=16, num_layers=2, rnn=rnn)
+    cfg = replace(load_config("b2t25").model, **{"n_features": C, "n_days": DAYS, "hidden_size": 16, "num_layers": 2,
+                                                 "rnn": rnn, **model_keys})
     model = GRUDecoder(cfg, rnn_backend="reference").eval()
     with torch.no_grad():
         model.head.weight.mul_(6.0)  # peaky posteriors
@@ -184,6 +185,19 @@ def test_stable_prefix_is_shared_by_the_whole_beam_and_only_grows(beam, cut, wor
     assert all(h.words[: len(prev_w)] == prev_w for h in ws.finish(2))
     assert [h for h, _ in bs.hypotheses(beam)] == [h for h, _ in beam_search(
         lp[None], beam_width=beam, nbest=beam, token_min_logprob=cut)[0]]
+
+
+def test_native_gru_path_with_zero_initial_state():
+    """learn_h0 off (zeros, the state nn.GRU gets as None): the native step starts from the same state."""
+    seed = 31
+    model = tiny_model("gru", seed, learn_h0=False, num_layers=3)
+    x = torch.randn(83, C, generator=torch.Generator().manual_seed(seed))
+    lp_ref = offline(model, x, 1)[0]
+    dec = StreamingDecoder(model, beam_width=BEAM)
+    for chunk in (4, "mixed"):
+        final, _ = stream(dec, x, 1, chunk)
+        np.testing.assert_allclose(final.log_probs, lp_ref, rtol=1e-5, atol=2e-5, err_msg=f"seed {seed}, {chunk}")
+    assert dec.frontend.gru_frames["native"] > 0 and dec.frontend.gru_frames["torch"] > 0
 
 
 def test_bidirectional_refused():

@@ -96,7 +96,8 @@ class IncrementalFrontend:
         h = self.model.initial_state(1)  # (L, 1, H) or None (zeros); a copy: the native step writes it in place
         if self.native_gru is not None:
             cfg = self.model.cfg
-            h = torch.zeros(cfg.num_layers, 1, cfg.hidden_size) if h is None else h.detach().clone()
+            h = (torch.zeros(cfg.num_layers, 1, cfg.hidden_size, dtype=torch.float32) if h is None
+                 else h.detach().clone())
         self._h = h
 
     @torch.no_grad()
@@ -134,8 +135,8 @@ class IncrementalFrontend:
 
     def _day_layer(self, x: torch.Tensor) -> torch.Tensor:
         """model.day_layer for one trial: (n, C) -> (n, C), one ``x W[day] + b[day]`` on views of the day's weights
-        (the batched op's grouping and weight gathers cost ~0.5 ms a hop at b2t25 size, with its weights out of
-        cache after the GRU step; the same dot products, so equal to fp32 round-off)."""
+        (the batched op's grouping and weight gathers cost ~0.3 ms more a hop at b2t25 size, its weights out of cache
+        after the GRU step; the same dot products, so equal to fp32 round-off)."""
         d = int(self.day[0])
         y = torch.addmm(self.model.day_biases[d, 0], x, self.model.day_weights[d])
         return F.softsign(y) if self.model.cfg.day_activation == "softsign" else y
@@ -150,7 +151,7 @@ class IncrementalFrontend:
             return out
         L, _, H = self._h.shape
         h = self._h.view(L, H)
-        out = torch.empty(1, N, H)
+        out = torch.empty(1, N, H, dtype=h.dtype)
         for j in range(N):
             self.native_gru.step(windows[0, j], h)
             out[0, j] = h[-1]

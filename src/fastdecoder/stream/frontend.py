@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdecoder.errors import UserError
-from fastdecoder.stream import native_gru
+from fastdecoder.stream.native_gru import NativeGRUStep, unsupported_reason
 
 __all__ = ["IncrementalFrontend", "NATIVE_MAX_FRAMES"]
 
@@ -77,8 +77,8 @@ class IncrementalFrontend:
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
         self.native_gru = None
-        if gru_isa is not None and self.device.type == "cpu" and native_gru.unsupported_reason(model.rnn) is None:
-            self.native_gru = native_gru.NativeGRUStep(model.rnn, gru_isa)
+        if gru_isa is not None and self.device.type == "cpu" and unsupported_reason(model.rnn) is None:
+            self.native_gru = NativeGRUStep(model.rnn, gru_isa)
         self.gru_frames = {"native": 0, "torch": 0}
 
     @property

@@ -7,6 +7,9 @@ torch.set_num_threads(1). Input: N(0, 1) bins. Each row times ``ROUNDS`` consecu
 warm-up that fills the patch and the smoothing lookahead (so every timed push emits exactly one frame). Word decoder:
 the 10,000-word 3-gram lexicon/LM of bench/test_bench_words.py (built once and cached), beam 64, lm_weight 0.5.
 Random weights give near-uniform posteriors, the word decoder's hardest case (many words compete every frame).
+The "GRU step alone" rows time one step of the 5 x 768 GRU on one frame: the native fp32 step the frontend runs per
+hop on the CPU (csrc/gru_step.cpp, stream.native_gru; its default path, and the AVX-512 one forced) and nn.GRU, the
+path it replaced.
 Times are wall-clock per push (pytest-benchmark's rounds); the CPU column is the pushing thread's CPU time, which a
 machine shared with other jobs inflates less than wall time (memory-bandwidth contention still shows in both).
 The last test prints the table and appends it to $FASTDECODER_BENCH_TABLE when set (for bench/RESULTS.md).
@@ -30,6 +33,7 @@ from fastdecoder.config import load_config
 from fastdecoder.decode import WordDecoder, load_arpa
 from fastdecoder.model import GRUDecoder
 from fastdecoder.stream import StreamingDecoder
+from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bench_words import BEAM as WORD_BEAM, LM_WEIGHT, load_setup, make_lexicon  # noqa: E402
@@ -97,6 +101,8 @@ def test_hop_latency(benchmark, model, lm, request):
 @pytest.mark.parametrize("part", ["model (smoothing, day layer, GRU step, head)", "beam update",
                                   "word decoder update (model's posteriors)",
                                   "word decoder update (peaky posteriors of bench_words)",
+                                  "GRU step alone: native (frontend's per-hop path)",
+                                  "GRU step alone: native, AVX-512 path forced", "GRU step alone: nn.GRU",
                                   "floor: read the GRU's weights once (no math)"])
 def test_hop_components(benchmark, model, part, request):
     """One hop's pieces on their own, to say where the time goes."""
@@ -109,6 +115,24 @@ def test_hop_components(benchmark, model, part, request):
         benchmark.pedantic(_cpu_timed(lambda: [w.sum() for w in weights], cpu), rounds=ROUNDS, iterations=1,
                            warmup_rounds=2)
         _row(f"{part}", benchmark.stats.stats.data, cpu[2:], f"{mb:.0f} MiB of fp32 weights per step")
+        return
+    if part.startswith("GRU step"):
+        x = torch.from_numpy(_bins(1, SEED + 2).repeat(14, axis=1))  # (1, 7168): one patch
+        h = torch.zeros(model.cfg.num_layers, 1, model.cfg.hidden_size)
+        native = dec.frontend.native_gru
+        if "AVX-512" in part:
+            if "avx512" not in ISAS:
+                pytest.skip("this CPU has no AVX-512 path")
+            native = NativeGRUStep(model.rnn, "avx512")
+        if "native" in part:
+            assert native is not None, "the frontend did not pick the native GRU step"
+            step = lambda: native.step(x[0], h[:, 0])  # noqa: E731
+        else:
+            step = lambda: model.rnn(x[None], h)  # noqa: E731
+        cpu = []
+        with torch.no_grad():
+            benchmark.pedantic(_cpu_timed(step, cpu), rounds=ROUNDS, iterations=1, warmup_rounds=2)
+        _row(f"part: {part}", benchmark.stats.stats.data, cpu[2:], f"isa {native.isa}" if "native" in part else "")
         return
     if not part.startswith("model") and "peaky" not in part:
         lps = [dec.frontend.push(torch.from_numpy(next(hops))).numpy() for _ in range(ROUNDS + 10)]

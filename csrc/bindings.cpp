@@ -13,6 +13,7 @@
 
 #include "beam_search.hpp"
 #include "ctc_metrics.hpp"
+#include "gru_step.hpp"
 #include "log_math.hpp"
 #include "py_arrays.hpp"
 #include "thread_pool.hpp"
@@ -173,10 +174,69 @@ class BeamStream {
   std::mutex mu_;
 };
 
+// One time step of a unidirectional multi-layer nn.GRU, batch 1 (gru_step.hpp). The weights are checked once here
+// and kept referenced (the arrays may share memory with torch tensors: the step reads their current values);
+// step() checks x and h and runs without the GIL. Calls on separate objects may run in parallel threads.
+class GruStep {
+ public:
+  GruStep(std::vector<py::array> weight_ih, std::vector<py::array> weight_hh, std::vector<py::array> bias_ih,
+          std::vector<py::array> bias_hh, const std::string& isa)
+      : isa_(parse_gru_isa(isa)) {
+    const size_t L = weight_ih.size();
+    if (L < 1 || weight_hh.size() != L || bias_ih.size() != L || bias_hh.size() != L)
+      throw std::invalid_argument("weight_ih, weight_hh, bias_ih and bias_hh must be lists of one array per layer "
+                                  "(at least one layer), of equal length");
+    const py::array& whh0 = weight_hh[0];
+    if (whh0.ndim() != 2 || whh0.shape(1) < 1 || whh0.shape(0) != 3 * whh0.shape(1))
+      throw std::invalid_argument("weight_hh_l0 must be (3 H, H) (gates r, z, n), got shape " +
+                                  shape_string(shape_of(whh0)));
+    hidden_ = whh0.shape(1);
+    input_size_ = weight_ih[0].ndim() == 2 ? weight_ih[0].shape(1) : -1;
+    if (input_size_ < 1)
+      throw std::invalid_argument("weight_ih_l0 must be (3 H, input_size), got shape " +
+                                  shape_string(shape_of(weight_ih[0])));
+    const int64_t G = 3 * hidden_;
+    for (size_t l = 0; l < L; ++l) {
+      const std::string sfx = "_l" + std::to_string(l);
+      const int64_t in = l == 0 ? input_size_ : hidden_;
+      layers_.push_back({checked_f32(weight_ih[l], "weight_ih" + sfx, {G, in}),
+                         checked_f32(weight_hh[l], "weight_hh" + sfx, {G, hidden_}),
+                         checked_f32(bias_ih[l], "bias_ih" + sfx, {G}), checked_f32(bias_hh[l], "bias_hh" + sfx, {G}),
+                         in});
+    }
+    for (auto* v : {&weight_ih, &weight_hh, &bias_ih, &bias_hh}) keep_.insert(keep_.end(), v->begin(), v->end());
+  }
+  // x (input_size,) float32; h (num_layers, hidden_size) float32, overwritten with the new states.
+  void step(const py::array& x, const py::array& h) const {
+    const float* xp = checked_f32(x, "x", {input_size_});
+    float* hp = checked_f32(h, "h", {static_cast<int64_t>(layers_.size()), hidden_}, true);
+    py::gil_scoped_release release;
+    std::vector<float> scratch(static_cast<size_t>(6 * hidden_));
+    gru_step(layers_.data(), static_cast<int64_t>(layers_.size()), hidden_, xp, hp, scratch.data(), isa_);
+  }
+  std::string isa() const { return gru_isa_name(isa_); }
+  int64_t input_size() const { return input_size_; }
+  int64_t hidden_size() const { return hidden_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  GruIsa isa_;
+  int64_t hidden_ = 0, input_size_ = 0;
+  std::vector<GruLayerWeights> layers_;
+  std::vector<py::array> keep_;  // the weight arrays, alive as long as this object
+};
+
+std::vector<std::string> gru_isas() {
+  std::vector<std::string> out;
+  for (GruIsa isa : kGruIsaPreference)
+    if (gru_isa_supported(isa)) out.push_back(gru_isa_name(isa));
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "fastdecoder native core: CTC greedy decoding, edit distance, prefix beam search";
+  m.doc() = "fastdecoder native core: CTC greedy decoding, edit distance, prefix beam search, GRU step";
   m.def("greedy_decode_f32", &greedy_batch<float>, py::arg("scores"), py::arg("lengths"), py::arg("blank"));
   m.def("greedy_decode_f64", &greedy_batch<double>, py::arg("scores"), py::arg("lengths"), py::arg("blank"));
   m.def("edit_distance_batch", &edit_distance_batch, py::arg("hyp"), py::arg("hyp_offsets"), py::arg("ref"),
@@ -196,6 +256,16 @@ PYBIND11_MODULE(_native, m) {
       .def("partial", &BeamStream::partial)
       .def("hypotheses", &BeamStream::hypotheses, py::arg("nbest"))
       .def_property_readonly("frames", &BeamStream::frames);
+  py::class_<GruStep>(m, "GruStep")
+      .def(py::init<std::vector<py::array>, std::vector<py::array>, std::vector<py::array>, std::vector<py::array>,
+                    const std::string&>(),
+           py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("isa") = "auto")
+      .def("step", &GruStep::step, py::arg("x"), py::arg("h"))
+      .def_property_readonly("isa", &GruStep::isa)
+      .def_property_readonly("input_size", &GruStep::input_size)
+      .def_property_readonly("hidden_size", &GruStep::hidden_size)
+      .def_property_readonly("num_layers", &GruStep::num_layers);
+  m.def("gru_isas", &gru_isas, "the GRU step's ISA paths this CPU supports, in the order isa='auto' prefers");
   m.def("hardware_threads", &hardware_threads);
   m.attr("MAX_THREADS_PER_CORE") = kMaxThreadsPerCore;
   m.attr("MAX_BEAM_WIDTH") = kMaxBeamWidth;

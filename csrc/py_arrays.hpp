@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "limits.hpp"
 
@@ -48,6 +49,31 @@ inline const int64_t* checked_lengths(const pybind11::array_t<int64_t, pybind11:
   for (int64_t b = 0; b < batch; ++b)
     if (len[b] < 0 || len[b] > frames) throw std::invalid_argument("length out of range");
   return len;
+}
+
+inline std::vector<int64_t> shape_of(const pybind11::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+// "(2, 3)", "(3,)", "()".
+inline std::string shape_string(const std::vector<int64_t>& d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + (d.size() == 1 ? ",)" : ")");
+}
+
+// The data of `a`, which must be a C-contiguous native-order float32 array of exactly `shape` (and writable when
+// asked); otherwise std::invalid_argument naming the array, the expected and the actual dtype/shape.
+inline float* checked_f32(const pybind11::array& a, const std::string& name, const std::vector<int64_t>& shape,
+                          bool writable = false) {
+  const std::vector<int64_t> got = shape_of(a);
+  const bool f32 = pybind11::isinstance<pybind11::array_t<float>>(a);
+  const bool contiguous = (a.flags() & pybind11::array::c_style) != 0;
+  if (!f32 || got != shape || !contiguous || (writable && !a.writeable()))
+    throw std::invalid_argument(name + " must be a " + (writable ? "writable " : "") +
+                                "C-contiguous float32 array of shape " + shape_string(shape) + "; got " +
+                                std::string(pybind11::str(a.dtype())) + " of shape " + shape_string(got) +
+                                (contiguous ? "" : ", not C-contiguous") +
+                                (writable && !a.writeable() ? ", read-only" : ""));
+  return static_cast<float*>(const_cast<void*>(a.data()));
 }
 
 }  // namespace fastdecoder

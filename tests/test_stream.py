@@ -19,14 +19,17 @@ from fastdecoder.decode import Lexicon, WordDecoder, beam_search, build_lm
 from fastdecoder.model import GRUDecoder
 from fastdecoder.ops import augment, gaussian_taps
 from fastdecoder.stream import BeamStream, StreamingDecoder, WordStream
+from fastdecoder.stream.frontend import NATIVE_MAX_FRAMES
 
 C, DAYS, BEAM = 8, 3, 8
 CHUNKS = [1, 3, 4, 7, 50, None]  # None: the whole trial in one push
+MIXED = [4, 30, 1, 17, 8]  # push sizes cycled by chunk="mixed": the GRU state passes between native and nn.GRU
 
 
-def tiny_model(rnn: str, seed: int) -> GRUDecoder:
+def tiny_model(rnn: str, seed: int, **model_keys) -> GRUDecoder:
     torch.manual_seed(seed)
-    cfg = replace(load_config("b2t25").model, n_features=C, n_days=DAYS, hidden_size=16, num_layers=2, rnn=rnn)
+    cfg = replace(load_config("b2t25").model, **{"n_features": C, "n_days": DAYS, "hidden_size": 16, "num_layers": 2,
+                                                 "rnn": rnn, **model_keys})
     model = GRUDecoder(cfg, rnn_backend="reference").eval()
     with torch.no_grad():
         model.head.weight.mul_(6.0)  # peaky posteriors
@@ -59,6 +62,9 @@ def chunked(x: torch.Tensor, chunk, rng=None):
         cuts = np.cumsum(rng.integers(0, 9, size=x.shape[0]))
         cuts = cuts[cuts < x.shape[0]]
         return np.split(x.numpy(), cuts)  # includes empty pushes
+    if chunk == "mixed":
+        cuts = np.cumsum(MIXED * x.shape[0])
+        return np.split(x.numpy(), cuts[cuts < x.shape[0]])
     step = x.shape[0] if chunk is None else chunk
     return [x[i:i + step].numpy() for i in range(0, x.shape[0], step)]
 
@@ -103,9 +109,17 @@ def test_streaming_equals_offline(rnn, words, word_decoder):
     dec = StreamingDecoder(model, beam_width=BEAM, nbest=3, word_decoder=wd)
     rng = np.random.default_rng(seed)
     longest = 0
-    for chunk in CHUNKS + ["random"]:
+    for chunk in CHUNKS + ["random", "mixed"]:
+        before = dict(dec.frontend.gru_frames)
         final, partials = stream(dec, x, day, chunk, rng)
         msg = f"seed {seed}, chunk {chunk}"
+        # which GRU path ran: the native step on pushes of <= NATIVE_MAX_FRAMES frames (nn.GRU model), else nn.GRU
+        per_push = np.diff([0] + [p.frames for p in partials] + [final.frames])
+        native = int(sum(n for n in per_push if n <= NATIVE_MAX_FRAMES)) if rnn == "gru" else 0
+        ran = {k: dec.frontend.gru_frames[k] - before[k] for k in before}
+        assert ran == {"native": native, "torch": final.frames - native}, msg
+        if rnn == "gru" and chunk in (1, 4, "mixed"):
+            assert ran["native"] > 0 and (ran["torch"] > 0) == (chunk == "mixed"), msg
         assert final.bins == T and final.frames == lp_ref.shape[0], msg
         np.testing.assert_allclose(final.log_probs, lp_ref, rtol=1e-5, atol=2e-5, err_msg=msg)
         assert [h[0] for h in final.hypotheses] == [h[0] for h in hyps_ref], msg
@@ -171,6 +185,19 @@ def test_stable_prefix_is_shared_by_the_whole_beam_and_only_grows(beam, cut, wor
     assert all(h.words[: len(prev_w)] == prev_w for h in ws.finish(2))
     assert [h for h, _ in bs.hypotheses(beam)] == [h for h, _ in beam_search(
         lp[None], beam_width=beam, nbest=beam, token_min_logprob=cut)[0]]
+
+
+def test_native_gru_path_with_zero_initial_state():
+    """learn_h0 off (zeros, the state nn.GRU gets as None): the native step starts from the same state."""
+    seed = 31
+    model = tiny_model("gru", seed, learn_h0=False, num_layers=3)
+    x = torch.randn(83, C, generator=torch.Generator().manual_seed(seed))
+    lp_ref = offline(model, x, 1)[0]
+    dec = StreamingDecoder(model, beam_width=BEAM)
+    for chunk in (4, "mixed"):
+        final, _ = stream(dec, x, 1, chunk)
+        np.testing.assert_allclose(final.log_probs, lp_ref, rtol=1e-5, atol=2e-5, err_msg=f"seed {seed}, {chunk}")
+    assert dec.frontend.gru_frames["native"] > 0 and dec.frontend.gru_frames["torch"] > 0
 
 
 def test_bidirectional_refused():

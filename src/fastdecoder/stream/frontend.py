@@ -8,23 +8,41 @@ Per pushed block of bins (20 ms each), in the order of the offline path (eval tr
   right context is the zero padding the offline transform uses.
 * the day layer per smoothed bin;
 * patching: one window of patch_size bins every patch_stride bins, once patch_size bins exist;
-* the GRU (nn.GRU or LayerNormGRU), its state carried from push to push, and the linear head.
+* the GRU (nn.GRU or LayerNormGRU), its state carried from push to push, and the linear head. On the CPU an nn.GRU
+  runs through the native fp32 step (stream.native_gru: same math, fp32 round-off) when a push yields at most
+  ``NATIVE_MAX_FRAMES`` frames (the per-hop case), and as nn.GRU on longer pushes; both update the same state.
 
 So output frame j (bins [j S, j S + K) of the trial) is ready once bin j S + K - 1 + n // 2 has arrived.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fastdecoder.errors import UserError
+from fastdecoder.stream.native_gru import NativeGRUStep, unsupported_reason
 
-__all__ = ["IncrementalFrontend"]
+__all__ = ["IncrementalFrontend", "NATIVE_MAX_FRAMES"]
+
+# Pushes of up to this many output frames run the native GRU step frame by frame; longer ones run nn.GRU, whose time
+# per push is nearly flat from 4 frames on (the input projection of all frames as one product: W_ih read once per
+# push, not once per frame), while the native step reads every weight once per frame.
+# Measured at b2t25 size (input 7168, 5 x 768), one thread, AMD EPYC (2026-12-01, load average ~1.9, interleaved
+# medians): 1 / 2 / 3 / 4 / 8 frames took 8.1 / 17.1 / 26.2 / 33.5 / 64.0 ms native, 11.5 / 21.3 / 30.2 / 27.3 /
+# 30.9 ms through nn.GRU.
+NATIVE_MAX_FRAMES = 3
 
 
 class IncrementalFrontend:
-    """Streaming forward of a unidirectional GRUDecoder in eval mode (one trial at a time: ``reset(day)``)."""
+    """Streaming forward of a unidirectional GRUDecoder in eval mode (one trial at a time: ``reset(day)``).
 
-    def __init__(self, model, device="cpu"):
+    ``gru_isa``: the native GRU step's path for an nn.GRU model on the CPU ("auto", or one of
+    ``stream.native_gru.ISAS``; None: always nn.GRU). The native step reads the GRU's weight tensors as the model
+    held them at construction (sharing their storage, so in-place updates are seen; see ``NativeGRUStep``).
+    ``gru_frames`` counts the output frames each path ran in this object's lifetime ({"native": n, "torch": n}).
+    """
+
+    def __init__(self, model, device="cpu", gru_isa: str | None = "auto"):
         from fastdecoder.model import GRUDecoder
 
         if not isinstance(model, GRUDecoder):
@@ -58,6 +76,10 @@ class IncrementalFrontend:
         n = 0 if taps is None else int(taps.numel())
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
+        self.native_gru = None
+        if gru_isa is not None and self.device.type == "cpu" and unsupported_reason(model.rnn) is None:
+            self.native_gru = NativeGRUStep(model.rnn, gru_isa)
+        self.gru_frames = {"native": 0, "torch": 0}
 
     @property
     def bins_received(self) -> int:
@@ -71,7 +93,12 @@ class IncrementalFrontend:
         self._raw = torch.zeros(self.left, C, device=self.device)
         self._received = self._smoothed = 0
         self._features = torch.zeros(0, C, device=self.device)  # day-layer outputs from the next window's start
-        self._h = self.model.initial_state(1)
+        h = self.model.initial_state(1)  # (L, 1, H) or None (zeros); a copy: the native step writes it in place
+        if self.native_gru is not None:
+            cfg = self.model.cfg
+            h = (torch.zeros(cfg.num_layers, 1, cfg.hidden_size, dtype=torch.float32) if h is None
+                 else h.detach().clone())
+        self._h = h
 
     @torch.no_grad()
     def push(self, bins: torch.Tensor) -> torch.Tensor:
@@ -98,11 +125,35 @@ class IncrementalFrontend:
                 x = x + self.taps[k] * self._raw[k:k + ready]
         self._raw = self._raw[ready:]
         self._smoothed += ready
-        y = self.model.day_layer(x[None], self.day)[0]
+        y = self._day_layer(x)
         self._features = torch.cat([self._features, y])
         if self._features.shape[0] < self.patch_size:
             return torch.zeros(0, V)
         windows = self.model.patch(self._features[None])  # (1, N, K*C)
         self._features = self._features[windows.shape[1] * self.patch_stride:]
-        out, self._h = self.model.rnn(windows, self._h)
-        return self.model.head(out)[0].float().log_softmax(-1).cpu()
+        return self.model.head(self._recurrence(windows))[0].float().log_softmax(-1).cpu()
+
+    def _day_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """model.day_layer for one trial: (n, C) -> (n, C), one ``x W[day] + b[day]`` on views of the day's weights
+        (the batched op's grouping and weight gathers cost ~0.3 ms more a hop at b2t25 size, its weights out of cache
+        after the GRU step; the same dot products, so equal to fp32 round-off)."""
+        d = int(self.day[0])
+        y = torch.addmm(self.model.day_biases[d, 0], x, self.model.day_weights[d])
+        return F.softsign(y) if self.model.cfg.day_activation == "softsign" else y
+
+    def _recurrence(self, windows: torch.Tensor) -> torch.Tensor:
+        """(1, N, K*C) windows -> (1, N, H) GRU outputs, advancing the carried state ``_h`` (L, 1, H)."""
+        N = windows.shape[1]
+        if self.native_gru is None or N > NATIVE_MAX_FRAMES:
+            out, h = self.model.rnn(windows, self._h)
+            self._h = h if self.native_gru is None else h.contiguous()
+            self.gru_frames["torch"] += N
+            return out
+        L, _, H = self._h.shape
+        h = self._h.view(L, H)
+        out = torch.empty(1, N, H, dtype=h.dtype)
+        for j in range(N):
+            self.native_gru.step(windows[0, j], h)
+            out[0, j] = h[-1]
+        self.gru_frames["native"] += N
+        return out

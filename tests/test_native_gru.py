@@ -1,0 +1,136 @@
+"""The native GRU step (csrc/gru_step.cpp via stream.native_gru) against torch.nn.GRU, on every ISA path this CPU
+has: fresh random weights, inputs and states (seeds from conftest, printed on failure), shapes whose input sizes are
+not multiples of the vector widths (16 / 8: the masked tails), NaN propagation, and the argument checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastdecoder import _native
+from fastdecoder.nn import LayerNormGRU
+from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
+
+ALL_ISAS = ["avx512", "avx2", "scalar"]
+# (layers, hidden, input size): H in {8, 24, 768}; inputs of 1, 7, 23, 37, 129, 773 columns leave tails for both
+# vector widths, 16 and 64 none (the 8-row blocks: 3H = 24, 72, 2304 rows, all multiples of 8).
+SHAPES = [(1, 8, 7), (2, 8, 16), (3, 24, 37), (4, 24, 1), (5, 8, 23), (5, 24, 64), (2, 768, 129), (1, 768, 773)]
+
+
+def isa_param(isa):
+    return pytest.param(isa, marks=pytest.mark.skipif(isa not in ISAS, reason=f"this CPU has no {isa} path"))
+
+
+ISA_PARAMS = [isa_param(i) for i in ALL_ISAS]
+
+
+def random_gru(rng, layers, hidden, inputs, scale=1.0):
+    torch.manual_seed(int(rng.integers(2**31)))
+    gru = torch.nn.GRU(inputs, hidden, layers)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.mul_(scale)
+    return gru
+
+
+def assert_close(got, want, msg=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert np.isfinite(got).all() and np.isfinite(want).all(), f"non-finite values {msg}"  # NaN never passes
+    # GRU states lie in (-1, 1): 1e-5 absolute is 1e-5 relative to their range (sums of ~800 products of size ~1
+    # leave a few 1e-6 of fp32 round-off in either summation order)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=msg)
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("layers,hidden,inputs", SHAPES)
+def test_steps_match_nn_gru(isa, layers, hidden, inputs, rng):
+    """Three consecutive steps from a random state equal nn.GRU over the 3-frame sequence (outputs and states)."""
+    gru = random_gru(rng, layers, hidden, inputs, scale=3.0)  # larger weights: gates away from 0.5
+    x = torch.from_numpy(rng.standard_normal((3, 1, inputs)).astype(np.float32))
+    h0 = torch.from_numpy(rng.standard_normal((layers, 1, hidden)).astype(np.float32))
+    with torch.no_grad():
+        out, h_n = gru(x, h0)
+    step = NativeGRUStep(gru, isa)
+    assert step.isa == isa
+    h = h0[:, 0].clone()
+    for t in range(3):
+        step.step(x[t, 0], h)
+        assert_close(h[-1], out[t, 0], f"isa {isa}, step {t}")
+    assert_close(h, h_n[:, 0], f"isa {isa}, final states")
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+def test_nan_propagates(isa, rng):
+    """NaN in the input reaches every state; NaN in layer l's state reaches layers >= l and no layer below."""
+    L, H, I = 4, 24, 37
+    step = NativeGRUStep(random_gru(rng, L, H, I), isa)
+    x = torch.from_numpy(rng.standard_normal(I).astype(np.float32))
+    x_nan = x.clone()
+    x_nan[I - 1] = float("nan")  # in the masked tail of both vector widths
+    h = torch.zeros(L, H)
+    step.step(x_nan, h)
+    assert torch.isnan(h).all(), f"isa {isa}: NaN input masked to {h}"
+    for layer in range(L):
+        h = torch.from_numpy(rng.standard_normal((L, H)).astype(np.float32))
+        h[layer, H - 1] = float("nan")
+        step.step(x, h)
+        assert torch.isfinite(h[:layer]).all() and torch.isnan(h[layer:]).all(), f"isa {isa}, NaN in layer {layer}"
+
+
+def test_auto_picks_the_fastest_path_and_sees_in_place_updates(rng):
+    gru = random_gru(rng, 2, 8, 11)
+    step = NativeGRUStep(gru)
+    assert step.isa == ISAS[0] and ISAS[-1] == "scalar"
+    with torch.no_grad():
+        gru.weight_hh_l1.mul_(-2.0)  # in place (as load_state_dict does): the step shares the parameters' storage
+        gru.bias_ih_l0.add_(1.0)
+        x, h0 = torch.randn(1, 1, 11), torch.randn(2, 1, 8)
+        want = gru(x, h0)[1][:, 0]
+    h = h0[:, 0].clone()
+    step.step(x[0, 0], h)
+    assert_close(h, want)
+
+
+@pytest.mark.parametrize("isa", [i for i in ALL_ISAS if i not in ISAS] or
+                         [pytest.param("none", marks=pytest.mark.skip(reason="this CPU has every ISA path"))])
+def test_a_path_the_cpu_lacks_is_refused(isa):
+    with pytest.raises(ValueError, match=f"no {isa} path"):
+        NativeGRUStep(torch.nn.GRU(4, 8), isa)
+
+
+def test_bad_arguments_are_named():
+    gru = torch.nn.GRU(5, 8, 2)
+    step = NativeGRUStep(gru)
+    with pytest.raises(ValueError, match=r"isa must be 'auto', 'avx512', 'avx2' or 'scalar', got 'neon'"):
+        NativeGRUStep(gru, "neon")
+    h = torch.zeros(2, 8)
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous float32 array of shape \(5,\); got float64"):
+        step.step(torch.zeros(5, dtype=torch.float64), h)
+    with pytest.raises(ValueError, match=r"x must .* shape \(5,\); got float32 of shape \(6,\)"):
+        step.step(torch.zeros(6), h)
+    with pytest.raises(ValueError, match=r"h must be a writable C-contiguous float32 array of shape \(2, 8\); "
+                                         r"got float32 of shape \(2, 8\), not C-contiguous"):
+        step.step(torch.zeros(5), torch.zeros(8, 2).t())
+    with pytest.raises(ValueError, match=r"h must .* of shape \(2, 8\); got float32 of shape \(1, 2, 8\)"):
+        step.step(torch.zeros(5), torch.zeros(1, 2, 8))
+    read_only = np.zeros((2, 8), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"h must be a writable .* read-only"):
+        step._step.step(np.zeros(5, np.float32), read_only)
+    w = {k: [getattr(gru, f"{k}_l{l}").detach().numpy() for l in range(2)]
+         for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    with pytest.raises(ValueError, match="lists of one array per layer"):
+        _native.GruStep(**{**w, "bias_hh": w["bias_hh"][:1]})
+    with pytest.raises(ValueError, match=r"weight_ih_l1 must be a C-contiguous float32 array of shape \(24, 8\); "
+                                         r"got float32 of shape \(24, 5\)"):
+        _native.GruStep(**{**w, "weight_ih": [w["weight_ih"][0], w["weight_ih"][0]]})
+    with pytest.raises(ValueError, match=r"bias_ih_l0 must .* shape \(24,\); got float64"):
+        _native.GruStep(**{**w, "bias_ih": [w["bias_ih"][0].astype(np.float64), w["bias_ih"][1]]})
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must be \(3 H, H\).*got shape \(24, 9\)"):
+        _native.GruStep(**{**w, "weight_hh": [np.zeros((24, 9), np.float32), w["weight_hh"][1]]})
+    for rnn, why in [(torch.nn.GRU(4, 8, bidirectional=True), "unidirectional"),
+                     (torch.nn.GRU(4, 8, bias=False), "with biases"),
+                     (torch.nn.GRU(4, 8).double(), "float32 on the CPU"),
+                     (LayerNormGRU(4, 8, 1, batch_first=True), "is not a torch.nn.GRU")]:
+        with pytest.raises(ValueError, match=why):
+            NativeGRUStep(rnn)

@@ -113,18 +113,19 @@ def test_fast_bf16_losses_follow_the_fp32_reference(bf16_cpu, monkeypatch, tmp_p
     from fastdecoder.train.trainer import Trainer
 
     monkeypatch.chdir(tmp_path)
-    losses = {}
-    for name, fast, amp in (("reference", False, "bf16"), ("fast bf16", True, "bf16")):
-        cfg = cfg_with(fast, amp)
-        raw_aug = replace(cfg.augment, noise="philox")  # the same noise on both paths
-        cfg = replace(cfg, augment=raw_aug, train=replace(cfg.train, log_every=4, eval_every=10**6,
-                                                          checkpoint_every=10**6, fast_selfcheck=False))
+    losses, pers = {}, {}
+    for name, fast in (("reference", False), ("fast bf16", True)):
+        cfg = cfg_with(fast, "bf16")
+        cfg = replace(cfg, augment=replace(cfg.augment, noise="philox"),  # the same noise on both paths
+                      train=replace(cfg.train, log_every=4, eval_every=10**6, checkpoint_every=10**6,
+                                    fast_selfcheck=False))
         tr = Trainer(cfg, None, progress=False)
-        assert tr.amp_dtype == (torch.bfloat16 if fast else None)
+        assert tr.amp_dtype == tr.eval_settings.autocast_dtype == (torch.bfloat16 if fast else None)
         out = []
         tr.run(max_steps=4, on_read=lambda outs: out.extend(o["loss"] for o in outs))
-        losses[name] = out
+        losses[name], pers[name] = out, tr.evaluate().per  # evaluation under the run's autocast
     ref, bf = losses["reference"], losses["fast bf16"]
     assert len(ref) == len(bf) == 4 and all(math.isfinite(v) for v in ref + bf), losses
     rel = max(abs(a - b) / abs(b) for a, b in zip(bf, ref))
     assert 0 < rel <= BF16_REL, (rel, losses)  # not 0: the bf16 step did compute in bf16
+    assert all(0 <= p <= 1.5 for p in pers.values()), pers  # finite (NaN fails), an error rate

@@ -16,7 +16,7 @@ from fastdecoder.errors import UserError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger("fastdecoder.train")
-_said: set[str] = set()  # the reasons for fp32 on the CPU already logged (one line per reason and process)
+_said: set[str | None] = set()  # CPU bf16 decisions already logged: None (on) or the reason for fp32
 
 
 def resolve_device(name: str, what: str = "train.device") -> torch.device:
@@ -103,12 +103,14 @@ def autocast_dtype(cfg, device: torch.device) -> torch.dtype | None:
     if device.type != "cpu" or dtype != torch.bfloat16 or not use_fast_path(cfg, device):
         return None
     why = _cpu_bf16_off(cfg)
-    if why is None:
-        return dtype
-    if why not in _said:
+    if why not in _said:  # one line per process (trainer and evaluation both ask)
         _said.add(why)
-        log.warning("train.amp is bf16 but this CPU run computes in fp32: %s", why)
-    return None
+        if why is None:
+            log.info("train.amp is bf16: this CPU fast-path run autocasts to bf16 (the GRU recurrence and the loss "
+                     "stay fp32)")
+        else:
+            log.warning("train.amp is bf16 but this CPU run computes in fp32: %s", why)
+    return dtype if why is None else None
 
 
 def build_model(cfg, device: torch.device):

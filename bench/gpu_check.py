@@ -341,7 +341,8 @@ def plan(smoke: bool, tmp: Path) -> list[dict]:
     cli = [PY, "-m", "fastdecoder.cli"]
     dev = ["--device", "cpu", "--quick"] if smoke else ["--device", "cuda", "--dtype", "fp32", "--dtype", "bf16"]
     train_args = (["--steps", "1", "--warmup", "0", "--set", "model.hidden_size=16", "--set", "model.num_layers=1",
-                   "--set", "train.batch_size=4", "--set", "data.days_per_batch=2"] if smoke else
+                   "--set", "train.batch_size=4", "--set", "data.days_per_batch=2",
+                   "--set", "train.amp=none"] if smoke else  # fp32 paths (bf16 autocasts a bf16 CPU's fast path)
                   ["--steps", "30", "--warmup", "8", "--set", "train.batch_size=64"])
     build = (own("build_check") if smoke else
              [PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-e", "."])

@@ -143,7 +143,8 @@ class TrainConfig:
     checkpoint_every: int = 2000
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    amp: str = "bf16"                   # bf16 | none (bf16 autocast only on CUDA)
+    amp: str = "bf16"                   # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path
+    #                                     where the CPU has native bf16 GEMMs (else, and on the reference path, fp32)
     compile: bool = False
     length_bucket: int = 0              # pad each batch's time axis up to a multiple of this many bins after the
     #                                     augmentation (0 = off, as the presets ship): few distinct shapes for

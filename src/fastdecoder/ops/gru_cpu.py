@@ -7,6 +7,10 @@ autograd Function whose backward does one (B, 3H) @ (3H, H) GEMM per step for dh
 GEMMs/sums over all steps. Equal to ``nn.GRU`` to fp32 round-off (the sums over steps are reordered); the same
 inter-layer dropout call as ``nn.GRU`` (``F.dropout`` on each layer's output but the last).
 
+Under CPU autocast (bf16) the input projections run in bf16 (autocast's ``linear``: the big GEMMs, forward and
+backward) and the recurrence in fp32: its inputs are cast to fp32 and autocast is off inside it, so the state, the
+gates and the per-step GEMMs keep fp32 (as ops.ln_gru keeps its state on CUDA); each layer's output is fp32.
+
 Unidirectional, batch-first GRUs only (:func:`supports` says whether a module qualifies).
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ class _Recurrence(torch.autograd.Function):
     """gi (N, B, 3H) input gates (x W_ih^T + b_ih), h0 (B, H), w_hh (3H, H), b_hh (3H,) -> outputs (N, B, H)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, gi, h0, w_hh, b_hh):
         N, B, H3 = gi.shape
         H = H3 // 3
@@ -49,6 +54,7 @@ class _Recurrence(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, d_out):
         h0, w_hh, out, gates, hn = ctx.saved_tensors
         N, B, H = out.shape

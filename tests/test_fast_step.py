@@ -53,6 +53,21 @@ def test_fast_step_makes_no_host_read(monkeypatch, tmp_path):
     assert [o["step"] for o in tr.read_steps()] == [1, 2, 3]
 
 
+def test_pending_losses_are_bounded_and_read_when_full(monkeypatch, tmp_path):
+    from fastdecoder.train.stability import PendingSteps
+
+    tr = make(monkeypatch, tmp_path, log_every=10**9)  # 'log never' must not allocate 10**9 slots
+    assert tr.pending.values.shape[0] == PendingSteps.MAX_PENDING
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    want = losses_of(make(monkeypatch, tmp_path / "a", log_every=4), 9)
+    monkeypatch.setattr(PendingSteps, "MAX_PENDING", 3)  # a log interval longer than the buffer
+    tr = make(monkeypatch, tmp_path / "b", log_every=4)
+    assert tr.pending.values.shape[0] == 3
+    got = losses_of(tr, 9)
+    assert len(got) == 9 and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)  # same steps, same values: only when they are read differs
+
+
 def test_a_failed_fused_optimizer_check_falls_back_to_the_synced_step(monkeypatch, tmp_path):
     from fastdecoder.train import selfcheck
 

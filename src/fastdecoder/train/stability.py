@@ -139,9 +139,14 @@ class PendingSteps:
 
     ``put`` writes one step's values with a device copy (no host read); ``read`` fetches every waiting step with one
     ``tolist()`` and returns (step, lr, infeasible, loss, grad_norm) tuples in order, for InstabilityGuard.observe.
+    At most ``MAX_PENDING`` steps wait: a larger ``capacity`` (``train.log_every``, e.g. 10**9 to log never) does not
+    allocate that many slots; the trainer reads when the buffer is full (one host read per ``MAX_PENDING`` steps).
     """
 
+    MAX_PENDING = 1024
+
     def __init__(self, capacity: int, device):
+        capacity = max(1, min(int(capacity), self.MAX_PENDING))
         self.values = torch.zeros(capacity, 2, dtype=torch.float32, device=device)  # (capacity, [loss, norm])
         self.host: list[tuple[int, float, bool]] = []  # (step, lr, infeasible) per waiting step
 

@@ -364,7 +364,7 @@ class Trainer:
             del self.optimizer.found_inf
         self.step = step_no
         self.pending.put(step_no, lr, infeasible, loss_d, gnorm)
-        if self.pending.full:  # only where train_step runs outside ``run`` (which reads at every log step)
+        if self.pending.full:  # train_step outside ``run``, or a log interval beyond PendingSteps.MAX_PENDING
             self._replayed = self.read_steps()
         stop = self._stop is not None and self._stop.signum is not None
         return {"loss": None, "grad_norm": None, "lr": lr, "skipped": None, "stop": stop, "events": [],

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from ctc_oracle import peaky_log_probs, prefix_beam_search  # noqa: E402
+from fastdecoder.testing.ctc_oracle import peaky_log_probs, prefix_beam_search  # noqa: E402
 
 from fastdecoder.decode import beam_search, greedy_decode, num_cpu_threads  # noqa: E402
 

@@ -25,7 +25,7 @@ from fastdecoder.decode import WordHypothesis  # noqa: E402
 from fastdecoder.decode.rescore import NBestList, NeuralLM, RescoreWeights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_lm import save_tiny_lm  # noqa: E402
+from fastdecoder.testing.tiny_lm import save_tiny_lm  # noqa: E402
 
 SEED = 20261201
 NBEST = 100

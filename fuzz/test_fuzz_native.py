@@ -8,7 +8,7 @@ import math
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ctc_oracle import prefix_beam_search
+from fastdecoder.testing.ctc_oracle import prefix_beam_search
 from test_words_oracle import PRON_IDS, word_beam_oracle
 from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, beam_search, edit_distances, greedy_decode
 

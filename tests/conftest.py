@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-import seeding
+from fastdecoder.testing import seeding
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

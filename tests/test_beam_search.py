@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctc_oracle import brute_force_prefix_scores, number_of_prefixes, peaky_log_probs, prefix_beam_search
+from fastdecoder.testing.ctc_oracle import brute_force_prefix_scores, number_of_prefixes, peaky_log_probs, prefix_beam_search
 from fastdecoder.decode import beam_search, greedy_decode
-import seeding
+from fastdecoder.testing import seeding
 
 TOL = 1e-4
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctc_oracle import peaky_log_probs, prefix_beam_search
+from fastdecoder.testing.ctc_oracle import peaky_log_probs, prefix_beam_search
 from fastdecoder.decode import beam_search
-import seeding
+from fastdecoder.testing import seeding
 
 
 def random_log_probs(rng, B, T, V, blank):

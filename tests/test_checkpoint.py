@@ -21,7 +21,7 @@ from fastdecoder.train.checkpoint import (CheckpointError, load_checkpoint, remo
                                           save_checkpoint)
 from fastdecoder.train.trainer import ResumeError, Trainer, prepare_dataset
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 BASE = {
     "name": "tiny-ckpt",

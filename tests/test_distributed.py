@@ -17,7 +17,7 @@ from fastdecoder.model import GRUDecoder
 from fastdecoder.train.checkpoint import load_checkpoint
 from fastdecoder.train.distributed import weights_digest
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this torch build")

@@ -13,7 +13,7 @@ from fastdecoder.evaluation import evaluate_runs
 from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.trainer import Trainer
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 
 def _config(seed, steps=12, **model):
@@ -82,7 +82,7 @@ def test_eval_ensemble_of_mismatched_runs_fails_clearly(runs, tmp_path, capsys):
 
 def test_eval_rescore_and_tune(runs, tmp_path, capsys):
     pytest.importorskip("transformers", reason="rescoring needs transformers (pip install 'fastdecoder[llm]')")
-    from tiny_lm import save_tiny_lm
+    from fastdecoder.testing.tiny_lm import save_tiny_lm
 
     (a, b), trainer = runs
     texts = trainer.train_split.transcriptions

@@ -16,7 +16,7 @@ from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.trainer import Trainer
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 STEPS = 30
 RUN = {

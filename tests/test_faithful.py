@@ -265,7 +265,7 @@ def test_an_old_runs_config_keeps_its_values(tmp_path):
 # ---- model.mask_padding in the trainer's augmentation -------------------------------------------------------------
 
 def test_mask_padding_changes_only_the_padding_and_what_smoothing_reads_from_it():
-    from tiny import tiny_data
+    from fastdecoder.testing.tiny import tiny_data
 
     from fastdecoder.train.trainer import Trainer
 

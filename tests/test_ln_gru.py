@@ -14,7 +14,7 @@ import torch
 from fastdecoder.nn import LayerNormGRU
 from fastdecoder.ops import FastPathUnavailable, triton_usable
 from fastdecoder.ops.ln_gru import ln_gru_reference
-import seeding
+from fastdecoder.testing import seeding
 
 HAS_CUDA = torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not triton_usable("cuda" if HAS_CUDA else "cpu"),

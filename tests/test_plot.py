@@ -11,7 +11,7 @@ from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.train.trainer import Trainer
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 RAW = {
     "name": "tiny-plot",

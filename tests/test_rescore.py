@@ -14,7 +14,7 @@ from fastdecoder.decode import WordHypothesis  # noqa: E402
 from fastdecoder.decode.rescore import (NBestList, NeuralLM, RescoreWeights, tune_weights,  # noqa: E402
                                         wer_of)
 
-from tiny_lm import save_tiny_lm, train_on  # noqa: E402
+from fastdecoder.testing.tiny_lm import save_tiny_lm, train_on  # noqa: E402
 
 SEED = 20261201
 VOCAB = "the cat sat on a mat dog ran far away big red house is here there".split()

@@ -15,7 +15,7 @@ from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.trainer import Trainer, prepare_dataset
 from fastdecoder.config import StabilityConfig
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 BASE = {
     "name": "tiny-stability",

@@ -304,7 +304,7 @@ def short_run(tmp_path_factory):
     """A run folder of a tiny causal model, saved untrained (its accuracy does not matter here)."""
     from fastdecoder.config import config_from_dict
     from fastdecoder.train.trainer import Trainer
-    from tiny import tiny_data
+    from fastdecoder.testing.tiny import tiny_data
 
     cfg = {"name": "tiny-stream", "data": tiny_data(4, trials_per_day=12, val_trials_per_day=5, n_features=12),
            "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},

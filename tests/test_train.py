@@ -11,7 +11,7 @@ from fastdecoder.decode import normalize_text, word_error_rate
 from fastdecoder.train.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
-from tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_data
 
 TINY = {
     "name": "tiny",

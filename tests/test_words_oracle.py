@@ -247,7 +247,7 @@ def test_matches_oracle_on_random_peaky_inputs(lms):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from ctc_oracle import peaky_log_probs
+    from fastdecoder.testing.ctc_oracle import peaky_log_probs
 
     rng = fresh_rng()
     x = peaky_log_probs(rng, 6, 30, 41).astype(np.float64)

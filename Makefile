@@ -6,16 +6,19 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.fastdecoder-installed
 TORCH_CPU_VERSION ?= 2.13.0
+# The exact versions `make test` passed with (every package of the venv); `make constraints` refreshes it.
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup run test fuzz bench gpu-check clean
+.PHONY: setup run test fuzz bench gpu-check clean test-latest constraints
 
 setup: $(STAMP)
 
-# Idempotent: re-runs only when the build inputs change. An already installed torch is kept; a machine
-# without a GPU gets the CPU build of torch $(TORCH_CPU_VERSION), never a CUDA wheel.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
+# Idempotent: re-runs only when the build inputs or the constraints change. Every package is installed at the
+# version in constraints.txt (the tested set). An already installed torch is kept; a machine without a GPU gets
+# the CPU build of torch $(TORCH_CPU_VERSION), never a CUDA wheel.
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS) $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PIP) install -q --upgrade pip setuptools wheel pybind11 numpy
+	@$(PIP) install -q -c $(CONSTRAINTS) --upgrade pip setuptools wheel pybind11 numpy
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 	    echo "setup: keeping installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -23,8 +26,30 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.
 	else \
 	    $(PIP) install -q torch==$(TORCH_CPU_VERSION); \
 	fi
-	@$(PIP) install -q --no-build-isolation -e ".[dev]"
+	@$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
 	@touch $(STAMP)
+
+# The newest releases of everything (no constraints) in a separate venv, the package installed from a wheel built
+# with the newest build tools, then the test suite. torch stays at the CPU build $(TORCH_CPU_VERSION): the registry's
+# newer Linux wheels of torch are CUDA builds of several GB, which a CPU machine must not pull.
+LATEST_VENV := .venv-latest
+LATEST_PY   := $(LATEST_VENV)/bin/python
+test-latest:
+	rm -rf $(LATEST_VENV)
+	python3 -m venv $(LATEST_VENV)
+	$(LATEST_PY) -m pip install -q --upgrade pip setuptools wheel pybind11
+	echo "torch==$(TORCH_CPU_VERSION)" > $(LATEST_VENV)/torch-cpu.txt
+	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-cpu.txt torch==$(TORCH_CPU_VERSION)
+	$(LATEST_PY) -m pip install -q -c $(LATEST_VENV)/torch-cpu.txt --upgrade --upgrade-strategy eager ".[dev]"
+	$(LATEST_PY) -m pip freeze --all --exclude fastdecoder > $(LATEST_VENV)/freeze.txt
+	@$(LATEST_PY) -c "import torch, numpy, triton, transformers; print('test-latest: torch', torch.__version__, \
+	    '| triton', triton.__version__, '| numpy', numpy.__version__, '| transformers', transformers.__version__)"
+	$(LATEST_PY) -m pytest -q tests
+
+# Refresh the tested set: the newest releases, and when their test run passes, their versions become constraints.txt.
+constraints: test-latest
+	sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' $(LATEST_VENV)/freeze.txt > $(CONSTRAINTS)
+	@echo "constraints: $(CONSTRAINTS) now holds the versions test-latest passed with; commit it"
 
 run: setup
 	$(VENV)/bin/fastdecoder train --config demo --out runs/demo --overwrite
@@ -62,4 +87,4 @@ gpu-check:
 	$(GPU_PY) bench/gpu_check.py --out gpu_check_out
 
 clean:
-	rm -rf build *.egg-info src/*.egg-info src/fastdecoder/*.so .pytest_cache .benchmarks
+	rm -rf build *.egg-info src/*.egg-info src/fastdecoder/*.so .pytest_cache .benchmarks $(LATEST_VENV)

@@ -33,7 +33,7 @@ def _copy_checkout(dst: Path) -> Path:
     def ignore(folder, names):
         skip = {n for n in names if n == "__pycache__" or n.endswith(".egg-info")}
         if Path(folder) == ROOT:
-            skip |= _SKIP_AT_ROOT & set(names)
+            skip |= {n for n in names if n in _SKIP_AT_ROOT or n.startswith(".venv")}
         return skip
 
     shutil.copytree(ROOT, dst, ignore=ignore)  # copy2: modification times kept

@@ -395,6 +395,9 @@ def cmd_data(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdecoder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    from fastdecoder import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastdecoder {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     _add_train(sub)
     _add_eval(sub)

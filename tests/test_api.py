@@ -1,0 +1,27 @@
+"""The package's front door: the main API importable from ``fastdecoder``, ``python -m fastdecoder``, ``--version``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import fastdecoder
+
+
+@pytest.mark.parametrize("name", [n for n in fastdecoder.__all__ if n != "__version__"])
+def test_every_exported_name_resolves(name):
+    value = getattr(fastdecoder, name)
+    assert value is not None and getattr(value, "__name__", name) == name
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        fastdecoder.no_such_thing  # noqa: B018
+
+
+def test_python_m_fastdecoder_and_version():
+    r = subprocess.run([sys.executable, "-m", "fastdecoder", "--version"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"fastdecoder {fastdecoder.__version__}"

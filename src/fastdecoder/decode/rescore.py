@@ -16,10 +16,12 @@ a local folder or a hub name the user has) works: the optional extra ``pip insta
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -29,7 +31,8 @@ from fastdecoder.decode.metrics import edit_distances
 from fastdecoder.errors import UserError
 
 __all__ = ["NeuralLM", "NBestList", "RescoreWeights", "TuneResult", "decode_nbest", "tune_weights", "DEFAULT_GRID",
-           "wer_of", "rescore_split", "require_transformers"]
+           "wer_of", "rescore_split", "require_transformers", "SplitWords", "decode_split_words",
+           "save_weights", "load_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +323,87 @@ def tune_weights(nbest: NBestList, references: Sequence[str], *, default: Rescor
         if e < best_wer:
             best_w, best_wer = w, e
     return TuneResult(weights=best_w, wer=best_wer, default_weights=default, default_wer=default_wer, evaluated=n)
+
+
+def save_weights(path, weights: RescoreWeights, **info) -> Path:
+    """Write ``weights`` (and ``info``: where they were tuned, their WER) as JSON to ``path``, for
+    :func:`load_weights` (``fastdecoder eval --rescore-weights FILE``)."""
+    from fastdecoder.errors import writing
+
+    path = Path(path)
+    with writing(path, "rescoring weights file"):
+        path.write_text(json.dumps({"weights": asdict(weights), **info}, indent=2) + "\n")
+    return path
+
+
+def load_weights(path) -> RescoreWeights:
+    """The :class:`RescoreWeights` of a file :func:`save_weights` wrote (UserError naming the file otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"rescoring weights file {path} does not exist (eval --tune-weights writes one)")
+    try:
+        rec = json.loads(path.read_text())
+        w = rec["weights"]
+        if not isinstance(w, dict) or set(w) != {"ngram", "neural", "word"}:
+            raise KeyError("weights")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a rescoring weights file: expected JSON with \"weights\": {{\"ngram\": a, "
+                        f"\"neural\": b, \"word\": c}}") from None
+    return RescoreWeights(**w)
+
+
+@dataclass
+class SplitWords:
+    """A split decoded into words: its n-best lists, the weights that pick each trial's sentence, the sentences."""
+
+    nbest: NBestList
+    weights: RescoreWeights      # the weights that chose ``hypotheses`` (the decoder's own ranking by default)
+    hypotheses: list[str]        # per trial, normalised
+    report: dict                 # WERs where references exist, rescoring / tuning details
+
+
+def decode_split_words(decoder, log_probs: Sequence, references: Sequence[str] | None = None, *,
+                       weights: RescoreWeights | None = None, rescore_lm=None, tune: bool = False,
+                       batch_size: int = 32, device=None) -> SplitWords:
+    """Word-decode a split's per-trial log-probs into n-best lists (``decoder.nbest`` each) and pick a sentence per
+    trial: by ``weights`` (default: the decoder's own ranking, acoustic + lm_weight * ngram + word_bonus * words),
+    after scoring with the causal LM ``rescore_lm`` if given, or by the weights ``tune`` finds on ``references``.
+
+    Without ``references`` (an unlabelled split) there is no WER and ``tune`` is refused. The report holds ``wer``
+    (the decoder's top hypotheses) and, when the weights differ from the decoder's ranking, ``wer_rescored``.
+    """
+    own = RescoreWeights(decoder.lm_weight, 0.0, decoder.word_bonus)
+    weights = own if weights is None else weights
+    if tune and references is None:
+        raise UserError("tuning the rescoring weights needs a labelled split (transcriptions): tune on 'val', then "
+                        "apply the weights file on 'test'")
+    if weights.neural != 0.0 and rescore_lm is None:
+        raise UserError(f"the rescoring weights give the neural LM weight {weights.neural}: pass the neural LM "
+                        "(--rescore-lm) they were tuned with")
+    nb = decode_nbest(decoder, log_probs)
+    report: dict = {"nbest": decoder.nbest, "mean_nbest": float(np.diff(nb.offsets).mean()) if len(nb) else 0.0}
+    scored = references is not None
+    if scored:
+        edits, n_ref = _hypothesis_edits(nb, references, True)
+        top = nb.offsets[:-1]
+        report.update(wer=_wer(edits, n_ref, top), word_edits=int(edits[top].sum()), reference_words=n_ref)
+    if rescore_lm is not None:
+        neural = NeuralLM(rescore_lm, device=device, batch_size=batch_size)
+        t0 = time.perf_counter()
+        nb.add_neural_scores(neural)
+        report.update(rescore_lm=str(rescore_lm), rescore_seconds=time.perf_counter() - t0)
+    if weights != own or rescore_lm is not None:
+        report["rescore_weights"] = asdict(weights)
+        if scored:
+            report["wer_rescored"] = _wer(edits, n_ref, nb.best(weights))
+    chosen = weights
+    if tune:
+        res = tune_weights(nb, references, default=weights)
+        report.update(tuned_weights=asdict(res.weights), wer_tuned=res.wer, tune_default_wer=res.default_wer,
+                      tune_evaluated=res.evaluated)
+        chosen = res.weights
+    return SplitWords(nbest=nb, weights=chosen, hypotheses=[normalize_text(s) for s in nb.best_sentences(chosen)],
+                      report=report)
 
 
 def require_transformers() -> None:

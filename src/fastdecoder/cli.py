@@ -409,7 +409,8 @@ def cmd_eval(args) -> int:
             out["weights_file"] = str(save_weights(wpath, decoded.weights, tuned_on=args.split, wer=out["wer_tuned"],
                                                    lm=args.lm, lm_weight=args.lm_weight,
                                                    rescore_lm=args.rescore_lm))
-        word_hyps, tag = decoded.hypotheses, ("rescored" if rescoring or weights is not None else "words")
+        word_hyps = decoded.hypotheses
+        tag += "_rescored" if rescoring or weights is not None else "_words"
         if args.save_nbest:
             arr, lens = pad_log_probs(res.log_probs)
             phon = beam_search(arr, lens, beam_width=args.beam_width, nbest=min(nbest, args.beam_width)) \

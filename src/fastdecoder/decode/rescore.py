@@ -370,10 +370,11 @@ def decode_split_words(decoder, log_probs: Sequence, references: Sequence[str] |
     after scoring with the causal LM ``rescore_lm`` if given, or by the weights ``tune`` finds on ``references``.
 
     Without ``references`` (an unlabelled split) there is no WER and ``tune`` is refused. The report holds ``wer``
-    (the decoder's top hypotheses) and, when the weights differ from the decoder's ranking, ``wer_rescored``.
+    (the decoder's top hypotheses) and, when ``weights`` or ``rescore_lm`` are given, ``rescore_weights`` and
+    ``wer_rescored``.
     """
     own = RescoreWeights(decoder.lm_weight, 0.0, decoder.word_bonus)
-    weights = own if weights is None else weights
+    given, weights = weights is not None, (own if weights is None else weights)
     if tune and references is None:
         raise UserError("tuning the rescoring weights needs a labelled split (transcriptions): tune on 'val', then "
                         "apply the weights file on 'test'")
@@ -392,7 +393,7 @@ def decode_split_words(decoder, log_probs: Sequence, references: Sequence[str] |
         t0 = time.perf_counter()
         nb.add_neural_scores(neural)
         report.update(rescore_lm=str(rescore_lm), rescore_seconds=time.perf_counter() - t0)
-    if weights != own or rescore_lm is not None:
+    if given or rescore_lm is not None:
         report["rescore_weights"] = asdict(weights)
         if scored:
             report["wer_rescored"] = _wer(edits, n_ref, nb.best(weights))

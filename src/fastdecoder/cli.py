@@ -160,6 +160,7 @@ def _clear_run(out: Path) -> None:
     import shutil
 
     for f in (list(out.glob("*.pt")) + list(out.glob(".*.pt.*.tmp")) + list(out.glob("predictions_*.jsonl"))
+              + list(out.glob("rescore_weights*.json"))
               + [out / "metrics.jsonl", out / "summary.json", out / "curves.png"]):
         f.unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)

@@ -369,6 +369,9 @@ class WordDecoder:
         restrict_to_lm: keep only lexicon words the LM knows (default: True when an LM is given).
         unk_log10prob: log10 probability of a lexicon word the LM does not know, when the LM has no ``<unk>``
             (only with ``restrict_to_lm=False``); -100 as KenLM, which effectively excludes such words.
+
+    ``lm_coverage`` = (LM words some lexicon word maps to, LM words without ``<s>``, ``</s>``, ``<unk>``); below
+    ``MIN_LM_COVERAGE`` (95 %) a warning gives the counts (the other LM words can never be decoded).
     """
 
     def __init__(self, lexicon=None, lm=None, *, lm_weight: float = 0.5, word_bonus: float = 0.0,

@@ -335,8 +335,7 @@ def cmd_eval(args) -> int:
     on an unlabelled split (test) it decodes without scoring and can write a competition submission."""
     import numpy as np
 
-    from fastdecoder.decode import beam_search, error_rate
-    from fastdecoder.decode.padding import pad_log_probs
+    from fastdecoder.decode import error_rate
     from fastdecoder.eval_outputs import save_logits, save_nbest
     from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs
     from fastdecoder.phonemes import ids_to_text
@@ -389,15 +388,16 @@ def cmd_eval(args) -> int:
     if args.lm:
         from fastdecoder.decode.rescore import RescoreWeights, decode_split_words, save_weights
 
-        nbest = (args.nbest or args.word_beam_width) if (rescoring or args.save_nbest) else 1
-        words = _word_decoder(args, ds, data_path, nbest=nbest)
-        transcripts = ([split.transcriptions[i] for i in res.indices] if split.transcriptions is not None
-                       else None)
         if weights is None and (args.rescore_lm or args.rescore_ngram_weight is not None
                                 or args.rescore_word_bonus is not None):
             weights = RescoreWeights(args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
                                      args.rescore_weight if args.rescore_lm else 0.0,
                                      args.word_bonus if args.rescore_word_bonus is None else args.rescore_word_bonus)
+        rescoring = rescoring or weights is not None
+        nbest = (args.nbest or args.word_beam_width) if (rescoring or args.save_nbest) else 1
+        words = _word_decoder(args, ds, data_path, nbest=nbest)
+        transcripts = ([split.transcriptions[i] for i in res.indices] if split.transcriptions is not None
+                       else None)
         decoded = decode_split_words(words, res.log_probs, transcripts, weights=weights, rescore_lm=args.rescore_lm,
                                      tune=args.tune_weights, batch_size=args.rescore_batch_size,
                                      device=args.rescore_device)
@@ -411,12 +411,10 @@ def cmd_eval(args) -> int:
                                                    lm=args.lm, lm_weight=args.lm_weight,
                                                    rescore_lm=args.rescore_lm))
         word_hyps = decoded.hypotheses
-        tag += "_rescored" if rescoring or weights is not None else "_words"
+        tag += "_rescored" if rescoring else "_words"
         if args.save_nbest:
-            arr, lens = pad_log_probs(res.log_probs)
-            phon = beam_search(arr, lens, beam_width=args.beam_width, nbest=min(nbest, args.beam_width)) \
-                if len(res.log_probs) else []
-            out["nbest_file"] = str(save_nbest(args.save_nbest, decoded, phon, res.indices, split, ds.day_names))
+            out["nbest_file"] = str(save_nbest(args.save_nbest, decoded, res.log_probs, args.beam_width, res.indices,
+                                               split, ds.day_names))
         if args.submission:
             from fastdecoder.decode.submission import write_submission
 

@@ -55,11 +55,21 @@ def load_logits(path) -> dict:
     return out
 
 
-def save_nbest(path, split_words, phoneme_nbest: Sequence, indices, split, day_names: Sequence[str]) -> Path:
-    """Write the n-best file of a split decoded into words (a ``decode.rescore.SplitWords``) and the phoneme n-best
-    lists (per trial, ``beam_search``'s ``[(ids, log_score), ...]``)."""
+def save_nbest(path, split_words, log_probs: Sequence[np.ndarray], beam_width: int, indices, split,
+               day_names: Sequence[str]) -> Path:
+    """Write the n-best file of a split decoded into words (a ``decode.rescore.SplitWords``), with the phoneme n-best
+    lists of the CTC prefix beam search of ``beam_width`` over the same per-trial log-probs (the word decoder's
+    n-best count, at most ``beam_width``)."""
+    from fastdecoder.decode import beam_search
+    from fastdecoder.decode.padding import pad_log_probs
+
     path = Path(path)
     nb, weights = split_words.nbest, split_words.weights
+    phoneme_nbest = []
+    if len(log_probs):
+        arr, lens = pad_log_probs(list(log_probs))
+        phoneme_nbest = beam_search(arr, lens, beam_width=beam_width,
+                                    nbest=min(int(split_words.report["nbest"]), beam_width))
     totals = nb.totals(weights)
     with writing(path, "n-best file"), open(path, "w") as f:
         for k, i in enumerate(indices):

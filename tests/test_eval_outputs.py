@@ -170,6 +170,10 @@ def test_submission_needs_words_and_the_word_options_need_lm(setup, tmp_path, ca
     assert "--lexicon" in capsys.readouterr().err
     err = _eval(capsys, "--run", str(runs[0]), "--split", "test", *_words(arpa), "--tune-weights", code=2)
     assert "labelled" in err
+    for opt, value, named in (("--word-bonus", "nan", "word_bonus"), ("--blank-penalty", "inf", "blank_penalty"),
+                              ("--lexicon", str(tmp_path / "missing.txt"), "missing.txt")):
+        err = _eval(capsys, "--run", str(runs[0]), "--lm", str(arpa), opt, value, code=2)
+        assert err.startswith("error: ") and named in err and "Traceback" not in err
     err = _eval(capsys, "--run", str(runs[0]), *_words(arpa), "--format", "b2t24", code=2)
     assert "--format" in err and "--submission" in err
     err = _eval(capsys, "--run", str(runs[0]), *_words(arpa), "--save-weights", str(tmp_path / "w.json"), code=2)

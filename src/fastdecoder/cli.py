@@ -324,9 +324,15 @@ def _word_decoder(args, ds, data_path, nbest: int = 1):
     ``--word-bonus``; ``nbest`` sentences per trial."""
     from fastdecoder.decode import WordDecoder
 
-    return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
-                       beam_width=args.word_beam_width, nbest=nbest, blank_penalty=args.blank_penalty,
-                       word_bonus=args.word_bonus)
+    try:
+        return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
+                           beam_width=args.word_beam_width, nbest=nbest, blank_penalty=args.blank_penalty,
+                           word_bonus=args.word_bonus)
+    except UserError:
+        raise
+    except ValueError as e:   # a lexicon or LM file, or a word decoder setting: the message names it
+        raise UserError(f"word decoder (--lm / --lexicon / --lm-weight / --word-beam-width / --nbest / "
+                        f"--blank-penalty / --word-bonus): {e}") from None
 
 
 def cmd_eval(args) -> int:

@@ -345,3 +345,23 @@ def test_lexicon_coverage_warning(setup, caplog):
     assert dec.lm_coverage == (3, total)
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert f"3 of the LM's {total} words" in msg
+
+
+def test_decode_split_words_unlabelled_and_rescore_split(setup):
+    from fastdecoder.decode import evaluate_words
+    from fastdecoder.decode.rescore import RescoreWeights, decode_split_words, rescore_split
+
+    runs, trainer, arpa = setup
+    ev = evaluate_runs([runs[0]], "val", checkpoint="last")
+    lex = lexicon_from_split(trainer.train_split.transcriptions, trainer.train_split.targets)
+    refs = [ev.split.transcriptions[i] for i in ev.result.indices]
+    plain = evaluate_words(ev.result.log_probs, refs, decoder=WordDecoder(lex, str(arpa), beam_width=8))
+    report, hyps = rescore_split(ev.result.log_probs, refs, lexicon=lex, lm=str(arpa), lm_weight=0.5, beam_width=8,
+                                 nbest=4, tune=True)
+    assert report["wer"] == plain.wer and report["word_edits"] == plain.edits and report["wer_tuned"] <= plain.wer
+    dec = WordDecoder(lex, str(arpa), beam_width=8, nbest=4)
+    unlabelled = decode_split_words(dec, ev.result.log_probs)
+    assert "wer" not in unlabelled.report and unlabelled.hypotheses == plain.hypotheses
+    assert unlabelled.weights == RescoreWeights(0.5, 0.0, 0.0)
+    with pytest.raises(ValueError, match="labelled"):
+        decode_split_words(dec, ev.result.log_probs, tune=True)

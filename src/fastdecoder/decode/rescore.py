@@ -10,7 +10,8 @@ the word count; the best total wins. With ``a`` = the decoder's ``lm_weight``, `
 ``word_bonus`` the ranking is the decoder's own.
 
 :class:`NBestList` caches a split's n-best lists with their scores, so that :func:`tune_weights` searches (a, b, c)
-on a grid without decoding again. Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family;
+on a grid without decoding again. :func:`decode_split_words` runs the whole chain on a split (labelled or not);
+:func:`save_weights` / :func:`load_weights` carry tuned weights from one split (val) to another (test). Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family;
 a local folder or a hub name the user has) works: the optional extra ``pip install 'fastdecoder[llm]'``.
 """
 from __future__ import annotations
@@ -416,31 +417,18 @@ def rescore_split(log_probs: Sequence, references: Sequence[str], *, lexicon, lm
                   beam_width: int, nbest: int, rescore_lm=None, rescore_weight: float = 0.5,
                   ngram_weight: float | None = None, word_bonus: float = 0.0, tune: bool = False,
                   batch_size: int = 32, device=None) -> tuple[dict, list[str]]:
-    """Word-decode a split into n-best lists, rescore them with ``rescore_lm`` and/or tune the weights.
+    """Word-decode a split into n-best lists, rescore them with ``rescore_lm`` and/or tune the weights
+    (:func:`decode_split_words` with a decoder built from these arguments).
 
     Returns (report, hypotheses): the report holds ``wer`` (the decoder's top hypotheses), ``wer_rescored`` and
-    the weights (with ``rescore_lm``), ``tuned_weights`` / ``wer_tuned`` (with ``tune``); the hypotheses are the
-    ones the rescoring weights pick (the tuned weights with ``tune``).
+    the weights, ``tuned_weights`` / ``wer_tuned`` (with ``tune``); the hypotheses are the ones the rescoring
+    weights pick (the tuned weights with ``tune``).
     """
     from fastdecoder.decode.words import WordDecoder
 
     decoder = WordDecoder(lexicon, lm, lm_weight=lm_weight, beam_width=beam_width, nbest=nbest)
-    nb = decode_nbest(decoder, log_probs)
-    edits, n_ref = _hypothesis_edits(nb, references, True)
-    report = {"lm": str(lm), "nbest": nbest, "wer": _wer(edits, n_ref, nb.offsets[:-1]),
-              "reference_words": n_ref, "mean_nbest": float(np.diff(nb.offsets).mean()) if len(nb) else 0.0}
-    weights = RescoreWeights(lm_weight if ngram_weight is None else ngram_weight, 0.0, word_bonus)
-    if rescore_lm is not None:
-        neural = NeuralLM(rescore_lm, device=device, batch_size=batch_size)
-        t0 = time.perf_counter()
-        nb.add_neural_scores(neural)
-        weights = replace(weights, neural=rescore_weight)
-        report.update(rescore_lm=str(rescore_lm), rescore_weights=weights.__dict__,
-                      wer_rescored=_wer(edits, n_ref, nb.best(weights)), rescore_seconds=time.perf_counter() - t0)
-    chosen = weights
-    if tune:
-        res = tune_weights(nb, references, default=weights)
-        report.update(tuned_weights=res.weights.__dict__, wer_tuned=res.wer, tune_default_wer=res.default_wer,
-                      tune_evaluated=res.evaluated)
-        chosen = res.weights
-    return report, [normalize_text(s) for s in nb.best_sentences(chosen)]
+    weights = RescoreWeights(lm_weight if ngram_weight is None else ngram_weight,
+                             rescore_weight if rescore_lm is not None else 0.0, word_bonus)
+    res = decode_split_words(decoder, log_probs, references, weights=weights, rescore_lm=rescore_lm, tune=tune,
+                             batch_size=batch_size, device=device)
+    return {"lm": str(lm), **res.report}, res.hypotheses

@@ -6,6 +6,7 @@ import json
 import logging
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import h5py
@@ -29,9 +30,10 @@ WORDS = re.compile(r"[a-z0-9']+( [a-z0-9']+)*")
 
 
 def _config(seed, **train):
+    data = tiny_data(7, trials_per_day=16, val_trials_per_day=5, test_trials_per_day=3, n_features=12)
+    data["synthetic"]["n_days"] = 3
     return config_from_dict({
-        "name": "tiny-out", "data": tiny_data(7, trials_per_day=16, val_trials_per_day=5, test_trials_per_day=3,
-                                              n_features=12),
+        "name": "tiny-out", "data": data,
         "model": {"hidden_size": 24, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
         "train": {"amp": "none", "seed": seed, **train}})
 
@@ -118,12 +120,22 @@ def test_b2t25_submission_from_unlabelled_test(setup, tmp_path, capsys, ensemble
     assert res["labelled"] is False and "wer" not in res and "per_greedy" not in res
     assert res["submission_format"] == "b2t25"
     order = b2t25_test_trials(Path(trainer.cfg.data.path))
-    assert len(order) == res["trials"] == 6
+    assert len(order) == res["trials"] == 9
     texts = check_b2t25(sub, len(order))
     preds = _predictions(res)
     assert texts == [preds[t]["words"] for t in order]          # row k is the k-th test trial in the reference order
     assert sum(len(t.split()) for t in texts) > 0, "nothing decoded: the order check would be vacuous"
     assert len(set(texts)) > 1
+    # as in the published data, a session without a test file: the ids run on over the sessions that have one
+    data = tmp_path / "data"
+    shutil.copytree(trainer.cfg.data.path, data)
+    (data / trainer.dataset.day_names[1] / "data_test.hdf5").unlink()
+    res = _eval(capsys, *run_args, "--data", str(data), "--split", "test", *_words(arpa), "--submission", str(sub))
+    order = b2t25_test_trials(data)
+    assert len(order) == res["trials"] == 6
+    preds = _predictions(res)
+    assert check_b2t25(sub, len(order)) == [preds[t]["words"] for t in order]
+    assert all(t.startswith((trainer.dataset.day_names[0], trainer.dataset.day_names[2])) for t in order)
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
@@ -138,7 +150,7 @@ def test_b2t24_submission_in_competition_order(setup, tmp_path, capsys, ensemble
     run_args = ["--run", str(runs[0])] + (["--run", str(runs[1])] if ensemble else [])
     sub = tmp_path / "submission.txt"
     res = _eval(capsys, *run_args, "--data", str(pkl), "--split", "test", *_words(arpa), "--submission", str(sub))
-    assert res["submission_format"] == "b2t24" and res["trials"] == len(order) == 6
+    assert res["submission_format"] == "b2t24" and res["trials"] == len(order) == 9
     texts = check_b2t24(sub, len(order))
     preds = _predictions(res)
     assert texts == [preds[t]["words"] for t in order]
@@ -283,7 +295,7 @@ def test_blank_penalty_and_word_bonus_reach_the_word_decoder(setup, tmp_path, ca
                  *opts]) == 0
     text = capsys.readouterr().out
     report = json.loads(text[text.index("{\n"):])
-    assert report["trials"] == 6 and "wer" not in report and "per_beam" not in report
+    assert report["trials"] == 9 and "wer" not in report and "per_beam" not in report
     streamed: dict = {}
     for line in text[:text.index("{\n")].splitlines():
         tid, _, words = line[1:].partition("] ")

@@ -196,8 +196,10 @@ def test_submission_needs_words_and_the_word_options_need_lm(setup, tmp_path, ca
 def test_per_day_sums_to_the_overall_per(setup, capsys):
     runs, trainer, _ = setup
     for run_args in (["--run", str(runs[0])], ["--run", str(runs[0]), "--run", str(runs[1])]):
-        res = _eval(capsys, *run_args)
+        res = _eval(capsys, *run_args, "--decoder", "beam", "--beam-width", "4")
         days = res["per_day"]
+        assert sum(d["edits_beam"] for d in days.values()) / sum(d["phonemes"] for d in days.values()) == \
+            pytest.approx(res["per_beam"], abs=1e-15)
         assert set(days) == set(trainer.dataset.day_names)
         edits, phonemes = sum(d["edits"] for d in days.values()), sum(d["phonemes"] for d in days.values())
         assert sum(d["trials"] for d in days.values()) == res["trials"]

@@ -343,7 +343,7 @@ def cmd_eval(args) -> int:
 
     from fastdecoder.decode import error_rate
     from fastdecoder.eval_outputs import save_logits, save_nbest
-    from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs
+    from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs, per_by_day
     from fastdecoder.phonemes import ids_to_text
     from fastdecoder.train.device import resolve_device
 
@@ -387,6 +387,8 @@ def cmd_eval(args) -> int:
         beam = beam_hypotheses(res.log_probs, args.beam_width)
         if refs is not None:
             out["per_beam"], out["beam_width"] = error_rate(beam, refs)[0], args.beam_width
+            for d, v in per_by_day(beam, refs, split.day[res.indices]).items():
+                out["per_day"][ds.day_names[d]].update(per_beam=v["per"], edits_beam=v["edits"])
     if args.save_logits:
         out["logits"] = str(save_logits(args.save_logits, res.log_probs, res.indices, split, ds.day_names,
                                         args.split))

@@ -4,7 +4,7 @@ n-best lists with their scores (``--save-nbest``, for LLM merging of several dec
 ``save_logits`` writes an ``.npz`` (``numpy.load(path)`` reads it without pickle):
 
     log_probs     (sum N_k, 41) float32   natural-log posteriors of every trial's valid output frames, concatenated
-    lengths       (n,) int64              N_k, frames of trial k (split with ``np.split(log_probs, np.cumsum(lengths)[:-1])``)
+    lengths       (n,) int64              N_k, frames of trial k (``load_logits`` splits log_probs per trial)
     trial_index   (n,) int64              the trial's index in the split (the data's order)
     day           (n,) int64              day (session) index
     session       (n,) str                session name

@@ -11,8 +11,10 @@ the word count; the best total wins. With ``a`` = the decoder's ``lm_weight``, `
 
 :class:`NBestList` caches a split's n-best lists with their scores, so that :func:`tune_weights` searches (a, b, c)
 on a grid without decoding again. :func:`decode_split_words` runs the whole chain on a split (labelled or not);
-:func:`save_weights` / :func:`load_weights` carry tuned weights from one split (val) to another (test). Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family;
-a local folder or a hub name the user has) works: the optional extra ``pip install 'fastdecoder[llm]'``.
+:func:`save_weights` / :func:`load_weights` carry tuned weights from one split (val) to another (test).
+
+Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family; a local folder or a hub name the
+user has) works: the optional extra ``pip install 'fastdecoder[llm]'``.
 """
 from __future__ import annotations
 

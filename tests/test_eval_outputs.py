@@ -379,3 +379,24 @@ def test_decode_split_words_unlabelled_and_rescore_split(setup):
     assert unlabelled.weights == RescoreWeights(0.5, 0.0, 0.0)
     with pytest.raises(ValueError, match="labelled"):
         decode_split_words(dec, ev.result.log_probs, tune=True)
+
+
+def test_rescored_ensemble_submission_with_a_neural_lm(setup, tmp_path, capsys):
+    pytest.importorskip("transformers", reason="neural-LM rescoring needs transformers (pip install 'fastdecoder[llm]')")
+    from fastdecoder.testing.tiny_lm import save_tiny_lm
+
+    runs, trainer, arpa = setup
+    vocab = {w for t in trainer.train_split.transcriptions for w in normalize_text(t).split()}
+    llm = save_tiny_lm(tmp_path / "llm", vocab)
+    sub, nbest = tmp_path / "sub.csv", tmp_path / "nbest.jsonl"
+    res = _eval(capsys, "--run", str(runs[0]), "--run", str(runs[1]), "--split", "test", *_words(arpa),
+                "--nbest", "4", "--rescore-lm", str(llm), "--rescore-weight", "2.0", "--save-nbest", str(nbest),
+                "--submission", str(sub))
+    assert res["rescore_weights"] == {"ngram": 0.5, "neural": 2.0, "word": 0.0} and "wer_rescored" not in res
+    assert res["predictions"].endswith("_ensemble2_greedy_rescored.jsonl")
+    recs = [json.loads(line) for line in open(nbest)]
+    assert all("neural" in h for r in recs for h in r["words"])
+    for r in recs:
+        for h in r["words"]:
+            assert h["total"] == pytest.approx(h["acoustic"] + 0.5 * h["ngram"] + 2.0 * h["neural"])
+    assert check_b2t25(sub, res["trials"]) == [normalize_text(r["words"][0]["text"]) for r in recs]

@@ -382,7 +382,7 @@ def test_decode_split_words_unlabelled_and_rescore_split(setup):
 
 
 def test_rescored_ensemble_submission_with_a_neural_lm(setup, tmp_path, capsys):
-    pytest.importorskip("transformers", reason="neural-LM rescoring needs transformers (pip install 'fastdecoder[llm]')")
+    pytest.importorskip("transformers", reason="rescoring needs transformers (pip install 'fastdecoder[llm]')")
     from fastdecoder.testing.tiny_lm import save_tiny_lm
 
     runs, trainer, arpa = setup

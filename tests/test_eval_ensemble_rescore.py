@@ -65,7 +65,7 @@ def test_eval_ensemble_reports_members_and_average(runs, capsys):
     per = error_rate(hyps, [ev.split.targets[i].tolist() for i in ev.members[0].indices])[0]
     assert res["per_greedy"] == pytest.approx(per, abs=1e-12)
     preds = [json.loads(line) for line in open(res["predictions"])]
-    assert res["predictions"].endswith("_ensemble2.jsonl") and len(preds) == 12 and "beam" in preds[0]
+    assert res["predictions"].endswith("_ensemble2_beam.jsonl") and len(preds) == 12 and "beam" in preds[0]
 
 
 def test_eval_ensemble_of_mismatched_runs_fails_clearly(runs, tmp_path, capsys):

@@ -48,19 +48,47 @@ def _add_eval(sub) -> None:
                         "phonemes), or a file of 'WORD PH PH ...' lines")
     p.add_argument("--lm-weight", type=float, default=0.5)
     p.add_argument("--word-beam-width", type=int, default=64)
+    _add_word_scores(p)
     p.add_argument("--nbest", type=int, default=None,
-                   help="with --rescore-lm / --tune-weights: hypotheses per sentence (default: --word-beam-width)")
+                   help="with --rescore-lm / --tune-weights / --rescore-weights / --save-nbest: hypotheses per "
+                        "sentence (default: --word-beam-width)")
     p.add_argument("--rescore-lm", default=None,
                    help="with --lm: rescore the n-best lists with this causal LM (a local folder or Hugging Face "
                         "name; needs pip install 'fastdecoder[llm]') and report WER before and after")
     p.add_argument("--rescore-weight", type=float, default=0.5, help="weight b of the neural LM log-probability")
     p.add_argument("--rescore-ngram-weight", type=float, default=None,
                    help="weight a of the n-gram LM log-probability in rescoring (default: --lm-weight)")
-    p.add_argument("--rescore-word-bonus", type=float, default=0.0, help="weight c of the word count in rescoring")
+    p.add_argument("--rescore-word-bonus", type=float, default=None,
+                   help="weight c of the word count in rescoring (default: --word-bonus)")
     p.add_argument("--rescore-batch-size", type=int, default=32)
     p.add_argument("--rescore-device", default=None, help="device of the neural LM (default: cuda if available)")
     p.add_argument("--tune-weights", action="store_true",
-                   help="with --lm: grid-search (a, b, c) on this split's n-best lists and report the best")
+                   help="with --lm on a labelled split: grid-search (a, b, c) on its n-best lists, report the best "
+                        "and save them (--save-weights) for --rescore-weights on another split")
+    p.add_argument("--save-weights", default=None, metavar="FILE",
+                   help="with --tune-weights: where to write the weights found (default: RUN/rescore_weights.json)")
+    p.add_argument("--rescore-weights", default=None, metavar="FILE",
+                   help="with --lm: pick each sentence from the n-best list by the weights in FILE (written by "
+                        "--tune-weights, e.g. on val) instead of --rescore-ngram-weight / --rescore-weight / "
+                        "--rescore-word-bonus")
+    p.add_argument("--submission", default=None, metavar="FILE",
+                   help="with --lm: write the decoded sentences as a competition submission file (use --split test)")
+    p.add_argument("--format", default=None, choices=["b2t25", "b2t24"],
+                   help="submission format: b2t25 (CSV 'id,text', Kaggle) or b2t24 (one sentence per line, EvalAI); "
+                        "default: the data's format")
+    p.add_argument("--save-logits", default=None, metavar="FILE.npz",
+                   help="write the per-trial log-probabilities (the ensemble's with several runs), frame counts, "
+                        "sessions and trial indices")
+    p.add_argument("--save-nbest", default=None, metavar="FILE.jsonl",
+                   help="with --lm: write per trial the n-best sentences (acoustic, n-gram, neural, total scores) "
+                        "and the beam search's n-best phoneme strings")
+
+
+def _add_word_scores(p) -> None:
+    p.add_argument("--blank-penalty", type=float, default=0.0,
+                   help="with --lm: subtracted from the blank's log-probability in every frame (> 0: fewer blanks)")
+    p.add_argument("--word-bonus", type=float, default=0.0,
+                   help="with --lm: added to a hypothesis' score per word (natural log; > 0: more words)")
 
 
 def _add_lm(sub) -> None:
@@ -132,6 +160,7 @@ def _clear_run(out: Path) -> None:
     import shutil
 
     for f in (list(out.glob("*.pt")) + list(out.glob(".*.pt.*.tmp")) + list(out.glob("predictions_*.jsonl"))
+              + list(out.glob("rescore_weights*.json"))
               + [out / "metrics.jsonl", out / "summary.json", out / "curves.png"]):
         f.unlink(missing_ok=True)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
@@ -242,6 +271,7 @@ def _add_stream(sub) -> None:
     p.add_argument("--lexicon", default=None, help="with --lm: 'cmudict' (default), 'train', or a lexicon file")
     p.add_argument("--lm-weight", type=float, default=0.5)
     p.add_argument("--word-beam-width", type=int, default=64)
+    _add_word_scores(p)
 
 
 def cmd_stream(args) -> int:
@@ -252,6 +282,7 @@ def cmd_stream(args) -> int:
     from fastdecoder.train.checkpoint import load_run
     from fastdecoder.train.device import resolve_device
 
+    _check_word_options(args)
     device = resolve_device(args.device, "--device")
     cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
     data_path = args.data or cfg.data.path
@@ -259,7 +290,7 @@ def cmd_stream(args) -> int:
     if args.split not in ds.splits:
         raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[args.split]
-    word_decoder = _word_decoder(args, ds, split, data_path) if args.lm else None
+    word_decoder = _word_decoder(args, ds, data_path) if args.lm else None
     decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=word_decoder, device=device)
     show = None if args.quiet or word_decoder is None else (
         lambda i, words: print(f"[{split.trial_ids[i]}] {' '.join(words)}", flush=True))
@@ -270,32 +301,67 @@ def cmd_stream(args) -> int:
     return 0
 
 
-def _word_decoder(args, ds, split, data_path):
-    """The WordDecoder of ``--lm`` / ``--lexicon`` / ``--lm-weight`` / ``--word-beam-width``."""
+def _check_word_options(args) -> None:
+    """Word-decoding options need --lm (they would otherwise be ignored)."""
+    if args.lm:
+        return
+    given = [name for name, on in (("--lexicon", args.lexicon is not None),
+                                   ("--blank-penalty", args.blank_penalty != 0.0),
+                                   ("--word-bonus", args.word_bonus != 0.0),
+                                   ("--submission", getattr(args, "submission", None) is not None),
+                                   ("--save-nbest", getattr(args, "save_nbest", None) is not None),
+                                   ("--rescore-weights", getattr(args, "rescore_weights", None) is not None),
+                                   ("--rescore-lm", getattr(args, "rescore_lm", None) is not None),
+                                   ("--tune-weights", getattr(args, "tune_weights", False))) if on]
+    if given:
+        why = (" (the competitions score words: a submission holds the word decoder's sentences)"
+               if "--submission" in given else "")
+        raise UserError(f"{given[0]} is a word decoding option, and word decoding options need --lm ARPA{why}")
+
+
+def _word_decoder(args, ds, data_path, nbest: int = 1):
+    """The WordDecoder of ``--lm`` / ``--lexicon`` / ``--lm-weight`` / ``--word-beam-width`` / ``--blank-penalty`` /
+    ``--word-bonus``; ``nbest`` sentences per trial."""
     from fastdecoder.decode import WordDecoder
 
-    if split.transcriptions is None:
-        raise UserError(f"split '{args.split}' of {data_path} has no transcriptions: WER needs them")
-    return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
-                       beam_width=args.word_beam_width)
+    try:
+        return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
+                           beam_width=args.word_beam_width, nbest=nbest, blank_penalty=args.blank_penalty,
+                           word_bonus=args.word_bonus)
+    except UserError:
+        raise
+    except ValueError as e:   # a lexicon or LM file, or a word decoder setting: the message names it
+        raise UserError(f"word decoder (--lm / --lexicon / --lm-weight / --word-beam-width / --nbest / "
+                        f"--blank-penalty / --word-bonus): {e}") from None
 
 
 def cmd_eval(args) -> int:
     """Score a run's checkpoint, or the ensemble of several runs (--run A --run B), on a split through the trainer's
-    own evaluation path (same transform, same autocast): greedy, beam or words, with optional neural-LM rescoring."""
-    from fastdecoder.decode import error_rate, evaluate_words
-    from fastdecoder.evaluation import evaluate_runs
-    from fastdecoder.evaluation import beam_hypotheses
+    own evaluation path (same transform, same autocast): greedy, beam or words, with optional neural-LM rescoring;
+    on an unlabelled split (test) it decodes without scoring and can write a competition submission."""
+    import numpy as np
+
+    from fastdecoder.decode import error_rate
+    from fastdecoder.eval_outputs import save_logits, save_nbest
+    from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs, per_by_day
     from fastdecoder.phonemes import ids_to_text
     from fastdecoder.train.device import resolve_device
 
-    rescoring = bool(args.rescore_lm or args.tune_weights)
-    if rescoring and not args.lm:
-        raise UserError("--rescore-lm and --tune-weights rescore word n-best lists: they need --lm")
+    _check_word_options(args)
+    rescoring = bool(args.rescore_lm or args.tune_weights or args.rescore_weights)
+    if args.save_weights and not args.tune_weights:
+        raise UserError("--save-weights names the file --tune-weights writes: pass --tune-weights")
+    if args.format and not args.submission:
+        raise UserError("--format is the layout of the --submission file: pass --submission FILE")
     if args.rescore_lm:
         from fastdecoder.decode.rescore import require_transformers
 
         require_transformers()
+    weights = None
+    if args.rescore_weights:
+        from fastdecoder.decode.rescore import load_weights
+
+        weights = load_weights(args.rescore_weights)
     device = resolve_device(args.device, "--device")
     runs = evaluate_runs(args.run, args.split, checkpoint=args.checkpoint, data=args.data, device=device)
     res, ds, split = runs.result, runs.dataset, runs.split
@@ -304,6 +370,8 @@ def cmd_eval(args) -> int:
     run = Path(args.run[0])
     out = {"run": str(run) if single else args.run, "checkpoint": args.checkpoint,
            "step": runs.steps[0] if single else runs.steps, "split": args.split, "trials": res.n_trials}
+    if split.targets is None:
+        out["labelled"] = False       # no PER / WER: the split has no labels (a competition's test split)
     refs = [split.targets[i].tolist() for i in res.indices] if split.targets is not None else None
     if not single:
         out["members"] = [{"run": n, "step": st, "per_greedy": m.per}
@@ -313,32 +381,58 @@ def cmd_eval(args) -> int:
                 rec["per_beam"] = error_rate(beam_hypotheses(m.log_probs, args.beam_width), refs)[0]
     if refs is not None:
         out["per_greedy"] = res.per
+        out["per_day"] = day_names_of(res.per_day, ds.day_names)
     beam = None
     if args.decoder == "beam":
         beam = beam_hypotheses(res.log_probs, args.beam_width)
         if refs is not None:
             out["per_beam"], out["beam_width"] = error_rate(beam, refs)[0], args.beam_width
-    word_hyps = None
+            for d, v in per_by_day(beam, refs, split.day[res.indices]).items():
+                out["per_day"][ds.day_names[d]].update(per_beam=v["per"], edits_beam=v["edits"])
+    if args.save_logits:
+        out["logits"] = str(save_logits(args.save_logits, res.log_probs, res.indices, split, ds.day_names,
+                                        args.split))
+    word_hyps, tag = None, args.decoder
     if args.lm:
-        words = _word_decoder(args, ds, split, data_path)
-        transcripts = [split.transcriptions[i] for i in res.indices]
-        if rescoring:
-            from fastdecoder.decode.rescore import rescore_split
+        from fastdecoder.decode.rescore import RescoreWeights, decode_split_words, save_weights
 
-            report, word_hyps = rescore_split(
-                res.log_probs, transcripts, lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm,
-                lm_weight=args.lm_weight, beam_width=args.word_beam_width, nbest=args.nbest or args.word_beam_width,
-                rescore_lm=args.rescore_lm, rescore_weight=args.rescore_weight,
-                ngram_weight=args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
-                word_bonus=args.rescore_word_bonus, tune=args.tune_weights, batch_size=args.rescore_batch_size,
-                device=args.rescore_device)
-            out.update(report)
-        else:
-            wres = evaluate_words(res.log_probs, transcripts, decoder=words)
-            out.update(wer=wres.wer, word_edits=wres.edits, reference_words=wres.words, lm=args.lm)
-            word_hyps = wres.hypotheses
+        if weights is None and (args.rescore_lm or args.rescore_ngram_weight is not None
+                                or args.rescore_word_bonus is not None):
+            weights = RescoreWeights(args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
+                                     args.rescore_weight if args.rescore_lm else 0.0,
+                                     args.word_bonus if args.rescore_word_bonus is None else args.rescore_word_bonus)
+        rescoring = rescoring or weights is not None
+        nbest = (args.nbest or args.word_beam_width) if (rescoring or args.save_nbest) else 1
+        words = _word_decoder(args, ds, data_path, nbest=nbest)
+        transcripts = ([split.transcriptions[i] for i in res.indices] if split.transcriptions is not None
+                       else None)
+        decoded = decode_split_words(words, res.log_probs, transcripts, weights=weights, rescore_lm=args.rescore_lm,
+                                     tune=args.tune_weights, batch_size=args.rescore_batch_size,
+                                     device=args.rescore_device)
+        out.update(lm=args.lm, **decoded.report)
+        if args.rescore_weights:
+            out["rescore_weights_file"] = args.rescore_weights
+        if args.tune_weights:
+            ens = "" if single else f"_ensemble{len(args.run)}"
+            wpath = Path(args.save_weights) if args.save_weights else run / f"rescore_weights{ens}.json"
+            out["weights_file"] = str(save_weights(wpath, decoded.weights, tuned_on=args.split, wer=out["wer_tuned"],
+                                                   lm=args.lm, lm_weight=args.lm_weight,
+                                                   rescore_lm=args.rescore_lm))
+        word_hyps = decoded.hypotheses
+        tag += "_rescored" if rescoring else "_words"
+        if args.save_nbest:
+            out["nbest_file"] = str(save_nbest(args.save_nbest, decoded, res.log_probs, args.beam_width, res.indices,
+                                               split, ds.day_names))
+        if args.submission:
+            from fastdecoder.decode.submission import write_submission
+
+            if not np.array_equal(res.indices, np.arange(len(split))):
+                raise RuntimeError("the evaluation did not keep the split's trial order")
+            fmt = args.format or ds.format
+            out["submission"] = str(write_submission(args.submission, word_hyps, fmt))
+            out["submission_format"] = fmt
     ensemble = "" if single else f"_ensemble{len(args.run)}"
-    pred_path = run / f"predictions_{args.split}_{args.checkpoint}{ensemble}.jsonl"
+    pred_path = run / f"predictions_{args.split}_{args.checkpoint}{ensemble}_{tag}.jsonl"
     with writing(pred_path), open(pred_path, "w") as f:
         for k, i in enumerate(res.indices):
             rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
@@ -346,7 +440,8 @@ def cmd_eval(args) -> int:
                 rec["beam"] = ids_to_text(beam[k])
             if word_hyps is not None:
                 rec["words"] = word_hyps[k]
-                rec["transcription"] = split.transcriptions[i]
+                if split.transcriptions is not None:
+                    rec["transcription"] = split.transcriptions[i]
             if split.targets is not None:
                 rec["target"] = ids_to_text(split.targets[i])
             f.write(json.dumps(rec) + "\n")

@@ -22,7 +22,7 @@ from fastdecoder.errors import UserError
 from fastdecoder.losses import ctc_loss, output_lengths
 
 __all__ = ["EvalSettings", "EvalResult", "SplitLogProbs", "evaluate", "split_log_probs", "beam_hypotheses",
-           "pad_log_probs", "check_compatible", "evaluate_runs", "RunsEvaluation"]
+           "pad_log_probs", "check_compatible", "evaluate_runs", "RunsEvaluation", "per_by_day", "day_names_of"]
 
 DECODERS = ("greedy", "beam", "words")
 
@@ -73,6 +73,7 @@ class EvalResult:
     per_beam: float | None = None   # decoder="beam" on a labelled split
     beam_width: int | None = None
     words: object | None = field(default=None, repr=False)  # decoder="words": a decode.WordEvaluation
+    per_day: dict = field(default_factory=dict)     # labelled split: day index -> per_by_day's record (greedy)
 
     @property
     def hypotheses(self) -> list:
@@ -80,6 +81,32 @@ class EvalResult:
         if self.words is not None:
             return self.words.hypotheses
         return self.beam if self.beam is not None else self.greedy
+
+
+def per_by_day(hyps: Sequence, refs: Sequence, days) -> dict:
+    """Greedy (or any) hypotheses scored per day (session): day index -> {"per", "edits", "phonemes", "trials"}.
+
+    ``days``: (n,) the day of each (hypothesis, reference) pair. The days' edits and phonemes sum to the split's, so
+    the split's PER is sum(edits) / sum(phonemes) over the days (not the mean of the days' PERs).
+    """
+    from fastdecoder.decode.metrics import edit_distances
+
+    days = np.asarray(days, dtype=np.int64).reshape(-1)
+    if len(days) != len(refs):
+        raise ValueError(f"{len(refs)} references but {len(days)} day indices")
+    d = edit_distances(hyps, refs)
+    n = np.fromiter((len(r) for r in refs), dtype=np.int64, count=len(refs))
+    out = {}
+    for day in np.unique(days):
+        m = days == day
+        e, k = int(d[m].sum()), int(n[m].sum())
+        out[int(day)] = {"per": e / k if k else float("nan"), "edits": e, "phonemes": k, "trials": int(m.sum())}
+    return out
+
+
+def day_names_of(per_day: dict, names: Sequence[str] | None) -> dict:
+    """``per_day`` keyed by session name (``names[day]``) instead of day index."""
+    return {(names[d] if names is not None and d < len(names) else str(d)): v for d, v in per_day.items()}
 
 
 def check_compatible(model, split, where: str = "the data") -> None:
@@ -205,6 +232,8 @@ def evaluate(model, split, settings: EvalSettings, *, decoder: str = "greedy", b
     res = EvalResult(per=per, edits=edits, n_ref=n_ref, loss=(loss_sum / loss_n if loss_n else None),
                      blank_fraction=blank / max(1, frames), n_trials=len(hyps), indices=np.asarray(idx_all),
                      greedy=hyps, log_probs=lps, distinct_phonemes=len(seen_ids))
+    if refs:
+        res.per_day = per_by_day(hyps, refs, split.day[res.indices])
     if decoder == "beam":
         res.beam, res.beam_width = beam_hypotheses(lps, beam_width), beam_width
         if refs:
@@ -238,11 +267,14 @@ def _ensemble_result(members, names, split):
     lps = ensemble_log_probs([r.log_probs for r in members], names=names)
     arr, lens = pad_log_probs(lps)
     hyps = greedy_decode(arr, lens)
-    per, edits, n_ref = float("nan"), 0, 0
+    per, edits, n_ref, per_day = float("nan"), 0, 0, {}
     if split.targets is not None:
-        per, edits, n_ref = error_rate(hyps, [split.targets[i].tolist() for i in members[0].indices])
+        refs = [split.targets[i].tolist() for i in members[0].indices]
+        per, edits, n_ref = error_rate(hyps, refs)
+        per_day = per_by_day(hyps, refs, split.day[members[0].indices])
     argmax = np.concatenate([lp.argmax(-1) for lp in lps]) if lps else np.zeros(0, dtype=np.int64)
     return replace(members[0], per=per, edits=edits, n_ref=n_ref, loss=None, greedy=hyps, log_probs=lps,
+                   per_day=per_day,
                    blank_fraction=float((argmax == 0).mean()) if argmax.size else 0.0,
                    distinct_phonemes=len(set(argmax[argmax != 0].tolist())))
 

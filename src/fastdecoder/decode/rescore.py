@@ -10,16 +10,21 @@ the word count; the best total wins. With ``a`` = the decoder's ``lm_weight``, `
 ``word_bonus`` the ranking is the decoder's own.
 
 :class:`NBestList` caches a split's n-best lists with their scores, so that :func:`tune_weights` searches (a, b, c)
-on a grid without decoding again. Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family;
-a local folder or a hub name the user has) works: the optional extra ``pip install 'fastdecoder[llm]'``.
+on a grid without decoding again. :func:`decode_split_words` runs the whole chain on a split (labelled or not);
+:func:`save_weights` / :func:`load_weights` carry tuned weights from one split (val) to another (test).
+
+Any causal LM that Hugging Face ``transformers`` loads (GPT-2, OPT, Llama family; a local folder or a hub name the
+user has) works: the optional extra ``pip install 'fastdecoder[llm]'``.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -29,7 +34,8 @@ from fastdecoder.decode.metrics import edit_distances
 from fastdecoder.errors import UserError
 
 __all__ = ["NeuralLM", "NBestList", "RescoreWeights", "TuneResult", "decode_nbest", "tune_weights", "DEFAULT_GRID",
-           "wer_of", "rescore_split", "require_transformers"]
+           "wer_of", "rescore_split", "require_transformers", "SplitWords", "decode_split_words",
+           "save_weights", "load_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +328,88 @@ def tune_weights(nbest: NBestList, references: Sequence[str], *, default: Rescor
     return TuneResult(weights=best_w, wer=best_wer, default_weights=default, default_wer=default_wer, evaluated=n)
 
 
+def save_weights(path, weights: RescoreWeights, **info) -> Path:
+    """Write ``weights`` (and ``info``: where they were tuned, their WER) as JSON to ``path``, for
+    :func:`load_weights` (``fastdecoder eval --rescore-weights FILE``)."""
+    from fastdecoder.errors import writing
+
+    path = Path(path)
+    with writing(path, "rescoring weights file"):
+        path.write_text(json.dumps({"weights": asdict(weights), **info}, indent=2) + "\n")
+    return path
+
+
+def load_weights(path) -> RescoreWeights:
+    """The :class:`RescoreWeights` of a file :func:`save_weights` wrote (UserError naming the file otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"rescoring weights file {path} does not exist (eval --tune-weights writes one)")
+    try:
+        rec = json.loads(path.read_text())
+        w = rec["weights"]
+        if not isinstance(w, dict) or set(w) != {"ngram", "neural", "word"}:
+            raise KeyError("weights")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a rescoring weights file: expected JSON with \"weights\": {{\"ngram\": a, "
+                        f"\"neural\": b, \"word\": c}}") from None
+    return RescoreWeights(**w)
+
+
+@dataclass
+class SplitWords:
+    """A split decoded into words: its n-best lists, the weights that pick each trial's sentence, the sentences."""
+
+    nbest: NBestList
+    weights: RescoreWeights      # the weights that chose ``hypotheses`` (the decoder's own ranking by default)
+    hypotheses: list[str]        # per trial, normalised
+    report: dict                 # WERs where references exist, rescoring / tuning details
+
+
+def decode_split_words(decoder, log_probs: Sequence, references: Sequence[str] | None = None, *,
+                       weights: RescoreWeights | None = None, rescore_lm=None, tune: bool = False,
+                       batch_size: int = 32, device=None) -> SplitWords:
+    """Word-decode a split's per-trial log-probs into n-best lists (``decoder.nbest`` each) and pick a sentence per
+    trial: by ``weights`` (default: the decoder's own ranking, acoustic + lm_weight * ngram + word_bonus * words),
+    after scoring with the causal LM ``rescore_lm`` if given, or by the weights ``tune`` finds on ``references``.
+
+    Without ``references`` (an unlabelled split) there is no WER and ``tune`` is refused. The report holds ``wer``
+    (the decoder's top hypotheses) and, when ``weights`` or ``rescore_lm`` are given, ``rescore_weights`` and
+    ``wer_rescored``.
+    """
+    own = RescoreWeights(decoder.lm_weight, 0.0, decoder.word_bonus)
+    given, weights = weights is not None, (own if weights is None else weights)
+    if tune and references is None:
+        raise UserError("tuning the rescoring weights needs a labelled split (transcriptions): tune on 'val', then "
+                        "apply the weights file on 'test'")
+    if weights.neural != 0.0 and rescore_lm is None:
+        raise UserError(f"the rescoring weights give the neural LM weight {weights.neural}: pass the neural LM "
+                        "(--rescore-lm) they were tuned with")
+    nb = decode_nbest(decoder, log_probs)
+    report: dict = {"nbest": decoder.nbest, "mean_nbest": float(np.diff(nb.offsets).mean()) if len(nb) else 0.0}
+    scored = references is not None
+    if scored:
+        edits, n_ref = _hypothesis_edits(nb, references, True)
+        top = nb.offsets[:-1]
+        report.update(wer=_wer(edits, n_ref, top), word_edits=int(edits[top].sum()), reference_words=n_ref)
+    if rescore_lm is not None:
+        neural = NeuralLM(rescore_lm, device=device, batch_size=batch_size)
+        t0 = time.perf_counter()
+        nb.add_neural_scores(neural)
+        report.update(rescore_lm=str(rescore_lm), rescore_seconds=time.perf_counter() - t0)
+    if given or rescore_lm is not None:
+        report["rescore_weights"] = asdict(weights)
+        if scored:
+            report["wer_rescored"] = _wer(edits, n_ref, nb.best(weights))
+    chosen = weights
+    if tune:
+        res = tune_weights(nb, references, default=weights)
+        report.update(tuned_weights=asdict(res.weights), wer_tuned=res.wer, tune_default_wer=res.default_wer,
+                      tune_evaluated=res.evaluated)
+        chosen = res.weights
+    return SplitWords(nbest=nb, weights=chosen, hypotheses=[normalize_text(s) for s in nb.best_sentences(chosen)],
+                      report=report)
+
+
 def require_transformers() -> None:
     """Raise ValueError (how to install it) when ``transformers`` is missing."""
     _transformers()
@@ -331,31 +419,18 @@ def rescore_split(log_probs: Sequence, references: Sequence[str], *, lexicon, lm
                   beam_width: int, nbest: int, rescore_lm=None, rescore_weight: float = 0.5,
                   ngram_weight: float | None = None, word_bonus: float = 0.0, tune: bool = False,
                   batch_size: int = 32, device=None) -> tuple[dict, list[str]]:
-    """Word-decode a split into n-best lists, rescore them with ``rescore_lm`` and/or tune the weights.
+    """Word-decode a split into n-best lists, rescore them with ``rescore_lm`` and/or tune the weights
+    (:func:`decode_split_words` with a decoder built from these arguments).
 
     Returns (report, hypotheses): the report holds ``wer`` (the decoder's top hypotheses), ``wer_rescored`` and
-    the weights (with ``rescore_lm``), ``tuned_weights`` / ``wer_tuned`` (with ``tune``); the hypotheses are the
-    ones the rescoring weights pick (the tuned weights with ``tune``).
+    the weights, ``tuned_weights`` / ``wer_tuned`` (with ``tune``); the hypotheses are the ones the rescoring
+    weights pick (the tuned weights with ``tune``).
     """
     from fastdecoder.decode.words import WordDecoder
 
     decoder = WordDecoder(lexicon, lm, lm_weight=lm_weight, beam_width=beam_width, nbest=nbest)
-    nb = decode_nbest(decoder, log_probs)
-    edits, n_ref = _hypothesis_edits(nb, references, True)
-    report = {"lm": str(lm), "nbest": nbest, "wer": _wer(edits, n_ref, nb.offsets[:-1]),
-              "reference_words": n_ref, "mean_nbest": float(np.diff(nb.offsets).mean()) if len(nb) else 0.0}
-    weights = RescoreWeights(lm_weight if ngram_weight is None else ngram_weight, 0.0, word_bonus)
-    if rescore_lm is not None:
-        neural = NeuralLM(rescore_lm, device=device, batch_size=batch_size)
-        t0 = time.perf_counter()
-        nb.add_neural_scores(neural)
-        weights = replace(weights, neural=rescore_weight)
-        report.update(rescore_lm=str(rescore_lm), rescore_weights=weights.__dict__,
-                      wer_rescored=_wer(edits, n_ref, nb.best(weights)), rescore_seconds=time.perf_counter() - t0)
-    chosen = weights
-    if tune:
-        res = tune_weights(nb, references, default=weights)
-        report.update(tuned_weights=res.weights.__dict__, wer_tuned=res.wer, tune_default_wer=res.default_wer,
-                      tune_evaluated=res.evaluated)
-        chosen = res.weights
-    return report, [normalize_text(s) for s in nb.best_sentences(chosen)]
+    weights = RescoreWeights(lm_weight if ngram_weight is None else ngram_weight,
+                             rescore_weight if rescore_lm is not None else 0.0, word_bonus)
+    res = decode_split_words(decoder, log_probs, references, weights=weights, rescore_lm=rescore_lm, tune=tune,
+                             batch_size=batch_size, device=device)
+    return {"lm": str(lm), **res.report}, res.hypotheses

@@ -18,6 +18,7 @@ case-insensitively.
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -37,6 +38,9 @@ __all__ = ["Lexicon", "WordDecoder", "WordHypothesis", "load_lexicon", "cmudict_
            "evaluate_words", "WordEvaluation"]
 
 _PHONEME_IDS = {p: i for p, i in PHONEME_TO_ID.items() if i != SIL}
+log = logging.getLogger(__name__)
+#: below this share of the LM's words with a pronunciation, WordDecoder warns (most sentences cannot be decoded)
+MIN_LM_COVERAGE = 0.95
 
 
 def _to_ids(pron, word: str) -> list[int]:
@@ -326,6 +330,13 @@ def _lm_ids(words: list[str], lm: ArpaLM) -> list[int]:
     return out
 
 
+def _coverage(lm_ids: list[int], lm: ArpaLM) -> tuple[int, int]:
+    """(LM words that some lexicon word maps to, LM words): ``<s>``, ``</s>`` and ``<unk>`` not counted."""
+    vocab = lm.vocabulary
+    words = {i for i, w in enumerate(vocab) if w not in (BOS, EOS, UNK)}
+    return len(words & set(lm_ids)), len(words)
+
+
 def _batch(log_probs, lengths):
     """(B, T, V) array + lengths; a list of (T_i, V) arrays is padded (lengths from their shapes)."""
     if isinstance(log_probs, (list, tuple)):
@@ -358,6 +369,9 @@ class WordDecoder:
         restrict_to_lm: keep only lexicon words the LM knows (default: True when an LM is given).
         unk_log10prob: log10 probability of a lexicon word the LM does not know, when the LM has no ``<unk>``
             (only with ``restrict_to_lm=False``); -100 as KenLM, which effectively excludes such words.
+
+    ``lm_coverage`` = (LM words some lexicon word maps to, LM words without ``<s>``, ``</s>``, ``<unk>``); below
+    ``MIN_LM_COVERAGE`` (95 %) a warning gives the counts (the other LM words can never be decoded).
     """
 
     def __init__(self, lexicon=None, lm=None, *, lm_weight: float = 0.5, word_bonus: float = 0.0,
@@ -388,8 +402,16 @@ class WordDecoder:
             restrict_to_lm = self.lm is not None
         self.restrict_to_lm = bool(restrict_to_lm) and self.lm is not None
         lm_ids: list[int] = []
+        self.lm_coverage: tuple[int, int] | None = None
         if self.lm is not None:
             lm_ids = _lm_ids(lex.words, self.lm)
+            self.lm_coverage = _coverage(lm_ids, self.lm)
+            covered, total = self.lm_coverage
+            if total and covered < MIN_LM_COVERAGE * total:
+                log.warning("the lexicon (%s) has pronunciations for %d of the LM's %d words (%.1f %%): the other "
+                            "words can never be decoded; pass a lexicon that covers the LM (--lexicon FILE, or "
+                            "--lexicon train to read it off the training split)", lex.source, covered, total,
+                            100.0 * covered / total)
             if self.restrict_to_lm:
                 keep = [i >= 0 for i in lm_ids]
                 n_keep = sum(keep)

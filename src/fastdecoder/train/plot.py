@@ -1,4 +1,5 @@
-"""``DIR/curves.png``: loss, PER, LR, grad norm and blank fraction against step, from ``DIR/metrics.jsonl``.
+"""``DIR/curves.png``: loss, PER (and each session's validation PER), LR, grad norm and blank fraction against step,
+from ``DIR/metrics.jsonl``.
 
 Skipped updates and LR reductions are marked on every panel. Needs matplotlib (the ``plot`` extra).
 """
@@ -40,6 +41,20 @@ def _series(recs: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
+def _day_names(recs: list[dict]) -> list[str]:
+    """The sessions named in the records' ``val_per_day`` maps, in first-seen order."""
+    names: dict[str, None] = {}
+    for r in recs:
+        if isinstance(r.get("val_per_day"), dict):
+            names.update(dict.fromkeys(r["val_per_day"]))
+    return list(names)
+
+
+def _day_series(recs: list[dict], day: str) -> tuple[list[int], list[float]]:
+    return _series([{"step": r["step"], "per": r["val_per_day"].get(day)} for r in recs
+                    if isinstance(r.get("val_per_day"), dict)], "per")
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the curves of ``run_dir`` to ``out`` (default ``run_dir/curves.png``); returns the path."""
     run_dir = Path(run_dir)
@@ -69,6 +84,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_ylabel("CTC loss")
     ax = axes[1]
     ax.plot(*_series(evals, "val_per"), "o-", color="C2", label="validation PER (greedy)", ms=3)
+    for k, day in enumerate(_day_names(evals)):
+        ax.plot(*_day_series(evals, day), color="C7", alpha=0.35, lw=0.7, label="per day (session)" if k == 0 else None)
     ax.set_ylabel("PER")
     ax = axes[2]
     ax.plot(*_series(train, "lr"), color="C3", label="learning rate")

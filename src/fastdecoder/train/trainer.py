@@ -594,7 +594,8 @@ class Trainer:
         if self.is_main:
             self.last_eval = res
             self._log_metrics({"step": self.step, "val_per": res.per, "val_loss": res.loss,
-                               "blank_fraction": res.blank_fraction, "distinct_phonemes": res.distinct_phonemes})
+                               "blank_fraction": res.blank_fraction, "distinct_phonemes": res.distinct_phonemes,
+                               "val_per_day": {self.dataset.day_names[d]: v["per"] for d, v in res.per_day.items()}})
             if ev is not None:
                 self._log_metrics(ev)
             for e in self.monitor.check(self.step, res.blank_fraction, res.distinct_phonemes, "validation"):

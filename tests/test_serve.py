@@ -381,12 +381,18 @@ def test_nejm_task_state_trials(short_run, redis_srv, rng):
     st = ServerThread(redis_srv, out, trials="task_state", default_day=1)
     r = _client(redis_srv)
     x = rng.standard_normal((40, 12)).astype(np.float32)
+    def processed(eid, timeout=20):  # the state is read when an entry is processed (as the NEJM node does)
+        deadline = time.monotonic() + timeout
+        while r.hget("brainToText_progress", "last_id") != eid and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     try:
         r.xadd("task_state", {"state": "start_trial"})
-        r.xadd("binned_input_stream", {"samples": x[0].tobytes()})      # delay period: ignored
+        processed(r.xadd("binned_input_stream", {"samples": x[0].tobytes()}))      # delay period: ignored
         r.xadd("task_state", {"state": "go"})
         for b in x[1:-1]:
-            r.xadd("binned_input_stream", {"samples": b.tobytes()})
+            eid = r.xadd("binned_input_stream", {"samples": b.tobytes()})
+        processed(eid)
         r.xadd("task_state", {"state": "end_trial"})
         last = r.xadd("binned_input_stream", {"samples": x[-1].tobytes()}).decode()
         deadline = time.monotonic() + 20

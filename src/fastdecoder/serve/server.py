@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +95,8 @@ class SessionThread(threading.Thread):
         self.failure: BaseException | None = None
         self.task_state = -1
         self._r = None
+        # per entry that produced frames: (wall ms, this thread's CPU ms) from read to committed; the last 2000
+        self.hop_times: deque = deque(maxlen=2000)
 
     # -- connection ---------------------------------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -159,11 +162,14 @@ class SessionThread(threading.Thread):
             try:
                 got = self._r.xread({self.names.input: self.last_id}, count=self.opts.batch, block=200)
                 for entry_id, fields in (got[0][1] if got else []):
+                    t0, c0 = time.perf_counter(), time.thread_time()
                     eid = entry_id.decode()
                     self._lag(eid)
                     records = self._handle(eid, fields)
                     self._commit(eid, records, trial=self.session.trial or "")
                     self.processed += 1
+                    if any(kind == "logits" for kind, _ in records):
+                        self.hop_times.append(((time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3))
                     if self.stop.is_set():
                         break
             except retryable():
@@ -265,9 +271,16 @@ class SessionThread(threading.Thread):
 
     def status(self) -> dict:
         c = self.session.counts
-        return {"input": self.names.input, "connected": int(self._r is not None), "processed": self.processed,
-                "lag_ms": round(self.max_lag_ms, 2), "behind": int(self.max_lag_ms > self.opts.lag_warn_ms),
-                "reconnects": self.reconnects, "open_trial": self.session.trial or "", **c}
+        out = {"input": self.names.input, "connected": int(self._r is not None), "processed": self.processed,
+               "lag_ms": round(self.max_lag_ms, 2), "behind": int(self.max_lag_ms > self.opts.lag_warn_ms),
+               "reconnects": self.reconnects, "open_trial": self.session.trial or "", **c}
+        times = np.asarray(list(self.hop_times))
+        if len(times):  # service time of the entries that produced frames (decode + commit), recent ones
+            out.update(hop_ms_median=round(float(np.median(times[:, 0])), 3),
+                       hop_ms_p99=round(float(np.percentile(times[:, 0], 99)), 3),
+                       hop_cpu_ms_median=round(float(np.median(times[:, 1])), 3),
+                       hop_cpu_ms_p99=round(float(np.percentile(times[:, 1], 99)), 3))
+        return out
 
 
 def _text(v) -> str | None:

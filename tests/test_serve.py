@@ -146,12 +146,13 @@ def test_session_records_equal_offline_decoding(short_run, rng):
     x = rng.standard_normal((57, 12)).astype(np.float32)
     want = ref.decode_trial(x, 1)
     recs = sess.start("1-0", "T1", 1)
-    t = 0
+    t, bad_sent = 0, False
     while t < len(x):
         n = int(rng.integers(1, 6))
         recs += sess.bins(f"2-{t}", x[t:t + n].tobytes())
-        if t == 10:
+        if t >= 10 and not bad_sent:
             recs += sess.bins("3-0", x[t, :5].tobytes())     # wrong length: skipped, reported
+            bad_sent = True
         t += n
     recs += sess.end("4-0")
     logits = [f for k, f in recs if k == "logits"]
@@ -407,6 +408,24 @@ def test_nejm_task_state_trials(short_run, redis_srv, rng):
     assert finals[0][b"input_id"].decode() == last
     lp = np.stack([np.frombuffer(f[b"logits"], np.float32) for _, f in r.xrange("brainToText_closedLoop")])
     np.testing.assert_allclose(lp, want.log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_lag_is_reported(short_run, redis_srv, rng):
+    """Entries older than --lag-warn-ms when processed (a backlog) show as 'behind' with their lag in the status."""
+    out, _, _ = short_run
+    r = _client(redis_srv)
+    x = rng.standard_normal((40, 12)).astype(np.float32)
+    _publish_trial(r, "binned_input_stream", "L", 0, x)
+    time.sleep(0.3)                                       # the backlog is at least 300 ms old
+    st = ServerThread(redis_srv, out, start_at="first", lag_warn_ms=100)
+    try:
+        _wait_final(r, "brainToText_output", "L")
+        time.sleep(0.5)                                   # the next status entries
+    finally:
+        st.stop()
+    running = [f for _, f in r.xrange("brainToText_status") if f[b"state"] == b"running"]
+    assert any(f[b"behind"] == b"1" and float(f[b"lag_ms"]) >= 300 for f in running)
+    assert running[-1][b"behind"] == b"0"                 # nothing new since: no lag
 
 
 def _serve_proc(srv, run, *extra):

@@ -163,8 +163,7 @@ def cmd_serve(args) -> int:
         session = DecodeSession(make(), name, normalizer=norm, on_malformed=args.on_malformed,
                                 max_trial_bins=args.max_trial_bins, nbest=args.nbest)
         sessions.append((base.for_input(name, len(inputs) > 1), session))
-    opts = ServeOptions(trials=args.trials, default_day=day, on_malformed=args.on_malformed,
-                        max_trial_bins=args.max_trial_bins, maxlen=args.maxlen, status_interval=args.status_interval,
+    opts = ServeOptions(trials=args.trials, default_day=day, maxlen=args.maxlen, status_interval=args.status_interval,
                         lag_warn_ms=args.lag_warn_ms, start_at=args.start_at, fresh=args.fresh)
     print(f"serve: {len(sessions)} session(s) on {args.redis}: "
           + ", ".join(f"{n.input} -> {n.logits}, {n.output}" for n, _ in sessions), flush=True)

@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 
 from fastdecoder.errors import UserError
-from fastdecoder.serve.redis_io import Backoff, connect, last_id, retryable
+from fastdecoder.serve.redis_io import Backoff, connect, id_ms, last_id, retryable
 from fastdecoder.serve.server import StreamNames
 
 __all__ = ["replay_redis", "wait_ready"]
@@ -25,15 +25,21 @@ BIN_SECONDS = 0.020
 
 
 def wait_ready(url: str, names: StreamNames, timeout: float = 60.0) -> None:
-    """Block until the status stream's newest lifecycle entry is a ``ready`` of a server reading ``names.input``."""
+    """Block until a server reads ``names.input``: the status stream's newest lifecycle entry is its ``ready``, or
+    a ``running`` entry of that input is under 10 s old (a server started long ago)."""
     deadline = time.monotonic() + timeout
     backoff = Backoff()
     while time.monotonic() < deadline:
         try:
             r = connect(url)
-            for _, f in r.xrevrange(names.status, "+", "-", count=500):
+            sec, usec = r.time()
+            now_ms = sec * 1e3 + usec / 1e3
+            for eid, f in r.xrevrange(names.status, "+", "-", count=500):
                 state = f.get(b"state", b"")
-                if state in (b"ready", b"stopped", b"failed"):
+                if state == b"running" and f.get(b"input") == names.input.encode():
+                    if now_ms - id_ms(eid) < 10_000:
+                        return
+                elif state in (b"ready", b"stopped", b"failed"):
                     if state == b"ready" and names.input in json.loads(f.get(b"inputs", b"[]")):
                         return
                     break

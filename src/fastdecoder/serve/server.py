@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,10 +62,9 @@ class StreamNames:
 
 @dataclass
 class ServeOptions:
-    trials: str = "inband"            # inband | task_state | legacy (module README section)
+    """Transport options (the decoding policies live in each DecodeSession)."""
+    trials: str = "inband"            # inband | task_state | legacy (see --trials)
     default_day: int = 0              # day of a trial whose start names none (always, with task_state / legacy)
-    on_malformed: str = "skip"
-    max_trial_bins: int = 30_000      # 10 minutes of 20 ms bins
     maxlen: int = 0                   # approximate cap on each output stream's length (0: no trimming)
     status_interval: float = 1.0      # seconds between status entries
     lag_warn_ms: float = 200.0        # a session whose newest entry is older than this is reported 'behind'
@@ -73,7 +72,6 @@ class ServeOptions:
     fresh: bool = False               # ignore saved progress
     sync_field: str = "sync"
     batch: int = 64                   # entries per XREAD
-    extra: dict = field(default_factory=dict)
 
 
 class SessionThread(threading.Thread):
@@ -101,6 +99,7 @@ class SessionThread(threading.Thread):
     # -- connection ---------------------------------------------------------------------------------------------
     def _connect(self) -> bool:
         backoff = Backoff(self.stop)
+        self._warned = 0
         while not self.stop.is_set():
             try:
                 r = connect(self.url)
@@ -116,7 +115,9 @@ class SessionThread(threading.Thread):
                 self.ready.set()
                 return True
             except retryable() as e:
-                log.warning("%s: Redis unreachable (%s); retrying", self.names.input, e)
+                if backoff.down_since is None or time.monotonic() - backoff.down_since > 30 * (1 + self._warned):
+                    self._warned += backoff.down_since is not None
+                    log.warning("%s: Redis unreachable (%s); retrying", self.names.input, e)
                 self._r = None
                 if not backoff.wait():
                     return False

@@ -182,7 +182,7 @@ class DecodeSession:
         if not len(lp):
             return []
         self.counts["frames"] += len(lp)
-        frame0 = self.decoder.partial().frames - len(lp)
+        frame0 = self.decoder.beam.frames - len(lp)
         ts = _ts()
         out = []
         for k in range(len(lp)):

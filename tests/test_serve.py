@@ -501,3 +501,28 @@ def test_cli_errors(short_run, capsys):
     assert main(["replay", "--run", str(out), "--checkpoint", "last", "--redis", "redis://127.0.0.1:9/0",
                  "--timeout", "0.5"]) == 2
     assert "no 'fastdecoder serve'" in capsys.readouterr().err
+
+
+def test_lsl_replay_equals_eval(short_run, capsys):
+    """The same session over LSL (pylsl): replay --lsl reports eval's PER; SIGTERM-like stop ends it with a status."""
+    pytest.importorskip("pylsl", reason="pylsl (the 'lsl' extra) is not installed")
+    from fastdecoder.serve.lsl import LslSession, replay_lsl
+
+    out, trainer, _ = short_run
+    ev = _eval(out, None, capsys)
+    tag = f"fdtest{os.getpid()}_{time.time_ns()}"  # LSL names are machine-wide: unique per test run
+    stop = threading.Event()
+    sess = DecodeSession(StreamingDecoder.from_run(out, "last", beam_width=BEAM), "in")
+    th = LslSession(sess, f"{tag}_in", f"{tag}_logits", f"{tag}_out", stop, status_interval=0.2)
+    th.start()
+    try:
+        rep = replay_lsl(trainer.val_split, input_name=f"{tag}_in", logits_name=f"{tag}_logits",
+                         output_name=f"{tag}_out", fast=True, timeout=60)
+    finally:
+        stop.set()
+        th.join(20)
+    assert th.failure is None and not th.is_alive()
+    assert rep["completed"] == 10 and not rep["aborted"]
+    assert rep["per_beam"] == pytest.approx(ev["per_beam"], abs=1e-12)
+    assert rep["per_greedy"] == pytest.approx(ev["per_greedy"], abs=1e-12)
+    assert 0 < rep["latency_ms"]["median"] <= rep["latency_ms"]["max"]

@@ -81,6 +81,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--start-at", default="new", choices=["new", "first"],
                    help="without saved progress: read only new entries (default) or the stream from its start")
     p.add_argument("--fresh", action="store_true", help="ignore saved progress (do not resume)")
+    p.add_argument("--lsl", action="store_true",
+                   help="Lab Streaming Layer instead of Redis (pip install 'fastdecoder[lsl]'): --input names an LSL "
+                        "stream of float32 bins, <input>_markers its 'start TRIAL DAY' / 'end' markers; "
+                        "--logits-stream and --output-stream name the outlets (JSON records on the output one)")
 
     q = sub.add_parser("replay", help="publish a split to a running 'fastdecoder serve' over Redis and score it",
                        description="Publish a split's trials at 20 ms per bin (--fast: at once) to a running "
@@ -94,7 +98,10 @@ def add_parsers(sub) -> None:
     q.add_argument("--max-trials", type=int, default=None)
     q.add_argument("--input", default="binned_input_stream", help="the server's input stream")
     _add_names(q)
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server to be ready, and for the last results")
+    q.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the server to be ready, and for the last results")
+    q.add_argument("--lsl", action="store_true",
+                   help="publish over LSL to 'fastdecoder serve --lsl' (--redis unused)")
 
 
 def _decoder(args, model, cfg, device):
@@ -130,7 +137,8 @@ def cmd_serve(args) -> int:
     from fastdecoder.train.checkpoint import load_run
     from fastdecoder.train.device import resolve_device
 
-    require_redis()
+    if not args.lsl:
+        require_redis()
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     for name in ("max_trial_bins", "norm_window", "norm_min_trials"):
@@ -165,9 +173,35 @@ def cmd_serve(args) -> int:
         sessions.append((base.for_input(name, len(inputs) > 1), session))
     opts = ServeOptions(trials=args.trials, default_day=day, maxlen=args.maxlen, status_interval=args.status_interval,
                         lag_warn_ms=args.lag_warn_ms, start_at=args.start_at, fresh=args.fresh)
+    if args.lsl:
+        return _serve_lsl(sessions, args.status_interval, day)
     print(f"serve: {len(sessions)} session(s) on {args.redis}: "
           + ", ".join(f"{n.input} -> {n.logits}, {n.output}" for n, _ in sessions), flush=True)
     return Server(args.redis, sessions, opts).run()
+
+
+def _serve_lsl(sessions, status_interval: float, day: int) -> int:
+    import signal
+    import threading
+
+    from fastdecoder.serve.lsl import LslSession, require_pylsl
+
+    require_pylsl()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threads = [LslSession(s, n.input, n.logits, n.output, stop, status_interval, day) for n, s in sessions]
+    print("serve --lsl: " + ", ".join(f"{n.input} -> {n.logits}, {n.output}" for n, _ in sessions), flush=True)
+    for t in threads:
+        t.start()
+    while not stop.wait(0.2):
+        pass
+    for t in threads:
+        t.join(10)
+    failed = [t.failure for t in threads if t.failure is not None]
+    if failed:
+        raise failed[0]
+    return 0
 
 
 def cmd_replay(args) -> int:
@@ -176,7 +210,8 @@ def cmd_replay(args) -> int:
     from fastdecoder.serve.replay import replay_redis
     from fastdecoder.train.checkpoint import load_run
 
-    require_redis()
+    if not args.lsl:
+        require_redis()
     if not Path(args.run).is_dir():
         raise UserError(f"run folder {args.run} does not exist")
     if args.max_trials is not None and args.max_trials < 1:
@@ -187,6 +222,13 @@ def cmd_replay(args) -> int:
     if args.split not in ds.splits:
         raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     names = _names(args, args.input)
+    if args.lsl:
+        from fastdecoder.serve.lsl import replay_lsl
+
+        out = replay_lsl(ds.splits[args.split], input_name=names.input, logits_name=names.logits,
+                         output_name=names.output, fast=args.fast, max_trials=args.max_trials, timeout=args.timeout)
+        print(json.dumps({"run": str(args.run), "split": args.split, "lsl": True, **out}, indent=2))
+        return 0
     out = replay_redis(args.redis, ds.splits[args.split], names=names, fast=args.fast, max_trials=args.max_trials,
                        timeout=args.timeout, ready_timeout=args.timeout)
     print(json.dumps({"run": str(args.run), "split": args.split, "redis": args.redis, **out}, indent=2))

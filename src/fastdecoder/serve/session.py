@@ -99,7 +99,7 @@ class DecodeSession:
             self.decoder.reset(day)
         except (TypeError, ValueError) as e:
             self.counts["malformed"] += 1
-            return out + [self._error(input_id, f"trial {trial} refused: {e}", trial=trial, action="refused")]
+            return out + [self.error(input_id, f"trial {trial} refused: {e}", trial=trial, action="refused")]
         self.trial, self.day, self._raw, self._last_partial = str(trial), day, [], None
         self.counts["trials"] += 1
         return out + [("output", {"start": input_id, "trial": self.trial, "day": day, "input_id": input_id,
@@ -114,7 +114,7 @@ class DecodeSession:
             x = parse_samples(raw, self.n_features, dtype)
         except ValueError as e:
             self.counts["malformed"] += 1
-            rec = [self._error(input_id, f"malformed bins: {e}",
+            rec = [self.error(input_id, f"malformed bins: {e}",
                                action="skipped" if self.on_malformed == "skip" else "trial aborted")]
             if self.on_malformed == "abort":
                 rec += self.abort(input_id, f"malformed bins ({e})")
@@ -162,7 +162,7 @@ class DecodeSession:
         """Close the open trial without a result (recorded on the error stream with its id and the reason)."""
         if self.trial is None:
             return []
-        rec = self._error(input_id, f"trial {self.trial} aborted: {reason}", action="trial aborted")
+        rec = self.error(input_id, f"trial {self.trial} aborted: {reason}", action="trial aborted")
         self.counts["aborted"] += 1
         self._close()
         return [rec]
@@ -172,7 +172,8 @@ class DecodeSession:
         self.trial, self.day, self._raw, self._last_partial = None, None, [], None
         # a closed decoder holds no trial data; the next start resets it
 
-    def _error(self, input_id, reason: str, *, action: str, trial: str | None = None) -> tuple:
+    def error(self, input_id, reason: str, *, action: str, trial: str | None = None) -> tuple:
+        """An error record (a transport reports its own parse problems through it too)."""
         fields = {"input": self.name, "input_id": input_id or "", "trial": trial or self.trial or "",
                   "reason": reason, "action": action, "ts": _ts()}
         return ("error", fields)

@@ -503,6 +503,19 @@ def test_cli_errors(short_run, capsys):
     assert "no 'fastdecoder serve'" in capsys.readouterr().err
 
 
+def test_missing_clients_are_named(monkeypatch):
+    from fastdecoder.errors import UserError
+    from fastdecoder.serve.lsl import require_pylsl
+    from fastdecoder.serve.redis_io import require_redis
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "pylsl", None)
+    with pytest.raises(UserError, match=r"fastdecoder\[serve\]"):
+        require_redis()
+    with pytest.raises(UserError, match=r"fastdecoder\[lsl\]"):
+        require_pylsl()
+
+
 def test_lsl_replay_equals_eval(short_run, capsys):
     """The same session over LSL (pylsl): replay --lsl reports eval's PER; SIGTERM-like stop ends it with a status."""
     pytest.importorskip("pylsl", reason="pylsl (the 'lsl' extra) is not installed")

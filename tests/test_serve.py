@@ -225,6 +225,7 @@ def test_rolling_zscore_is_the_nejm_node(rng):
         norm.update(t)
         np.testing.assert_allclose(norm.mean, m, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(norm.std, s, rtol=1e-10, atol=1e-12)
+    assert norm.trials == 4  # memory: the window's trials only, 3 x C numbers each
     x = rng.standard_normal((50, C)) * 4
     z = (x - norm.mean) / (norm.std + 1e-8)
     want = np.where(np.abs(z) > 2.0, 0.0, z)
@@ -232,6 +233,29 @@ def test_rolling_zscore_is_the_nejm_node(rng):
     np.testing.assert_allclose(norm(x), want.astype(np.float32), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="finite"):
         RollingZScore([np.nan] * C, std0)
+
+
+def test_session_normalises_and_updates_after_each_trial(short_run, rng):
+    """With the rolling z-score, a trial is decoded from z-scored bins of the statistics before it; its raw bins
+    update them at its end."""
+    out, _, _ = short_run
+    mean0, std0 = rng.standard_normal(12), rng.uniform(0.5, 2.0, 12)
+    norm = RollingZScore(mean0, std0, window=2, min_trials=1)
+    sess = DecodeSession(StreamingDecoder.from_run(out, "last", beam_width=BEAM), "in", normalizer=norm)
+    ref = StreamingDecoder.from_run(out, "last", beam_width=BEAM)
+    shadow = RollingZScore(mean0, std0, window=2, min_trials=1)
+    for k in range(3):
+        x = (rng.standard_normal((40, 12)) * 3 + 1).astype(np.float32)
+        recs = sess.start(f"{k}-0", f"T{k}", 0)
+        for t in range(0, 40, 3):
+            recs += sess.bins(f"{k}-{t + 1}", x[t:t + 3].tobytes())
+        recs += sess.end(f"{k}-99")
+        want = ref.decode_trial(shadow(x), 0)
+        got = np.stack([np.frombuffer(f["logits"], np.float32) for kind, f in recs if kind == "logits"])
+        np.testing.assert_allclose(got, want.log_probs, rtol=1e-5, atol=1e-5)
+        shadow.update(x)
+        np.testing.assert_allclose(norm.mean, shadow.mean)
+    assert not np.allclose(norm.mean, mean0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -376,25 +400,34 @@ def test_two_concurrent_sessions(short_run, redis_srv, capsys):
         assert reps[n]["per_greedy"] == pytest.approx(ev["per_greedy"], abs=1e-12)
 
 
-def test_nejm_task_state_trials(short_run, redis_srv, rng):
-    """--trials task_state: a trial runs from the first bin in 'go' to the bin that sees 'end_trial' (included)."""
+@pytest.mark.parametrize("source", ["task_state", "legacy"])
+def test_nejm_task_state_trials(short_run, redis_srv, rng, source):
+    """--trials task_state / legacy: a trial runs from the first bin in 'go' (1) to the bin that sees 'end_trial'
+    (3), included."""
     out, _, _ = short_run
-    st = ServerThread(redis_srv, out, trials="task_state", default_day=1)
+    st = ServerThread(redis_srv, out, trials=source, default_day=1)
     r = _client(redis_srv)
     x = rng.standard_normal((40, 12)).astype(np.float32)
+    codes = {"start_trial": 0, "go": 1, "end_trial": 3}
+
+    def set_state(name):  # the task-state stream's newest entry, or the legacy integer key
+        if source == "task_state":
+            r.xadd("task_state", {"state": name})
+        else:
+            r.set("task_state_current", codes[name])
     def processed(eid, timeout=20):  # the state is read when an entry is processed (as the NEJM node does)
         deadline = time.monotonic() + timeout
         while r.hget("brainToText_progress", "last_id") != eid and time.monotonic() < deadline:
             time.sleep(0.01)
 
     try:
-        r.xadd("task_state", {"state": "start_trial"})
+        set_state("start_trial")
         processed(r.xadd("binned_input_stream", {"samples": x[0].tobytes()}))      # delay period: ignored
-        r.xadd("task_state", {"state": "go"})
+        set_state("go")
         for b in x[1:-1]:
             eid = r.xadd("binned_input_stream", {"samples": b.tobytes()})
         processed(eid)
-        r.xadd("task_state", {"state": "end_trial"})
+        set_state("end_trial")
         last = r.xadd("binned_input_stream", {"samples": x[-1].tobytes()}).decode()
         deadline = time.monotonic() + 20
         finals = []

@@ -536,6 +536,23 @@ def test_cli_errors(short_run, capsys):
     assert "no 'fastdecoder serve'" in capsys.readouterr().err
 
 
+def test_input_that_is_not_a_stream(short_run, redis_srv):
+    """A key of another type where the input stream should be: the server stops with one error naming it."""
+    from fastdecoder.errors import UserError
+    from fastdecoder.serve.server import Server, ServeOptions, StreamNames
+
+    out, _, _ = short_run
+    _client(redis_srv).set("binned_input_stream", "not a stream")
+    dec = StreamingDecoder.from_run(out, "last", beam_width=BEAM)
+    for start_at in ("first", "new"):  # failing in XREAD, or in finding the stream's end
+        server = Server(redis_srv.url, [(StreamNames(), DecodeSession(dec, "binned_input_stream"))],
+                        ServeOptions(start_at=start_at))
+        with pytest.raises(UserError, match="binned_input_stream.*WRONGTYPE"):
+            server.run(install_signals=False)
+    last = _client(redis_srv).xrevrange("brainToText_status", count=1)[0][1]
+    assert last[b"state"] == b"failed" and b"WRONGTYPE" in last[b"reason"]
+
+
 def test_missing_clients_are_named(monkeypatch):
     from fastdecoder.errors import UserError
     from fastdecoder.serve.lsl import require_pylsl

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastdecoder.errors import UserError
-from fastdecoder.serve.redis_io import Backoff, connect, id_ms, last_id, retryable
+from fastdecoder.serve.redis_io import Backoff, connect, id_ms, last_id, require_redis, retryable
 from fastdecoder.serve.session import DecodeSession
 
 __all__ = ["StreamNames", "ServeOptions", "Server", "TRIAL_SOURCES", "TASK_STATES"]
@@ -150,7 +150,11 @@ class SessionThread(threading.Thread):
     # -- main loop ----------------------------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self._run()
+            try:
+                self._run()
+            except require_redis().exceptions.ResponseError as e:  # e.g. WRONGTYPE: the input is not a stream
+                raise UserError(f"Redis refused a command on input {self.names.input!r} (progress "
+                                f"{self.names.progress!r}): {e}") from None
         except BaseException as e:  # reported by the server; never a silent dead thread
             self.failure = e
             self.ready.set()

@@ -198,6 +198,31 @@ def test_session_abort_policy_and_limits(short_run):
     assert recs[0][0] == "error" and "D aborted" in recs[0][1]["reason"] and sess.trial == "E"
 
 
+def test_session_memory_does_not_grow_with_trials(short_run, rng):
+    """A day's worth of trials in miniature: what a session holds after 60 trials is what it held after 10."""
+    import tracemalloc
+
+    out, _, _ = short_run
+    norm = RollingZScore(np.zeros(12), np.ones(12), window=5, min_trials=2)
+    sess = DecodeSession(StreamingDecoder.from_run(out, "last", beam_width=BEAM), "in", normalizer=norm)
+    x = rng.standard_normal((30, 12)).astype(np.float32).tobytes()
+
+    def trials(n, k0):
+        for k in range(k0, k0 + n):
+            sess.start(f"{k}-0", f"T{k}", 0)
+            sess.bins(f"{k}-1", x)
+            sess.end(f"{k}-2")
+
+    trials(10, 0)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    trials(50, 10)
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert sess.counts["trials"] == 60 and norm.trials == 5
+    assert grown < 32 * 1024, f"a session grew by {grown} bytes over 50 trials"
+
+
 def _nejm_stats_oracle(trials, mean0, std0, window, min_trials):
     """The NEJM node's statistics after each trial: keeps the bins, concatenates, blends (its own arithmetic)."""
     buf, out = [], []

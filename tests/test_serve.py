@@ -594,7 +594,8 @@ def test_missing_clients_are_named(monkeypatch):
 def test_lsl_replay_equals_eval(short_run, capsys):
     """The same session over LSL (pylsl): replay --lsl reports eval's PER; SIGTERM-like stop ends it with a status."""
     pytest.importorskip("pylsl", reason="pylsl (the 'lsl' extra) is not installed")
-    from fastdecoder.serve.lsl import LslSession, replay_lsl
+    from fastdecoder.cli import main
+    from fastdecoder.serve.lsl import LslSession
 
     out, trainer, _ = short_run
     ev = _eval(out, None, capsys)
@@ -603,9 +604,11 @@ def test_lsl_replay_equals_eval(short_run, capsys):
     sess = DecodeSession(StreamingDecoder.from_run(out, "last", beam_width=BEAM), "in")
     th = LslSession(sess, f"{tag}_in", f"{tag}_logits", f"{tag}_out", stop, status_interval=0.2)
     th.start()
-    try:
-        rep = replay_lsl(trainer.val_split, input_name=f"{tag}_in", logits_name=f"{tag}_logits",
-                         output_name=f"{tag}_out", fast=True, timeout=60)
+    try:  # through the CLI: replay --lsl
+        assert main(["replay", "--lsl", "--run", str(out), "--checkpoint", "last", "--fast", "--input", f"{tag}_in",
+                     "--logits-stream", f"{tag}_logits", "--output-stream", f"{tag}_out", "--timeout", "60"]) == 0
+        text = capsys.readouterr().out
+        rep = json.loads(text[text.index("{\n"):])
     finally:
         stop.set()
         th.join(20)

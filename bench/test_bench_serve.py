@@ -8,8 +8,8 @@ Input: N(0, 1) bins, one per entry. Latency of a hop (one output frame every 4 b
 XADD of the bin that completes the frame to the replay reading that frame's logits entry (decode + transaction +
 Redis hops). The server's own figures per hop (from its final status entry, worst session): wall time from reading
 the entry that completes a frame to its transaction committed, and that thread's CPU time (what a loaded machine
-inflates least). Each row: a warm-up trial (not counted), then TRIALS trials of TRIAL_BINS bins per session, the sessions'
-replays running concurrently. A session "holds real time" when its p99 stays under one hop (80 ms).
+inflates least). Each row: a warm-up trial (not counted), then TRIALS trials of TRIAL_BINS bins per session, the
+sessions' replays running concurrently. A session "holds real time" when its p99 stays under one hop (80 ms).
 
     .venv/bin/python -m pytest -q -s bench/test_bench_serve.py     (FASTDECODER_BENCH_TABLE=FILE appends the table)
 """

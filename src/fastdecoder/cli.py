@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity | serve | replay``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -504,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     from fastdecoder import parity
 
     parity.add_parser(sub)
+    from fastdecoder.serve import cli as serve_cli
+
+    serve_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -512,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command,
+                **serve_cli.COMMANDS}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)

@@ -84,6 +84,7 @@ class StreamingDecoder:
         self.words = None if word_decoder is None else WordStream(word_decoder)
         self._state = "idle"  # idle (no trial) | open | finished
         self._log_probs: list[np.ndarray] = []
+        self._taken = 0  # blocks of _log_probs already handed out by take_log_probs()
 
     @classmethod
     def from_run(cls, run_dir, checkpoint: str = "best", *, device="cpu", **kwargs) -> "StreamingDecoder":
@@ -115,6 +116,7 @@ class StreamingDecoder:
         if self.words is not None:
             self.words.reset()
         self._log_probs = []
+        self._taken = 0
         self._state = "open"
 
     def _check_open(self, what: str) -> None:
@@ -167,6 +169,13 @@ class StreamingDecoder:
             raise UserError(f"the model produced non-finite log-probabilities (are its weights finite?): {e}; "
                              "the trial is closed") from None
         self._log_probs.append(arr)
+
+    def take_log_probs(self) -> np.ndarray:
+        """(n, V) float32: the log-probabilities of the frames decoded since the last call (or since reset)."""
+        new, self._taken = self._log_probs[self._taken:], len(self._log_probs)
+        if not new:
+            return np.zeros((0, self.model.cfg.n_classes), np.float32)
+        return new[0] if len(new) == 1 else np.concatenate(new)
 
     def partial(self) -> Partial:
         tokens, stable, _ = self.beam.partial()

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from fastdecoder.errors import UserError
+from fastdecoder.limits import short_repr
 from fastdecoder.phonemes import N_CLASSES
 
 PRESETS_PACKAGE = "fastdecoder.presets"  # the presets' YAML files, shipped as package data
@@ -252,9 +253,10 @@ INT_MAX = 2**63 - 1
 #: integers (their type). Cross-key conditions live in `validate`.
 RANGES: dict[str, Range] = {
     "data.days_per_batch": AT_LEAST_1, "data.max_val_trials": AT_LEAST_1,
-    "model.n_features": AT_LEAST_1, "model.n_days": AT_LEAST_1, "model.n_classes": Range(N_CLASSES, N_CLASSES),
-    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.rnn_dropout": DROPOUT,
-    "model.input_dropout": DROPOUT, "model.patch_size": AT_LEAST_1, "model.patch_stride": AT_LEAST_1,
+    "model.n_features": Range(1, 2**16), "model.n_days": Range(1, 2**16),
+    "model.n_classes": Range(N_CLASSES, N_CLASSES),
+    "model.hidden_size": Range(1, 2**14), "model.num_layers": Range(1, 64), "model.rnn_dropout": DROPOUT,
+    "model.input_dropout": DROPOUT, "model.patch_size": Range(1, 2**12), "model.patch_stride": Range(1, 2**12),
     "augment.white_noise_std": NON_NEGATIVE, "augment.constant_offset_std": NON_NEGATIVE,
     "augment.random_cut": NON_NEGATIVE, "augment.time_mask_prob": PROBABILITY, "augment.time_mask_width": NON_NEGATIVE,
     "augment.time_mask_count": NON_NEGATIVE, "augment.freq_mask_prob": PROBABILITY,
@@ -299,7 +301,16 @@ def _yaml12_float(text: str) -> float:
 
 class Yaml12Loader(yaml.SafeLoader):
     """yaml.SafeLoader with YAML 1.2 core-schema plain scalars instead of YAML 1.1's: ``1e-4``, ``1E5``, ``.5``,
-    ``-.inf`` are floats; ``017`` is 17; ``yes``/``no``/``on``/``off``, ``1:30`` and dates stay strings."""
+    ``-.inf`` are floats; ``017`` is 17; ``yes``/``no``/``on``/``off``, ``1:30`` and dates stay strings. Aliases are
+    refused (a ComposerError naming the line)."""
+
+    def compose_node(self, parent, index):
+        """Aliases (``*name``) are refused: a few lines of them can expand to gigabytes (billion laughs)."""
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}: YAML aliases are not "
+                                              "allowed in configs (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 Yaml12Loader.yaml_implicit_resolvers = {
@@ -341,29 +352,29 @@ def _coerce(where: str, value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+        raise ConfigError(f"{where} must be an integer, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {short_repr(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {short_repr(value)}")
     if tp is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(f"{where}[{i}]", v, float) for i, v in enumerate(value))
-        raise ConfigError(f"{where} must be a list, got {value!r}")
+        raise ConfigError(f"{where} must be a list, got {short_repr(value)}")
     if tp is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigError(f"{where} must be a mapping, got {short_repr(value)}")
     return value
 
 

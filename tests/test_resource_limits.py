@@ -337,3 +337,22 @@ def test_lm_order_beyond_the_corpus_writes_no_empty_order(tmp_path):
     assert not (tmp_path / "six.arpa").exists()
     lm = build_lm(corpus, 5, tmp_path / "five.arpa")
     assert lm.order == 5 and all(c > 0 for c in lm.counts)
+
+
+def test_resume_compares_sizes_before_building(tmp_path, monkeypatch, capsys):
+    from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.train import trainer as trainer_mod
+
+    raw = {"name": "tiny", "data": tiny_data(3, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=0),
+           "model": {"hidden_size": 8, "num_layers": 1},
+           "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "checkpoint_every": 1, "amp": "none",
+                     "beam_width": 0, "plot": False}}
+    out = tmp_path / "run"
+    trainer_mod.Trainer(config_from_dict(raw), out, progress=False).fit()
+    state = ckpt.load_checkpoint(out / "last.pt")
+    state["config"]["model"]["hidden_size"] = 8192
+    ckpt.save_checkpoint({k: v for k, v in state.items() if k != "format"}, out / "last.pt")
+    monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("model was built"))
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match its own config" in err and "hidden_size=8192" in err

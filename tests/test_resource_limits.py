@@ -356,3 +356,43 @@ def test_resume_compares_sizes_before_building(tmp_path, monkeypatch, capsys):
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "does not match its own config" in err and "hidden_size=8192" in err
+
+
+def test_hdf5_variable_length_arrays_are_refused(tmp_path):
+    def make(g, _):
+        g.create_dataset("input_features", data=np.ones((20, 4), np.float32))
+        g.create_dataset("transcription", data=np.array(["a", "b"], dtype=h5py.string_dtype()))
+    with pytest.raises(DataFormatError, match="variable-length"):
+        load_dataset(_session(tmp_path, make))
+
+
+MODEL_TOO_BIG_FOR_MEMORY = r"""
+import resource, sys
+from dataclasses import replace
+import torch
+from fastdecoder.config import load_config
+from fastdecoder.errors import UserError
+from fastdecoder.train.device import build_model
+cfg = load_config("demo")
+cfg = replace(cfg, model=replace(cfg.model, n_features=64, n_days=4, hidden_size=4096, num_layers=8))
+vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2**28, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    build_model(cfg, torch.device("cpu"))
+except UserError as e:
+    print("refused:", e)
+    sys.exit(0)
+sys.exit(1)
+"""
+
+
+def test_a_model_the_machine_cannot_allocate_is_a_clear_error():
+    """A config inside every limit whose model still does not fit in memory (here: an address-space limit of the
+    current size + 256 MiB, a ~3 GiB model): a UserError naming the size, not a MemoryError/RuntimeError."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MODEL_TOO_BIG_FOR_MEMORY], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "cannot allocate the model" in out.stdout and "GiB of float32" in out.stdout

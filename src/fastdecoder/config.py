@@ -304,13 +304,25 @@ class Yaml12Loader(yaml.SafeLoader):
     ``-.inf`` are floats; ``017`` is 17; ``yes``/``no``/``on``/``off``, ``1:30`` and dates stay strings. Aliases are
     refused (a ComposerError naming the line)."""
 
+    #: deepest nesting of lists and mappings accepted (a config needs 3; deeper would exhaust Python's stack)
+    MAX_DEPTH = 64
+
     def compose_node(self, parent, index):
-        """Aliases (``*name``) are refused: a few lines of them can expand to gigabytes (billion laughs)."""
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        """Aliases (``*name``) are refused: a few lines of them can expand to gigabytes (billion laughs); so is
+        nesting deeper than `MAX_DEPTH`."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
             raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}: YAML aliases are not "
                                               "allowed in configs (write the value out)", event.start_mark)
-        return super().compose_node(parent, index)
+        depth = getattr(self, "_depth", 0)
+        if depth >= self.MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"lists and mappings nested more than {self.MAX_DEPTH} "
+                                              "levels deep", event.start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
 
 Yaml12Loader.yaml_implicit_resolvers = {

@@ -77,6 +77,8 @@ def _read_dataset(group: h5py.Group, name: str, where: str, stored: dict) -> np.
     if ds.is_virtual or ds.external:
         raise HDF5LimitError(f"{what} keeps its data outside this file (virtual or external storage), which a "
                              "b2t25 file never does")
+    if ds.dtype.kind == "O" and (ds.size or 0) > 1:  # elements may share one stored string: not countable
+        raise HDF5LimitError(f"{what} is an array of variable-length values, which a b2t25 file never holds")
     declared = int(ds.size or 0) * ds.dtype.itemsize
     held = int(ds.id.get_storage_size())
     stored["left"] -= held

@@ -53,7 +53,17 @@ leaves = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floa
                    st.builds(lambda shape, dt: np.zeros(shape, dt),
                              st.lists(st.integers(0, 5), max_size=3).map(tuple),
                              st.sampled_from(["f4", "f8", "i1", "i4", "i8", "u1", "f2", "b1", "O", "U3", "c8"])))
+
+
+def _shared(value, depth: int):
+    """``value`` under ``depth`` levels of two references to one list: 2**depth copies when expanded."""
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
 structures = st.recursive(leaves, lambda inner: st.one_of(
+    st.builds(_shared, inner, st.integers(1, 40)),
     st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
         ["train", "test", "competition", "sentenceDat", "transcriptions", "phonemes", "phoneLens",
          "timeSeriesLens", "x"]), inner, max_size=5)), max_leaves=20)
@@ -166,3 +176,39 @@ def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
     path.write_text("data:\n  synthetic: " + "[" * 5000 + "]" * 5000 + "\n")  # a RecursionError before
     with pytest.raises(ConfigError, match="nested more than 64 levels"):
         load_config(str(path))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_run_state():
+    from dataclasses import replace
+
+    import torch
+
+    from fastdecoder.model import GRUDecoder
+
+    cfg = load_config("demo")
+    cfg = replace(cfg, model=replace(cfg.model, n_features=4, n_days=2, hidden_size=4, num_layers=1, patch_size=2))
+    return {"model": GRUDecoder(cfg.model).state_dict(), "step": 1, "config": cfg.to_dict()}, torch
+
+
+@FUZZ
+@given(section=st.sampled_from(["model", "data", "optim", "train", "name"]),
+       key=st.sampled_from(["hidden_size", "n_days", "synthetic", "betas", "lr", "steps", "path", "zzz"]),
+       value=structures)
+def test_checkpoints_with_generated_config_values(tmp_path_factory, tiny_run_state, section, key, value):
+    import copy
+
+    from fastdecoder.train.checkpoint import load_run, save_checkpoint
+
+    state, _ = tiny_run_state
+    state = copy.deepcopy(state)
+    if section == "name":
+        state["config"]["name"] = value
+    else:
+        state["config"][section][key] = value
+    run = tmp_path_factory.mktemp("c")
+    save_checkpoint(state, run / "best.pt")
+    _clear_or_success(load_run, run, "best")

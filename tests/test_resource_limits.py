@@ -396,3 +396,9 @@ def test_a_model_the_machine_cannot_allocate_is_a_clear_error():
                          timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert "cannot allocate the model" in out.stdout and "GiB of float32" in out.stdout
+
+
+@pytest.mark.parametrize("override", ["data.synthetic=&a [*a]", "data.synthetic=[*a]", "model.hidden_size=[1"])
+def test_override_with_alias_or_bad_yaml_is_a_config_error(override):
+    with pytest.raises(ConfigError, match="override"):
+        load_config("demo", [override])

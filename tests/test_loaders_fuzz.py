@@ -185,13 +185,11 @@ def test_deeply_nested_yaml_is_a_clear_error(tmp_path):
 def tiny_run_state():
     from dataclasses import replace
 
-    import torch
-
     from fastdecoder.model import GRUDecoder
 
     cfg = load_config("demo")
     cfg = replace(cfg, model=replace(cfg.model, n_features=4, n_days=2, hidden_size=4, num_layers=1, patch_size=2))
-    return {"model": GRUDecoder(cfg.model).state_dict(), "step": 1, "config": cfg.to_dict()}, torch
+    return {"model": GRUDecoder(cfg.model).state_dict(), "step": 1, "config": cfg.to_dict()}
 
 
 @FUZZ
@@ -203,8 +201,7 @@ def test_checkpoints_with_generated_config_values(tmp_path_factory, tiny_run_sta
 
     from fastdecoder.train.checkpoint import load_run, save_checkpoint
 
-    state, _ = tiny_run_state
-    state = copy.deepcopy(state)
+    state = copy.deepcopy(tiny_run_state)
     if section == "name":
         state["config"]["name"] = value
     else:

@@ -12,7 +12,6 @@ from dataclasses import replace
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from fastdecoder.cli import main
 from fastdecoder.config import ConfigError, config_from_dict, load_config
@@ -369,7 +368,6 @@ def test_hdf5_variable_length_arrays_are_refused(tmp_path):
 MODEL_TOO_BIG_FOR_MEMORY = r"""
 import resource, sys
 from dataclasses import replace
-import torch
 from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
 from fastdecoder.train.device import build_model

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fastdecoder.errors import UserError, writing
-from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size
+from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size, short_repr
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
 
 
@@ -106,7 +106,6 @@ def check_state_shapes(cfg, model_state: dict, path: str | Path) -> None:
     """Compare the tensor shapes the config implies (``model.state_shapes``, nothing allocated) with the checkpoint's
     state dict, and refuse a model larger than `limits.MAX_MODEL_PARAMETERS`, before any model is built:
     CheckpointError naming the file and the first disagreement."""
-    from fastdecoder.limits import short_repr
     from fastdecoder.model import check_model_size, state_shapes
 
     if not isinstance(model_state, dict):

@@ -368,6 +368,7 @@ def test_hdf5_variable_length_arrays_are_refused(tmp_path):
 MODEL_TOO_BIG_FOR_MEMORY = r"""
 import resource, sys
 from dataclasses import replace
+import torch
 from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
 from fastdecoder.train.device import build_model

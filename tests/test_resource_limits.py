@@ -12,6 +12,7 @@ from dataclasses import replace
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from fastdecoder.cli import main
 from fastdecoder.config import ConfigError, config_from_dict, load_config
@@ -401,3 +402,19 @@ def test_a_model_the_machine_cannot_allocate_is_a_clear_error():
 def test_override_with_alias_or_bad_yaml_is_a_config_error(override):
     with pytest.raises(ConfigError, match="override"):
         load_config("demo", [override])
+
+
+def test_checkpoint_of_stride0_views_matching_a_huge_config_is_refused(tmp_path, monkeypatch):
+    """Every tensor shaped as a hidden_size=4096 config implies, but each a stride-0 view of one stored number: the
+    shapes agree, the file is tiny; the model (about 0.6 GB) must not be built."""
+    cfg = load_config("demo")
+    big = replace(cfg, model=replace(_model_cfg(), hidden_size=4096))
+    state = {name: torch.zeros(1).expand(*shape) for name, shape in state_shapes(big.model).items()}
+    run = tmp_path / "run"
+    ckpt.save_checkpoint({"model": state, "step": 1, "config": big.to_dict()}, run / "best.pt")
+    assert (run / "best.pt").stat().st_size < 100_000
+    from fastdecoder.train import device
+
+    monkeypatch.setattr(device, "build_model", lambda *a, **k: pytest.fail("model was built"))
+    with pytest.raises(ckpt.CheckpointError, match="expands to more than"):
+        ckpt.load_run(run, "best")

@@ -52,11 +52,11 @@ def short_repr(value: Any) -> str:
 def expanded_size(obj: Any, budget: int, what: str) -> int:
     """The size ``obj`` expands to when every reference is followed as often as it occurs: 1 per object (a dict's
     items are (key, value) tuples), plus the length of each string, plus each numeric array's elements at max(their
-    size, 4) bytes (their float32 form).
+    size, 4) bytes (their float32 form), each tensor at the bytes of its values (``numel * element_size``, whatever
+    storage it views).
 
     Raises LimitError naming ``what`` as soon as the count passes ``budget``; the walk stops there, so it costs at most
-    ``budget`` steps whatever ``obj`` holds (shared references nested deep, cycles). Tensors and other objects count
-    1 (their data is not walked)."""
+    ``budget`` steps whatever ``obj`` holds (shared references nested deep, cycles). Other objects count 1."""
     cost = 0
     stack = [obj]
     while stack:
@@ -74,6 +74,8 @@ def expanded_size(obj: Any, budget: int, what: str) -> int:
                 items = o.reshape(-1)
             else:
                 cost += o.size * max(o.dtype.itemsize, 4)
+        elif callable(getattr(o, "numel", None)) and callable(getattr(o, "element_size", None)):  # a torch.Tensor
+            cost += o.numel() * o.element_size()  # its view's values: a stride-0 view of one value counts them all
         # each item costs at least 1: a container longer than what is left is refused before it is walked
         if cost + (len(items) if items is not None else 0) > budget:
             raise LimitError(f"{what} expands to more than {budget} bytes (its references, each counted where it "

@@ -95,7 +95,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     for key in ("model", "step", "config"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")
-    try:  # shared references (the pickle's memo) may not make a small file a huge structure (tensors count 1)
+    try:  # shared references (the pickle's memo) and tensor views (stride 0) may not make a small file a huge state
         expanded_size(state, path.stat().st_size + EXPANSION_SLACK_BYTES, "its contents")
     except LimitError as e:
         raise CheckpointError(f"checkpoint {path} is refused: {e}") from None

@@ -173,8 +173,14 @@ def test_error_messages_quote_values_briefly():
 
 @pytest.mark.parametrize("override,key", [("model.hidden_size=200000", "model.hidden_size"),
                                           ("model.num_layers=1000", "model.num_layers"),
-                                          ("model.patch_size=100000", "model.patch_size")])
-def test_model_size_keys_have_maxima(override, key):
+                                          ("model.patch_size=100000", "model.patch_size"),
+                                          ("train.batch_size=1000000000", "train.batch_size"),
+                                          ("train.eval_batch_size=1000000000", "train.eval_batch_size"),
+                                          ("train.beam_width=100000", "train.beam_width"),
+                                          ("train.length_bucket=1000000000", "train.length_bucket"),
+                                          ("augment.time_mask_count=1000000000", "augment.time_mask_count"),
+                                          ("augment.freq_mask_count=1000000000", "augment.freq_mask_count")])
+def test_size_keys_have_maxima(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("demo", [override])
 

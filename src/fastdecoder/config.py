@@ -259,8 +259,8 @@ RANGES: dict[str, Range] = {
     "model.input_dropout": DROPOUT, "model.patch_size": Range(1, 2**12), "model.patch_stride": Range(1, 2**12),
     "augment.white_noise_std": NON_NEGATIVE, "augment.constant_offset_std": NON_NEGATIVE,
     "augment.random_cut": NON_NEGATIVE, "augment.time_mask_prob": PROBABILITY, "augment.time_mask_width": NON_NEGATIVE,
-    "augment.time_mask_count": NON_NEGATIVE, "augment.freq_mask_prob": PROBABILITY,
-    "augment.freq_mask_width": NON_NEGATIVE, "augment.freq_mask_count": NON_NEGATIVE,
+    "augment.time_mask_count": Range(0, 2**10), "augment.freq_mask_prob": PROBABILITY,
+    "augment.freq_mask_width": NON_NEGATIVE, "augment.freq_mask_count": Range(0, 2**10),
     "optim.lr": POSITIVE, "optim.eps": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.day_lr": POSITIVE,
     "optim.day_weight_decay": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.decay_steps": AT_LEAST_1,
     "optim.lr_min": NON_NEGATIVE, "optim.grad_clip": NON_NEGATIVE, "optim.onecycle_pct_start": OPEN_UNIT,
@@ -272,11 +272,11 @@ RANGES: dict[str, Range] = {
     "stability.lr_reduction_factor": OPEN_UNIT, "stability.min_lr": NON_NEGATIVE,
     "stability.max_lr_reductions": NON_NEGATIVE, "stability.monitor_after_steps": NON_NEGATIVE,
     "stability.blank_threshold": Range(0, 1, lo_open=True), "stability.min_distinct_phonemes": NON_NEGATIVE,
-    "train.steps": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.eval_every": AT_LEAST_1,
+    "train.steps": AT_LEAST_1, "train.batch_size": Range(1, 2**16), "train.eval_every": AT_LEAST_1,
     "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
-    "train.eval_batch_size": AT_LEAST_1, "train.beam_width": Range(0, 2**31 - 1), "train.threads": NON_NEGATIVE,
-    "train.length_bucket": NON_NEGATIVE,
+    "train.eval_batch_size": Range(1, 2**16), "train.beam_width": Range(0, 2**16), "train.threads": NON_NEGATIVE,
+    "train.length_bucket": Range(0, 2**16),
 }
 
 #: YAML 1.2 core-schema scalars (https://yaml.org/spec/1.2.2/#1032-tag-resolution): tag, regex, possible first chars

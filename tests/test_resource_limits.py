@@ -424,3 +424,20 @@ def test_checkpoint_of_stride0_views_matching_a_huge_config_is_refused(tmp_path,
     monkeypatch.setattr(device, "build_model", lambda *a, **k: pytest.fail("model was built"))
     with pytest.raises(ckpt.CheckpointError, match="expands to more than"):
         ckpt.load_run(run, "best")
+
+
+def test_reference_checkpoint_of_stride0_views_is_refused(tmp_path):
+    from fastdecoder.model import load_reference_checkpoint
+
+    H, C, K = 8, 4, 2
+    sd = {"dayWeights": torch.zeros(1).expand(5000, C, C), "dayBias": torch.zeros(5000, 1, C),
+          "gru_decoder.weight_ih_l0": torch.zeros(3 * H, C * K), "gru_decoder.weight_hh_l0": torch.zeros(3 * H, H),
+          "gru_decoder.bias_ih_l0": torch.zeros(3 * H), "gru_decoder.bias_hh_l0": torch.zeros(3 * H),
+          "fc_decoder_out.weight": torch.zeros(41, H), "fc_decoder_out.bias": torch.zeros(41)}
+    path = tmp_path / "modelWeights"
+    torch.save(sd, path)
+    with pytest.raises(LimitError, match="expands to more than"):
+        load_reference_checkpoint(path, preset="b2t24")
+    sd["dayWeights"] = torch.zeros(5000, C, C)  # the same sizes stored in full load
+    torch.save(sd, path)
+    assert load_reference_checkpoint(path, preset="b2t24").cfg.n_days == 5000

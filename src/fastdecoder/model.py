@@ -256,6 +256,10 @@ def _read_state_dict(path_or_state_dict) -> dict:
             raise ValueError(f"{path} is not a readable PyTorch checkpoint of tensors: {e}") from None
         if not isinstance(sd, Mapping):
             raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict or checkpoint dict")
+        from fastdecoder.limits import EXPANSION_SLACK_BYTES, expanded_size
+
+        # the model's sizes come from these tensors: their values (stride-0 views included) must be in the file
+        expanded_size(sd, path.stat().st_size + EXPANSION_SLACK_BYTES, f"{path}")
     if "model_state_dict" in sd and isinstance(sd["model_state_dict"], Mapping):
         sd = dict(sd["model_state_dict"])
     return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in sd.items()}

@@ -30,8 +30,12 @@ from fastdecoder.data.dataset import DataFormatError
 from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size
 
 
-class UnsafePickleError(DataFormatError, LimitError):
+class UnsafePickleError(DataFormatError):
     """The pickle references a callable a b2t24 data file never contains, or asks for more memory than it holds."""
+
+
+class PickleLimitError(UnsafePickleError, LimitError):
+    """The pickle expands (every shared reference counted) to more data than the file holds."""
 
 
 def _numpy_core(submodule: str):
@@ -223,7 +227,7 @@ def safe_load(path: str | Path) -> Any:
             try:
                 expanded_size(data, unpickler._size + EXPANSION_SLACK_BYTES, "the pickle")
             except LimitError as e:
-                raise UnsafePickleError(f"refusing to load {path}: {e}") from None
+                raise PickleLimitError(f"refusing to load {path}: {e}") from None
             return data
         except DataFormatError:
             raise

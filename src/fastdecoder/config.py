@@ -517,7 +517,7 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
     try:
         raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
     return config_from_dict(apply_overrides(raw, overrides))

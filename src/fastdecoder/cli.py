@@ -96,7 +96,7 @@ def _add_lm(sub) -> None:
     lsub = p.add_subparsers(dest="lm_cmd", required=True)
     b = lsub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from a sentence corpus")
     b.add_argument("--text", required=True, help="corpus: one sentence per line (plain or .gz)")
-    b.add_argument("--order", type=int, default=3)
+    b.add_argument("--order", type=int, default=3, help="n-gram order, 1..10 (default 3)")
     b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed)")
 
 
@@ -453,8 +453,10 @@ def cmd_eval(args) -> int:
 def cmd_lm(args) -> int:
     from fastdecoder.decode import build_lm
 
-    if args.order < 1:
-        raise UserError(f"--order must be >= 1, got {args.order}")
+    from fastdecoder.limits import MAX_LM_ORDER
+
+    if not 1 <= args.order <= MAX_LM_ORDER:
+        raise UserError(f"--order must be in 1..{MAX_LM_ORDER}, got {args.order}")
     if not Path(args.text).is_file():
         raise UserError(f"corpus {args.text} does not exist")
     lm = build_lm(args.text, args.order, args.out)

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from fastdecoder.errors import UserError
+from fastdecoder.limits import short_repr
 from fastdecoder.phonemes import N_CLASSES
 
 PRESETS_PACKAGE = "fastdecoder.presets"  # the presets' YAML files, shipped as package data
@@ -252,13 +253,14 @@ INT_MAX = 2**63 - 1
 #: integers (their type). Cross-key conditions live in `validate`.
 RANGES: dict[str, Range] = {
     "data.days_per_batch": AT_LEAST_1, "data.max_val_trials": AT_LEAST_1,
-    "model.n_features": AT_LEAST_1, "model.n_days": AT_LEAST_1, "model.n_classes": Range(N_CLASSES, N_CLASSES),
-    "model.hidden_size": AT_LEAST_1, "model.num_layers": AT_LEAST_1, "model.rnn_dropout": DROPOUT,
-    "model.input_dropout": DROPOUT, "model.patch_size": AT_LEAST_1, "model.patch_stride": AT_LEAST_1,
+    "model.n_features": Range(1, 2**16), "model.n_days": Range(1, 2**16),
+    "model.n_classes": Range(N_CLASSES, N_CLASSES),
+    "model.hidden_size": Range(1, 2**14), "model.num_layers": Range(1, 64), "model.rnn_dropout": DROPOUT,
+    "model.input_dropout": DROPOUT, "model.patch_size": Range(1, 2**12), "model.patch_stride": Range(1, 2**12),
     "augment.white_noise_std": NON_NEGATIVE, "augment.constant_offset_std": NON_NEGATIVE,
     "augment.random_cut": NON_NEGATIVE, "augment.time_mask_prob": PROBABILITY, "augment.time_mask_width": NON_NEGATIVE,
-    "augment.time_mask_count": NON_NEGATIVE, "augment.freq_mask_prob": PROBABILITY,
-    "augment.freq_mask_width": NON_NEGATIVE, "augment.freq_mask_count": NON_NEGATIVE,
+    "augment.time_mask_count": Range(0, 2**10), "augment.freq_mask_prob": PROBABILITY,
+    "augment.freq_mask_width": NON_NEGATIVE, "augment.freq_mask_count": Range(0, 2**10),
     "optim.lr": POSITIVE, "optim.eps": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.day_lr": POSITIVE,
     "optim.day_weight_decay": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.decay_steps": AT_LEAST_1,
     "optim.lr_min": NON_NEGATIVE, "optim.grad_clip": NON_NEGATIVE, "optim.onecycle_pct_start": OPEN_UNIT,
@@ -270,11 +272,11 @@ RANGES: dict[str, Range] = {
     "stability.lr_reduction_factor": OPEN_UNIT, "stability.min_lr": NON_NEGATIVE,
     "stability.max_lr_reductions": NON_NEGATIVE, "stability.monitor_after_steps": NON_NEGATIVE,
     "stability.blank_threshold": Range(0, 1, lo_open=True), "stability.min_distinct_phonemes": NON_NEGATIVE,
-    "train.steps": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.eval_every": AT_LEAST_1,
+    "train.steps": AT_LEAST_1, "train.batch_size": Range(1, 2**16), "train.eval_every": AT_LEAST_1,
     "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
-    "train.eval_batch_size": AT_LEAST_1, "train.beam_width": Range(0, 2**31 - 1), "train.threads": NON_NEGATIVE,
-    "train.length_bucket": NON_NEGATIVE,
+    "train.eval_batch_size": Range(1, 2**16), "train.beam_width": Range(0, 2**16), "train.threads": NON_NEGATIVE,
+    "train.length_bucket": Range(0, 2**16),
 }
 
 #: YAML 1.2 core-schema scalars (https://yaml.org/spec/1.2.2/#1032-tag-resolution): tag, regex, possible first chars
@@ -299,7 +301,28 @@ def _yaml12_float(text: str) -> float:
 
 class Yaml12Loader(yaml.SafeLoader):
     """yaml.SafeLoader with YAML 1.2 core-schema plain scalars instead of YAML 1.1's: ``1e-4``, ``1E5``, ``.5``,
-    ``-.inf`` are floats; ``017`` is 17; ``yes``/``no``/``on``/``off``, ``1:30`` and dates stay strings."""
+    ``-.inf`` are floats; ``017`` is 17; ``yes``/``no``/``on``/``off``, ``1:30`` and dates stay strings. Aliases are
+    refused (a ComposerError naming the line)."""
+
+    #: deepest nesting of lists and mappings accepted (a config needs 3; deeper would exhaust Python's stack)
+    MAX_DEPTH = 64
+
+    def compose_node(self, parent, index):
+        """Aliases (``*name``) are refused: a few lines of them can expand to gigabytes (billion laughs); so is
+        nesting deeper than `MAX_DEPTH`."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, f"found the alias *{event.anchor}: YAML aliases are not "
+                                              "allowed in configs (write the value out)", event.start_mark)
+        depth = getattr(self, "_depth", 0)
+        if depth >= self.MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"lists and mappings nested more than {self.MAX_DEPTH} "
+                                              "levels deep", event.start_mark)
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
 
 
 Yaml12Loader.yaml_implicit_resolvers = {
@@ -341,29 +364,29 @@ def _coerce(where: str, value: Any, tp: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {short_repr(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+        raise ConfigError(f"{where} must be an integer, got {short_repr(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {short_repr(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {short_repr(value)}")
     if tp is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(f"{where}[{i}]", v, float) for i, v in enumerate(value))
-        raise ConfigError(f"{where} must be a list, got {value!r}")
+        raise ConfigError(f"{where} must be a list, got {short_repr(value)}")
     if tp is dict:
         if isinstance(value, dict):
             return dict(value)
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigError(f"{where} must be a mapping, got {short_repr(value)}")
     return value
 
 
@@ -481,7 +504,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override key '{key}' must look like section.key")
-    return parts, yaml_load(value)
+    try:
+        return parts, yaml_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{short_repr(text)}': the value is not valid YAML: "
+                          f"{' '.join(str(e).split())}") from None
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> Config:
@@ -490,7 +517,7 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
     try:
         raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
     return config_from_dict(apply_overrides(raw, overrides))

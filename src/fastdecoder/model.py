@@ -11,6 +11,7 @@ preset.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,47 @@ import torch.nn.functional as F
 
 from fastdecoder.config import ModelConfig
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
+
+
+def state_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the state dict of ``GRUDecoder(cfg)``, computed without building it (nothing is
+    allocated): what a checkpoint's tensors must match before a model of its config is built."""
+    if cfg.n_features is None or cfg.n_days is None:
+        raise ValueError("ModelConfig.n_features and n_days must be set (they come from the data)")
+    C, H, D, L = cfg.n_features, cfg.hidden_size, cfg.n_days, cfg.num_layers
+    dirs = 2 if cfg.bidirectional else 1
+    taps = len(_smooth_taps(cfg.smooth_taps)) if cfg.smoothing == "model" else 0
+    shapes: dict[str, tuple[int, ...]] = {"day_weights": (D, C, C), "day_biases": (D, 1, C)}
+    if cfg.learn_h0:
+        shapes["h0"] = (1, 1, H)
+    shapes["smooth_taps"] = (taps,)
+    for k in range(L):
+        layer_in = C * cfg.patch_size if k == 0 else H * dirs
+        for d in range(dirs):
+            sfx = f"_l{k}" + ("_reverse" if d == 1 else "")
+            shapes.update({f"rnn.weight_ih{sfx}": (3 * H, layer_in), f"rnn.weight_hh{sfx}": (3 * H, H),
+                           f"rnn.bias_ih{sfx}": (3 * H,), f"rnn.bias_hh{sfx}": (3 * H,)})
+            if cfg.rnn == "ln_gru":
+                shapes.update({f"rnn.ln_ih_weight{sfx}": (3 * H,), f"rnn.ln_hh_weight{sfx}": (3 * H,)})
+    shapes.update({"head.weight": (cfg.n_classes, H * dirs), "head.bias": (cfg.n_classes,)})
+    return shapes
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Number of values in the state dict of ``GRUDecoder(cfg)`` (parameters and buffers), without building it."""
+    return sum(math.prod(s) for s in state_shapes(cfg).values())
+
+
+def check_model_size(cfg: ModelConfig) -> None:
+    """Refuse (LimitError naming the keys) a config whose model would exceed `limits.MAX_MODEL_PARAMETERS`."""
+    from fastdecoder.limits import MAX_MODEL_PARAMETERS, LimitError
+
+    n = parameter_count(cfg)
+    if n > MAX_MODEL_PARAMETERS:
+        raise LimitError(f"the model of this config would have {n:,} parameters ({n * 4 / 2**30:.1f} GiB of float32; "
+                         f"model.n_days={cfg.n_days}, n_features={cfg.n_features}, hidden_size={cfg.hidden_size}, "
+                         f"num_layers={cfg.num_layers}, patch_size={cfg.patch_size}), more than the limit of "
+                         f"{MAX_MODEL_PARAMETERS:,}")
 
 
 def _smooth_taps(name: str) -> torch.Tensor:
@@ -44,6 +86,7 @@ class GRUDecoder(nn.Module):
         if output_lengths not in ("exact", "shipped"):
             raise ValueError(f"output_lengths (ctc.output_lengths) must be 'exact' or 'shipped', "
                              f"got {output_lengths!r}")
+        check_model_size(cfg)  # before allocating anything
         self.cfg = cfg
         self.output_lengths = output_lengths  # ctc.output_lengths of the run: the valid frames ``predict`` reports
         C, H, D = cfg.n_features, cfg.hidden_size, cfg.n_days
@@ -213,6 +256,10 @@ def _read_state_dict(path_or_state_dict) -> dict:
             raise ValueError(f"{path} is not a readable PyTorch checkpoint of tensors: {e}") from None
         if not isinstance(sd, Mapping):
             raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict or checkpoint dict")
+        from fastdecoder.limits import EXPANSION_SLACK_BYTES, expanded_size
+
+        # the model's sizes come from these tensors: their values (stride-0 views included) must be in the file
+        expanded_size(sd, path.stat().st_size + EXPANSION_SLACK_BYTES, f"{path}")
     if "model_state_dict" in sd and isinstance(sd["model_state_dict"], Mapping):
         sd = dict(sd["model_state_dict"])
     return {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in sd.items()}

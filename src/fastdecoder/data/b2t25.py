@@ -16,6 +16,7 @@ import numpy as np
 
 from fastdecoder.data.dataset import (DataFormatError, Dataset, Split, as_count, check_features, decode_ascii,
                                       unpad_targets)
+from fastdecoder.limits import HDF5_MAX_RATIO, HDF5_SLACK_BYTES, LimitError
 
 #: normalised split name -> file name inside a session folder
 SPLIT_FILES = {"train": "data_train.hdf5", "val": "data_val.hdf5", "test": "data_test.hdf5"}
@@ -60,7 +61,40 @@ class _Reader:
         self.block: list[int | None] = []
 
 
+class HDF5LimitError(DataFormatError, LimitError):
+    """An HDF5 dataset declares more data than the file stores for it (or stores it outside the file)."""
+
+
+def _read_dataset(group: h5py.Group, name: str, where: str, stored: dict) -> np.ndarray:
+    """``group[name][()]`` once its declared size is justified by the bytes the file stores for it: at most
+    `HDF5_MAX_RATIO` times its stored (compressed) bytes plus `HDF5_SLACK_BYTES`; the stored bytes of all datasets
+    read from one file may not exceed the file's size (``stored['left']``: chunks shared by several datasets count
+    each time). Unwritten chunks store nothing, so a huge dataset declared but never written is refused here."""
+    ds = group[name]
+    what = f"{where}: '{name}'"
+    if not isinstance(ds, h5py.Dataset):
+        raise DataFormatError(f"{what} is not a dataset")
+    if ds.is_virtual or ds.external:
+        raise HDF5LimitError(f"{what} keeps its data outside this file (virtual or external storage), which a "
+                             "b2t25 file never does")
+    if ds.dtype.kind == "O" and (ds.size or 0) > 1:  # elements may share one stored string: not countable
+        raise HDF5LimitError(f"{what} is an array of variable-length values, which a b2t25 file never holds")
+    declared = int(ds.size or 0) * ds.dtype.itemsize
+    held = int(ds.id.get_storage_size())
+    stored["left"] -= held
+    if stored["left"] < 0:
+        raise HDF5LimitError(f"{what}: the datasets read so far claim more stored bytes than the "
+                             f"{stored['size']}-byte file has; the file is corrupt or crafted")
+    if declared > HDF5_MAX_RATIO * held + HDF5_SLACK_BYTES:
+        raise HDF5LimitError(f"{what} declares shape {ds.shape} {ds.dtype} ({declared} bytes) but the file stores "
+                             f"only {held} bytes of it (more than {HDF5_MAX_RATIO}x compression, or data never "
+                             "written); the file is corrupt or crafted")
+    return ds[()]
+
+
 def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict) -> None:
+    size = fpath.stat().st_size
+    stored = {"size": size, "left": size}
     try:
         with h5py.File(fpath, "r") as f:
             for gname in sorted(f.keys(), key=_group_order):
@@ -70,7 +104,7 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                     raise DataFormatError(f"{where} is not a group (expected one group 'trial_%04d' per trial)")
                 if "input_features" not in g:
                     raise DataFormatError(f"{where} has no 'input_features' dataset (members: {sorted(g.keys())})")
-                x = g["input_features"][()]
+                x = _read_dataset(g, "input_features", where, stored)
                 if x.ndim == 2 and width.get("n") is not None and x.shape[1] != width["n"]:
                     what = ("ragged feature widths within session" if width["session"] == session
                             else "wrong channel count between sessions")
@@ -87,7 +121,7 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                                           f"{x.shape[0]}")
                 y = None
                 if "seq_class_ids" in g:
-                    ids = g["seq_class_ids"][()].reshape(-1)
+                    ids = _read_dataset(g, "seq_class_ids", where, stored).reshape(-1)
                     if "seq_len" in attrs:
                         y = unpad_targets(ids, attrs["seq_len"], where, "attribute 'seq_len'")
                     else:
@@ -95,7 +129,8 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                         y = unpad_targets(ids, int(zeros[0]) if zeros.size else ids.shape[0], where,
                                           "the zero padding (no 'seq_len' attribute)")
                 if "transcription" in g:
-                    text = decode_ascii(g["transcription"][()], f"{where}: 'transcription'")
+                    text = decode_ascii(_read_dataset(g, "transcription", where, stored),
+                                        f"{where}: 'transcription'")
                 elif "sentence_label" in attrs:
                     text = decode_ascii(attrs["sentence_label"], f"{where}: attribute 'sentence_label'")
                 else:

@@ -9,8 +9,11 @@ ask for gigabytes (and numpy 2.x crashes on an object array whose pickled elemen
 A pickle cannot hold more data than its bytes, so every allocation the file asks for is checked before it is made:
 the arrays, scalars and byte strings of one file together may not hold more bytes (for object arrays: more elements)
 than the file has, an array's stored data must match its shape exactly, and no length field may point past the end
-of the file. The reader is the pure-Python `pickle._Unpickler` (its memo is a dict: a huge memo index costs
-nothing), with the opcodes that build objects overridden.
+of the file. References count too: an array, list or dict the pickle stores once and references many times (its
+memo) is counted at every reference, after loading, as the loader would copy it (`limits.expanded_size`: arrays at
+their float32 size), and the whole may not exceed the file's size (plus 64 KiB). The reader is the pure-Python
+`pickle._Unpickler` (its memo is a dict: a huge memo index costs nothing), with the opcodes that build objects
+overridden.
 """
 from __future__ import annotations
 
@@ -24,10 +27,15 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from fastdecoder.data.dataset import DataFormatError
+from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size
 
 
 class UnsafePickleError(DataFormatError):
     """The pickle references a callable a b2t24 data file never contains, or asks for more memory than it holds."""
+
+
+class PickleLimitError(UnsafePickleError, LimitError):
+    """The pickle expands (every shared reference counted) to more data than the file holds."""
 
 
 def _numpy_core(submodule: str):
@@ -209,11 +217,18 @@ class RestrictedUnpickler(pickle._Unpickler):
 
 
 def safe_load(path: str | Path) -> Any:
-    """Read a pickle file with `RestrictedUnpickler`; corrupt files raise DataFormatError naming the file."""
+    """Read a pickle file with `RestrictedUnpickler`; corrupt files raise DataFormatError naming the file, files
+    that ask for (or expand to, every reference counted) more data than their size UnsafePickleError."""
     path = Path(path)
     with open(path, "rb") as fh:
         try:
-            return RestrictedUnpickler(fh, source=str(path)).load()
+            unpickler = RestrictedUnpickler(fh, source=str(path))
+            data = unpickler.load()
+            try:
+                expanded_size(data, unpickler._size + EXPANSION_SLACK_BYTES, "the pickle")
+            except LimitError as e:
+                raise PickleLimitError(f"refusing to load {path}: {e}") from None
+            return data
         except DataFormatError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,

@@ -31,6 +31,7 @@ import numpy as np
 from fastdecoder.data.b2t24 import write_b2t24
 from fastdecoder.data.b2t25 import session_folders, trial_id, write_b2t25
 from fastdecoder.data.dataset import Dataset, Split
+from fastdecoder.limits import MAX_SYNTH_VALUES, LimitError, short_repr
 from fastdecoder.phonemes import N_CLASSES, PHONEMES, SIL
 
 #: marker written next to / inside synthetic output, so re-generating may replace it without `overwrite`
@@ -92,6 +93,25 @@ class SynthSpec:
             raise ValueError(f"SynthSpec.phonemes_per_channel must lie in 1..{N_CLASSES - 1}")
         if self.ctc_window[1] < 1 or self.ctc_window[0] < 0:
             raise ValueError(f"SynthSpec.ctc_window must be (kernel >= 0, stride >= 1), got {self.ctc_window}")
+        values = self.estimated_values()
+        if values > MAX_SYNTH_VALUES:
+            per_day = self.trials_per_day + self.val_trials_per_day + self.test_trials_per_day
+            raise LimitError(f"SynthSpec: n_days={self.n_days} x {per_day} trials x n_features={self.n_features} (with "
+                             f"vocab_size={self.vocab_size}) would generate about {values:.3g} float32 values, more "
+                             f"than the limit of {MAX_SYNTH_VALUES} ({MAX_SYNTH_VALUES * 4 // 2**30} GiB)")
+
+    def estimated_values(self) -> int:
+        """About how many float32 values generating this dataset holds at once: every trial's features at its mean
+        length, the per-day (C, C) mixing matrices, the (vocab_size, max phonemes) vocabulary (and one per
+        recording block: the per-block loop)."""
+        mean = lambda pair: (pair[0] + pair[1]) / 2  # noqa: E731
+        bins = (mean(self.lead_bins) + mean(self.trail_bins)
+                + mean(self.words_per_sentence) * (mean(self.phones_per_word) + 1)
+                * (self.min_phone_bins + self.max_phone_bins) / 2 + self.ctc_window[0]
+                + 2 * math.ceil(3 * self.response_sd_bins))
+        trials = self.n_days * (self.trials_per_day + self.val_trials_per_day + self.test_trials_per_day)
+        return int(trials * max(bins, 1) * self.n_features + (self.n_days + 2) * self.n_features ** 2
+                   + self.vocab_size * self.phones_per_word[1] + self.n_days * self.blocks_per_day)
 
 
     def _check_types(self) -> None:
@@ -103,18 +123,18 @@ class SynthSpec:
             where = f"SynthSpec.{f.name} (config key data.synthetic.{f.name})"
             if tp is bool:
                 if not isinstance(value, bool):
-                    raise ValueError(f"{where} must be true or false, got {value!r}")
+                    raise ValueError(f"{where} must be true or false, got {short_repr(value)}")
                 continue
             pair = tp is not int and tp is not float
             items = list(value) if pair and isinstance(value, (list, tuple)) else [value]
             if pair and len(items) != 2:
-                raise ValueError(f"{where} must be a pair [low, high] of integers, got {value!r}")
+                raise ValueError(f"{where} must be a pair [low, high] of integers, got {short_repr(value)}")
             for v in items:
                 number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
                 if not number or (tp is not float and v != int(v)) or v < 0:
                     kind = "number" if tp is float else "integer"
                     raise ValueError(f"{where} must be a finite non-negative {kind}{' pair' if pair else ''}, "
-                                     f"got {value!r}")
+                                     f"got {short_repr(value)}")
             cast = [float(v) if tp is float else int(v) for v in items]
             setattr(self, f.name, tuple(cast) if pair else cast[0])
 

@@ -28,6 +28,7 @@ import io
 import math
 import os
 import re
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,17 +45,33 @@ _LN10 = math.log(10.0)
 
 
 def read_text_bytes(path) -> bytes:
-    """The bytes of a text file; gzip-compressed files (by their magic bytes, any name) are decompressed."""
+    """The bytes of a text file; gzip-compressed files (by their magic bytes, any name) are decompressed in 1 MiB
+    chunks, and refused (LimitError) once the output passes `limits.GZIP_MAX_RATIO` times the compressed size or
+    `limits.GZIP_MAX_BYTES`: a small file never costs more memory than its size justifies."""
+    from fastdecoder.limits import GZIP_MAX_BYTES, GZIP_MAX_RATIO, LimitError
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            fh.seek(0)
+            return fh.read()
+        size = os.fstat(fh.fileno()).st_size
+        limit = min(GZIP_MAX_RATIO * size, GZIP_MAX_BYTES)
+        fh.seek(0)
+        out = bytearray()
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
+            with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                while chunk := gz.read(1 << 20):
+                    out += chunk
+                    if len(out) > limit:
+                        raise LimitError(f"{path}: the {size}-byte gzip file decompresses to more than {limit} "
+                                         f"bytes (limits: {GZIP_MAX_RATIO}x its size, {GZIP_MAX_BYTES} bytes in "
+                                         "all); a gzip bomb, or decompress it yourself if it is genuine")
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: broken gzip file ({e})") from None
-    return data
+    return bytes(out)
 
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
@@ -259,8 +276,13 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
     sentences: word lists or whitespace-separated strings (used as given: normalise first if needed); empty
     sentences are skipped. discounts: optional fixed (D1, D2, D3+) per order 1..N instead of the estimated ones.
     """
+    from fastdecoder.errors import UserError
+    from fastdecoder.limits import MAX_LM_ORDER, LimitError
+
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    if order > MAX_LM_ORDER:
+        raise LimitError(f"order {order} exceeds the largest supported n-gram order, {MAX_LM_ORDER}")
     N = order
     raw = [None] + [Counter() for _ in range(N)]
     n_sent = 0
@@ -280,6 +302,10 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
                 c[toks[i:i + n]] += 1
     if n_sent == 0:
         raise ValueError("the corpus has no (non-empty) sentence")
+    if not raw[N]:  # no sentence is long enough for an N-gram: the higher orders would be empty
+        longest = max(n for n in range(1, N + 1) if raw[n])
+        raise UserError(f"order {N} is higher than the corpus supports: its longest sentence gives {longest}-grams "
+                         f"at most (with <s> and </s>); use an order <= {longest}")
 
     # Adjusted counts: raw for the highest order and for n-grams starting with <s>, else left continuation counts.
     adj = [None] * (N + 1)
@@ -362,7 +388,7 @@ def build_lm(text, order: int = 3, out_path=None, *, normalize: bool = True,
 
     Args:
         text: a corpus file (one sentence per line; plain or gzip) or an iterable of sentence strings / word lists.
-        order: n-gram order (>= 1).
+        order: n-gram order, 1 .. `limits.MAX_LM_ORDER` (10), and no higher than the longest sentence + 2 (<s>, </s>).
         out_path: where to write the ARPA file (``.gz`` suffix: gzip); None = do not write.
         normalize: lower-case and strip punctuation first (:func:`normalize_text`), as cmudict words are.
         discounts: optional fixed (D1, D2, D3+) per order instead of the estimated ones.

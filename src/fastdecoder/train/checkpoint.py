@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from fastdecoder.errors import UserError, writing
+from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size, short_repr
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
 
 
@@ -94,7 +95,40 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     for key in ("model", "step", "config"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")
+    try:  # shared references (the pickle's memo) and tensor views (stride 0) may not make a small file a huge state
+        expanded_size(state, path.stat().st_size + EXPANSION_SLACK_BYTES, "its contents")
+    except LimitError as e:
+        raise CheckpointError(f"checkpoint {path} is refused: {e}") from None
     return state
+
+
+def check_state_shapes(cfg, model_state: dict, path: str | Path) -> None:
+    """Compare the tensor shapes the config implies (``model.state_shapes``, nothing allocated) with the checkpoint's
+    state dict, and refuse a model larger than `limits.MAX_MODEL_PARAMETERS`, before any model is built:
+    CheckpointError naming the file and the first disagreement."""
+    from fastdecoder.model import check_model_size, state_shapes
+
+    if not isinstance(model_state, dict):
+        raise CheckpointError(f"checkpoint {path}: 'model' must be a state dict, got {type(model_state).__name__}")
+    expected = state_shapes(cfg.model)
+    for name, shape in expected.items():
+        tensor = model_state.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"checkpoint {path} does not match its own config: the model needs '{name}' "
+                                  f"{shape}, the state dict has {'none' if tensor is None else type(tensor).__name__}")
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"checkpoint {path} does not match its own config: its config implies '{name}' of "
+                                  f"shape {shape} (model.n_days={cfg.model.n_days}, n_features={cfg.model.n_features}, "
+                                  f"hidden_size={cfg.model.hidden_size}, num_layers={cfg.model.num_layers}) but the "
+                                  f"state dict holds {tuple(tensor.shape)}")
+    extra = [k for k in model_state if k not in expected]
+    if extra:
+        raise CheckpointError(f"checkpoint {path} does not match its own config: unexpected state dict entries "
+                              f"{short_repr(extra)}")
+    try:
+        check_model_size(cfg.model)
+    except LimitError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
 
 
 def check_resumable(state: dict, path: str | Path) -> None:
@@ -130,7 +164,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     run_dir = Path(run_dir)
     name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
     state = load_checkpoint(run_dir / name)
-    cfg = config_from_dict(state["config"])
+    try:
+        cfg = config_from_dict(state["config"])
+    except UserError as e:
+        raise CheckpointError(f"checkpoint {run_dir / name} holds an invalid config: {e}") from None
+    check_state_shapes(cfg, state["model"], run_dir / name)  # before building: its sizes come from the file
     model = build_model(cfg, device)
     try:
         model.load_state_dict(state["model"])

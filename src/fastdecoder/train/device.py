@@ -118,6 +118,18 @@ def build_model(cfg, device: torch.device):
     from fastdecoder.model import GRUDecoder
 
     fast = use_fast_path(cfg, device)
-    model = GRUDecoder(cfg.model, smoothing_backend=ops_backend(cfg, device),
-                       rnn_backend="auto" if fast else "reference", output_lengths=cfg.ctc.output_lengths)
-    return model.to(device)
+    try:
+        model = GRUDecoder(cfg.model, smoothing_backend=ops_backend(cfg, device),
+                           rnn_backend="auto" if fast else "reference", output_lengths=cfg.ctc.output_lengths)
+        return model.to(device)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's error are RuntimeErrors
+        text = str(e).strip()
+        if not isinstance(e, MemoryError) and "alloc" not in text and "out of memory" not in text.lower():
+            raise
+        from fastdecoder.model import parameter_count
+
+        n = parameter_count(cfg.model)
+        reason = text.splitlines()[0][:200] if text else type(e).__name__
+        raise UserError(f"cannot allocate the model of this config on {device}: {n:,} parameters "
+                        f"({n * 4 / 2**30:.2f} GiB of float32; model.hidden_size={cfg.model.hidden_size}, "
+                        f"num_layers={cfg.model.num_layers}) ({reason})") from None

@@ -32,8 +32,8 @@ from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
 from fastdecoder.losses import ctc_loss, output_lengths
 from fastdecoder.ops.day_affine import plan_day_groups
 from fastdecoder.train import distributed
-from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_run,
-                                          save_checkpoint)
+from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, check_state_shapes, load_checkpoint,
+                                          load_run, save_checkpoint)
 from fastdecoder.train.data import (make_resident, make_sampler, prepare_dataset, target_min_frames,
                                     warn_short_and_infeasible)
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
@@ -239,6 +239,7 @@ class Trainer:
             state = load_checkpoint(where)
         check_resumable(state, where)
         self._check_resume_config(cfg, state["config"], where)
+        check_state_shapes(cfg, state["model"], where)  # before the model is built
         return state, where
 
     def _check_resume_config(self, cfg: Config, saved: dict, where) -> None:

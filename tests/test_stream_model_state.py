@@ -184,3 +184,19 @@ def test_training_mode_does_not_change_the_streamed_log_probs(rnn, when, rng, te
     model.eval()  # and back: still the same
     assert_same(streamed(dec, x, 0, 5), want, f"{rnn}, back in eval mode")
     assert not model.training
+
+
+def test_in_model_smoothing_taps_replaced_between_trials(rng):
+    """A causal model that smooths inside the model: its smooth_taps buffer replaced (load_state_dict with
+    assign=True) is read at the next push, as predict() reads it."""
+    model = small_model(3, smoothing="model", smooth_taps="b2t24")
+    x = torch.from_numpy(rng.standard_normal((80, C)).astype(np.float32))
+    dec = StreamingDecoder(model, beam_width=4)
+    assert_same(streamed(dec, x, 0, 3), predict(model, x, 0), "the model's own taps")
+    state = model.state_dict()
+    state["smooth_taps"] = torch.from_numpy(rng.dirichlet(np.ones(state["smooth_taps"].numel())).astype(np.float32))
+    model.load_state_dict(state, assign=True)
+    assert_same(streamed(dec, x, 0, 3), predict(model, x, 0), "replaced taps")
+    model.smooth_taps = torch.ones(3)
+    with pytest.raises(ValueError, match="smooth_taps now hold 3 taps, not the 20"):
+        streamed(dec, x, 0, 3)

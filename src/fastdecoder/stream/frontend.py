@@ -76,7 +76,7 @@ class IncrementalFrontend:
             taps = model.smooth_taps.detach().float().cpu()
         else:
             taps = None
-        self.taps = None if taps is None else taps.to(self.device)
+        self.taps = None if taps is None else taps.to(self.device)  # the in-model taps: re-read at every push
         n = 0 if taps is None else int(taps.numel())
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
@@ -122,12 +122,18 @@ class IncrementalFrontend:
         V = self.model.cfg.n_classes
         if ready <= 0:
             return torch.zeros(0, V)
-        if self.taps is None:
+        taps = self.taps
+        if self.model.cfg.smoothing == "model":  # the model's buffer as it is now (a checkpoint may replace it)
+            taps = self.model.smooth_taps.detach().to(self.device, torch.float32)
+            if taps.numel() != self.taps.numel():
+                raise UserError(f"the model's smooth_taps now hold {taps.numel()} taps, not the {self.taps.numel()} "
+                                "this stream's lookahead was built for; build a new StreamingDecoder")
+        if taps is None:
             x = self._raw[:ready]
         else:
-            x = self.taps[0] * self._raw[:ready]
-            for k in range(1, self.taps.numel()):
-                x = x + self.taps[k] * self._raw[k:k + ready]
+            x = taps[0] * self._raw[:ready]
+            for k in range(1, taps.numel()):
+                x = x + taps[k] * self._raw[k:k + ready]
         self._raw = self._raw[ready:]
         self._smoothed += ready
         if self._skip:  # bins between the last window's end and the next window's start: no window reads them

@@ -61,7 +61,7 @@ class IncrementalFrontend:
                 "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
         self.device = torch.device(device)
         # Moving a module re-flattens nn.GRU's weights, which races with another stream's forward on the same model:
-        # move (and switch to eval) only when needed, so that streams sharing a model can be built in any thread.
+        # move only when needed, so that streams sharing a model can be built in any thread.
         if any(p.device != self.device for p in model.parameters()):
             model = model.to(self.device)
         self.model = model  # its training mode is left as the caller sets it (see _eval_view)

@@ -68,9 +68,11 @@ FUZZ_ENV     := LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-fi
                 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONMALLOC=malloc
 FUZZ_EXAMPLES ?= 1500
 
-# Rebuilt (forced: setuptools does not track headers) whenever a native source or setup.py changes.
-$(FUZZ_DIR)/.built: setup.py $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
-	CFLAGS="$(SANITIZE)" LDFLAGS="$(SANITIZE)" $(PY) setup.py -q build_ext --force --parallel 2 \
+# Rebuilt (forced: setuptools does not track headers) whenever a native source, setup.py or these flags change.
+# C++ sources take CXXFLAGS (setuptools >= 72 compiles them with the C++ compiler's flags; CFLAGS reach only C
+# sources), so both are set; fuzz/conftest.py refuses extensions without the sanitizers' instrumentation.
+$(FUZZ_DIR)/.built: setup.py Makefile $(wildcard csrc/*.cpp csrc/*.hpp csrc/words/*.cpp csrc/words/*.hpp)
+	CFLAGS="$(SANITIZE)" CXXFLAGS="$(SANITIZE)" LDFLAGS="$(SANITIZE)" $(PY) setup.py -q build_ext --force --parallel 2 \
 	    --build-lib $(FUZZ_DIR) --build-temp $(FUZZ_DIR)/tmp
 	@touch $@
 

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -174,56 +175,64 @@ class BeamStream {
   std::mutex mu_;
 };
 
-// One time step of a unidirectional multi-layer nn.GRU, batch 1 (gru_step.hpp). The weights are checked once here
-// and kept referenced (the arrays may share memory with torch tensors: the step reads their current values);
-// step() checks x and h and runs without the GIL. Calls on separate objects may run in parallel threads.
+// Time steps of a unidirectional multi-layer nn.GRU, batch 1 (gru_step.hpp). The object holds only the shapes and the
+// ISA path, never a weight pointer: every run() takes the weight arrays, checks each one's dtype, shape and layout,
+// and reads them only while that call holds them (a tensor whose storage torch has since moved, freed or replaced
+// cannot be read through a pointer taken earlier). run() releases the GIL; calls on separate objects may run in
+// parallel threads.
 class GruStep {
  public:
-  GruStep(std::vector<py::array> weight_ih, std::vector<py::array> weight_hh, std::vector<py::array> bias_ih,
-          std::vector<py::array> bias_hh, const std::string& isa)
-      : isa_(parse_gru_isa(isa)) {
-    const size_t L = weight_ih.size();
-    if (L < 1 || weight_hh.size() != L || bias_ih.size() != L || bias_hh.size() != L)
-      throw std::invalid_argument("weight_ih, weight_hh, bias_ih and bias_hh must be lists of one array per layer "
-                                  "(at least one layer), of equal length");
-    const py::array& whh0 = weight_hh[0];
-    if (whh0.ndim() != 2 || whh0.shape(1) < 1 || whh0.shape(0) != 3 * whh0.shape(1))
-      throw std::invalid_argument("weight_hh_l0 must be (3 H, H) (gates r, z, n), got shape " +
-                                  shape_string(shape_of(whh0)));
-    hidden_ = whh0.shape(1);
-    input_size_ = weight_ih[0].ndim() == 2 ? weight_ih[0].shape(1) : -1;
-    if (input_size_ < 1)
-      throw std::invalid_argument("weight_ih_l0 must be (3 H, input_size), got shape " +
-                                  shape_string(shape_of(weight_ih[0])));
+  GruStep(int64_t input_size, int64_t hidden_size, int64_t num_layers, const std::string& isa)
+      : isa_(parse_gru_isa(isa)), hidden_(hidden_size), input_size_(input_size), layers_(num_layers) {
+    if (input_size < 1 || hidden_size < 1 || num_layers < 1)
+      throw std::invalid_argument("input_size, hidden_size and num_layers must be >= 1, got " +
+                                  std::to_string(input_size) + ", " + std::to_string(hidden_size) + ", " +
+                                  std::to_string(num_layers));
+  }
+  // x (frames, input_size) float32; h (num_layers, hidden_size) float32, overwritten with the states after the last
+  // frame; out (frames, hidden_size) float32, row t the last layer's state after frame t. The weights: one array per
+  // layer of weight_ih (3 H, input_size or H), weight_hh (3 H, H), bias_ih (3 H,), bias_hh (3 H,), C-contiguous fp32.
+  void run(const py::array& x, const py::array& h, const py::array& out, const std::vector<py::array>& weight_ih,
+           const std::vector<py::array>& weight_hh, const std::vector<py::array>& bias_ih,
+           const std::vector<py::array>& bias_hh) const {
+    const size_t L = static_cast<size_t>(layers_);
+    if (weight_ih.size() != L || weight_hh.size() != L || bias_ih.size() != L || bias_hh.size() != L)
+      throw std::invalid_argument("weight_ih, weight_hh, bias_ih and bias_hh must be lists of one array per layer (" +
+                                  std::to_string(L) + " layers)");
     const int64_t G = 3 * hidden_;
+    std::vector<GruLayerWeights> layers;
+    layers.reserve(L);
     for (size_t l = 0; l < L; ++l) {
       const std::string sfx = "_l" + std::to_string(l);
       const int64_t in = l == 0 ? input_size_ : hidden_;
-      layers_.push_back({checked_f32(weight_ih[l], "weight_ih" + sfx, {G, in}),
-                         checked_f32(weight_hh[l], "weight_hh" + sfx, {G, hidden_}),
-                         checked_f32(bias_ih[l], "bias_ih" + sfx, {G}), checked_f32(bias_hh[l], "bias_hh" + sfx, {G}),
-                         in});
+      layers.push_back({checked_f32(weight_ih[l], "weight_ih" + sfx, {G, in}),
+                        checked_f32(weight_hh[l], "weight_hh" + sfx, {G, hidden_}),
+                        checked_f32(bias_ih[l], "bias_ih" + sfx, {G}), checked_f32(bias_hh[l], "bias_hh" + sfx, {G}),
+                        in});
     }
-    for (auto* v : {&weight_ih, &weight_hh, &bias_ih, &bias_hh}) keep_.insert(keep_.end(), v->begin(), v->end());
-  }
-  // x (input_size,) float32; h (num_layers, hidden_size) float32, overwritten with the new states.
-  void step(const py::array& x, const py::array& h) const {
-    const float* xp = checked_f32(x, "x", {input_size_});
-    float* hp = checked_f32(h, "h", {static_cast<int64_t>(layers_.size()), hidden_}, true);
+    const int64_t frames = x.ndim() == 2 ? x.shape(0) : -1;
+    if (frames < 0)
+      throw std::invalid_argument("x must be (frames, " + std::to_string(input_size_) + "), got shape " +
+                                  shape_string(shape_of(x)));
+    const float* xp = checked_f32(x, "x", {frames, input_size_});
+    float* hp = checked_f32(h, "h", {layers_, hidden_}, true);
+    float* op = checked_f32(out, "out", {frames, hidden_}, true);
     py::gil_scoped_release release;
     std::vector<float> scratch(static_cast<size_t>(6 * hidden_));
-    gru_step(layers_.data(), static_cast<int64_t>(layers_.size()), hidden_, xp, hp, scratch.data(), isa_);
+    const float* last = hp + (layers_ - 1) * hidden_;
+    for (int64_t t = 0; t < frames; ++t) {
+      gru_step(layers.data(), layers_, hidden_, xp + t * input_size_, hp, scratch.data(), isa_);
+      std::memmove(op + t * hidden_, last, static_cast<size_t>(hidden_) * sizeof(float));
+    }
   }
   std::string isa() const { return gru_isa_name(isa_); }
   int64_t input_size() const { return input_size_; }
   int64_t hidden_size() const { return hidden_; }
-  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  int64_t num_layers() const { return layers_; }
 
  private:
   GruIsa isa_;
-  int64_t hidden_ = 0, input_size_ = 0;
-  std::vector<GruLayerWeights> layers_;
-  std::vector<py::array> keep_;  // the weight arrays, alive as long as this object
+  int64_t hidden_, input_size_, layers_;
 };
 
 std::vector<std::string> gru_isas() {
@@ -257,10 +266,10 @@ PYBIND11_MODULE(_native, m) {
       .def("hypotheses", &BeamStream::hypotheses, py::arg("nbest"))
       .def_property_readonly("frames", &BeamStream::frames);
   py::class_<GruStep>(m, "GruStep")
-      .def(py::init<std::vector<py::array>, std::vector<py::array>, std::vector<py::array>, std::vector<py::array>,
-                    const std::string&>(),
-           py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("isa") = "auto")
-      .def("step", &GruStep::step, py::arg("x"), py::arg("h"))
+      .def(py::init<int64_t, int64_t, int64_t, const std::string&>(), py::arg("input_size"), py::arg("hidden_size"),
+           py::arg("num_layers"), py::arg("isa") = "auto")
+      .def("run", &GruStep::run, py::arg("x"), py::arg("h"), py::arg("out"), py::arg("weight_ih"),
+           py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"))
       .def_property_readonly("isa", &GruStep::isa)
       .def_property_readonly("input_size", &GruStep::input_size)
       .def_property_readonly("hidden_size", &GruStep::hidden_size)

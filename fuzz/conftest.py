@@ -21,3 +21,9 @@ if os.environ.get("FASTDECODER_FUZZ_SANITIZED", "1") == "1":
 
     for mod in (_native, _words):
         assert Path(mod.__file__).parent == SANITIZED, f"{mod.__name__} loaded from {mod.__file__}, not {SANITIZED}"
+        # linked against the runtimes is not enough: the compiled code must call the checks (a build whose compiler
+        # flags never reached the C++ sources has no __asan_report_* / __ubsan_handle_* references)
+        so = Path(mod.__file__).read_bytes()
+        if b"__asan_report_load" not in so or b"__ubsan_handle_" not in so:
+            raise RuntimeError(f"{mod.__file__} is not instrumented by ASAN and UBSAN: rebuild it with `make fuzz` "
+                               "(remove build/fuzz first)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastdecoder.testing.ctc_oracle import prefix_beam_search
@@ -236,8 +237,118 @@ def test_gru_step_matches_the_oracle(layers, hidden, inputs, seed):
     x, h = f32(inputs), f32(layers, hidden)
     want = gru_step_oracle(x, h, weights)
     for isa in _native.gru_isas():
-        step = _native.GruStep(*[list(ws) for ws in zip(*weights)], isa=isa)
-        got = h.copy()
-        step.step(x, got)
+        step = _native.GruStep(inputs, hidden, layers, isa=isa)
+        got, out = h.copy(), np.empty((1, hidden), np.float32)
+        step.run(x[None], got, out, *[list(ws) for ws in zip(*weights)])
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"isa {isa}")
+        np.testing.assert_array_equal(out[0], got[-1])
+
+
+# -- the native-view case: the weights moved or replaced by torch between pushes --------------------------------------
+def _share_memory(gru, rng):
+    gru.share_memory()  # new (shared) storages; the old buffers are freed
+
+
+def _assign(gru, rng):
+    other = torch.nn.GRU(gru.input_size, gru.hidden_size, gru.num_layers)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.copy_(torch.from_numpy(rng.standard_normal(tuple(p.shape)).astype(np.float32)))
+    gru.load_state_dict(other.state_dict(), assign=True)  # new Parameter objects; the old ones freed
+
+
+def _half_float(gru, rng):
+    gru.half()
+    gru.float()
+
+
+def _data_replaced(gru, rng):
+    names = [n for n, _ in gru.named_parameters()]
+    p = getattr(gru, names[int(rng.integers(len(names)))])
+    p.data = p.data.clone() * float(rng.uniform(-2, 2))  # the same Parameter on a new storage
+
+
+def _strided(gru, rng):
+    name = f"weight_hh_l{int(rng.integers(gru.num_layers))}"
+    w = getattr(gru, name).detach()
+    setattr(gru, name, torch.nn.Parameter(w.t().contiguous().t()))  # same values, column-major
+
+
+def _in_place(gru, rng):
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.mul_(float(rng.uniform(0.5, 1.5)))
+
+
+WEIGHT_CHANGES = [_share_memory, _assign, _half_float, _data_replaced, _strided, _in_place]
+
+
+def _current_weights(gru):
+    return [tuple(getattr(gru, f"{k}_l{l}").detach().double().numpy() for k in ("weight_ih", "weight_hh", "bias_ih",
+                                                                                 "bias_hh"))
+            for l in range(gru.num_layers)]
+
+
+@fuzz
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 40), st.integers(0, 2**32 - 1),
+       st.lists(st.tuples(st.sampled_from(WEIGHT_CHANGES), st.integers(1, 3)), min_size=1, max_size=4))
+def test_gru_step_reads_weights_moved_or_replaced_between_pushes(layers, hidden, inputs, seed, pushes):
+    """NativeGRUStep built once, then torch moves, replaces, re-lays or updates the weights before each push of 1-3
+    frames: every push equals the float64 oracle on the weights the module holds at that push (on every ISA path; the
+    scalar path's loads are instrumented, so a read of a freed buffer is an ASAN report, not just a wrong value)."""
+    from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed % 2**31)
+    gru = torch.nn.GRU(inputs, hidden, layers)
+    steps = {isa: NativeGRUStep(gru, isa) for isa in sorted(ISAS, key=lambda i: i != "scalar")}  # instrumented first
+    h = {isa: torch.zeros(layers, hidden) for isa in steps}
+    want_h = np.zeros((layers, hidden))
+    for change, frames in [(None, 1)] + pushes:  # a first push on the weights of construction, then the changes
+        if change is not None:
+            change(gru, rng)  # torch frees the replaced storages at once (reference counts; no collection needed)
+        junk = [np.full(n, np.nan, np.float32) for n in (3 * hidden * inputs, 3 * hidden * hidden, 3 * hidden)]
+        x = rng.standard_normal((frames, inputs)).astype(np.float32)
+        weights = _current_weights(gru)
+        want = []
+        for t in range(frames):
+            want_h = gru_step_oracle(x[t], want_h, weights)
+            want.append(want_h[-1].copy())
+        for isa, step in steps.items():
+            out = step.run(torch.from_numpy(x), h[isa])
+            msg = f"isa {isa}, after {getattr(change, '__name__', 'construction')}"
+            assert torch.isfinite(out).all(), msg
+            np.testing.assert_allclose(out.numpy(), np.array(want), rtol=1e-4, atol=1e-4, err_msg=msg)
+            np.testing.assert_allclose(h[isa].numpy(), want_h, rtol=1e-4, atol=1e-4, err_msg=msg)
+        del junk
+
+
+@fuzz
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 6), min_size=1, max_size=8), st.integers(1, 6))
+def test_word_stream_owns_its_lexicon_and_lm(seed, chunks, beam):
+    """The native word objects copy what they are built from: a WordStream whose lexicon text, ARPA text and Python
+    decoder objects are all gone (freed, memory reused) decodes any chunking as the whole-trial decode did."""
+    from fastdecoder import _words
+
+    rng = np.random.default_rng(seed)
+    T = sum(chunks)
+    lp = np.log(rng.dirichlet(np.full(41, 0.3), size=T) + 1e-12).astype(np.float32)
+    lex_text, arpa_text = bytes(LEXICON), bytes(ARPA)
+    lex, _ = _words.Lexicon.from_text(lex_text)
+    lm = _words.ArpaLM.from_text(arpa_text)
+    lm_ids = [lm.find(w) for w in lex.words()]
+    dec = _words.WordDecoder(lex, lm, lm_ids, beam, 1, 0.5, 0.0, 0.0, float("-inf"), -10.0, True)
+    want = dec.decode_f32(lp[None], np.array([T]), 1)[0][0]
+    stream = _words.WordStream(dec)
+    del lex, lm, dec, lex_text, arpa_text  # freed at once (reference counts): only the stream holds them now
+    junk = [bytes(rng.integers(0, 256, size=len(LEXICON) + len(ARPA), dtype=np.uint8)) for _ in range(50)]
+    start = 0
+    for n in chunks:
+        block = lp[start:start + n].copy()
+        stream.advance_f32(block)
+        block[:] = np.nan  # the stream keeps no view of a pushed block either
+        start += n
+    got = stream.finish(1)
+    assert [(h[0], h[1]) for h in got] == [(h[0], h[1]) for h in want]
+    del junk

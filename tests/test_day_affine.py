@@ -18,6 +18,9 @@ GROUPINGS = {
     # the 'days' batching with a surplus trimmed: contiguous runs of m and m - 1 (padded to m slots)
     "trimmed runs": lambda B, D, g: torch.repeat_interleave(torch.randperm(D, generator=g)[:2],
                                                             torch.tensor([B - B // 2, B // 2])),
+    # only the last run short (B = 8: 5 + 3 padded to 2 x 5 rows, the trials already in slot order)
+    "last run shorter": lambda B, D, g: torch.repeat_interleave(torch.randperm(D, generator=g)[:2],
+                                                                torch.tensor([B // 2 + 1, B - B // 2 - 1])),
 }
 
 
@@ -63,6 +66,7 @@ def test_grouped_equals_gather_with_gradients(grouping, B, T, C, D, test_seed):
 @pytest.mark.parametrize("days,width,counts,identity", [
     ([3, 3, 0, 0, 5, 5], 2, (2, 2, 2), True),        # the 'days' batching: equal runs, nothing reordered
     ([3, 3, 3, 0, 0, 5, 5, 5], 3, (3, 2, 3), False),  # a trimmed run: padded to 3 slots (1 extra row of 8)
+    ([3, 3, 3, 0, 0, 0, 5, 5], 3, (3, 3, 2), False),  # only the last run trimmed: ``put`` reads 0..7 of 9 rows
     ([1, 2, 1, 2], 2, (2, 2), False),                  # equal but interleaved: a permutation
     ([0, 0, 0, 0, 0, 1, 2, 3], 0, (5, 1, 1, 1), True),  # padding would add 12 rows to 8: one GEMM per day
 ])

@@ -104,10 +104,14 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"isa must be 'auto', 'avx512', 'avx2' or 'scalar', got 'neon'"):
         NativeGRUStep(gru, "neon")
     h = torch.zeros(2, 8)
-    with pytest.raises(ValueError, match=r"x must be a C-contiguous float32 array of shape \(5,\); got float64"):
+    with pytest.raises(ValueError, match=r"x must be a C-contiguous float32 array of shape \(1, 5\); got float64"):
         step.step(torch.zeros(5, dtype=torch.float64), h)
-    with pytest.raises(ValueError, match=r"x must .* shape \(5,\); got float32 of shape \(6,\)"):
+    with pytest.raises(ValueError, match=r"x must .* shape \(1, 5\); got float32 of shape \(1, 6\)"):
         step.step(torch.zeros(6), h)
+    with pytest.raises(ValueError, match=r"x must be \(5,\), got shape \(1, 5\)"):
+        step.step(torch.zeros(1, 5), h)
+    with pytest.raises(ValueError, match=r"x must be \(frames, 5\), got shape \(5,\)"):
+        step._step.run(np.zeros(5, np.float32), h.numpy(), np.zeros((1, 8), np.float32), **step.weights())
     with pytest.raises(ValueError, match=r"h must be a writable C-contiguous float32 array of shape \(2, 8\); "
                                          r"got float32 of shape \(2, 8\), not C-contiguous"):
         step.step(torch.zeros(5), torch.zeros(8, 2).t())
@@ -115,22 +119,80 @@ def test_bad_arguments_are_named():
         step.step(torch.zeros(5), torch.zeros(1, 2, 8))
     read_only = np.zeros((2, 8), np.float32)
     read_only.flags.writeable = False
+    out = np.zeros((1, 8), np.float32)
     with pytest.raises(ValueError, match=r"h must be a writable .* read-only"):
-        step._step.step(np.zeros(5, np.float32), read_only)
-    w = {k: [getattr(gru, f"{k}_l{l}").detach().numpy() for l in range(2)]
-         for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-    with pytest.raises(ValueError, match="lists of one array per layer"):
-        _native.GruStep(**{**w, "bias_hh": w["bias_hh"][:1]})
+        step._step.run(np.zeros((1, 5), np.float32), read_only, out, **step.weights())
+    with pytest.raises(ValueError, match=r"out must be a writable .* shape \(1, 8\); got float32 of shape \(2, 8\)"):
+        step._step.run(np.zeros((1, 5), np.float32), h.numpy(), np.zeros((2, 8), np.float32), **step.weights())
+    w = step.weights()
+    with pytest.raises(ValueError, match=r"lists of one array per layer \(2 layers\)"):
+        step._step.run(np.zeros((1, 5), np.float32), h.numpy(), out, **{**w, "bias_hh": w["bias_hh"][:1]})
     with pytest.raises(ValueError, match=r"weight_ih_l1 must be a C-contiguous float32 array of shape \(24, 8\); "
                                          r"got float32 of shape \(24, 5\)"):
-        _native.GruStep(**{**w, "weight_ih": [w["weight_ih"][0], w["weight_ih"][0]]})
+        step._step.run(np.zeros((1, 5), np.float32), h.numpy(), out,
+                       **{**w, "weight_ih": [w["weight_ih"][0], w["weight_ih"][0]]})
     with pytest.raises(ValueError, match=r"bias_ih_l0 must .* shape \(24,\); got float64"):
-        _native.GruStep(**{**w, "bias_ih": [w["bias_ih"][0].astype(np.float64), w["bias_ih"][1]]})
-    with pytest.raises(ValueError, match=r"weight_hh_l0 must be \(3 H, H\).*got shape \(24, 9\)"):
-        _native.GruStep(**{**w, "weight_hh": [np.zeros((24, 9), np.float32), w["weight_hh"][1]]})
+        step._step.run(np.zeros((1, 5), np.float32), h.numpy(), out,
+                       **{**w, "bias_ih": [w["bias_ih"][0].astype(np.float64), w["bias_ih"][1]]})
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must .* shape \(24, 8\); got float32 of shape \(24, 9\)"):
+        step._step.run(np.zeros((1, 5), np.float32), h.numpy(), out,
+                       **{**w, "weight_hh": [np.zeros((24, 9), np.float32), w["weight_hh"][1]]})
+    with pytest.raises(ValueError, match=r"input_size, hidden_size and num_layers must be >= 1, got 5, 0, 2"):
+        _native.GruStep(5, 0, 2)
     for rnn, why in [(torch.nn.GRU(4, 8, bidirectional=True), "unidirectional"),
                      (torch.nn.GRU(4, 8, bias=False), "with biases"),
                      (torch.nn.GRU(4, 8).double(), "float32 on the CPU"),
                      (LayerNormGRU(4, 8, 1, batch_first=True), "is not a torch.nn.GRU")]:
         with pytest.raises(ValueError, match=why):
             NativeGRUStep(rnn)
+
+
+def _share_memory(gru, rng):
+    gru.share_memory()  # moves every parameter's storage into shared memory and frees the old buffer
+
+
+def _assign(gru, rng):
+    other = random_gru(rng, gru.num_layers, gru.hidden_size, gru.input_size)
+    gru.load_state_dict(other.state_dict(), assign=True)  # new Parameter objects; the old ones may be freed
+
+
+def _half_float(gru, rng):
+    gru.half()  # new tensors each time (rounded to fp16 and back)
+    gru.float()
+
+
+def _data_replaced(gru, rng):
+    with torch.no_grad():
+        gru.weight_hh_l0.data = gru.weight_hh_l0.data.clone().mul_(-1.5)  # same Parameter, a new storage
+
+
+def _non_contiguous(gru, rng):
+    w = gru.weight_ih_l1.detach()
+    gru.weight_ih_l1 = torch.nn.Parameter(w.t().contiguous().t() * 0.5)  # same values layout (3H, H), strided
+
+
+@pytest.mark.parametrize("change", [_share_memory, _assign, _half_float, _data_replaced, _non_contiguous],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_weights_moved_or_replaced_after_construction_are_read_as_they_are_now(change, rng):
+    """The step keeps no pointer into the weights: after torch moves or replaces them, a step equals nn.GRU on the
+    weights the module holds now (NaN, stale values or freed memory before)."""
+    gru = random_gru(rng, 2, 24, 37, scale=2.0)
+    step = NativeGRUStep(gru)
+    x = torch.from_numpy(rng.standard_normal((2, 37)).astype(np.float32))
+    h = torch.from_numpy(rng.standard_normal((2, 24)).astype(np.float32))
+    step.run(x, h.clone())  # used once before the change
+    change(gru, rng)
+    with torch.no_grad():
+        out, h_n = gru(x[:, None], h[:, None].contiguous())
+    got_h = h.clone()
+    got = step.run(x, got_h)
+    assert_close(got, out[:, 0], change.__name__)
+    assert_close(got_h, h_n[:, 0], change.__name__)
+
+
+def test_weights_that_are_no_longer_float32_are_refused():
+    gru = torch.nn.GRU(5, 8, 2)
+    step = NativeGRUStep(gru)
+    gru.double()
+    with pytest.raises(ValueError, match=r"weight_ih_l0 is now torch.float64 on cpu; the native step needs float32"):
+        step.step(torch.zeros(5), torch.zeros(2, 8))

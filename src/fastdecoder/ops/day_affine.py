@@ -102,7 +102,9 @@ def plan_day_groups(days, n_days: int, device="cpu", max_padding: float = MAX_PA
         width = m
     else:
         take, put, width = order, np.argsort(order), 0
-    return DayGroups(pick=_to_device(distinct, device), take=_index(take, device), put=_index(put, device),
+    # padded groups (G * m > B rows): ``put`` picks B of them even where it reads 0..B-1 (only the last group short)
+    put = _index(put, device) if take.size == B else _to_device(put, device)
+    return DayGroups(pick=_to_device(distinct, device), take=_index(take, device), put=put,
                      counts=tuple(int(c) for c in counts), width=width, batch=B)
 
 

@@ -60,7 +60,9 @@ class StreamingDecoder:
     separate threads run concurrently: the native searches release the GIL).
 
     Args:
-        model: a unidirectional :class:`fastdecoder.model.GRUDecoder` (put in eval mode).
+        model: a unidirectional :class:`fastdecoder.model.GRUDecoder`. Pushes always give its eval-mode
+            log-probabilities (no dropout) with the weights it holds at that push, whatever mode the caller puts it
+            in; its mode is left as the caller sets it.
         beam_width, token_min_logprob: the phoneme prefix beam search (as :func:`fastdecoder.decode.beam_search`).
         nbest: phoneme hypotheses returned by :meth:`finish`.
         word_decoder: an optional :class:`fastdecoder.decode.WordDecoder` (its beam, LM and weights are used).

@@ -7,10 +7,15 @@ Per pushed block of bins (20 ms each), in the order of the offline path (eval tr
   exists once bin t + n // 2 has arrived (b2t25: 9 taps -> 4 bins = 80 ms); at the end of the trial the missing
   right context is the zero padding the offline transform uses.
 * the day layer per smoothed bin;
-* patching: one window of patch_size bins every patch_stride bins, once patch_size bins exist;
+* patching: one window of patch_size bins every patch_stride bins, once patch_size bins exist (with patch_stride >
+  patch_size the bins between windows are skipped, whichever push they arrive in);
 * the GRU (nn.GRU or LayerNormGRU), its state carried from push to push, and the linear head. On the CPU an nn.GRU
   runs through the native fp32 step (stream.native_gru: same math, fp32 round-off) when a push yields at most
   ``NATIVE_MAX_FRAMES`` frames (the per-hop case), and as nn.GRU on longer pushes; both update the same state.
+
+Always the eval-mode forward, whatever mode the caller puts the model in later: the frontend applies no input
+dropout (its day layer is its own), and runs the GRU through an eval-mode view of it (``_eval_view``) whenever the
+GRU is in training mode, so the between-layer dropout never acts and the caller's model keeps its mode.
 
 So output frame j (bins [j S, j S + K) of the trial) is ready once bin j S + K - 1 + n // 2 has arrived.
 """
@@ -37,8 +42,9 @@ class IncrementalFrontend:
     """Streaming forward of a unidirectional GRUDecoder in eval mode (one trial at a time: ``reset(day)``).
 
     ``gru_isa``: the native GRU step's path for an nn.GRU model on the CPU ("auto", or one of
-    ``stream.native_gru.ISAS``; None: always nn.GRU). The native step reads the GRU's weight tensors as the model
-    held them at construction (sharing their storage, so in-place updates are seen; see ``NativeGRUStep``).
+    ``stream.native_gru.ISAS``; None: always nn.GRU). Every push reads the model's current weights (the native step
+    takes them per call, see ``NativeGRUStep``); a push whose GRU is no longer a float32 CPU ``nn.GRU`` (or no
+    longer the one of construction) runs through the model's own ``rnn``.
     ``gru_frames`` counts the output frames each path ran in this object's lifetime ({"native": n, "torch": n}).
     """
 
@@ -55,12 +61,10 @@ class IncrementalFrontend:
                 "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
         self.device = torch.device(device)
         # Moving a module re-flattens nn.GRU's weights, which races with another stream's forward on the same model:
-        # move (and switch to eval) only when needed, so that streams sharing a model can be built in any thread.
+        # move only when needed, so that streams sharing a model can be built in any thread.
         if any(p.device != self.device for p in model.parameters()):
             model = model.to(self.device)
-        if model.training:
-            model.eval()
-        self.model = model
+        self.model = model  # its training mode is left as the caller sets it (see _eval_view)
         self.n_features = cfg.n_features
         self.n_days = cfg.n_days
         self.patch_size, self.patch_stride = cfg.patch_size, cfg.patch_stride
@@ -72,7 +76,7 @@ class IncrementalFrontend:
             taps = model.smooth_taps.detach().float().cpu()
         else:
             taps = None
-        self.taps = None if taps is None else taps.to(self.device)
+        self.taps = None if taps is None else taps.to(self.device)  # the in-model taps: re-read at every push
         n = 0 if taps is None else int(taps.numel())
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
@@ -92,6 +96,7 @@ class IncrementalFrontend:
         # raw[0] is input bin (smoothed - left); the bins before the trial are the zero padding.
         self._raw = torch.zeros(self.left, C, device=self.device)
         self._received = self._smoothed = 0
+        self._skip = 0  # smoothed bins still to drop before the next window starts (patch_stride > patch_size)
         self._features = torch.zeros(0, C, device=self.device)  # day-layer outputs from the next window's start
         h = self.model.initial_state(1)  # (L, 1, H) or None (zeros); a copy: the native step writes it in place
         if self.native_gru is not None:
@@ -117,20 +122,31 @@ class IncrementalFrontend:
         V = self.model.cfg.n_classes
         if ready <= 0:
             return torch.zeros(0, V)
-        if self.taps is None:
+        taps = self.taps
+        if self.model.cfg.smoothing == "model":  # the model's buffer as it is now (a checkpoint may replace it)
+            taps = self.model.smooth_taps.detach().to(self.device, torch.float32)
+            if taps.numel() != self.taps.numel():
+                raise UserError(f"the model's smooth_taps now hold {taps.numel()} taps, not the {self.taps.numel()} "
+                                "this stream's lookahead was built for; build a new StreamingDecoder")
+        if taps is None:
             x = self._raw[:ready]
         else:
-            x = self.taps[0] * self._raw[:ready]
-            for k in range(1, self.taps.numel()):
-                x = x + self.taps[k] * self._raw[k:k + ready]
+            x = taps[0] * self._raw[:ready]
+            for k in range(1, taps.numel()):
+                x = x + taps[k] * self._raw[k:k + ready]
         self._raw = self._raw[ready:]
         self._smoothed += ready
+        if self._skip:  # bins between the last window's end and the next window's start: no window reads them
+            drop = min(self._skip, x.shape[0])
+            x, self._skip = x[drop:], self._skip - drop
         y = self._day_layer(x)
         self._features = torch.cat([self._features, y])
         if self._features.shape[0] < self.patch_size:
             return torch.zeros(0, V)
         windows = self.model.patch(self._features[None])  # (1, N, K*C)
-        self._features = self._features[windows.shape[1] * self.patch_stride:]
+        used = windows.shape[1] * self.patch_stride  # the next window starts this many bins after the first one
+        self._skip = max(0, used - self._features.shape[0])
+        self._features = self._features[used:]
         return self.model.head(self._recurrence(windows))[0].float().log_softmax(-1).cpu()
 
     def _day_layer(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,16 +160,28 @@ class IncrementalFrontend:
     def _recurrence(self, windows: torch.Tensor) -> torch.Tensor:
         """(1, N, K*C) windows -> (1, N, H) GRU outputs, advancing the carried state ``_h`` (L, 1, H)."""
         N = windows.shape[1]
-        if self.native_gru is None or N > NATIVE_MAX_FRAMES:
-            out, h = self.model.rnn(windows, self._h)
-            self._h = h if self.native_gru is None else h.contiguous()
+        rnn = self.model.rnn
+        native = self.native_gru
+        if native is None or N > NATIVE_MAX_FRAMES or native.rnn is not rnn or unsupported_reason(rnn) is not None:
+            out, h = _eval_view(rnn)(windows, self._h)
+            self._h = h if native is None else h.contiguous()
             self.gru_frames["torch"] += N
             return out
         L, _, H = self._h.shape
-        h = self._h.view(L, H)
-        out = torch.empty(1, N, H, dtype=h.dtype)
-        for j in range(N):
-            self.native_gru.step(windows[0, j], h)
-            out[0, j] = h[-1]
+        out = native.run(windows[0], self._h.view(L, H))  # the weights as they are now, read for this call only
         self.gru_frames["native"] += N
-        return out
+        return out[None]
+
+
+def _eval_view(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` when it is in eval mode; else a shallow copy of it in eval mode: a new object sharing the module's
+    parameters, buffers, submodules and hooks (its ``__dict__`` entries), with its own ``training`` flag. Made per
+    call, so it reads the weights as they are now, and the caller's module keeps its mode (no switch back and forth
+    that another thread could observe). For modules whose own forward reads ``self.training`` (``nn.GRU`` and
+    ``LayerNormGRU``: their between-layer dropout; their submodules have no mode-dependent behaviour)."""
+    if not module.training:
+        return module
+    view = object.__new__(type(module))
+    view.__dict__.update(module.__dict__)
+    view.training = False
+    return view

@@ -28,13 +28,18 @@ def unsupported_reason(rnn) -> str | None:
     return None
 
 
-class NativeGRUStep:
-    """``step(x, h)``: one time step of every layer of ``rnn``, ``h`` updated in place.
+_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
-    The weights are taken once, here, as contiguous fp32 tensors sharing storage with ``rnn``'s parameters (a copy
-    only for a non-contiguous parameter): in-place updates of the parameters (``load_state_dict``, an optimiser step)
-    are seen by later steps; parameters replaced by new tensors (``p.data = ...``), or a copied one, are read as they
-    were at construction.
+
+class NativeGRUStep:
+    """``step(x, h)`` / ``run(x, h)``: time steps of every layer of ``rnn``, ``h`` updated in place.
+
+    The native object keeps no pointer into the weights: every call reads ``rnn``'s parameters as they are at that
+    moment (``getattr(rnn, "weight_ih_l0")``, ...), checks them (float32 on the CPU, the shapes of construction) and
+    passes them for that call only. So in-place updates, parameters replaced by new tensors (``load_state_dict(...,
+    assign=True)``, ``.half()`` then ``.float()``) and storages moved by torch (``share_memory()``) are all read as
+    they are now; a parameter that is no longer float32 on the CPU raises ValueError. A non-contiguous parameter is
+    copied per call. Moving the weights while a call runs in another thread is a data race, as it is for ``nn.GRU``.
 
     Args:
         rnn: a unidirectional ``torch.nn.GRU`` with biases, fp32 on the CPU.
@@ -45,14 +50,39 @@ class NativeGRUStep:
         reason = unsupported_reason(rnn)
         if reason is not None:
             raise ValueError(f"NativeGRUStep: {reason}")
-        L = rnn.num_layers
-        self._tensors = {k: [getattr(rnn, f"{k}_l{l}").detach().contiguous() for l in range(L)]
-                         for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        self._step = _native.GruStep(**{k: [t.numpy() for t in ts] for k, ts in self._tensors.items()}, isa=isa)
+        self.rnn = rnn
+        self.input_size, self.hidden_size, self.num_layers = rnn.input_size, rnn.hidden_size, rnn.num_layers
+        self._step = _native.GruStep(self.input_size, self.hidden_size, self.num_layers, isa)
         self.isa: str = self._step.isa
-        self.input_size, self.hidden_size, self.num_layers = rnn.input_size, rnn.hidden_size, L
+        self._names = {k: [f"{k}_l{l}" for l in range(self.num_layers)] for k in _KINDS}
+
+    def weights(self) -> dict[str, list]:
+        """The GRU's current parameters as C-contiguous float32 arrays, per kind one per layer (the native call's
+        arguments; valid while the parameters are neither replaced nor moved). ValueError when one is no longer
+        float32 on the CPU."""
+        out = {}
+        for kind, names in self._names.items():
+            arrays = []
+            for name in names:
+                p = getattr(self.rnn, name)
+                if p.dtype != torch.float32 or p.device.type != "cpu":
+                    raise ValueError(f"NativeGRUStep: {name} is now {p.dtype} on {p.device}; the native step needs "
+                                     "float32 on the CPU")
+                arrays.append(p.detach().contiguous().numpy())
+            out[kind] = arrays
+        return out
+
+    def run(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x (frames, input_size) float32; h (num_layers, hidden_size) float32 contiguous CPU tensor, overwritten
+        with the states after the last frame. Returns (frames, hidden_size): the last layer's state after each frame.
+        Runs without the GIL."""
+        out = torch.empty(x.shape[0], self.hidden_size, dtype=torch.float32)
+        self._step.run(x.detach().contiguous().numpy(), h.numpy(), out.numpy(), **self.weights())
+        return out
 
     def step(self, x: torch.Tensor, h: torch.Tensor) -> None:
-        """x (input_size,) float32; h (num_layers, hidden_size) float32 contiguous CPU tensor, overwritten with the
-        new states (h[-1] is the step's output). Runs without the GIL."""
-        self._step.step(x.contiguous().numpy(), h.numpy())
+        """One frame: x (input_size,) float32; h (num_layers, hidden_size) float32 contiguous CPU tensor, overwritten
+        with the new states (h[-1] is the step's output). Runs without the GIL."""
+        if x.dim() != 1:
+            raise ValueError(f"x must be ({self.input_size},), got shape {tuple(x.shape)}")
+        self.run(x[None], h)

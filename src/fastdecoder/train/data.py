@@ -97,6 +97,18 @@ def warn_short_and_infeasible(cfg: Config, train_split, val_split, *, say: bool)
     return train_bad
 
 
+def check_days_per_batch(cfg: Config, train_split) -> None:
+    """UserError unless the training split has trials on at least ``data.days_per_batch`` days (the 'days' batching
+    draws that many distinct days per batch without replacement; NEJM's trainer refuses fewer days the same way)."""
+    if cfg.data.batching != "days":
+        return
+    days = int(np.unique(train_split.day).size)
+    if cfg.data.days_per_batch > days:
+        raise UserError(f"data.days_per_batch is {cfg.data.days_per_batch} but the training data has trials on only "
+                        f"{days} day{'s' if days != 1 else ''}: every batch draws data.days_per_batch distinct days "
+                        f"(without replacement, as the NEJM trainer does); set data.days_per_batch to at most {days}")
+
+
 def make_sampler(cfg: Config, train_split, seed: int):
     """The training batch sampler of ``data.batching`` (days: b2t25's days x trials; random: cffan's fresh shuffled
     batch per step; epochs: each trial once per epoch)."""

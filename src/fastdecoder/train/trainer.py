@@ -34,8 +34,8 @@ from fastdecoder.ops.day_affine import plan_day_groups
 from fastdecoder.train import distributed
 from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, check_state_shapes, load_checkpoint,
                                           load_run, save_checkpoint)
-from fastdecoder.train.data import (make_resident, make_sampler, prepare_dataset, target_min_frames,
-                                    warn_short_and_infeasible)
+from fastdecoder.train.data import (check_days_per_batch, make_resident, make_sampler, prepare_dataset,
+                                    target_min_frames, warn_short_and_infeasible)
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedule, lr_multiplier
@@ -135,6 +135,7 @@ class Trainer:
         state, where = self._resume_state(resume, cfg)
         self.cfg = cfg
         self.train_split, self.val_split = training_splits(self.dataset, cfg.data.val_split, cfg.model.n_classes)
+        check_days_per_batch(cfg, self.train_split)
         bad = warn_short_and_infeasible(cfg, self.train_split, self.val_split, say=self.is_main)
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)

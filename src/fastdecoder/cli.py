@@ -153,11 +153,10 @@ def cmd_train(args) -> int:
     from fastdecoder.config import apply_overrides, config_from_dict, load_config
     from fastdecoder.train import distributed
     from fastdecoder.train.checkpoint import check_resumable, load_checkpoint
+    from fastdecoder.train.outputs import default_run_dir
     from fastdecoder.train.trainer import Trainer
 
     info = distributed.env_info()
-    from fastdecoder.train.outputs import default_run_dir
-
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")

@@ -10,7 +10,7 @@ import torch
 
 from fastdecoder.config import Config
 from fastdecoder.data.resident import ResidentSplit
-from fastdecoder.errors import UserError
+from fastdecoder.errors import UserError, writing
 from fastdecoder.losses import min_frames_for_target, output_lengths
 
 log = logging.getLogger("fastdecoder.train")
@@ -53,8 +53,9 @@ def _load_or_synthesize(cfg: Config, out_dir: Path | None):
     if not written_from(path, fmt, spec):
         if path.exists():
             log.info("data.synthetic changed since %s was written: regenerating it", path)
-        root.mkdir(parents=True, exist_ok=True)
-        write_synthetic(path, fmt, spec)
+        with writing(root, "synthetic data folder"):
+            root.mkdir(parents=True, exist_ok=True)
+            write_synthetic(path, fmt, spec)
     return load_dataset(path, fmt), path
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity | serve | replay``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | config | parity | serve | replay``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -22,7 +22,12 @@ def _add_train(sub) -> None:
                    help="YAML file or preset name (b2t25, b2t24, demo); with --resume optional (default: the "
                         "checkpoint's config; if given it must match it except train.steps)")
     p.add_argument("--data", help="b2t24 pickle file or b2t25 folder of session folders (overrides data.path)")
-    p.add_argument("--out", default=None, help="run folder for config, checkpoints, metrics, summary")
+    p.add_argument("--out", default=None, help="run folder for config, checkpoints, metrics, summary, train.log "
+                   "(default: runs/<config name>-<date>-<time>, printed)")
+    p.add_argument("--init-from", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="calibration: start from this run folder's (or checkpoint's) weights, day layers matched by "
+                        "session name (sets train.init_from; see also data.sessions, model.rnn_trainable, "
+                        "model.input_trainable, train.early_stopping)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds an earlier run")
@@ -120,6 +125,22 @@ def _add_data(sub) -> None:
     i.add_argument("path")
 
 
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="inspect configs")
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    s = csub.add_parser("show", help="print a resolved config as YAML (its base: chain, --set overrides and every "
+                        "default filled in): what 'train --config NAME' would use")
+    s.add_argument("name", help="preset name (b2t25, b2t24, demo) or YAML file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+
+def cmd_config(args) -> int:
+    from fastdecoder.config import show_config
+
+    sys.stdout.write(show_config(args.name, args.overrides))
+    return 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks a user runs on their own machine")
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
@@ -156,26 +177,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _clear_run(out: Path) -> None:
-    import shutil
-
-    for f in (list(out.glob("*.pt")) + list(out.glob(".*.pt.*.tmp")) + list(out.glob("predictions_*.jsonl"))
-              + list(out.glob("rescore_weights*.json"))
-              + [out / "metrics.jsonl", out / "summary.json", out / "curves.png"]):
-        f.unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
-
-
 def cmd_train(args) -> int:
     from fastdecoder.config import apply_overrides, config_from_dict, load_config
     from fastdecoder.train import distributed
     from fastdecoder.train.checkpoint import check_resumable, load_checkpoint
+    from fastdecoder.train.outputs import default_run_dir
     from fastdecoder.train.trainer import Trainer
 
     info = distributed.env_info()
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
+    if args.init_from:
+        if args.resume:
+            raise UserError("--init-from starts a new run from another run's weights; --resume continues this one")
+        overrides.append(f"train.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     out = Path(args.out) if args.out else None
     state = None
     if args.resume:
@@ -192,13 +208,19 @@ def cmd_train(args) -> int:
         if not args.config:
             raise UserError("--config is required (a preset name or YAML file), unless --resume continues a run")
         cfg = load_config(args.config, overrides)
-        if out is not None and out.exists() and (any(out.glob("*.pt")) or (out / "metrics.jsonl").exists()):
+        if out is None and info.enabled:
+            raise UserError("under torchrun pass --out DIR: every process must name the same run folder")
+        if out is None:
+            out = default_run_dir(cfg.name)
+            if info.is_main:
+                print(f"no --out given: writing the run to {out}", flush=True)
+        if out.exists() and (any(out.glob("*.pt")) or (out / "metrics.jsonl").exists()):
             if not args.overwrite:
                 raise UserError(f"{out} already holds a run (checkpoints or metrics found); pass --overwrite "
                                 f"to replace it, --resume to continue it, or choose another --out")
-            if info.is_main:
-                _clear_run(out)
-    trainer = Trainer(cfg, out, progress=not args.no_progress, resume=state if state is not None else False)
+    # the Trainer creates (and with --overwrite clears) the run folder only once the data has loaded
+    trainer = Trainer(cfg, out, progress=not args.no_progress, resume=state if state is not None else False,
+                      overwrite=bool(args.overwrite and info.is_main))
     try:
         if info.is_main:
             what = f"resuming '{cfg.name}' at step {trainer.step}" if state is not None else f"training '{cfg.name}'"
@@ -279,14 +301,15 @@ def cmd_stream(args) -> int:
     from fastdecoder.data import load_dataset
     from fastdecoder.stream import StreamingDecoder
     from fastdecoder.stream.replay import replay
-    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.data.selection import select_data
+    from fastdecoder.train.checkpoint import load_run, run_data_path
     from fastdecoder.train.device import resolve_device
 
     _check_word_options(args)
     device = resolve_device(args.device, "--device")
     cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
-    data_path = args.data or cfg.data.path
-    ds = load_dataset(data_path, "auto")
+    data_path = run_data_path(cfg, args.run, args.data)
+    ds = select_data(load_dataset(data_path, "auto"), cfg.data)  # the sessions and features the run trained on
     if args.split not in ds.splits:
         raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[args.split]
@@ -503,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_bench(sub)
     _add_lm(sub)
     _add_stream(sub)
+    _add_config(sub)
     from fastdecoder import parity
 
     parity.add_parser(sub)
@@ -517,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command,
-                **serve_cli.COMMANDS}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "config": cmd_config,
+                "parity": parity.command, **serve_cli.COMMANDS}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ against each other (`validate`). Files and ``--set`` values are read with YAML 1
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.resources
 import math
 import re
@@ -41,6 +42,11 @@ class DataConfig:
     days_per_batch: int = 4
     val_split: Optional[str] = "val"   # train | val | test: the split evaluated during training (null = none)
     max_val_trials: Optional[int] = None  # evaluate on the first N validation trials only (None = all)
+    # data selection (NEJM's dataset keys; none in the presets = all of the data)
+    sessions: Optional[list] = None     # session (day) names to use, in this order (day index = position); null = all
+    must_include_days: Optional[list] = None  # day indices (negative: from the end) in every 'days' batch
+    feature_subset: Optional[list] = None     # feature (channel) indices to keep, in this order; null/[] = all
+    bad_trials_dict: Optional[dict] = None    # {session: {block_num: [trial_num, ...]}}: left out of train and val
 
 
 @dataclass
@@ -65,6 +71,8 @@ class ModelConfig:
     mask_padding: bool = True           # padding beyond each trial's length stays zero through the noise, offset and
     #                                     smoothing (data transform and in-model); false (both presets, as shipped):
     #                                     they act on the whole zero-padded batch. Configs saved without it: true
+    rnn_trainable: bool = True          # false: the recurrence (rnn.*) is frozen (NEJM model.rnn_trainable)
+    input_trainable: bool = True        # false: the day layers are frozen (NEJM model.input_network.input_trainable)
 
 
 @dataclass
@@ -165,6 +173,12 @@ class TrainConfig:
     cuda_graphs: bool = False           # fast path on CUDA with length buckets: capture the model's forward and
     #                                     backward once per bucket and replay it (train/cuda_graphs.py); off until
     #                                     the GPU check has measured it
+    init_from: Optional[str] = None     # initialise the weights from this run folder or checkpoint file (days
+    #                                     matched by session name; train/calibration.py)
+    init_new_days: str = "identity"     # day layer of a session the init checkpoint lacks: identity (the reference
+    #                                     init: eye / zeros) | nearest (copy of the nearest earlier session's)
+    early_stopping: bool = False        # stop when the validation PER has not improved for
+    early_stopping_val_steps: int = 20  # this many evaluations in a row (NEJM's early_stopping_val_steps)
 
 
 @dataclass
@@ -201,6 +215,7 @@ _CHOICES = {
     ("optim", "name"): ("adam", "adamw"),
     ("optim", "schedule"): ("constant", "linear", "warmup_cosine", "onecycle", "plateau"),
     ("train", "amp"): ("bf16", "fp16", "none"),
+    ("train", "init_new_days"): ("identity", "nearest"),
 }
 #: string keys with a pattern rather than a fixed set of choices: key -> (regex, what is expected)
 _PATTERNS = {
@@ -276,7 +291,7 @@ RANGES: dict[str, Range] = {
     "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
     "train.eval_batch_size": Range(1, 2**16), "train.beam_width": Range(0, 2**16), "train.threads": NON_NEGATIVE,
-    "train.length_bucket": Range(0, 2**16),
+    "train.length_bucket": Range(0, 2**16), "train.early_stopping_val_steps": AT_LEAST_1,
 }
 
 #: YAML 1.2 core-schema scalars (https://yaml.org/spec/1.2.2/#1032-tag-resolution): tag, regex, possible first chars
@@ -387,7 +402,17 @@ def _coerce(where: str, value: Any, tp: Any) -> Any:
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{where} must be a mapping, got {short_repr(value)}")
+    if tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"{where} must be a list, got {short_repr(value)}")
     return value
+
+
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """``"; did you mean 'PREFIX+X'?"`` for the choice X closest to ``word`` (difflib), or ``""`` when none is."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def _choice_text(choices: tuple) -> str:
@@ -403,12 +428,14 @@ def _build_section(cls, name: str, raw: Any):
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"unknown key '{name}.{key}' (known keys of '{name}': {', '.join(sorted(known))})")
+            raise ConfigError(f"unknown key '{name}.{key}'{did_you_mean(key, known, f'{name}.')} (known keys of '{name}': "
+                              f"{', '.join(sorted(known))})")
     kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
     obj = cls(**kwargs)
     for (sec, key), choices in _CHOICES.items():
         if sec == name and getattr(obj, key) not in choices:
-            raise ConfigError(f"{name}.{key} must be one of {_choice_text(choices)}, got {getattr(obj, key)!r}")
+            raise ConfigError(f"{name}.{key} must be one of {_choice_text(choices)}, got {getattr(obj, key)!r}"
+                              f"{did_you_mean(getattr(obj, key), [c for c in choices if c is not None])}")
     for (sec, key), (pattern, expected) in _PATTERNS.items():
         if sec == name and not re.fullmatch(pattern, getattr(obj, key)):
             raise ConfigError(f"{name}.{key} must be {expected}, got {getattr(obj, key)!r}")
@@ -437,7 +464,8 @@ def config_from_dict(raw: dict) -> Config:
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     for key in raw:
         if key not in _SECTIONS and key != "name":
-            raise ConfigError(f"unknown section '{key}' (known: name, {', '.join(_SECTIONS)})")
+            raise ConfigError(f"unknown section '{key}'{did_you_mean(key, [*_SECTIONS, 'name'])} (known: name, "
+                              f"{', '.join(_SECTIONS)})")
     sections = {k: _build_section(cls, k, raw.get(k)) for k, cls in _SECTIONS.items()}
     cfg = Config(name=str(raw.get("name", "custom")), **sections)
     validate(cfg)
@@ -477,6 +505,49 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"stability.min_distinct_phonemes ({s_.min_distinct_phonemes}) must not exceed the "
                           f"{m.n_classes - 1} non-blank classes (model.n_classes - 1)")
     # data.path / data.synthetic may both be unset: a path may still come from the command line (--data)
+    _validate_selection(cfg)
+    if cfg.train.early_stopping and cfg.data.val_split is None:
+        raise ConfigError("train.early_stopping needs a validation split (data.val_split is null)")
+
+
+def _int_list(key: str, value: list, lo: Optional[int] = None) -> None:
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}[{i}] must be an integer, got {v!r}")
+        if lo is not None and v < lo:
+            raise ConfigError(f"{key}[{i}] must be >= {lo}, got {v}")
+
+
+def _validate_selection(cfg: Config) -> None:
+    """The data-selection keys' shapes (their values against the data are checked when it loads)."""
+    d = cfg.data
+    if d.sessions is not None:
+        if not d.sessions or not all(isinstance(x, str) and x for x in d.sessions):
+            raise ConfigError(f"data.sessions must be a non-empty list of session names, got {d.sessions!r}")
+        dup = sorted({x for x in d.sessions if d.sessions.count(x) > 1})
+        if dup:
+            raise ConfigError(f"data.sessions lists {', '.join(dup)} more than once")
+    if d.must_include_days is not None:
+        _int_list("data.must_include_days", d.must_include_days)
+        if d.must_include_days and d.batching != "days":
+            raise ConfigError(f"data.must_include_days needs data.batching: days (got {d.batching!r})")
+        if len(d.must_include_days) > d.days_per_batch:
+            raise ConfigError(f"data.must_include_days lists {len(d.must_include_days)} days but data.days_per_batch "
+                              f"is {d.days_per_batch}: every batch holds at most that many days")
+    if d.feature_subset is not None:
+        _int_list("data.feature_subset", d.feature_subset, lo=0)
+    if d.bad_trials_dict is not None:
+        for session, blocks in d.bad_trials_dict.items():
+            where = f"data.bad_trials_dict[{session!r}]"
+            if not isinstance(blocks, dict):
+                raise ConfigError(f"{where} must map block numbers to lists of trial numbers, got {blocks!r}")
+            for block, trials in blocks.items():
+                if isinstance(block, bool) or not (isinstance(block, int) or (isinstance(block, str)
+                                                                               and block.isdigit())):
+                    raise ConfigError(f"{where}: block {block!r} must be a block number")
+                if not isinstance(trials, list):
+                    raise ConfigError(f"{where}[{block!r}] must be a list of trial numbers, got {trials!r}")
+                _int_list(f"{where}[{block!r}]", trials, lo=0)
 
 
 def preset_names() -> list[str]:
@@ -493,7 +564,9 @@ def resolve_config_path(path_or_name: str | Path):
         return p
     if isinstance(path_or_name, str) and path_or_name in preset_names():
         return importlib.resources.files(PRESETS_PACKAGE) / f"{path_or_name}.yaml"
-    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {', '.join(preset_names())})")
+    hint = did_you_mean(path_or_name, preset_names())
+    raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset{hint} (presets: "
+                      f"{', '.join(preset_names())})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -512,15 +585,74 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or preset name) and apply ``section.key=value`` overrides."""
-    path = resolve_config_path(path_or_name)
+    """Load a YAML config (or preset name), with its ``base:`` chain, and apply ``section.key=value`` overrides."""
+    return config_from_dict(apply_overrides(read_config_raw(path_or_name), overrides))
+
+
+def _read_yaml_mapping(path) -> dict:
     try:
         raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections")
-    return config_from_dict(apply_overrides(raw, overrides))
+    return raw
+
+
+def _resolve_base(base: Any, including) -> Any:
+    """``base:`` of the config file ``including``: a file path (relative ones against the including file's folder)
+    or a preset name."""
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{including}: base must be a preset name or a YAML file path, got {short_repr(base)}")
+    if isinstance(including, Path) and not Path(base).is_absolute():
+        candidate = including.parent / base
+        if candidate.is_file():
+            return candidate
+    if Path(base).is_absolute() and Path(base).is_file():
+        return Path(base)
+    if base in preset_names():
+        return importlib.resources.files(PRESETS_PACKAGE) / f"{base}.yaml"
+    raise ConfigError(f"{including}: base '{base}' is neither a file (relative paths are read against the folder of "
+                      f"{including}) nor a preset{did_you_mean(base, preset_names())} (presets: "
+                      f"{', '.join(preset_names())})")
+
+
+def _source_key(path) -> str:
+    return str(path.resolve()) if isinstance(path, Path) else f"preset:{path.name}"
+
+
+def read_config_raw(path_or_name: str | Path) -> dict:
+    """The raw config dict of a YAML file or preset with its ``base:`` chain merged in: ``base: PRESET_OR_FILE``
+    starts from that config, and every section key the file sets replaces the base's (``name`` too). A cycle of
+    bases is refused, naming the chain."""
+    path = resolve_config_path(path_or_name)
+    chain: list[str] = []
+    layers: list[dict] = []
+    while True:
+        key = _source_key(path)
+        if key in chain:
+            raise ConfigError(f"config base cycle: {' -> '.join(chain + [key])}")
+        chain.append(key)
+        raw = dict(_read_yaml_mapping(path))
+        base = raw.pop("base", None)
+        layers.append(raw)
+        if base is None:
+            break
+        path = _resolve_base(base, Path(path) if isinstance(path, Path) else path)
+    merged: dict = {}
+    for raw in reversed(layers):  # the root base first, the named file last
+        for sec, value in raw.items():
+            if isinstance(value, dict) and isinstance(merged.get(sec), dict):
+                merged[sec] = {**merged[sec], **value}
+            else:
+                merged[sec] = value
+    return merged
+
+
+def show_config(path_or_name: str | Path, overrides: list[str] | None = None) -> str:
+    """The resolved config (``base:`` chain, overrides, defaults) as YAML text: what a run with it would use."""
+    cfg = load_config(path_or_name, overrides)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -529,7 +661,7 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     for ov in overrides or []:
         (sec, key), value = parse_override(ov)
         if sec not in _SECTIONS:
-            raise ConfigError(f"unknown section '{sec}' in override '{ov}'")
+            raise ConfigError(f"unknown section '{sec}' in override '{ov}'{did_you_mean(sec, _SECTIONS)}")
         raw.setdefault(sec, {})
         if raw[sec] is None:
             raw[sec] = {}

@@ -289,7 +289,8 @@ def evaluate_runs(runs: Sequence, split_name: str = "val", *, checkpoint: str = 
     """
     from fastdecoder.data import load_dataset
     from fastdecoder.decode.ensemble import check_framing
-    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.data.selection import select_run_data
+    from fastdecoder.train.checkpoint import load_run, run_data_path
     from fastdecoder.train.device import resolve_device
 
     device = device if isinstance(device, torch.device) else resolve_device(str(device), "device")
@@ -299,8 +300,8 @@ def evaluate_runs(runs: Sequence, split_name: str = "val", *, checkpoint: str = 
     names = [str(r) for r in runs]
     loaded = [load_run(Path(r), checkpoint, device) for r in runs]
     configs = [cfg for cfg, _, _ in loaded]
-    data_path = data or configs[0].data.path
-    ds = load_dataset(data_path, "auto")
+    data_path = run_data_path(configs[0], runs[0], data)
+    ds = select_run_data(load_dataset(data_path, "auto"), configs, names)
     if split_name not in ds.splits:
         raise UserError(f"{data_path} has no '{split_name}' split (has: {', '.join(ds.splits)})")
     split = ds.splits[split_name]

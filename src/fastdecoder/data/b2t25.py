@@ -59,6 +59,7 @@ class _Reader:
         self.ids: list[str] = []
         self.day: list[int] = []
         self.block: list[int | None] = []
+        self.trial_num: list[int | None] = []
 
 
 class HDF5LimitError(DataFormatError, LimitError):
@@ -142,6 +143,8 @@ def _read_file(fpath: Path, session: str, day: int, reader: _Reader, width: dict
                 reader.day.append(day)
                 reader.block.append(as_count(attrs["block_num"], "attribute 'block_num'", where)
                                     if "block_num" in attrs else None)
+                reader.trial_num.append(as_count(attrs["trial_num"], "attribute 'trial_num'", where)
+                                        if "trial_num" in attrs else None)
     except DataFormatError:
         raise
     except (OSError, RuntimeError, KeyError, TypeError) as exc:
@@ -161,7 +164,9 @@ def _finish(reader: _Reader) -> Split | None:
     return Split(features=reader.features, targets=list(reader.targets) if all(labeled) else None,
                  day=np.asarray(reader.day, np.int64), trial_ids=reader.ids,
                  transcriptions=[t or "" for t in texts] if texts is not None else None,
-                 block=None if any(b is None for b in reader.block) else np.asarray(reader.block, np.int64))
+                 block=None if any(b is None for b in reader.block) else np.asarray(reader.block, np.int64),
+                 trial_num=(None if any(t is None for t in reader.trial_num)
+                            else np.asarray(reader.trial_num, np.int64)))
 
 
 def load_b2t25(path: str | Path) -> Dataset:
@@ -218,7 +223,7 @@ def write_b2t25(folder: str | Path, dataset: Dataset, pad_to: int = PAD) -> Path
                     g.create_dataset("input_features", data=np.asarray(x, dtype=np.float32))
                     g.attrs["n_time_steps"] = np.int64(x.shape[0])
                     g.attrs["block_num"] = np.int64(split.block[i] if split.block is not None else 0)
-                    g.attrs["trial_num"] = np.int64(k)
+                    g.attrs["trial_num"] = np.int64(split.trial_num[i] if split.trial_num is not None else k)
                     g.attrs["session"] = session
                     if split.targets is not None:
                         y = split.targets[i]

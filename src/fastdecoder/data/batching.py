@@ -137,11 +137,16 @@ class DayBatchSampler(_Sampler):
     loses its last trial. Only days with >= 1 trial in the split take part. next() -> int64 trial indices, day by
     day in the order the days were drawn: (batch_size,) whenever ceil(batch_size / days) >= the surplus (always at
     the presets' 64 / 4, where nothing is trimmed); NEJM's rule can empty a day and then removes nothing, which this
-    reproduces."""
+    reproduces.
+
+    ``must_include_days`` (NEJM's dataset key; day indices, negative ones counted from ``n_days``): these days are
+    in every batch, first, and the rest of the batch's days are drawn from the other days, as NEJM's
+    ``create_batch_index_train`` does. None or empty: the plain draw above."""
 
     kind = "day"
 
-    def __init__(self, split: Split, batch_size: int, days_per_batch: int = 4, seed: int = 0) -> None:
+    def __init__(self, split: Split, batch_size: int, days_per_batch: int = 4, seed: int = 0,
+                 must_include_days=None, n_days: int | None = None) -> None:
         super().__init__(split, batch_size, seed)
         if days_per_batch < 1:
             raise ValueError(f"days_per_batch must be >= 1, got {days_per_batch}")
@@ -150,10 +155,38 @@ class DayBatchSampler(_Sampler):
         days, starts, counts = np.unique(split.day[order], return_index=True, return_counts=True)
         self.days = days  # days with at least one trial
         self._by_day = [order[s:s + c] for s, c in zip(starts, counts)]
+        self.must_include_days = self._must_positions(must_include_days, n_days)
+
+    def _must_positions(self, must, n_days: int | None) -> list[int]:
+        """Positions in ``self.days`` of the must-include days (ValueError naming a day without training trials)."""
+        if not must:
+            return []
+        n = int(n_days) if n_days is not None else int(self.days.max()) + 1
+        if len(must) > self.days_per_batch:
+            raise ValueError(f"data.must_include_days lists {len(must)} days but days_per_batch is "
+                             f"{self.days_per_batch}")
+        where = {int(d): i for i, d in enumerate(self.days)}
+        out = []
+        for d in must:
+            day = int(d) + n if int(d) < 0 else int(d)
+            if day not in where:
+                raise ValueError(f"data.must_include_days: day {d} has no training trials (days with trials: "
+                                 f"{', '.join(map(str, self.days.tolist()))})")
+            if where[day] in out:
+                raise ValueError(f"data.must_include_days lists day {day} twice")
+            out.append(where[day])
+        return out
+
+    def _draw_days(self, k: int) -> np.ndarray:
+        if not self.must_include_days:
+            return self.rng.choice(len(self.days), size=k, replace=False)
+        others = [i for i in range(len(self.days)) if i not in self.must_include_days]
+        extra = self.rng.choice(others, size=max(0, k - len(self.must_include_days)), replace=False)
+        return np.concatenate([np.asarray(self.must_include_days, dtype=np.int64), np.asarray(extra, np.int64)])
 
     def _next(self) -> np.ndarray:
         k = min(self.days_per_batch, len(self.days))
-        chosen = self.rng.choice(len(self.days), size=k, replace=False)
+        chosen = self._draw_days(k)
         per_day = math.ceil(self.batch_size / k)
         parts = [self._by_day[d][self.rng.integers(0, self._by_day[d].size, size=per_day)] for d in chosen]
         keep = np.full(k, per_day)
@@ -163,7 +196,8 @@ class DayBatchSampler(_Sampler):
         return np.concatenate([p[:n] for p, n in zip(parts, keep)])
 
     def _config(self) -> dict:
-        return {**super()._config(), "days_per_batch": self.days_per_batch}
+        extra = {"must_include_days": list(self.must_include_days)} if self.must_include_days else {}
+        return {**super()._config(), "days_per_batch": self.days_per_batch, **extra}
 
 
 class RandomBatchSampler(_Sampler):
@@ -225,10 +259,14 @@ class EpochBatchSampler(_Sampler):
         self._pos = int(d["pos"])
 
 
-def make_sampler(batching: str, split: Split, batch_size: int, days_per_batch: int = 4, seed: int = 0) -> _Sampler:
+def make_sampler(batching: str, split: Split, batch_size: int, days_per_batch: int = 4, seed: int = 0,
+                 must_include_days=None, n_days: int | None = None) -> _Sampler:
     """The training sampler that ``data.batching`` names: days | random | epochs (see the module docstring)."""
     if batching == "days":
-        return DayBatchSampler(split, batch_size, days_per_batch, seed=seed)
+        return DayBatchSampler(split, batch_size, days_per_batch, seed=seed, must_include_days=must_include_days,
+                               n_days=n_days)
+    if must_include_days:
+        raise ValueError(f"data.must_include_days needs data.batching: days (got {batching!r})")
     if batching == "random":
         return RandomBatchSampler(split, batch_size, seed=seed)
     if batching == "epochs":

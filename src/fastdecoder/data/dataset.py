@@ -30,7 +30,8 @@ class Split:
 
     features: per trial (T_i, C) float32; targets: per trial (L_i,) int64 ids in 1..40, or None when the split has
     no labels; day: (n,) int64 day index; trial_ids: a readable id per trial; transcriptions: per trial text or
-    None; block: (n,) int64 recording block per trial where the format stores it, else None.
+    None; block: (n,) int64 recording block per trial where the format stores it, else None; trial_num: (n,) int64
+    trial number within its block where the format stores it (b2t25 'trial_num'), else None.
     """
 
     features: list[np.ndarray]
@@ -39,14 +40,18 @@ class Split:
     trial_ids: list[str]
     transcriptions: list[str] | None = None
     block: np.ndarray | None = None
+    trial_num: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.day = np.asarray(self.day, dtype=np.int64).reshape(-1)
         if self.block is not None:
             self.block = np.asarray(self.block, dtype=np.int64).reshape(-1)
+        if self.trial_num is not None:
+            self.trial_num = np.asarray(self.trial_num, dtype=np.int64).reshape(-1)
         n = len(self.features)
         for name, seq in (("targets", self.targets), ("day", self.day), ("trial_ids", self.trial_ids),
-                          ("transcriptions", self.transcriptions), ("block", self.block)):
+                          ("transcriptions", self.transcriptions), ("block", self.block),
+                          ("trial_num", self.trial_num)):
             if seq is not None and len(seq) != n:
                 raise DataFormatError(f"split has {n} feature arrays but {len(seq)} {name}")
 

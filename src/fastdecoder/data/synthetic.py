@@ -280,6 +280,14 @@ def generate_synthetic(spec: SynthSpec | None = None, format: str = "b2t25") -> 
                     feats[i] = (feats[i] - mu) / sd
     feats = [np.ascontiguousarray(f, dtype=np.float32) for f in feats]
 
+    # --- trial numbers within each (day, block) in recording order, over all splits (as the real 'trial_num')
+    trial_num = np.zeros(n, dtype=np.int64)
+    counters: dict = {}
+    for i in range(n):
+        key = (int(day_of[i]), int(block_of[i]))
+        trial_num[i] = counters.get(key, 0)
+        counters[key] = trial_num[i] + 1
+
     # --- splits in the loaders' order: day-major, recording order within a day
     day_names = _day_names(format, spec.n_days)
     splits: dict[str, Split] = {}
@@ -301,7 +309,8 @@ def generate_synthetic(spec: SynthSpec | None = None, format: str = "b2t25") -> 
                              targets=[targets[i] for i in idx] if labeled else None,
                              day=day_of[idx], trial_ids=ids,
                              transcriptions=[texts[i] for i in idx] if labeled else None,
-                             block=block_of[idx] if format == "b2t25" else None)
+                             block=block_of[idx] if format == "b2t25" else None,
+                             trial_num=trial_num[idx] if format == "b2t25" else None)
     return Dataset(format=format, n_features=C, n_days=spec.n_days, day_names=day_names, splits=splits)
 
 

@@ -176,3 +176,22 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
         raise CheckpointError(f"checkpoint {run_dir / name} does not match its own config: "
                               f"{str(e).splitlines()[0]}") from None
     return cfg, model.eval(), state
+
+
+def run_data_path(cfg, run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """The data a run is evaluated on: ``data`` if given, else the path its config.yaml stores (absolute since
+    training stores it so; a relative one from an older run is tried against the current folder, then the run
+    folder). UserError with a hint to pass ``--data`` when it is gone."""
+    if data is not None:
+        return Path(data)
+    stored = cfg.data.path
+    if not stored:
+        raise UserError(f"run {run_dir} records no data path: pass --data PATH")
+    p = Path(stored)
+    candidates = [p] if p.is_absolute() else [p, Path(run_dir) / p]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise UserError(f"the data run {run_dir} was trained on, {stored}, is not there any more: pass --data PATH "
+                    "(a b2t24 pickle file or a b2t25 folder of session folders)")
+

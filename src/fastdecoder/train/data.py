@@ -10,7 +10,7 @@ import torch
 
 from fastdecoder.config import Config
 from fastdecoder.data.resident import ResidentSplit
-from fastdecoder.errors import UserError
+from fastdecoder.errors import UserError, writing
 from fastdecoder.losses import min_frames_for_target, output_lengths
 
 log = logging.getLogger("fastdecoder.train")
@@ -23,8 +23,17 @@ def prepare_dataset(cfg: Config, out_dir: Path | None):
     """Load ``cfg.data.path``, or write the configured synthetic set (through the real file formats) and load it.
 
     The synthetic set lives in OUT/data (``runs/synthetic/data`` without an out_dir) and is rewritten when
-    ``data.synthetic`` changed since it was written (data.synthetic's own stamp says so). Returns (dataset, path).
+    ``data.synthetic`` changed since it was written (data.synthetic's own stamp says so). The data selection keys
+    (``data.sessions``, ``data.feature_subset``, ``data.bad_trials_dict``; data/selection.py) apply to either.
+    Returns (dataset, path).
     """
+    from fastdecoder.data.selection import select_data
+
+    ds, path = _load_or_synthesize(cfg, out_dir)
+    return select_data(ds, cfg.data), path
+
+
+def _load_or_synthesize(cfg: Config, out_dir: Path | None):
     from fastdecoder.data import SynthSpec, load_dataset, write_synthetic
     from fastdecoder.data.synthetic import written_from
 
@@ -44,9 +53,26 @@ def prepare_dataset(cfg: Config, out_dir: Path | None):
     if not written_from(path, fmt, spec):
         if path.exists():
             log.info("data.synthetic changed since %s was written: regenerating it", path)
-        root.mkdir(parents=True, exist_ok=True)
-        write_synthetic(path, fmt, spec)
+        with writing(root, "synthetic data folder"):
+            root.mkdir(parents=True, exist_ok=True)
+            write_synthetic(path, fmt, spec)
     return load_dataset(path, fmt), path
+
+
+#: the presets' names, which are also the data formats they were written for
+PRESET_FAMILIES = ("b2t24", "b2t25")
+
+
+def warn_family_mismatch(config_name: str, data_format: str, data_path) -> bool:
+    """Warn (and return True) when a b2t24/b2t25 config (a preset, or a config whose ``base:`` chain keeps its
+    name) trains on data of the other format: the preset's recipe (front end, smoothing, batching) is that of the
+    other competition."""
+    if config_name in PRESET_FAMILIES and data_format in PRESET_FAMILIES and config_name != data_format:
+        log.warning("config '%s' is the %s recipe but %s holds %s data: its front end, smoothing and batching are "
+                    "not those of that data's reference (use --config %s, or name your config otherwise to silence "
+                    "this)", config_name, config_name, data_path, data_format, data_format)
+        return True
+    return False
 
 
 def target_min_frames(split) -> np.ndarray:
@@ -114,7 +140,11 @@ def make_sampler(cfg: Config, train_split, seed: int):
     batch per step; epochs: each trial once per epoch)."""
     from fastdecoder.data.batching import make_sampler as sampler_for
 
-    return sampler_for(cfg.data.batching, train_split, cfg.train.batch_size, cfg.data.days_per_batch, seed=seed)
+    try:
+        return sampler_for(cfg.data.batching, train_split, cfg.train.batch_size, cfg.data.days_per_batch, seed=seed,
+                           must_include_days=cfg.data.must_include_days, n_days=cfg.model.n_days)
+    except ValueError as e:  # a must-include day the training split does not hold: the config's fault
+        raise UserError(str(e)) from None
 
 
 def make_resident(train_split, device: torch.device) -> ResidentSplit:

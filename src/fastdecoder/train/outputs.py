@@ -9,13 +9,53 @@ import json
 import logging
 import math
 import os
+import shutil
+import sys
 import time
+import weakref
 from pathlib import Path
 
 from fastdecoder.config import save_config
 from fastdecoder.errors import UserError, writing
 
 log = logging.getLogger("fastdecoder.train")
+#: the lines that go to DIR/train.log only (what the progress bar shows in their place on the terminal)
+_run_log = logging.getLogger("fastdecoder.runlog")
+_run_log.propagate = False
+_run_log.setLevel(logging.INFO)
+
+#: the run folder's log file: every fastdecoder log line of the run, and the step lines the progress bar replaces
+TRAIN_LOG = "train.log"
+
+
+def default_run_dir(config_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<config name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, ... if taken): where ``train`` without ``--out``
+    writes."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in config_name) or "run"
+    base = Path(root) / f"{safe}-{stamp}"
+    out, k = base, 1
+    while out.exists():
+        k += 1
+        out = base.with_name(f"{base.name}-{k}")
+    return out
+
+
+def clear_run(out: Path) -> None:
+    """Delete an earlier run's files from ``out`` (checkpoints, metrics, summary, curves, predictions, saved
+    rescoring weights, train.log, TensorBoard); anything else in the folder stays."""
+    for f in (list(out.glob("*.pt")) + list(out.glob(".*.pt.*.tmp")) + list(out.glob("predictions_*.jsonl"))
+              + list(out.glob("rescore_weights*.json"))
+              + [out / "metrics.jsonl", out / "summary.json", out / "curves.png", out / TRAIN_LOG]):
+        f.unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
+def _remove_handler(handler: logging.Handler, level: int) -> None:
+    for name in ("fastdecoder", "fastdecoder.runlog"):
+        logging.getLogger(name).removeHandler(handler)
+    logging.getLogger("fastdecoder").setLevel(level)
+    handler.close()
 
 
 def prepare_run_folder(out_dir: Path) -> None:
@@ -73,7 +113,10 @@ class RunOutputs:
         self.is_main = is_main
         self.tensorboard = tensorboard and is_main
         self.plot = plot
-        self.progress = progress and is_main
+        # no bar where its \r frames would land in a file or pipe (the bar writes to stderr)
+        self.progress = progress and is_main and _is_terminal(sys.stderr)
+        self._log_handler: logging.Handler | None = None
+        self._log_finalizer = None
         self.history: list[dict] = []
         self.bar = None
         self._tb = None
@@ -87,6 +130,29 @@ class RunOutputs:
     @property
     def writes(self) -> bool:
         return self.out_dir is not None and self.is_main
+
+    def open_log(self, append: bool = False) -> None:
+        """Start DIR/train.log: every ``fastdecoder`` log record from now on (``append``: after a resumed run's)."""
+        if not self.writes or self._log_handler is not None:
+            return
+        path = self.out_dir / TRAIN_LOG
+        with writing(path):
+            handler = logging.FileHandler(path, mode="a" if append else "w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        for name in ("fastdecoder", "fastdecoder.runlog"):
+            logging.getLogger(name).addHandler(handler)
+        package = logging.getLogger("fastdecoder")
+        level = package.level
+        if package.getEffectiveLevel() > logging.INFO:  # the file gets INFO lines even where the console does not
+            package.setLevel(logging.INFO)
+        self._log_handler = handler
+        self._log_finalizer = weakref.finalize(self, _remove_handler, handler, level)
+
+    def close_log(self) -> None:
+        if self._log_finalizer is not None:
+            self._log_finalizer()
+        self._log_handler = self._log_finalizer = None
 
     def open(self, cfg, resumed_from: int | None) -> None:
         """config.yaml; on resume drop the metrics records after the checkpoint; TensorBoard writer."""
@@ -160,6 +226,7 @@ class RunOutputs:
             return
         if self.bar is not None:
             self.bar.write(msg)
+            _run_log.info(msg)
         else:
             log.info(msg)
 
@@ -172,9 +239,8 @@ class RunOutputs:
             if skipped:
                 post["skipped"] = skipped
             self.bar.set_postfix(post, refresh=False)
-            return
         eta = (steps - rec["step"]) / max(overall_rate, 1e-9)
-        log.info("step %d/%d  loss %s  lr %.3g  grad norm %s (max %s)  %.2f steps/s  ETA %s%s", rec["step"], steps,
+        (_run_log if self.bar is not None else log).info("step %d/%d  loss %s  lr %.3g  grad norm %s (max %s)  %.2f steps/s  ETA %s%s", rec["step"], steps,
                  _fmt(rec["loss"], ".4f"), rec["lr"], _fmt(rec["grad_norm"], ".3f"), _fmt(rec["grad_norm_max"], ".3f"),
                  rec["steps_per_second"], hms(eta), f"  skipped {skipped}" if skipped else "")
 
@@ -191,7 +257,7 @@ class RunOutputs:
             os.replace(tmp, path)
 
     def close(self) -> None:
-        """Close TensorBoard and draw DIR/curves.png (if train.plot and matplotlib)."""
+        """Close TensorBoard, draw DIR/curves.png (if train.plot and matplotlib) and close DIR/train.log."""
         self.stop_progress()
         if self._tb is not None:
             self._tb.close()
@@ -206,3 +272,11 @@ class RunOutputs:
                 log.info("matplotlib is not installed: no curves.png (pip install 'fastdecoder[plot]')")
             except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
                 log.warning("could not plot the curves: %s", e)
+        self.close_log()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

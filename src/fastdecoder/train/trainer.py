@@ -32,14 +32,15 @@ from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
 from fastdecoder.losses import ctc_loss, output_lengths
 from fastdecoder.ops.day_affine import plan_day_groups
 from fastdecoder.train import distributed
+from fastdecoder.train.calibration import EarlyStopping, freeze, init_from_checkpoint
 from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, check_state_shapes, load_checkpoint,
                                           load_run, save_checkpoint)
 from fastdecoder.train.data import (check_days_per_batch, make_resident, make_sampler, prepare_dataset,
-                                    target_min_frames, warn_short_and_infeasible)
+                                    target_min_frames, warn_family_mismatch, warn_short_and_infeasible)
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedule, lr_multiplier
-from fastdecoder.train.outputs import Interval, RunOutputs, prepare_run_folder
+from fastdecoder.train.outputs import Interval, RunOutputs, clear_run, prepare_run_folder
 from fastdecoder.train.rng import RunStreams, rank_seed, seed_everything
 from fastdecoder.train.signals import StopRequest
 from fastdecoder.train.stability import InstabilityGuard, NonFiniteError, PendingSteps
@@ -113,7 +114,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, out_dir: str | Path | None = None, *, progress: bool = True,
-                 resume: bool | dict = False):
+                 resume: bool | dict = False, overwrite: bool = False):
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.dist, self.device = distributed.setup(cfg.train.device)
         self.is_main = self.dist.is_main
@@ -121,16 +122,23 @@ class Trainer:
         self.outputs = RunOutputs(self.out_dir, self.is_main, tensorboard=cfg.train.tensorboard,
                                   plot=cfg.train.plot, progress=progress)
         seed_everything(cfg.train.seed)
-        if self.out_dir is not None and self.is_main:
-            prepare_run_folder(self.out_dir)
 
-        # the main rank writes the synthetic data (if any) first; the others then read it
+        # the main rank writes the synthetic data (if any) first; the others then read it. Nothing of the run folder
+        # is created or cleared before the data has loaded.
         if self.is_main:
             self.dataset, data_path = prepare_dataset(cfg, self.out_dir)
         distributed.barrier(self.dist)
         if not self.is_main:
             self.dataset, data_path = prepare_dataset(cfg, self.out_dir)
-        cfg = replace(cfg, data=replace(cfg.data, path=str(data_path), format=self.dataset.format))
+        if self.out_dir is not None and self.is_main:
+            if overwrite:
+                clear_run(self.out_dir)
+            prepare_run_folder(self.out_dir)
+            self.outputs.open_log(append=bool(resume))
+        if self.is_main:
+            warn_family_mismatch(cfg.name, self.dataset.format, data_path)
+        # stored absolute: the run folder's config.yaml names the data wherever eval runs from
+        cfg = replace(cfg, data=replace(cfg.data, path=str(Path(data_path).resolve()), format=self.dataset.format))
         cfg = replace(cfg, model=replace(cfg.model, n_features=self.dataset.n_features, n_days=self.dataset.n_days))
         state, where = self._resume_state(resume, cfg)
         self.cfg = cfg
@@ -146,6 +154,17 @@ class Trainer:
         self.fast = use_fast_path(cfg, self.device)
         self.ops_backend = ops_backend(cfg, self.device)
         self.model = build_model(cfg, self.device)
+        self.init_report = None
+        if cfg.train.init_from and state is None:  # a resumed run has its own weights
+            self.init_report = init_from_checkpoint(self.model, cfg.train.init_from, self.dataset.day_names,
+                                                    cfg.model, cfg.train.init_new_days)
+            if self.is_main:
+                r = self.init_report
+                log.info("initialised from %s: %d sessions matched, %d new (%s)", r.checkpoint, len(r.matched),
+                         len(r.new), ", ".join(f"{k} <- {v}" for k, v in r.new.items()) or "none")
+        self.frozen = freeze(self.model, cfg.model)
+        if self.frozen and self.is_main:
+            log.info("frozen: %d parameter tensors (%s)", len(self.frozen), ", ".join(self.frozen))
         self.optimizer = build_optimizer(self.model, replace(cfg.optim, fused=cfg.optim.fused and self.fast),
                                          self.device)
         self.schedule = LRSchedule(self.optimizer, cfg.optim)
@@ -191,6 +210,8 @@ class Trainer:
         self.best_step = -1
         self.last_val_per: float | None = None
         self.last_eval: EvalResult | None = None
+        self.early = EarlyStopping(cfg.train.early_stopping_val_steps) if cfg.train.early_stopping else None
+        self.stopped_early: int | None = None  # the step at which train.early_stopping stopped the run
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
         self._saved: dict[str, int] = {}
@@ -522,6 +543,8 @@ class Trainer:
             self.outputs.advance()
             if self.step >= cfg.train.steps:
                 break  # finished: a signal that came with the last step changes nothing
+            if self.stopped_early == self.step:
+                break  # train.early_stopping: finished early (final evaluation and summary as at the end)
             if out["stop"]:
                 return self._stop.name if self._stop is not None and self._stop.name else \
                     "a signal received by another rank"
@@ -592,6 +615,10 @@ class Trainer:
             per = res.per
         per = distributed.broadcast_float(per, self.dist, self.device)
         self.last_val_per = per
+        if self.early is not None:
+            loss = distributed.broadcast_float(res.loss if res is not None else float("nan"), self.dist, self.device)
+            if self.early.observe(per, loss):
+                self.stopped_early = self.step
         ev = self.schedule.on_eval(self.step, per)
         if self.is_main:
             self.last_eval = res
@@ -606,6 +633,11 @@ class Trainer:
             self.best_per, self.best_step = per, self.step
             self.save("best.pt", val_per=per)
         self.outputs.say(f"step {self.step}: val PER {per:.4f} (best {self.best_per:.4f} @ {self.best_step})")
+        if self.stopped_early == self.step:
+            self._log_metrics({"step": self.step, "event": "early_stopping", "evaluations_without_improvement":
+                               self.early.misses, "best_val_per": self.early.best_per})
+            self.outputs.say(f"step {self.step}: the validation PER has not improved in {self.early.misses} "
+                             f"evaluations (train.early_stopping_val_steps): stopping early")
 
     def state_dict(self) -> dict:
         """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still
@@ -620,7 +652,9 @@ class Trainer:
              "sampler": ranks[0]["sampler"], "rng": ranks[0]["rng"], "world_size": self.dist.world_size,
              "stability": self.guard.state_dict(), "monitor": self.monitor.state_dict(),
              "best_per": self.best_per, "best_step": self.best_step, "last_val_per": self.last_val_per,
-             "train_seconds": self._elapsed(), "reported_infeasible": sorted(self.reported_infeasible)}
+             "train_seconds": self._elapsed(), "reported_infeasible": sorted(self.reported_infeasible),
+             "day_names": list(self.dataset.day_names),
+             "early_stopping": self.early.state_dict() if self.early is not None else None}
         if self.dist.enabled:
             d["rank_states"] = ranks
         return d
@@ -655,6 +689,8 @@ class Trainer:
         self.last_val_per = state.get("last_val_per")
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.reported_infeasible.update(state.get("reported_infeasible", []))
+        if self.early is not None and state.get("early_stopping"):
+            self.early.load_state_dict(state["early_stopping"])
         self.resumed_from = self.step
         self._saved = {"last.pt": self.step}
 
@@ -684,7 +720,10 @@ class Trainer:
                 "plateau_reductions": self.schedule.plateau_reductions, "final_lr": self.schedule.current_lr(),
                 "infeasible_trials": self.infeasible_trials, "monitor_warnings": self.monitor.warnings,
                 **({"overflow_skips": self.guard.overflow_skips} if self.scaler is not None else {}),
-                **({"resumed_from": self.resumed_from} if self.resumed_from is not None else {})}
+                **({"resumed_from": self.resumed_from} if self.resumed_from is not None else {}),
+                **({"early_stopped_at": self.stopped_early} if self.stopped_early is not None else {}),
+                **({"init_from": self.init_report.as_dict()} if self.init_report is not None else {}),
+                **({"frozen": self.frozen} if self.frozen else {})}
 
     def summarize(self, last_eval: EvalResult | None, interrupted: str | None = None) -> dict:
         """Final evaluation (greedy and native beam search on the validation split) and DIR/summary.json.

@@ -442,7 +442,7 @@ def write_summary(out: Path, summary: dict) -> None:
         table = summary["results"].get(s["name"], {}).get("table")
         if table:
             lines += ["", f"## {s['name']}", "", table]
-    lines += ["", "## targets (issue 17)", "", targets_table(summary["results"], summary["smoke"])]
+    lines += ["", "## targets", "", targets_table(summary["results"], summary["smoke"])]
     (out / "tables.md").write_text("\n".join(lines) + "\n")
 
 

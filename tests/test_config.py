@@ -1,4 +1,4 @@
-"""Config: presets hold DESIGN.md's values, unknown keys are errors naming the key, overrides work."""
+"""Config: presets hold the reference code's values, unknown keys are errors naming the key, overrides work."""
 import pytest
 
 from fastdecoder.config import ConfigError, config_from_dict, load_config
@@ -107,7 +107,7 @@ def test_config_diff_names_keys():
     assert config_diff(a, b, ignore=("train.steps", "optim.lr")) == []
 
 
-# ---------------------------------------------------------------- issue 12: ranges, cross-key checks, YAML 1.2
+# ---------------------------------------------------------------- ranges, cross-key checks, YAML 1.2
 
 
 def test_every_numeric_key_has_a_range():

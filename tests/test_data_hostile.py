@@ -1,4 +1,4 @@
-"""Hostile data files (issue 12): pickle memory bombs, ids that disagree with the stated label length, attributes
+"""Hostile data files: pickle memory bombs, ids that disagree with the stated label length, attributes
 and character codes of the wrong kind, a validation split that is missing. Every one is a DataFormatError whose
 message names the file and trial (or the config key), with nothing allocated beyond what the file holds."""
 from __future__ import annotations

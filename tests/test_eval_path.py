@@ -1,5 +1,5 @@
 """The one evaluation path: `fastdecoder eval` reproduces the trainer's own PER of a checkpoint exactly, and the
-CLI / trainer turn hostile input into one clear line (issue 12) while real bugs keep their traceback."""
+CLI / trainer turn hostile input into one clear line while real bugs keep their traceback."""
 import copy
 import errno
 import json

@@ -1,4 +1,4 @@
-"""The presets against the reference code's published behaviour (DESIGN.md section 2), and every key that turns a
+"""The presets against the reference code's published behaviour, and every key that turns a
 fastdecoder fix back on changing exactly what it says.
 
 Written from the references' documented behaviour, not from their code: checkpoints as the NEJM trainer writes

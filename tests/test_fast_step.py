@@ -1,4 +1,4 @@
-"""The fast training step (issue 17): no host read inside a step, the NaN guard decided on the device and accounted
+"""The fast training step: no host read inside a step, the NaN guard decided on the device and accounted
 at the log read, length buckets that leave the losses unchanged and bound the compiles."""
 import copy
 import math

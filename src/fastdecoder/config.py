@@ -128,7 +128,7 @@ class OptimConfig:
 
 @dataclass
 class StabilityConfig:
-    """Guards against the failures of ../shared/seeds: NaN/Inf updates, repeated explosions, blank collapse."""
+    """Guards against the common training failures: NaN/Inf updates, repeated explosions, blank collapse."""
     abort_on_nonfinite: bool = False    # stop with an error at the first non-finite loss/gradient (default: skip it)
     max_consecutive_skips: int = 100    # stop with an error after this many skipped updates in a row (0 = never)
     adaptive_lr: bool = False           # reduce the LR when instability repeats

@@ -1,4 +1,4 @@
-"""GRUDecoder: the reference model of both presets (DESIGN.md section 2), and loaders for the reference checkpoints.
+"""GRUDecoder: the reference model of both presets, and loaders for the reference checkpoints.
 
 Forward: x (B, T, C) float32 neural features in 20 ms bins, day_idx (B,) int64 -> logits (B, N, 41), with
 N = (T - patch_size) // patch_stride + 1.
@@ -235,7 +235,7 @@ class GRUDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reference checkpoints (layouts in DESIGN.md section 2)
+# Reference checkpoints (the layouts cffan/neural_seq_decoder and the NEJM trainer save)
 
 _CFFAN_GRU = re.compile(r"^gru_decoder\.(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
 _NEJM_GRU = re.compile(r"^gru\.(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")

@@ -1,4 +1,4 @@
-"""The phoneme inventory shared by both reference datasets (DESIGN.md section 1).
+"""The phoneme inventory shared by both reference datasets.
 
 Class 0 is the CTC blank, 1..39 the ARPAbet phonemes without stress, 40 SIL (word boundary, also once at sentence
 end): 41 classes in all.

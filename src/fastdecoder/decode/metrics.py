@@ -1,6 +1,6 @@
 """Greedy CTC decoding and error rates (PER/WER), backed by the native extension.
 
-PER over a split = total edit distance / total reference length (DESIGN.md section 1).
+PER over a split = total edit distance / total reference length.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Output monitors: blank collapse and output diversity, with a clear warning and the fixes the notes found.
+"""Output monitors: blank collapse and output diversity, with a clear warning and the usual fixes.
 
 A CTC model that has collapsed predicts blank on (nearly) every frame; one that has lost diversity predicts only a
 handful of phonemes. Both are normal for the first few hundred steps, so the warnings start at

@@ -1,6 +1,6 @@
 """Stability guards: non-finite updates are skipped (or abort the run), repeated instability lowers the LR.
 
-The failures these guard against are the ones in the training notes (../shared/seeds): NaN/Inf gradients at high LR,
+The failures these guard against are the ones hand-tuned trainings of these models hit: NaN/Inf gradients at high LR,
 gradient norms growing step after step, and runs that had to be stopped by hand and restarted with a lower LR.
 
 * A step whose loss or total gradient norm (before clipping) is NaN/Inf is *skipped*: no optimizer step, so neither
@@ -23,8 +23,8 @@ from fastdecoder.config import StabilityConfig
 
 log = logging.getLogger("fastdecoder.train")
 
-_SUGGEST = ("lower optim.lr (or a warmup / decaying schedule), clip gradients (optim.grad_clip, the notes found "
-            "1.0-10 useful), keep Adam's optim.eps at 0.1 as both presets do, or set stability.adaptive_lr: true")
+_SUGGEST = ("lower optim.lr (or a warmup / decaying schedule), clip gradients (optim.grad_clip, "
+            "1.0-10 is a common range), keep Adam's optim.eps at 0.1 as both presets do, or set stability.adaptive_lr: true")
 
 
 class NonFiniteError(RuntimeError):

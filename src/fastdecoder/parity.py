@@ -144,10 +144,9 @@ def _guarded(op, device, dtype, fn) -> list[Row]:
 def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None, quick: bool = False) -> list[Row]:
     """Every requested check on ``device`` in each of ``dtypes``; returns the table's rows. ``quick``: one shape per
     op and a two-step, GRU-only train-step check (for smoke tests)."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    from fastdecoder.train.device import resolve_device
+
+    dev = resolve_device(str(device), "--device")  # UserError for an unknown device or CUDA that is not there
     seed = int.from_bytes(os.urandom(3), "little") if seed is None else seed
     ok, why = triton_usable(dev)
     aug_shapes, gru_shapes = _shapes(dev)

@@ -361,7 +361,9 @@ def _env():
 # missing, empty, garbage and special files) for eval / stream / data / lm; whatever it draws, the command either
 # works (exit 0, valid JSON where it prints JSON) or prints one error line (exit 2). CLI_PROBE_EXAMPLES=500 runs
 # longer; sizes that only cost time (data synth counts, lm build --order) are drawn small.
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+import collections  # noqa: E402
+
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 PROBE = settings(max_examples=int(__import__("os").environ.get("CLI_PROBE_EXAMPLES", "12")), deadline=None,
                  suppress_health_check=list(HealthCheck), derandomize=False)
@@ -370,6 +372,9 @@ _ODD = ["", " ", "-", "--", "0x10", "1e3", "1_0", "+3", "٣", "nan", "-inf", "in
         "a b", "é", "\t", "~", ".", "..", "../..", "/", "-1e-300"]
 _INTS = st.one_of(st.integers(-3, 80), st.integers(-2**70, 2**70), st.sampled_from([65536, 65537, 2**31, 2**63]))
 _FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-320, 1e308]))
+
+
+PROBE_EXITS: collections.Counter = collections.Counter()  # (command, exit status) -> examples, for a long run's note
 
 
 def _number_text(draw_ints=True):
@@ -405,6 +410,7 @@ def _probe(argv):
         except SystemExit as e:
             code = e.code
     assert code in (0, 2), (argv, code, err.getvalue())
+    PROBE_EXITS[argv[0] if argv[0] != "data" else f"data {argv[1]}", code] += 1
     if code == 2:
         one_error_line(err.getvalue())
     return code, out.getvalue()
@@ -427,6 +433,7 @@ def test_probe_eval_options(env):
 
     @PROBE
     @given(_options(env, table))
+    @example((("--decoder", "beam"), ("--beam-width", "3"), ("--lm", str(env["arpa"])), ("--lm-weight", "1e-300")))
     def probe(pairs):
         pairs = list(pairs)
         if any(k == "--lm" for k, _ in pairs) and not any(k == "--lexicon" for k, _ in pairs):
@@ -436,6 +443,7 @@ def test_probe_eval_options(env):
             _strict_json(out)
 
     probe()
+    assert PROBE_EXITS["eval", 0] >= 1, "the probe never reached a working command"
 
 
 def test_probe_stream_options(env):
@@ -448,6 +456,7 @@ def test_probe_stream_options(env):
 
     @PROBE
     @given(_options(env, table))
+    @example((("--hop", "7"), ("--lm", str(env["arpa"])), ("--word-beam-width", "2"), ("--quiet", None)))
     def probe(pairs):
         pairs = list(pairs)
         if any(k == "--lm" for k, _ in pairs) and not any(k == "--lexicon" for k, _ in pairs):
@@ -459,6 +468,7 @@ def test_probe_stream_options(env):
             _strict_json(out)
 
     probe()
+    assert PROBE_EXITS["stream", 0] >= 1, "the probe never reached a working command"
 
 
 def test_probe_data_and_lm_options(env, tmp_path_factory):
@@ -478,6 +488,9 @@ def test_probe_data_and_lm_options(env, tmp_path_factory):
     @PROBE
     @given(st.sampled_from(["synth", "info", "lm"]), st.sampled_from(["b2t24", "b2t25"]),
            outs, _options(env, synth), _options(env, lm), paths)
+    @example("synth", "b2t24", str(probe_root / "ok.pkl"), (("--days", "2"), ("--trials-per-day", "3")), (), "")
+    @example("info", "b2t24", "", (), (), str(env["data"]))
+    @example("lm", "b2t24", str(probe_root / "ok.arpa"), (), (("--order", "2"),), str(env["corpus"]))
     def probe(which, fmt, out, synth_pairs, lm_pairs, path):
         if which == "synth":
             _probe(["data", "synth", "--format", fmt, "--out", out, *_flat(synth_pairs)])
@@ -487,3 +500,5 @@ def test_probe_data_and_lm_options(env, tmp_path_factory):
             _probe(["lm", "build", "--text", path, "--out", out, *_flat(lm_pairs)])
 
     probe()
+    assert all(PROBE_EXITS[c, 0] >= 1 for c in ("data synth", "data info", "lm")), PROBE_EXITS
+    print("probe exits:", dict(PROBE_EXITS))

@@ -502,3 +502,43 @@ def test_probe_data_and_lm_options(env, tmp_path_factory):
     probe()
     assert all(PROBE_EXITS[c, 0] >= 1 for c in ("data synth", "data info", "lm")), PROBE_EXITS
     print("probe exits:", dict(PROBE_EXITS))
+
+
+def test_probe_hostile_lm_lexicon_and_data_files(env, tmp_path_factory):
+    """Mutated ARPA files, lexicons, corpora and pickles (plain and gzip): loading raises UserError or works."""
+    from fastdecoder.data import load_dataset
+    from fastdecoder.decode import Lexicon, build_lm, load_arpa
+
+    good_arpa = Path(env["arpa"]).read_bytes().splitlines(keepends=True)
+    tokens = st.sampled_from([b"\\data\\", b"\\end\\", b"\\1-grams:", b"\\2-grams:", b"ngram 1=3", b"ngram 2=-1",
+                              b"ngram 9=99999999999", b"-1.5", b"nan", b"inf", b"-99", b"<s>", b"</s>", b"<unk>",
+                              b"\xff\xfe", b"\x00", b"\t", b" ", b"\n", b"AH", b"HH", b"XX", b"(2)", b"#", b"word"])
+    noise = st.lists(tokens, max_size=12).map(b"".join)
+    mutated = st.tuples(st.lists(st.tuples(st.integers(0, len(good_arpa)), noise), max_size=4),
+                        st.lists(st.integers(0, len(good_arpa) - 1), max_size=4))
+    folder = tmp_path_factory.mktemp("probe_files")
+
+    def mutate(spec) -> bytes:
+        inserts, deletes = spec
+        lines = [line for i, line in enumerate(good_arpa) if i not in set(deletes)]
+        for at, text in inserts:
+            lines.insert(min(at, len(lines)), text + b"\n")
+        return b"".join(lines)
+
+    @PROBE
+    @given(st.one_of(mutated.map(mutate), st.binary(max_size=200), noise), st.booleans(),
+           st.sampled_from(["arpa", "lexicon", "corpus", "pickle"]))
+    def probe(data, gz, kind):
+        if kind == "pickle":
+            data = b"\x80\x04" + data
+        path = folder / f"f.{kind}"
+        path.write_bytes(gzip.compress(data) if gz else data)
+        load = {"arpa": load_arpa, "lexicon": Lexicon.from_file, "corpus": lambda p: build_lm(p, 2),
+                "pickle": load_dataset}[kind]
+        try:
+            load(path)
+        except UserError as e:
+            assert str(e).strip(), kind
+        PROBE_EXITS["files", kind] += 1
+
+    probe()

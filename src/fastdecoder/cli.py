@@ -14,10 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from fastdecoder.argtypes import finite_float, float_at_least, int_at_least, int_in
+from fastdecoder.decode.beam import MAX_BEAM_WIDTH
 from fastdecoder.errors import UserError, writing
-
-#: the beam searches' own limit (fastdecoder.decode.beam.MAX_BEAM_WIDTH), checked when the options are parsed
-MAX_BEAM_WIDTH = 65536
 
 
 def _add_train(sub) -> None:
@@ -319,9 +317,8 @@ def cmd_eval(args) -> int:
     from fastdecoder.evaluation import evaluate_runs
     from fastdecoder.evaluation import beam_hypotheses
     from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.train.device import resolve_device
-
     from fastdecoder.train.checkpoint import run_checkpoint_path
+    from fastdecoder.train.device import resolve_device
 
     rescoring = bool(args.rescore_lm or args.tune_weights)
     if rescoring and not args.lm:
@@ -367,7 +364,8 @@ def cmd_eval(args) -> int:
 
             report, word_hyps = rescore_split(
                 res.log_probs, transcripts, lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm,
-                lm_weight=args.lm_weight, beam_width=args.word_beam_width, nbest=args.word_beam_width if args.nbest is None else args.nbest,
+                lm_weight=args.lm_weight, beam_width=args.word_beam_width,
+                nbest=args.word_beam_width if args.nbest is None else args.nbest,
                 rescore_lm=args.rescore_lm, rescore_weight=args.rescore_weight,
                 ngram_weight=args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
                 word_bonus=args.rescore_word_bonus, tune=args.tune_weights, batch_size=args.rescore_batch_size,
@@ -471,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 3
 
 

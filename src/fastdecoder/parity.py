@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastdecoder.argtypes import int_in
 from fastdecoder.errors import UserError
 from fastdecoder.ops.checks import augment_error, exact_fp32, ln_gru_errors, max_error  # noqa: F401
 
@@ -226,7 +227,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", action="append", choices=sorted(DTYPES), default=None,
                    help="fp32 (default) and/or bf16 (repeat the flag for both)")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
-    p.add_argument("--seed", type=int, default=None, help="input seed (default: a fresh one, printed)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
+                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
     p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
     p.add_argument("--json", help="also write the rows to this JSON file")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
@@ -41,6 +42,12 @@ def env(tmp_path_factory):
     (root / "other").mkdir()
     (root / "other" / "last.pt").write_bytes((run / "last.pt").read_bytes())
     (root / "empty").mkdir()
+    for name, key, value in (("synth_days", "n_days", 0), ("synth_words", "words_per_sentence", [3, 1]),
+                             ("synth_seed", "seed", -1)):
+        raw = yaml.safe_load((run / "config.yaml").read_text())
+        raw["data"]["path"] = None
+        raw["data"]["synthetic"][key] = value
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
     files = {
         "run": run, "data": data, "arpa": arpa, "root": root, "empty": root / "empty",
         "missing": root / "missing.arpa",
@@ -103,8 +110,13 @@ CASES = [
     (["train", "--config", "{badyaml}"], "bad.yaml"),
     (["train", "--config", "{listyaml}"], "list.yaml"),
     (["train", "--config", "demo", "--set", "model.hiden=3"], "model.hiden"),
+    (["train", "--config", "{root}/synth_days.yaml", "--out", "{root}/t1"], "n_days"),
+    (["train", "--config", "{root}/synth_words.yaml", "--out", "{root}/t2"], "words_per_sentence"),
+    (["train", "--config", "{root}/synth_seed.yaml", "--out", "{root}/t3"], "data.synthetic.seed"),
     (["train", "--config", "demo", "--set", "noequals"], "noequals"),
     (["train", "--config", "demo", "--set", "train.steps=abc"], "train.steps"),
+    (["train", "--config", "demo", "--set", "data.batching=!!python/object:os.system 'echo'"], "not valid YAML"),
+    (["train", "--config", "demo", "--set", "train.steps=[1, "], "not valid YAML"),
     (["train", "--config", "demo", "--data", "{root}/nothing"], "nothing"),
     (["train", "--config", "demo", "--resume"], "--resume needs --out"),
     (["train", "--resume", "--overwrite", "--out", "{empty}"], "conflict"),

@@ -481,7 +481,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override key '{key}' must look like section.key")
-    return parts, yaml_load(value)
+    try:
+        return parts, yaml_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({' '.join(str(e).split())})") from None
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> Config:

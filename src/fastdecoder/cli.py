@@ -80,7 +80,8 @@ def _add_lm(sub) -> None:
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw DIR/curves.png (loss, PER, LR, grad norm, blank fraction) of a run")
     p.add_argument("run", help="run folder written by 'fastdecoder train --out'")
-    p.add_argument("--out", default=None, help="image file to write (default: RUN/curves.png)")
+    p.add_argument("--out", default=None,
+                   help="image file to write, .png / .pdf / .svg / ... (default: RUN/curves.png)")
 
 
 def _add_data(sub) -> None:

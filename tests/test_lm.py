@@ -238,6 +238,10 @@ def test_kn_matches_kenlm_query_of_the_written_arpa(tmp_path):
 def test_build_lm_from_file_normalises_and_writes_gzip(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The cat sat.\n\nThe DOG sat!\n'Quoted' words, don't split\n")
+    with pytest.raises(ValueError, match="is not an existing folder"):  # no folder is created for the output
+        build_lm(corpus, order=2, out_path=tmp_path / "out" / "lm.arpa.gz")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
     lm = build_lm(corpus, order=2, out_path=tmp_path / "out" / "lm.arpa.gz")
     assert set(lm.vocabulary) == {BOS, EOS, UNK, "the", "cat", "sat", "dog", "quoted", "words", "don't", "split"}
     again = load_arpa(tmp_path / "out" / "lm.arpa.gz")

@@ -13,6 +13,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from fastdecoder.argtypes import finite_float, float_at_least, int_at_least, int_in
+from fastdecoder.decode.beam import MAX_BEAM_WIDTH
 from fastdecoder.errors import UserError, writing
 
 
@@ -45,27 +47,28 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="val", help="val | test | train")
     p.add_argument("--data", help="data path (default: the one the run was trained on)")
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
-    p.add_argument("--beam-width", type=int, default=20)
+    p.add_argument("--beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
     p.add_argument("--lexicon", default=None,
                    help="with --lm: 'cmudict' (default), 'train' (read off the training split's transcripts and "
                         "phonemes), or a file of 'WORD PH PH ...' lines")
-    p.add_argument("--lm-weight", type=float, default=0.5)
-    p.add_argument("--word-beam-width", type=int, default=64)
+    p.add_argument("--lm-weight", type=float_at_least(0.0), default=0.5)
+    p.add_argument("--word-beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=64)
     _add_word_scores(p)
-    p.add_argument("--nbest", type=int, default=None,
+    p.add_argument("--nbest", type=int_at_least(1), default=None,
                    help="with --rescore-lm / --tune-weights / --rescore-weights / --save-nbest: hypotheses per "
-                        "sentence (default: --word-beam-width)")
+                        "sentence, at most --word-beam-width (default: --word-beam-width)")
     p.add_argument("--rescore-lm", default=None,
                    help="with --lm: rescore the n-best lists with this causal LM (a local folder or Hugging Face "
                         "name; needs pip install 'fastdecoder[llm]') and report WER before and after")
-    p.add_argument("--rescore-weight", type=float, default=0.5, help="weight b of the neural LM log-probability")
-    p.add_argument("--rescore-ngram-weight", type=float, default=None,
+    p.add_argument("--rescore-weight", type=finite_float, default=0.5,
+                   help="weight b of the neural LM log-probability")
+    p.add_argument("--rescore-ngram-weight", type=finite_float, default=None,
                    help="weight a of the n-gram LM log-probability in rescoring (default: --lm-weight)")
-    p.add_argument("--rescore-word-bonus", type=float, default=None,
+    p.add_argument("--rescore-word-bonus", type=finite_float, default=None,
                    help="weight c of the word count in rescoring (default: --word-bonus)")
-    p.add_argument("--rescore-batch-size", type=int, default=32)
+    p.add_argument("--rescore-batch-size", type=int_at_least(1), default=32)
     p.add_argument("--rescore-device", default=None, help="device of the neural LM (default: cuda if available)")
     p.add_argument("--tune-weights", action="store_true",
                    help="with --lm on a labelled split: grid-search (a, b, c) on its n-best lists, report the best "
@@ -90,9 +93,9 @@ def _add_eval(sub) -> None:
 
 
 def _add_word_scores(p) -> None:
-    p.add_argument("--blank-penalty", type=float, default=0.0,
+    p.add_argument("--blank-penalty", type=finite_float, default=0.0,
                    help="with --lm: subtracted from the blank's log-probability in every frame (> 0: fewer blanks)")
-    p.add_argument("--word-bonus", type=float, default=0.0,
+    p.add_argument("--word-bonus", type=finite_float, default=0.0,
                    help="with --lm: added to a hypothesis' score per word (natural log; > 0: more words)")
 
 
@@ -102,13 +105,14 @@ def _add_lm(sub) -> None:
     b = lsub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from a sentence corpus")
     b.add_argument("--text", required=True, help="corpus: one sentence per line (plain or .gz)")
     b.add_argument("--order", type=int, default=3, help="n-gram order, 1..10 (default 3)")
-    b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed)")
+    b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed); its folder must exist")
 
 
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw DIR/curves.png (loss, PER, LR, grad norm, blank fraction) of a run")
     p.add_argument("run", help="run folder written by 'fastdecoder train --out'")
-    p.add_argument("--out", default=None, help="image file to write (default: RUN/curves.png)")
+    p.add_argument("--out", default=None,
+                   help="image file to write, .png / .pdf / .svg / ... (default: RUN/curves.png)")
 
 
 def _add_data(sub) -> None:
@@ -117,10 +121,10 @@ def _add_data(sub) -> None:
     s = dsub.add_parser("synth", help="write a synthetic dataset in a real file format")
     s.add_argument("--format", required=True, choices=["b2t24", "b2t25"])
     s.add_argument("--out", required=True, help="pickle file (b2t24) or folder (b2t25) to write")
-    s.add_argument("--days", type=int, default=None)
-    s.add_argument("--trials-per-day", type=int, default=None)
-    s.add_argument("--features", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--days", type=int_at_least(1), default=None)
+    s.add_argument("--trials-per-day", type=int_at_least(1), default=None)
+    s.add_argument("--features", type=int_at_least(1), default=None)
+    s.add_argument("--seed", type=int_at_least(0), default=0)
     i = dsub.add_parser("info", help="summarise a dataset file or folder")
     i.add_argument("path")
 
@@ -173,8 +177,25 @@ def cmd_bench(args) -> int:
     result = bench_train(cfg, args.steps, args.warmup)
     print(format_report(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        with writing(args.json):
+            Path(args.json).write_text(_json_text(result))
     return 0
+
+
+def _json_text(obj) -> str:
+    """Valid JSON for a result: a non-finite number (an undefined rate) is written as null, never NaN/Infinity."""
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
 
 
 def cmd_train(args) -> int:
@@ -240,7 +261,7 @@ def cmd_train(args) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    print(json.dumps(summary, indent=2))
+    print(_json_text(summary))
     if summary.get("val_per") is not None:
         beam = summary.get("val_per_beam")
         extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
@@ -283,16 +304,16 @@ def _add_stream(sub) -> None:
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
     p.add_argument("--split", default="val", help="val | test | train")
     p.add_argument("--data", help="data path (default: the one the run was trained on)")
-    p.add_argument("--beam-width", type=int, default=20)
-    p.add_argument("--hop", type=int, default=4, help="bins per push (4 = 80 ms)")
+    p.add_argument("--beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=20)
+    p.add_argument("--hop", type=int_at_least(1), default=4, help="bins per push (4 = 80 ms)")
     p.add_argument("--realtime", action="store_true", help="pace the pushes at 20 ms per bin")
-    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--max-trials", type=int_at_least(1), default=None, help="replay the first N trials only")
     p.add_argument("--quiet", action="store_true", help="do not print the words as they firm up")
     p.add_argument("--device", default="cpu")
     p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
     p.add_argument("--lexicon", default=None, help="with --lm: 'cmudict' (default), 'train', or a lexicon file")
-    p.add_argument("--lm-weight", type=float, default=0.5)
-    p.add_argument("--word-beam-width", type=int, default=64)
+    p.add_argument("--lm-weight", type=float_at_least(0.0), default=0.5)
+    p.add_argument("--word-beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=64)
     _add_word_scores(p)
 
 
@@ -306,6 +327,7 @@ def cmd_stream(args) -> int:
     from fastdecoder.train.device import resolve_device
 
     _check_word_options(args)
+    _check_word_files(args)
     device = resolve_device(args.device, "--device")
     cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
     data_path = run_data_path(cfg, args.run, args.data)
@@ -320,7 +342,7 @@ def cmd_stream(args) -> int:
     report = replay(decoder, split, hop=args.hop, realtime=args.realtime, max_trials=args.max_trials, on_words=show)
     out = {"run": str(args.run), "checkpoint": args.checkpoint, "split": args.split, "beam_width": args.beam_width,
            "lookahead_ms": decoder.lookahead_bins * 20, **report.as_dict()}
-    print(json.dumps(out, indent=2))
+    print(_json_text(out))
     return 0
 
 
@@ -340,6 +362,13 @@ def _check_word_options(args) -> None:
         why = (" (the competitions score words: a submission holds the word decoder's sentences)"
                if "--submission" in given else "")
         raise UserError(f"{given[0]} is a word decoding option, and word decoding options need --lm ARPA{why}")
+
+
+def _check_word_files(args) -> None:
+    """--lm and a --lexicon file exist: checked before anything is evaluated (their contents when they are read)."""
+    for option, path in (("--lm", args.lm), ("--lexicon", args.lexicon)):
+        if path and not (option == "--lexicon" and path in ("cmudict", "train")) and not Path(path).is_file():
+            raise UserError(f"{option} {path}: no such file")
 
 
 def _word_decoder(args, ds, data_path, nbest: int = 1):
@@ -368,6 +397,7 @@ def cmd_eval(args) -> int:
     from fastdecoder.eval_outputs import save_logits, save_nbest
     from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs, per_by_day
     from fastdecoder.phonemes import ids_to_text
+    from fastdecoder.train.checkpoint import run_checkpoint_path
     from fastdecoder.train.device import resolve_device
 
     _check_word_options(args)
@@ -376,10 +406,16 @@ def cmd_eval(args) -> int:
         raise UserError("--save-weights names the file --tune-weights writes: pass --tune-weights")
     if args.format and not args.submission:
         raise UserError("--format is the layout of the --submission file: pass --submission FILE")
+    if args.nbest is not None and args.nbest > args.word_beam_width:
+        raise UserError(f"--nbest {args.nbest} exceeds --word-beam-width {args.word_beam_width}: the word beam holds "
+                        "at most that many sentences")
+    _check_word_files(args)
+    for r in args.run:
+        run_checkpoint_path(r, args.checkpoint)  # a path outside the run folder is refused before any work
     if args.rescore_lm:
-        from fastdecoder.decode.rescore import require_transformers
+        from fastdecoder.decode.rescore import check_causal_lm
 
-        require_transformers()
+        check_causal_lm(args.rescore_lm)
     weights = None
     if args.rescore_weights:
         from fastdecoder.decode.rescore import load_weights
@@ -469,7 +505,7 @@ def cmd_eval(args) -> int:
                 rec["target"] = ids_to_text(split.targets[i])
             f.write(json.dumps(rec) + "\n")
     out["predictions"] = str(pred_path)
-    print(json.dumps(out, indent=2))
+    print(_json_text(out))
     return 0
 
 
@@ -512,8 +548,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the commands' error format: one line ``error: ...`` and exit status 2 (usage: ``--help``)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastdecoder", description=__doc__)
+    parser = _Parser(prog="fastdecoder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     from fastdecoder import __version__
 
@@ -545,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                 "parity": parity.command, **serve_cli.COMMANDS}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 3
 
 

@@ -2,6 +2,9 @@
 
 ``fastdecoder`` commands print a ``UserError`` as one line (``error: ...``, exit status 2) without a traceback; any
 other exception is a bug and shows its traceback. Its message names the file, key or option and what was expected.
+The library raises it for bad arguments and bad files (the decoders, the LM and lexicon readers, the data loaders,
+configs, checkpoints); as a ``ValueError`` it is caught like one. A plain ``ValueError`` reaching the command line
+is a bug.
 """
 from __future__ import annotations
 

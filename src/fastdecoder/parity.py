@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastdecoder.argtypes import int_in
 from fastdecoder.errors import UserError
 from fastdecoder.ops.checks import augment_error, exact_fp32, ln_gru_errors, max_error  # noqa: F401
 
@@ -144,10 +145,9 @@ def _guarded(op, device, dtype, fn) -> list[Row]:
 def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None, quick: bool = False) -> list[Row]:
     """Every requested check on ``device`` in each of ``dtypes``; returns the table's rows. ``quick``: one shape per
     op and a two-step, GRU-only train-step check (for smoke tests)."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    from fastdecoder.train.device import resolve_device
+
+    dev = resolve_device(str(device), "--device")  # UserError for an unknown device or CUDA that is not there
     seed = int.from_bytes(os.urandom(3), "little") if seed is None else seed
     ok, why = triton_usable(dev)
     aug_shapes, gru_shapes = _shapes(dev)
@@ -227,7 +227,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", action="append", choices=sorted(DTYPES), default=None,
                    help="fp32 (default) and/or bf16 (repeat the flag for both)")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
-    p.add_argument("--seed", type=int, default=None, help="input seed (default: a fresh one, printed)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
+                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
     p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
     p.add_argument("--json", help="also write the rows to this JSON file")
 

@@ -31,6 +31,7 @@ import numpy as np
 from fastdecoder.data.b2t24 import write_b2t24
 from fastdecoder.data.b2t25 import session_folders, trial_id, write_b2t25
 from fastdecoder.data.dataset import Dataset, Split
+from fastdecoder.errors import UserError
 from fastdecoder.limits import MAX_SYNTH_VALUES, LimitError, short_repr
 from fastdecoder.phonemes import N_CLASSES, PHONEMES, SIL
 
@@ -79,20 +80,20 @@ class SynthSpec:
         for name in ("phones_per_word", "words_per_sentence", "lead_bins", "trail_bins", "ctc_window"):
             lo, hi = getattr(self, name)
             if name != "ctc_window" and not 0 <= lo <= hi:
-                raise ValueError(f"SynthSpec.{name} must be (low, high) with 0 <= low <= high, got {(lo, hi)}")
+                raise UserError(f"SynthSpec.{name} must be (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if self.phones_per_word[0] < 1 or self.words_per_sentence[0] < 1:
-            raise ValueError("SynthSpec: words need >= 1 phoneme and sentences >= 1 word")
+            raise UserError("SynthSpec: words need >= 1 phoneme and sentences >= 1 word")
         if not 1 <= self.min_phone_bins <= self.max_phone_bins:
-            raise ValueError(f"SynthSpec: need 1 <= min_phone_bins <= max_phone_bins, got "
-                             f"{self.min_phone_bins}, {self.max_phone_bins}")
+            raise UserError(f"SynthSpec: need 1 <= min_phone_bins <= max_phone_bins, got "
+                            f"{self.min_phone_bins}, {self.max_phone_bins}")
         if self.n_days < 1 or self.trials_per_day < 1 or self.n_features < 1 or self.vocab_size < 1:
-            raise ValueError("SynthSpec: n_days, trials_per_day, n_features and vocab_size must be >= 1")
+            raise UserError("SynthSpec: n_days, trials_per_day, n_features and vocab_size must be >= 1")
         if self.val_trials_per_day < 0 or self.test_trials_per_day < 0 or self.blocks_per_day < 1:
-            raise ValueError("SynthSpec: trial counts must be >= 0 and blocks_per_day >= 1")
+            raise UserError("SynthSpec: trial counts must be >= 0 and blocks_per_day >= 1")
         if not 1 <= self.phonemes_per_channel <= N_CLASSES - 1:
-            raise ValueError(f"SynthSpec.phonemes_per_channel must lie in 1..{N_CLASSES - 1}")
+            raise UserError(f"SynthSpec.phonemes_per_channel must lie in 1..{N_CLASSES - 1}")
         if self.ctc_window[1] < 1 or self.ctc_window[0] < 0:
-            raise ValueError(f"SynthSpec.ctc_window must be (kernel >= 0, stride >= 1), got {self.ctc_window}")
+            raise UserError(f"SynthSpec.ctc_window must be (kernel >= 0, stride >= 1), got {self.ctc_window}")
         values = self.estimated_values()
         if values > MAX_SYNTH_VALUES:
             per_day = self.trials_per_day + self.val_trials_per_day + self.test_trials_per_day
@@ -123,18 +124,18 @@ class SynthSpec:
             where = f"SynthSpec.{f.name} (config key data.synthetic.{f.name})"
             if tp is bool:
                 if not isinstance(value, bool):
-                    raise ValueError(f"{where} must be true or false, got {short_repr(value)}")
+                    raise UserError(f"{where} must be true or false, got {short_repr(value)}")
                 continue
             pair = tp is not int and tp is not float
             items = list(value) if pair and isinstance(value, (list, tuple)) else [value]
             if pair and len(items) != 2:
-                raise ValueError(f"{where} must be a pair [low, high] of integers, got {short_repr(value)}")
+                raise UserError(f"{where} must be a pair [low, high] of integers, got {short_repr(value)}")
             for v in items:
                 number = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
                 if not number or (tp is not float and v != int(v)) or v < 0:
                     kind = "number" if tp is float else "integer"
-                    raise ValueError(f"{where} must be a finite non-negative {kind}{' pair' if pair else ''}, "
-                                     f"got {short_repr(value)}")
+                    raise UserError(f"{where} must be a finite non-negative {kind}{' pair' if pair else ''}, "
+                                    f"got {short_repr(value)}")
             cast = [float(v) if tp is float else int(v) for v in items]
             setattr(self, f.name, tuple(cast) if pair else cast[0])
 
@@ -172,7 +173,7 @@ def generate_synthetic(spec: SynthSpec | None = None, format: str = "b2t25") -> 
     it after `write_synthetic`."""
     spec = spec or SynthSpec()
     if format not in ("b2t24", "b2t25"):
-        raise ValueError(f"unknown format {format!r}; expected 'b2t24' or 'b2t25'")
+        raise UserError(f"unknown format {format!r}; expected 'b2t24' or 'b2t25'")
     rng = np.random.default_rng(spec.seed)
     C, K = spec.n_features, N_CLASSES  # class 0 doubles as the rest state
 
@@ -347,7 +348,7 @@ def write_synthetic(out_path: str | Path, format: str, spec: SynthSpec | None = 
     spec = spec or SynthSpec()
     out = Path(out_path)
     if format not in ("b2t24", "b2t25"):
-        raise ValueError(f"unknown format {format!r}; expected 'b2t24' or 'b2t25'")
+        raise UserError(f"unknown format {format!r}; expected 'b2t24' or 'b2t25'")
     _clear_target(out, format, overwrite)
     ds = generate_synthetic(spec, format)
     if format == "b2t24":

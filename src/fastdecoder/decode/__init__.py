@@ -1,4 +1,10 @@
-"""Decoding: greedy, the native CTC prefix beam search, word decoding, ensembles, n-best rescoring, error rates."""
+"""Decoding: greedy, the native CTC prefix beam search, word decoding, ensembles, n-best rescoring, error rates.
+
+Bad input (an argument out of range, a missing or malformed ARPA / lexicon file, a lexicon and LM that share no
+word) raises :class:`fastdecoder.errors.UserError`, a ``ValueError`` whose message names the argument or the file
+and line; the command line prints it as one ``error: ...`` line. Log-probabilities outside the decoders' input
+policy (NaN, +inf) raise ``ValueError`` naming ``[b, t, v]``.
+"""
 from fastdecoder.decode.beam import beam_search, num_cpu_threads
 from fastdecoder.decode.metrics import edit_distances, error_rate, greedy_decode, word_error_rate
 from fastdecoder.decode.lm import ArpaLM, build_lm, load_arpa, normalize_text

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fastdecoder import _native
+from fastdecoder.errors import UserError
 
 __all__ = ["beam_search", "num_cpu_threads", "MAX_BEAM_WIDTH", "MAX_THREADS_PER_CORE"]
 
@@ -43,14 +44,14 @@ def _as_array(log_probs) -> np.ndarray:
     elements."""
     if isinstance(log_probs, torch.Tensor):
         if log_probs.device.type != "cpu":
-            raise ValueError(
+            raise UserError(
                 f"log_probs is a {log_probs.device.type} tensor; beam_search runs on the CPU: pass "
                 "log_probs.cpu() (one copy of (B, T, V) floats)"
             )
         t = log_probs.detach()
         if t.dtype not in (torch.float32, torch.float64):
             if t.is_complex() or t.dtype == torch.bool:
-                raise ValueError(f"log_probs must be a float tensor, got {t.dtype}")
+                raise UserError(f"log_probs must be a float tensor, got {t.dtype}")
             t = t.float()  # float16 / bfloat16 / integers
         if t.is_neg():
             t = t.resolve_neg()
@@ -58,7 +59,7 @@ def _as_array(log_probs) -> np.ndarray:
     arr = np.asarray(log_probs)
     if arr.dtype not in (np.float32, np.float64):
         if arr.dtype.kind not in "fiu":
-            raise ValueError(f"log_probs must be a float array, got dtype {arr.dtype}")
+            raise UserError(f"log_probs must be a float array, got dtype {arr.dtype}")
         arr = arr.astype(np.float32 if arr.dtype.itemsize <= 4 else np.float64)
     if not arr.flags.aligned or any(s % arr.itemsize for n, s in zip(arr.shape, arr.strides) if n > 1):
         arr = np.array(arr)  # a misaligned start or strides that are not whole elements (a structured field)
@@ -74,26 +75,26 @@ def _as_lengths(lengths, B: int, T: int) -> np.ndarray:
     if lens.ndim == 0:
         lens = lens.reshape(1)
     if lens.ndim != 1 or lens.shape[0] != B:
-        raise ValueError(f"lengths must have shape ({B},), got {tuple(lens.shape)}")
+        raise UserError(f"lengths must have shape ({B},), got {tuple(lens.shape)}")
     if lens.dtype.kind == "f":
         if not np.all(np.isfinite(lens)) or np.any(lens != np.round(lens)):
-            raise ValueError("lengths must be whole numbers of frames")
+            raise UserError("lengths must be whole numbers of frames")
     elif lens.dtype.kind not in "iub":
-        raise ValueError(f"lengths must be integers, got dtype {lens.dtype}")
+        raise UserError(f"lengths must be integers, got dtype {lens.dtype}")
     lens = lens.astype(np.int64)
     if B and (lens.min() < 0 or lens.max() > T):
         bad = int(np.flatnonzero((lens < 0) | (lens > T))[0])
-        raise ValueError(f"lengths must lie in [0, T={T}]; lengths[{bad}] = {int(lens[bad])}")
+        raise UserError(f"lengths must lie in [0, T={T}]; lengths[{bad}] = {int(lens[bad])}")
     return np.ascontiguousarray(lens)
 
 
 def _int_arg(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise UserError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UserError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+        raise UserError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 
@@ -138,26 +139,26 @@ def beam_search(log_probs, lengths=None, *, beam_width: int = 20, blank: int = 0
     """
     arr = _as_array(log_probs)
     if arr.ndim != 3:
-        raise ValueError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")
+        raise UserError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")
     B, T, V = arr.shape
     if V < 1:
-        raise ValueError("log_probs has an empty class dimension (V = 0)")
+        raise UserError("log_probs has an empty class dimension (V = 0)")
     if T > _MAX_FRAMES:
-        raise ValueError(f"log_probs has {T} frames; at most {_MAX_FRAMES} are supported")
+        raise UserError(f"log_probs has {T} frames; at most {_MAX_FRAMES} are supported")
     blank = _int_arg("blank", blank, 0)
     if blank >= V:
-        raise ValueError(f"blank={blank} is out of range for {V} classes")
+        raise UserError(f"blank={blank} is out of range for {V} classes")
     beam_width = _beam_width_arg(beam_width)
     nbest = _int_arg("nbest", nbest, 1)
     if nbest > beam_width:
-        raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}: the beam holds at most beam_width prefixes")
+        raise UserError(f"nbest={nbest} exceeds beam_width={beam_width}: the beam holds at most beam_width prefixes")
     num_threads = _num_threads_arg(num_threads)
     if token_min_logprob is None:
         cut = float("-inf")
     else:
         cut = float(token_min_logprob)
         if np.isnan(cut):
-            raise ValueError("token_min_logprob must be a number or None, got NaN")
+            raise UserError("token_min_logprob must be a number or None, got NaN")
     lens = _as_lengths(lengths, B, T)
     fn = _native.beam_search_f64 if arr.dtype == np.float64 else _native.beam_search_f32
     # The native side reports values outside the policy as ValueError naming [b, t, v].

@@ -1,7 +1,7 @@
 """N-gram language models: ARPA files (loaded natively, any order, back-off) and a modified Kneser-Ney estimator.
 
 - :func:`load_arpa` reads an ARPA file (plain or gzip) into the native back-off model that :class:`WordDecoder`
-  queries; a malformed file raises ``ValueError`` naming the line.
+  queries; a missing or malformed file raises ``UserError`` (a ``ValueError``) naming the file and line.
 - :func:`build_lm` estimates an interpolated modified Kneser-Ney model (Chen & Goodman 1998, as KenLM's ``lmplz``)
   from a sentence corpus and writes it as ARPA: what ``fastdecoder lm build --text corpus.txt --order 3 --out lm.arpa``
   runs.
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from fastdecoder import _words
+from fastdecoder.errors import UserError, writing
 
 __all__ = ["ArpaLM", "load_arpa", "build_lm", "estimate_kneser_ney", "KneserNeyModel", "normalize_text",
            "BOS", "EOS", "UNK"]
@@ -52,7 +53,7 @@ def read_text_bytes(path) -> bytes:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise UserError(f"{path}: no such file")
     with open(path, "rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
             fh.seek(0)
@@ -70,7 +71,7 @@ def read_text_bytes(path) -> bytes:
                                          f"bytes (limits: {GZIP_MAX_RATIO}x its size, {GZIP_MAX_BYTES} bytes in "
                                          "all); a gzip bomb, or decompress it yourself if it is genuine")
         except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: broken gzip file ({e})") from None
+            raise UserError(f"{path}: broken gzip file ({e})") from None
     return bytes(out)
 
 
@@ -102,12 +103,12 @@ class ArpaLM:
 
     @classmethod
     def load(cls, path) -> "ArpaLM":
-        """Load an ARPA file (plain or gzip). Raises ValueError naming the line of a malformed file."""
+        """Load an ARPA file (plain or gzip). Raises UserError (a ValueError) naming the line of a malformed file."""
         data = read_text_bytes(path)
         try:
             return cls(_words.ArpaLM.from_text(data), str(path))
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise UserError(f"{path}: {e}") from None
 
     @classmethod
     def from_text(cls, text: str | bytes) -> "ArpaLM":
@@ -149,7 +150,7 @@ class ArpaLM:
         if i < 0:
             i = self._native.unk
             if i < 0:
-                raise ValueError(f"word {word!r} is not in the LM vocabulary and the LM has no {UNK}")
+                raise UserError(f"word {word!r} is not in the LM vocabulary and the LM has no {UNK}")
         return i
 
     def log10_prob(self, word: str, context: Sequence[str] = ()) -> float:
@@ -180,7 +181,7 @@ class ArpaLM:
 
 
 def load_arpa(path) -> ArpaLM:
-    """Load an ARPA language model (plain or .gz). Malformed files raise ValueError naming the line."""
+    """Load an ARPA language model (plain or .gz). Malformed files raise UserError (a ValueError) naming the line."""
     return ArpaLM.load(path)
 
 
@@ -280,7 +281,7 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
     from fastdecoder.limits import MAX_LM_ORDER, LimitError
 
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+        raise UserError(f"order must be an integer >= 1, got {order!r}")
     if order > MAX_LM_ORDER:
         raise LimitError(f"order {order} exceeds the largest supported n-gram order, {MAX_LM_ORDER}")
     N = order
@@ -292,7 +293,7 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
             continue
         for w in words:
             if w in (BOS, EOS):
-                raise ValueError(f"sentence {n_sent + 1} contains the reserved token {w!r}")
+                raise UserError(f"sentence {n_sent + 1} contains the reserved token {w!r}")
         n_sent += 1
         toks = (BOS, *words, EOS)
         L = len(toks)
@@ -301,7 +302,7 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
             for i in range(L - n + 1):
                 c[toks[i:i + n]] += 1
     if n_sent == 0:
-        raise ValueError("the corpus has no (non-empty) sentence")
+        raise UserError("the corpus has no (non-empty) sentence")
     if not raw[N]:  # no sentence is long enough for an N-gram: the higher orders would be empty
         longest = max(n for n in range(1, N + 1) if raw[n])
         raise UserError(f"order {N} is higher than the corpus supports: its longest sentence gives {longest}-grams "
@@ -321,7 +322,7 @@ def estimate_kneser_ney(sentences: Iterable[Sequence[str] | str], order: int = 3
 
     if discounts is not None:
         if len(discounts) != N:
-            raise ValueError(f"discounts needs one (D1, D2, D3+) per order 1..{N}")
+            raise UserError(f"discounts needs one (D1, D2, D3+) per order 1..{N}")
         disc = [None] + [tuple(float(x) for x in d) for d in discounts]
         fallback = [False] * (N + 1)
     else:
@@ -389,23 +390,24 @@ def build_lm(text, order: int = 3, out_path=None, *, normalize: bool = True,
     Args:
         text: a corpus file (one sentence per line; plain or gzip) or an iterable of sentence strings / word lists.
         order: n-gram order, 1 .. `limits.MAX_LM_ORDER` (10), and no higher than the longest sentence + 2 (<s>, </s>).
-        out_path: where to write the ARPA file (``.gz`` suffix: gzip); None = do not write.
+        out_path: where to write the ARPA file (``.gz`` suffix: gzip; its folder must exist); None = do not write.
         normalize: lower-case and strip punctuation first (:func:`normalize_text`), as cmudict words are.
         discounts: optional fixed (D1, D2, D3+) per order instead of the estimated ones.
 
     Returns the model loaded as :class:`ArpaLM` (ready for :class:`WordDecoder`); the estimator's details
     (counts, discounts, whether an order fell back to fixed discounts) are on ``.kneser_ney``.
     """
+    out = None if out_path is None else Path(out_path)
+    if out is not None and not out.parent.is_dir():  # checked before the corpus is read; no folder is created
+        raise UserError(f"cannot write {out}: {out.parent} is not an existing folder (no folder is created)")
     model = estimate_kneser_ney(_iter_corpus(text, normalize), order, discounts=discounts)
     arpa = model.to_arpa()
-    if out_path is not None:
-        out = Path(out_path)
-        if out.parent and not out.parent.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".gz":
-            out.write_bytes(gzip.compress(arpa.encode("utf-8")))
-        else:
-            out.write_text(arpa, encoding="utf-8")
+    if out is not None:
+        with writing(out, "ARPA file"):
+            if out.suffix == ".gz":
+                out.write_bytes(gzip.compress(arpa.encode("utf-8")))
+            else:
+                out.write_text(arpa, encoding="utf-8")
     lm = ArpaLM.from_text(arpa)
     lm.source = str(out_path) if out_path is not None else "<build_lm>"
     lm.kneser_ney = model

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from fastdecoder import _native
+from fastdecoder.errors import UserError
 from fastdecoder.decode.beam import _as_array, _as_lengths
 
 
@@ -21,12 +22,12 @@ def greedy_decode(logits, lengths=None, *, blank: int = 0) -> list[list[int]]:
     """
     arr = _as_array(logits)
     if arr.ndim != 3:
-        raise ValueError(f"logits must be (batch, time, classes), got shape {tuple(arr.shape)}")
+        raise UserError(f"logits must be (batch, time, classes), got shape {tuple(arr.shape)}")
     B, T, V = arr.shape
     if V < 1:
-        raise ValueError("logits have an empty class dimension")
+        raise UserError("logits have an empty class dimension")
     if isinstance(blank, bool) or not isinstance(blank, numbers.Integral) or not 0 <= blank < V:
-        raise ValueError(f"blank={blank!r} is out of range for {V} classes")
+        raise UserError(f"blank={blank!r} is out of range for {V} classes")
     lens = _as_lengths(lengths, B, T)
     fn = _native.greedy_decode_f64 if arr.dtype == np.float64 else _native.greedy_decode_f32
     return fn(arr, lens, int(blank))
@@ -43,7 +44,7 @@ def _flatten(seqs: Sequence[Sequence[int]]):
 def edit_distances(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> np.ndarray:
     """Levenshtein distance of each (hypothesis, reference) pair of int-token sequences: (B,) int64."""
     if len(hyps) != len(refs):
-        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+        raise UserError(f"{len(hyps)} hypotheses but {len(refs)} references")
     h, ho = _flatten(hyps)
     r, ro = _flatten(refs)
     return _native.edit_distance_batch(h, ho, r, ro)

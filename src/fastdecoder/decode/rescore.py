@@ -35,7 +35,7 @@ from fastdecoder.errors import UserError
 
 __all__ = ["NeuralLM", "NBestList", "RescoreWeights", "TuneResult", "decode_nbest", "tune_weights", "DEFAULT_GRID",
            "wer_of", "rescore_split", "require_transformers", "SplitWords", "decode_split_words",
-           "save_weights", "load_weights"]
+           "save_weights", "load_weights", "check_causal_lm"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,41 @@ def _torch_dtype(dtype, device):
     if dtype not in names:
         raise UserError(f"dtype must be 'auto', one of {sorted(names)} or a torch dtype, got {dtype!r}")
     return names[dtype]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_causal_lm(name_or_path, *, local_files_only: bool = False) -> None:
+    """UserError unless ``name_or_path`` is a model folder (or hub name) whose config is a causal LM's (reads the
+    config only: no tokenizer, no weights). Also raises when ``transformers`` is missing."""
+    tf = _transformers()
+    name = str(name_or_path)
+    path = Path(name)
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    what = f"cannot load a causal LM from {name!r}"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{what}: the folder has no config.json, so it is not a model folder (a Hugging Face "
+                            "model folder holds config.json, the weights and the tokenizer files)")
+    elif path.exists():
+        raise UserError(f"{what}: it is a file, not a model folder")
+    elif looks_local:
+        raise UserError(f"{what}: no such folder")
+    try:
+        config = tf.AutoConfig.from_pretrained(name, local_files_only=local_files_only)
+    except (OSError, ValueError, ImportError) as e:
+        raise UserError(f"{what}: {_first_line(e)}") from None
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # another layout: AutoModelForCausalLM's own error (first line) says it
+        return
+    kind = getattr(config, "model_type", None)
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"{what}: it holds a {kind or type(config).__name__} model, which is not a causal LM; "
+                        "rescoring needs a causal (decoder-only) LM such as GPT-2, OPT or Llama")
 
 
 class NeuralLM:
@@ -96,6 +131,7 @@ class NeuralLM:
         if model is None or tokenizer is None:
             if name_or_path is None:
                 raise UserError("NeuralLM needs name_or_path, or both model= and tokenizer=")
+            check_causal_lm(name_or_path, local_files_only=local_files_only)
             tf = _transformers()
             new_api = tuple(int(p) for p in tf.__version__.split(".")[:2] if p.isdigit()) >= (4, 56)
             kw = {"dtype" if new_api else "torch_dtype": self.dtype, "local_files_only": local_files_only}
@@ -103,8 +139,8 @@ class NeuralLM:
                 tokenizer = tokenizer or tf.AutoTokenizer.from_pretrained(str(name_or_path),
                                                                           local_files_only=local_files_only)
                 model = model or tf.AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot load a causal LM from {name_or_path!r}: {e}") from None
+            except (OSError, ValueError, ImportError) as e:
+                raise UserError(f"cannot load a causal LM from {name_or_path!r}: {_first_line(e)}") from None
         self.source = str(name_or_path) if name_or_path is not None else type(model).__name__
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer

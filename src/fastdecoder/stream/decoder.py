@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdecoder.decode.beam import _int_arg
+from fastdecoder.decode.beam import _beam_width_arg, _int_arg
 from fastdecoder.errors import UserError
 from fastdecoder.stream.frontend import IncrementalFrontend
 from fastdecoder.stream.search import BeamStream, WordStream
@@ -76,6 +76,7 @@ class StreamingDecoder:
                  word_decoder=None, device="cpu"):
         self.frontend = IncrementalFrontend(model, device)
         self.model = self.frontend.model
+        beam_width = _beam_width_arg(beam_width)  # checked first: an error names the argument that is wrong
         self.nbest = _int_arg("nbest", nbest, 1)
         if self.nbest > beam_width:
             raise UserError(f"nbest={nbest} exceeds beam_width={beam_width}")

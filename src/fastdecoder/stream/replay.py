@@ -9,8 +9,6 @@ from typing import Callable
 
 import numpy as np
 
-from fastdecoder.errors import UserError
-
 __all__ = ["ReplayReport", "replay"]
 
 BIN_SECONDS = 0.020
@@ -40,9 +38,10 @@ def replay(decoder, split, *, hop: int = 4, realtime: bool = False, max_trials: 
     on_words(trial_index, new_words) is called whenever words become final (and with the rest at the trial's end).
     """
     from fastdecoder.decode import error_rate, greedy_decode, normalize_text, word_error_rate
+    from fastdecoder.decode.beam import _int_arg
 
-    if hop < 1:
-        raise UserError(f"hop must be >= 1 bin, got {hop}")
+    hop = _int_arg("hop", hop, 1)
+    max_trials = None if max_trials is None else _int_arg("max_trials", max_trials, 1)
     n = len(split) if max_trials is None else min(len(split), max_trials)
     latencies: list[float] = []
     finals, bins_total = [], 0
@@ -78,9 +77,15 @@ def replay(decoder, split, *, hop: int = 4, realtime: bool = False, max_trials: 
         if len(lat) else {}, real_time_factor=busy / max(bins_total * BIN_SECONDS, 1e-12), hypotheses=finals)
     if split.targets is not None and n:
         refs = [list(split.targets[i]) for i in range(n)]
-        report.per_beam = error_rate([f.phonemes for f in finals], refs)[0]
-        report.per_greedy = error_rate([greedy_decode(f.log_probs[None])[0] for f in finals], refs)[0]
+        report.per_beam = _rate(error_rate([f.phonemes for f in finals], refs))
+        report.per_greedy = _rate(error_rate([greedy_decode(f.log_probs[None])[0] for f in finals], refs))
     if decoder.words is not None and split.transcriptions is not None and n:
         hyps = [normalize_text(f.text) for f in finals]
-        report.wer = word_error_rate(hyps, [normalize_text(split.transcriptions[i]) for i in range(n)])[0]
+        report.wer = _rate(word_error_rate(hyps, [normalize_text(split.transcriptions[i]) for i in range(n)]))
     return report
+
+
+def _rate(result: tuple[float, int, int]) -> float | None:
+    """An error rate, or None when the references hold nothing to score (the rate is undefined, not NaN)."""
+    rate, _, n_ref = result
+    return rate if n_ref else None

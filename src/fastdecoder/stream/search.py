@@ -16,6 +16,7 @@ import torch
 from fastdecoder import _native, _words
 from fastdecoder.decode.beam import _beam_width_arg, _int_arg
 from fastdecoder.decode.words import WordDecoder, WordHypothesis
+from fastdecoder.errors import UserError
 
 __all__ = ["BeamStream", "WordStream"]
 
@@ -27,10 +28,10 @@ def _frames(log_probs, vocab: int) -> np.ndarray:
     arr = np.asarray(log_probs)
     if arr.dtype not in (np.float32, np.float64):
         if arr.dtype.kind not in "fiu":
-            raise ValueError(f"log_probs must be a float array, got dtype {arr.dtype}")
+            raise UserError(f"log_probs must be a float array, got dtype {arr.dtype}")
         arr = arr.astype(np.float32)
     if arr.ndim != 2 or arr.shape[1] != vocab:
-        raise ValueError(f"log_probs must be (frames, {vocab}), got shape {tuple(arr.shape)}")
+        raise UserError(f"log_probs must be (frames, {vocab}), got shape {tuple(arr.shape)}")
     return np.ascontiguousarray(arr)
 
 
@@ -67,10 +68,10 @@ class BeamStream(_NativeStream):
         self.beam_width = _beam_width_arg(beam_width)
         blank = _int_arg("blank", blank, 0)
         if blank >= self.vocab:
-            raise ValueError(f"blank={blank} is out of range for {vocab} classes")
+            raise UserError(f"blank={blank} is out of range for {vocab} classes")
         cut = float("-inf") if token_min_logprob is None else float(token_min_logprob)
         if math.isnan(cut):
-            raise ValueError("token_min_logprob must be a number or None, got NaN")
+            raise UserError("token_min_logprob must be a number or None, got NaN")
         self._native = _native.BeamStream(self.vocab, self.beam_width, blank, cut)
         self._vocab = self.vocab
 
@@ -91,7 +92,7 @@ class WordStream(_NativeStream):
 
     def __init__(self, decoder: WordDecoder):
         if not isinstance(decoder, WordDecoder):
-            raise ValueError(f"word_decoder must be a fastdecoder.decode.WordDecoder, got {type(decoder).__name__}")
+            raise UserError(f"word_decoder must be a fastdecoder.decode.WordDecoder, got {type(decoder).__name__}")
         self.decoder = decoder
         self._words = decoder.lexicon.words
         self._native = _words.WordStream(decoder._native)

@@ -151,6 +151,18 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return removed
 
 
+def run_checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The file that ``checkpoint`` names in a run folder: ``best`` / ``last`` / a file name there (``.pt`` added
+    when missing). A path (a separator, ``..``) is refused with CheckpointError: a run folder's outputs belong to
+    its own checkpoints."""
+    name = str(checkpoint)
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in ("", ".", "..") or any(c in name for c in seps) or "\0" in name:
+        raise CheckpointError(f"checkpoint {name!r}: give best, last or the name of a file in the run folder "
+                              f"{run_dir} (a path to another folder is refused)")
+    return Path(run_dir) / (name if name.endswith(".pt") else f"{name}.pt")
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
     """(config, model in eval mode on ``device``, checkpoint dict) from a run folder's ``best.pt`` / ``last.pt``.
 
@@ -162,13 +174,16 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
 
     device = device if isinstance(device, torch.device) else resolve_device(device, "--device")
     run_dir = Path(run_dir)
-    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
-    state = load_checkpoint(run_dir / name)
+    path = run_checkpoint_path(run_dir, checkpoint)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist (or is not a folder)")
+    name = path.name
+    state = load_checkpoint(path)
     try:
         cfg = config_from_dict(state["config"])
     except UserError as e:
-        raise CheckpointError(f"checkpoint {run_dir / name} holds an invalid config: {e}") from None
-    check_state_shapes(cfg, state["model"], run_dir / name)  # before building: its sizes come from the file
+        raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
+    check_state_shapes(cfg, state["model"], path)  # before building: its sizes come from the file
     model = build_model(cfg, device)
     try:
         model.load_state_dict(state["model"])

@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+from fastdecoder.errors import UserError, writing
+
 
 class PlotUnavailable(ImportError):
     """matplotlib is not installed."""
@@ -53,6 +55,19 @@ def _day_names(recs: list[dict]) -> list[str]:
 def _day_series(recs: list[dict], day: str) -> tuple[list[int], list[float]]:
     return _series([{"step": r["step"], "per": r["val_per_day"].get(day)} for r in recs
                     if isinstance(r.get("val_per_day"), dict)], "per")
+def _image_path(run_dir: Path, out) -> Path:
+    """``out`` (default ``run_dir/curves.png``), checked before plotting: an image file name whose suffix names a
+    format matplotlib writes (without one it would add ``.png`` and write another file than the one named)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out) if out is not None else run_dir / "curves.png"
+    formats = set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}  # pgf needs a TeX installation
+    if out.is_dir():
+        raise UserError(f"cannot write the plot to {out}: it is a folder (give an image file name, e.g. curves.png)")
+    if out.suffix[1:].lower() not in formats:
+        raise UserError(f"cannot write the plot to {out}: the name must end in an image format's suffix "
+                        f"({', '.join('.' + f for f in sorted(formats))})")
+    return out
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -69,6 +84,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     except ImportError as e:
         raise PlotUnavailable("plotting needs matplotlib: pip install 'fastdecoder[plot]' (or pip install "
                               "matplotlib)") from e
+    out = _image_path(run_dir, out)
     recs = read_metrics(metrics)
     train = [r for r in recs if "loss" in r and "event" not in r]
     evals = [r for r in recs if "val_per" in r]
@@ -117,7 +133,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             a.legend(loc="best", fontsize=8)
     fig.suptitle(f"{run_dir.name}: {len(train)} log steps, {len(evals)} evaluations, {len(skips)} skipped updates")
     fig.tight_layout()
-    out = Path(out) if out is not None else run_dir / "curves.png"
-    fig.savefig(out, dpi=90)
+    with writing(out, "plot"):
+        fig.savefig(out, dpi=90)
     plt.close(fig)
     return out

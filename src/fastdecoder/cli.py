@@ -1,4 +1,4 @@
-"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | parity | tune | lr-find``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -406,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     from fastdecoder import parity
 
     parity.add_parser(sub)
+    from fastdecoder.tune import cli as tune_cli
+
+    tune_cli.add_tune(sub)
+    tune_cli.add_lr_find(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -414,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command}[args.cmd](args)
+                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "parity": parity.command,
+                "tune": tune_cli.cmd_tune, "lr-find": tune_cli.cmd_lr_find}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)

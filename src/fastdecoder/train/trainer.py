@@ -178,6 +178,7 @@ class Trainer:
         self.pending = PendingSteps(cfg.train.log_every, self.device)
         self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
         self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
+        self.eval_hook = None  # eval_hook(trainer, result) after each evaluation (tune: pruning); may raise to stop
         self.streams = RunStreams(self.rank_seed, self.device)
         self.eval_settings = EvalSettings.from_config(cfg, self.device)
         self.eval_transform: EvalTransform = self.eval_settings.transform
@@ -603,6 +604,8 @@ class Trainer:
             self.best_per, self.best_step = per, self.step
             self.save("best.pt", val_per=per)
         self.outputs.say(f"step {self.step}: val PER {per:.4f} (best {self.best_per:.4f} @ {self.best_step})")
+        if self.eval_hook is not None:
+            self.eval_hook(self, res)
 
     def state_dict(self) -> dict:
         """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still

@@ -46,6 +46,8 @@ def add_tune(sub) -> None:
                    help="hyperband (default), successive halving, median, or none")
     p.add_argument("--min-resource", type=int, default=None,
                    help="steps a trial trains before it can be pruned (default: train.eval_every)")
+    p.add_argument("--diverge", type=float, default=3.0,
+                   help="prune a trial whose validation loss exceeds this x the untrained model's (0: off)")
     p.add_argument("--reduction-factor", type=int, default=3, help="hyperband / halving reduction factor")
     p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between a running trial's heartbeats")
     p.add_argument("--heartbeat-grace", type=int, default=60,
@@ -90,7 +92,8 @@ def cmd_tune(args) -> int:
             raise UserError(f"--{name} is required (fastdecoder tune --config C --space S --trials N --out DIR)")
     s = TuneSettings(config=args.config, space=load_space(args.space), trials=args.trials, out=Path(args.out),
                      study_name=args.study, storage=args.storage, overrides=list(args.overrides),
-                     members=args.members, objective=args.objective, beam_width=args.beam_width, pruner=args.pruner,
+                     members=args.members, objective=args.objective, beam_width=args.beam_width,
+                     diverge=args.diverge, pruner=args.pruner,
                      min_resource=args.min_resource, reduction_factor=args.reduction_factor,
                      heartbeat_interval=args.heartbeat_interval, grace=args.heartbeat_grace, retry=args.retry,
                      baseline=not args.no_baseline, sampler_seed=args.sampler_seed)

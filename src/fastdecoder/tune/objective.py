@@ -8,7 +8,8 @@ Outcomes (``TrialOutcome.state``, with ``reason`` in the trial's user attribute 
   to blanks (the collapse monitor's rule: more than ``stability.blank_threshold`` of the validation frames blank at
   an evaluation from ``stability.monitor_after_steps`` on), or it went non-finite past the stability guard (the
   trainer stopped on NaN/Inf: ``stability.max_consecutive_skips`` skipped updates in a row, non-finite weights, or
-  ``abort_on_nonfinite``), or its validation PER was not finite;
+  ``abort_on_nonfinite``), its validation PER or loss was not finite, or it diverged: its validation loss
+  exceeded ``diverge`` times the untrained model's (evaluated before the first step; 0 turns the rule off);
 * failed: its config is invalid (a sampled combination the config rejects), or training raised; the run folder's
   ``error.txt`` holds the traceback.
 """
@@ -44,7 +45,7 @@ class TrialOutcome:
 
 
 def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str = "greedy",
-              beam_width: int = 20, progress: bool = False) -> TrialOutcome:
+              beam_width: int = 20, diverge: float = 3.0, progress: bool = False) -> TrialOutcome:
     """Train ``base`` with ``params`` applied into ``run_dir``, reporting to ``trial`` (an optuna Trial)."""
     from fastdecoder.train.stability import NonFiniteError
     from fastdecoder.train.trainer import Trainer
@@ -56,6 +57,7 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
     run_dir.mkdir(parents=True, exist_ok=True)
     reported: list[float] = []
     trainer = None
+    untrained_loss = None  # validation loss of the untrained model: the divergence rule's reference
 
     def on_eval(tr, res) -> None:
         if objective == "beam":
@@ -67,6 +69,11 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
             raise StopTrial(f"non-finite: validation PER {value} at step {tr.step}")
         reported.append(value)
         trial.report(value, tr.step)
+        if res.loss is not None and not math.isfinite(res.loss):
+            raise StopTrial(f"non-finite: validation loss {res.loss} at step {tr.step}")
+        if res.loss is not None and untrained_loss and diverge and res.loss > diverge * untrained_loss:
+            raise StopTrial(f"diverged at step {tr.step}: validation loss {res.loss:.4g} > {diverge:g} x the "
+                            f"untrained model's {untrained_loss:.4g}")
         if tr.monitor.collapsed:
             c = tr.cfg.stability
             raise StopTrial(f"blank collapse at step {tr.step}: {100 * res.blank_fraction:.1f}% of the validation "
@@ -78,6 +85,8 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
 
     try:
         trainer = Trainer(cfg, run_dir, progress=progress)
+        if diverge and trainer.val_split is not None:
+            untrained_loss = trainer.evaluate(max_trials=cfg.data.max_val_trials).loss
         trainer.eval_hook = on_eval
         summary = trainer.fit()
     except StopTrial as e:

@@ -42,6 +42,7 @@ class TuneSettings:
     members: int = 1
     objective: str = "greedy"         # greedy | beam
     beam_width: int = 20
+    diverge: float = 3.0              # prune when the validation loss exceeds this x the untrained model's (0: off)
     pruner: str = "hyperband"
     min_resource: int | None = None   # steps before a trial can be pruned (default: train.eval_every)
     reduction_factor: int = 3
@@ -203,7 +204,7 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
                 params = s.space.sample(t, base)
                 say(f"trial {t.number}: {json.dumps(params)}")
                 outcome = run_trial(t, resolved, params, run_dir_of(s.out, t.number), objective=s.objective,
-                                    beam_width=s.beam_width, progress=progress)
+                                    beam_width=s.beam_width, diverge=s.diverge, progress=progress)
                 state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome.state,
                                                                                            TrialState.FAIL)
                 _tell(study, t, state, outcome.value, outcome.reason, outcome.steps)

@@ -168,13 +168,15 @@ def test_wild_space_prunes_collapsed_and_diverged_trials(tmp_path):
     assert rep["counts"] == {k: kinds.count(k) for k in set(kinds)}
     assert rep["counts"]["collapsed"] >= 1 and rep["counts"].get("diverged", 0) + rep["counts"].get("non_finite", 0) >= 1
     assert sum(done.values()) == 3
-    # each trial is a normal run folder: eval --run takes the collapsed one too
-    assert main(["eval", "--run", by_number[1]["run_dir"], "--checkpoint", "last"]) == 0
+    # each trial is a normal run folder: eval --run takes the collapsed one too (its best.pt)
+    assert main(["eval", "--run", by_number[1]["run_dir"]]) == 0
 
 
 # -- a study with two worker processes on the journal file -------------------------------------------------------
 def test_two_workers_journal_study_and_report(tmp_path, capsys):
-    cfg = _write(tmp_path / "tiny.yaml", TINY)
+    short = apply_params(TINY, {"train.steps": 20, "optim.decay_steps": 20, "train.eval_every": 5,
+                                "train.checkpoint_every": 20})
+    cfg = _write(tmp_path / "tiny.yaml", short)
     space = _write(tmp_path / "space.yaml", {
         "optim.lr": {"type": "float", "low": 3e-3, "high": 0.1, "log": True},
         "optim.eps": {"type": "float", "low": 1e-8, "high": 0.1, "log": True},
@@ -195,7 +197,7 @@ def test_two_workers_journal_study_and_report(tmp_path, capsys):
     for name in ("history", "importances", "parallel_coordinates"):
         assert Path(rep["plots"][name]).stat().st_size > 1000, rep["plots"]
     # the preset (the config as given) at the same steps, trained on its own
-    preset = Trainer(config_from_dict(TINY), tmp_path / "preset", progress=False)
+    preset = Trainer(config_from_dict(short), tmp_path / "preset", progress=False)
     preset.fit()
     assert rep["best"]["value"] <= preset.best_per + 1e-12, (rep["best"], preset.best_per)
     # best.yaml is a config train --config takes; the best trial's folder is a run eval --run takes
@@ -210,6 +212,30 @@ def test_two_workers_journal_study_and_report(tmp_path, capsys):
     capsys.readouterr()
     best_pt = torch.load(Path(rep["best"]["run_dir"]) / "best.pt", map_location="cpu", weights_only=False)
     assert best_pt["val_per"] == pytest.approx(rep["best"]["value"], abs=1e-12)
+
+
+# -- liveness of the journal storage -----------------------------------------------------------------------------
+def test_stale_heartbeat_fails_the_trial_with_its_reason_and_retries_it(tmp_path):
+    from fastdecoder.tune.storage import fail_stale
+
+    study = open_study(open_storage(None, tmp_path, heartbeat_interval=1, grace=5), "s")
+    dead, alive = study.ask(), study.ask()
+    dead.suggest_float("optim.lr", 1e-3, 1e-1)
+    dead.set_user_attr("reason", "lost: preset")
+    hb = tmp_path / "heartbeats"
+    hb.mkdir()
+    for t, age in ((dead, 30), (alive, 1)):
+        f = hb / f"trial_{t.number}"
+        f.touch()
+        os.utime(f, (time.time() - age, time.time() - age))
+    assert fail_stale(study, hb, grace=5, retry=1) == [dead.number]
+    trials = study.get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL and trials[1].state == optuna.trial.TrialState.RUNNING
+    assert trials[0].user_attrs["reason"].startswith("lost: no heartbeat from its worker for 30 s")
+    retry = trials[2]  # enqueued with the same parameters
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["fixed_params"] == trials[0].params
+    assert retry.user_attrs == {"retry": 1, "retry_of": 0}
+    assert fail_stale(study, hb, grace=5, retry=1) == []  # nothing more is stale; the live one is untouched
 
 
 # -- a worker killed mid-trial ----------------------------------------------------------------------------------
@@ -291,7 +317,9 @@ def test_two_workers_started_together_on_postgresql(tmp_path, postgres):
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
     args = ["--config", str(cfg), "--space", str(space), "--trials", str(n), "--storage", postgres, "--study",
             "pg", "--pruner", "none"]
-    procs = [_worker([*args, "--out", str(tmp_path / f"w{i}")], logs[i]) for i in range(2)]  # a fresh database
+    # a fresh database; the second worker asks two trials at a time (--members 2: sampled together, trained in turn)
+    procs = [_worker([*args, "--out", str(tmp_path / f"w{i}"), *(["--members", "2"] if i else [])], logs[i])
+             for i in range(2)]
     _wait(procs, logs)
     study = optuna.load_study(study_name="pg", storage=postgres.replace("postgresql://",
                                                                         "postgresql+psycopg://"))

@@ -220,7 +220,7 @@ def fail_stale(study, hb_dir: Path | None, grace: float, retry: int = 0, own: se
         for n in failed:
             t = by_number[n]
             chain = int(t.user_attrs.get("retry", 0))
-            if chain < retry:
+            if chain < retry and str(t.user_attrs.get("reason", "")).startswith("lost"):
                 study.enqueue_trial(t.params, user_attrs={"retry": chain + 1, "retry_of": n}, skip_if_exists=False)
                 log.warning("trial %d: retried (attempt %d of %d)", n, chain + 1, retry)
     return failed

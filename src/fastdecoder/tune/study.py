@@ -174,6 +174,7 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
     hb_dir = None if is_rdb(s.storage) else s.out / HEARTBEAT_DIR
     live = Liveness(study, s.storage, hb_dir, interval=s.heartbeat_interval, grace=s.grace, retry=s.retry)
     done_here: dict[str, int] = {}
+    pending: list = []  # this worker's asked trials not yet told
     try:
         while True:
             live.fail_stale()
@@ -191,17 +192,20 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
                 asked = _drop_surplus(study, asked, s.trials)
             if not asked:
                 continue
+            live.begin(asked)
+            pending = list(asked)
             for t in asked:
                 t.set_user_attr("reason", LOST_REASON.format(grace=s.grace))
                 t.set_user_attr("run_dir", str(run_dir_of(s.out, t.number).resolve()))
-            live.begin(asked)
+            # the K members' parameters are sampled together, before any of them trains
+            chosen = [s.space.sample(t, base) for t in asked]
             stop = False
-            for t in asked:
+            for t, params in zip(asked, chosen):
                 if stop:  # a signal stopped the worker: the members not yet trained are failed too
                     _tell(study, t, TrialState.FAIL, None, "interrupted: the worker was stopped by a signal", 0)
                     live.end(t)
+                    pending.remove(t)
                     continue
-                params = s.space.sample(t, base)
                 say(f"trial {t.number}: {json.dumps(params)}")
                 outcome = run_trial(t, resolved, params, run_dir_of(s.out, t.number), objective=s.objective,
                                     beam_width=s.beam_width, diverge=s.diverge, progress=progress)
@@ -209,13 +213,19 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
                                                                                            TrialState.FAIL)
                 _tell(study, t, state, outcome.value, outcome.reason, outcome.steps)
                 live.end(t)
+                pending.remove(t)
                 done_here[state.name] = done_here.get(state.name, 0) + 1
                 value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
                 say(f"trial {t.number}: {state.name.lower()} value {value} after {outcome.steps} steps"
                     + (f" ({outcome.reason})" if outcome.reason else ""))
                 stop = stop or outcome.interrupted
+            pending = []
             if stop:
                 break
+    except BaseException as e:  # Ctrl-C or an error of the worker itself: its trials end failed, not stale
+        for t in pending:
+            _tell(study, t, TrialState.FAIL, None, f"interrupted: the worker stopped ({type(e).__name__})", 0)
+        raise
     finally:
         live.close()
     return done_here

@@ -44,6 +44,12 @@ TINY = {
 }
 
 
+#: smaller still, for the studies with worker processes (each trial a few seconds on a busy machine)
+SMALL = {**TINY, "data": tiny_data(3, trials_per_day=24, val_trials_per_day=6, test_trials_per_day=2, n_features=16,
+                                   words_per_sentence=(1, 2)),
+         "model": {**TINY["model"], "hidden_size": 32}}
+
+
 def _write(path: Path, data) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -174,8 +180,8 @@ def test_wild_space_prunes_collapsed_and_diverged_trials(tmp_path):
 
 # -- a study with two worker processes on the journal file -------------------------------------------------------
 def test_two_workers_journal_study_and_report(tmp_path, capsys):
-    short = apply_params(TINY, {"train.steps": 20, "optim.decay_steps": 20, "train.eval_every": 5,
-                                "train.checkpoint_every": 20})
+    short = apply_params(SMALL, {"train.steps": 20, "optim.decay_steps": 20, "train.eval_every": 5,
+                                 "train.checkpoint_every": 20})
     cfg = _write(tmp_path / "tiny.yaml", short)
     space = _write(tmp_path / "space.yaml", {
         "optim.lr": {"type": "float", "low": 3e-3, "high": 0.1, "log": True},
@@ -240,31 +246,32 @@ def test_stale_heartbeat_fails_the_trial_with_its_reason_and_retries_it(tmp_path
 
 # -- a worker killed mid-trial ----------------------------------------------------------------------------------
 def test_sigkill_of_a_worker_fails_its_trial_and_the_other_finishes(tmp_path):
-    slow = apply_params(TINY, {"train.steps": 400, "optim.decay_steps": 400, "train.eval_every": 100})
+    slow = apply_params(SMALL, {"train.steps": 2000, "optim.decay_steps": 2000, "train.eval_every": 1000})
     cfg = _write(tmp_path / "slow.yaml", slow)
     space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
     out = tmp_path / "study"
     quick = ["--set", "train.steps=10", "--set", "optim.decay_steps=10", "--set", "train.eval_every=10"]
-    common = ["--space", str(space), "--trials", "3", "--out", str(out), "--heartbeat-interval", "1",
-              "--heartbeat-grace", "4", "--no-baseline"]
+    common = ["--config", str(cfg), "--space", str(space), "--trials", "3", "--out", str(out),
+              "--heartbeat-interval", "1", "--heartbeat-grace", "4", "--no-baseline"]
     victim_log, other_log = tmp_path / "victim.log", tmp_path / "other.log"
-    victim = _worker(["--config", str(cfg), *common], victim_log)  # 400-step trials: still training when killed
-    deadline = time.time() + 120
-    while "trial 0: {" not in victim_log.read_text():
+    victim = _worker(common, victim_log)  # 2000-step trials: still training when it is killed
+    other = _worker([*common, *quick], other_log)  # the same study, 10-step trials
+    deadline = time.time() + 180
+    while "trial " not in victim_log.read_text():
         assert time.time() < deadline and victim.poll() is None, victim_log.read_text()
         time.sleep(0.2)
     time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    other = _worker(["--config", str(cfg), *common, *quick], other_log)
+    killed_number = int(victim_log.read_text().split("trial ", 1)[1].split(":", 1)[0])
     _wait([other], [other_log], timeout=240)
     storage = open_storage(None, out, heartbeat_interval=1, grace=4)  # opens cleanly after the kill
     trials = open_study(storage, "tune", create=False).get_trials()
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
-    killed = trials[0]
+    killed = trials[killed_number]
     assert killed.state == optuna.trial.TrialState.FAIL
     assert killed.user_attrs["reason"].startswith("lost: no heartbeat"), killed.user_attrs
-    assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.state for t in trials if t.number != killed_number] == [optuna.trial.TrialState.COMPLETE] * 2
     rep = collect(open_study(storage, "tune", create=False))
     assert rep["counts"] == {"lost": 1, "complete": 2}
 
@@ -280,13 +287,16 @@ def _postgres_bin():
 
 
 @pytest.fixture
-def postgres(tmp_path_factory):
+def postgres():
     """A PostgreSQL server (the pgserver wheel's binaries) run by an unprivileged user in a fresh folder."""
     pytest.importorskip("psycopg", reason="psycopg 3 (the [tune] extra) is not installed")
     bin_dir = _postgres_bin()
     if bin_dir is None:
         pytest.skip("no PostgreSQL server binary: the pgserver package (the [dev] extra) is not installed")
-    root = Path(tmp_path_factory.mktemp("pg"))
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fastdecoder-pg-"))  # not under pytest's 0700 folders: the server's user
+    #                                                            must reach it
     user = None
     if os.geteuid() == 0:  # the server refuses to run as root
         import pwd
@@ -311,7 +321,7 @@ def postgres(tmp_path_factory):
 
 
 def test_two_workers_started_together_on_postgresql(tmp_path, postgres):
-    cfg = _write(tmp_path / "tiny.yaml", apply_params(TINY, {"train.steps": 10, "optim.decay_steps": 10}))
+    cfg = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10}))
     space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
     n = 6
     logs = [tmp_path / "w0.log", tmp_path / "w1.log"]

@@ -278,11 +278,13 @@ def test_sigkill_of_a_worker_fails_its_trial_and_the_other_finishes(tmp_path):
 
 # -- two workers against a real PostgreSQL server ----------------------------------------------------------------
 def _postgres_bin():
-    try:
-        import pgserver
-    except ImportError:
+    """The server binaries the pgserver wheel bundles (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    b = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    b = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
     return b if (b / "postgres").exists() else None
 
 
@@ -318,6 +320,40 @@ def postgres():
         subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], user=user,
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_workers_creating_a_study_at_once_on_a_fresh_postgresql_database(postgres):
+    """Four threads open the storage (creating the tables) and the study of a fresh database at the same moment:
+    one creates, the others load it; none fails."""
+    import threading
+
+    import psycopg
+
+    from fastdecoder.tune.storage import open_storage, open_study
+
+    params = dict(p.split("=") for p in postgres.split("?", 1)[1].split("&"))
+    with psycopg.connect(host=params["host"], port=int(params["port"]), user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute("CREATE DATABASE race")
+    url = postgres.replace("@/postgres?", "@/race?")
+    barrier, ids, errors = threading.Barrier(4), [], []
+
+    def join():
+        try:
+            barrier.wait()
+            study = open_study(open_storage(url, None, heartbeat_interval=5, grace=30), "fresh")
+            ids.append(study._study_id)
+        except Exception as e:  # noqa: BLE001 - collected and reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(ids) == 4 and len(set(ids)) == 1, (errors, ids)
+    assert [s.study_name for s in optuna.get_all_study_summaries(url.replace("postgresql://",
+                                                                             "postgresql+psycopg://"))] == ["fresh"]
 
 
 def test_two_workers_started_together_on_postgresql(tmp_path, postgres):

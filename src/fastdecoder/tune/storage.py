@@ -23,6 +23,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from fastdecoder.errors import UserError
@@ -70,7 +71,9 @@ def open_storage(url: str | None, out: Path | None, *, heartbeat_interval: int, 
     last = None
     for attempt in range(12):  # workers creating the tables of a fresh database at the same moment
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace)
         except ImportError as e:
             raise UserError(f"--storage {url.split('://')[0]}: a database driver is missing ({e}); "
                             "pip install 'fastdecoder[tune]' brings psycopg 3 for PostgreSQL") from None
@@ -189,7 +192,9 @@ def fail_stale(study, hb_dir: Path | None, grace: float, retry: int = 0, own: se
     failed = []
     if hb_dir is None:
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         after = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         failed = sorted(before & set(after))
     else:

@@ -123,6 +123,13 @@ def test_tune_cli_errors(tmp_path, capsys):
     assert "holds no study" in capsys.readouterr().err
 
 
+def test_clear_error_without_optuna(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    cfg = _write(tmp_path / "tiny.yaml", TINY)
+    assert main(["tune", "--config", str(cfg), "--space", "demo", "--trials", "1", "--out", str(tmp_path / "s")]) == 2
+    assert "pip install 'fastdecoder[tune]'" in capsys.readouterr().err
+
+
 # -- the trainer's evaluation hook -------------------------------------------------------------------------------
 def test_eval_hook_sees_every_evaluation_and_can_stop_training(tmp_path):
     cfg = config_from_dict(apply_params(TINY, {"train.steps": 6, "train.eval_every": 2, "train.checkpoint_every": 6}))

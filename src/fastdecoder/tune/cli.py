@@ -13,14 +13,15 @@ TUNE_HELP = """hyperparameter search with Optuna (pip install 'fastdecoder[tune]
   fastdecoder tune --config CONFIG --space SPACE --trials N --out DIR [options]
   fastdecoder tune report DIR  |  fastdecoder tune report --storage URL --study NAME [--out DIR]
 
---trials is the study's total: start any number of workers with the same arguments (on one machine with the
-default journal file DIR/journal.log, or on many with --storage postgresql://... and a shared --out); each stops
-when the study holds N finished trials. Each trial is a normal run folder DIR/trials/trial_NNNN (eval --run takes
-it). The objective is the best validation PER over the trial's evaluations, reported at every evaluation to the
-pruner. Trials that go non-finite past the stability guard or collapse to blanks (the collapse monitor's rule, from
-stability.monitor_after_steps on) are pruned, trials that raise are failed, each with the reason in its user
-attribute 'reason'. A killed worker's trial is marked failed within --heartbeat-grace + --heartbeat-interval
-seconds while any worker of the study runs (--retry N: tried again)."""
+--trials is the study's total: start any number of workers with the same arguments (on one machine with the default
+journal file DIR/journal.log, or on many with --storage postgresql://...; --out then holds each machine's trial
+folders); each stops when the study holds N finished trials. Each trial is a normal run folder DIR/trials/trial_NNNN
+(eval --run takes it). The objective is the best validation PER over the trial's evaluations, reported at every
+evaluation to the pruner. Trials that go non-finite past the stability guard, whose validation loss passes --diverge
+x the untrained model's, or that collapse to blanks (the collapse monitor's rule, from stability.monitor_after_steps
+on) are pruned, trials that raise are failed, each with the reason in its user attribute 'reason'. A killed worker's
+trial is marked failed within --heartbeat-grace + --heartbeat-interval seconds while any worker of the study runs
+(--retry N: tried again)."""
 
 
 def add_tune(sub) -> None:

@@ -34,7 +34,8 @@ def add_tune(sub) -> None:
     p.add_argument("--out", help="study folder: journal.log, trials/trial_NNNN run folders, report")
     p.add_argument("--study", default="tune", help="study name (default: tune)")
     p.add_argument("--storage", default=None,
-                   help="postgresql://, mysql://, sqlite:/// or redis:// URL (default: the journal file DIR/journal.log)")
+                   help="postgresql://, mysql://, sqlite:/// or redis:// URL (default: the journal file "
+                        "DIR/journal.log)")
     p.add_argument("--members", type=int, default=1,
                    help="ask K trials at once (ask/tell); they are trained one after another (batched training of "
                         "the K members as one model is not implemented yet)")

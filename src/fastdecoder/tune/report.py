@@ -29,7 +29,8 @@ def reason_kind(state: str, reason: str) -> str:
         return "complete"
     if state in ("RUNNING", "WAITING"):
         return state.lower()
-    for prefix, kind in (("blank collapse", "collapsed"), ("non-finite", "non_finite"), ("diverged", "diverged"), ("pruned", "pruned"),
+    for prefix, kind in (("blank collapse", "collapsed"), ("non-finite", "non_finite"), ("diverged", "diverged"),
+                         ("pruned", "pruned"),
                          ("lost", "lost"), ("surplus", "surplus"), ("invalid config", "invalid_config"),
                          ("interrupted", "interrupted")):
         if reason.startswith(prefix):

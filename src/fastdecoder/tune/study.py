@@ -22,8 +22,8 @@ from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
 from fastdecoder.tune.objective import run_trial
 from fastdecoder.tune.space import SearchSpace
-from fastdecoder.tune.storage import (HEARTBEAT_DIR, LOST_REASON, Liveness, fail_stale, is_rdb, open_storage,
-                                      open_study, require_optuna)
+from fastdecoder.tune.storage import (HEARTBEAT_DIR, LOST_REASON, Liveness, is_rdb, open_storage, open_study,
+                                      require_optuna)
 
 log = logging.getLogger("fastdecoder.tune")
 
@@ -178,19 +178,15 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
     try:
         while True:
             live.fail_stale()
-            trials = counted_trials(study.get_trials(deepcopy=False))
-            finished = sum(t.state.is_finished() for t in trials)
-            if finished >= s.trials:
-                break
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            k = min(s.members, s.trials - len(trials) + waiting)
-            if k <= 0:  # every trial is asked; the other workers run the last ones (or go stale)
+            with ask_lock(storage, s.out, s.storage):  # count and ask as one step
+                trials = counted_trials(study.get_trials(deepcopy=False))
+                if sum(t.state.is_finished() for t in trials) >= s.trials:
+                    break
+                waiting = sum(t.state == TrialState.WAITING for t in trials)
+                k = min(s.members, s.trials - len(trials) + waiting)
+                asked = _drop_surplus(study, [study.ask() for _ in range(k)], s.trials) if k > 0 else []
+            if not asked:  # every trial is asked; the other workers run the last ones (or go stale)
                 time.sleep(s.poll)
-                continue
-            with ask_lock(storage, s.out, s.storage):
-                asked = [study.ask() for _ in range(k)]
-                asked = _drop_surplus(study, asked, s.trials)
-            if not asked:
                 continue
             live.begin(asked)
             pending = list(asked)

@@ -262,6 +262,19 @@ def test_stale_heartbeat_fails_the_trial_with_its_reason_and_retries_it(tmp_path
     assert fail_stale(study, hb, grace=5, retry=1) == []  # nothing more is stale; the live one is untouched
 
 
+@needs_optuna
+def test_a_trial_asked_past_the_total_is_told_surplus_and_not_counted(tmp_path):
+    from fastdecoder.tune.study import _drop_surplus, counted_trials
+
+    study = open_study(open_storage(None, tmp_path, heartbeat_interval=1, grace=5), "s")
+    first, second, third = study.ask(), study.ask(), study.ask()  # a race without the lock: three asked, total two
+    assert _drop_surplus(study, [second], 2) == [second]
+    assert _drop_surplus(study, [third], 2) == []
+    trials = study.get_trials()
+    assert trials[2].state == optuna.trial.TrialState.FAIL and trials[2].user_attrs["reason"].startswith("surplus")
+    assert [t.number for t in counted_trials(trials)] == [0, 1]
+
+
 # -- a worker killed mid-trial ----------------------------------------------------------------------------------
 @needs_optuna
 def test_sigkill_of_a_worker_fails_its_trial_and_the_other_finishes(tmp_path):

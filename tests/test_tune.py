@@ -443,3 +443,14 @@ def test_lr_find_suggests_a_learning_rate_and_restores_the_model(tmp_path, capsy
     assert printed.startswith("lr-find: ") and "plot: " in printed, printed
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "lrf" / "lr_find.json").read_text())["lrs"]) >= 5
+    # tune --lr-range: the LR range around an lr-find suggestion, capped where its ramp diverged
+    from fastdecoder.tune.space import with_lr_range
+
+    found = tmp_path / "found.json"
+    found.write_text(json.dumps({"suggestion": 0.02, "lrs": [1e-5, 0.1]}))
+    lr = with_lr_range(load_space("demo"), found).params[0]
+    assert (lr.key, lr.low, lr.high, lr.log) == ("optim.lr", pytest.approx(0.002), 0.1, True)
+    assert load_space("demo").keys == with_lr_range(load_space("demo"), found).keys
+    found.write_text(json.dumps({"suggestion": None, "lrs": [1e-5]}))
+    with pytest.raises(ConfigError, match="not an lr_find.json with a suggestion"):
+        with_lr_range(load_space("demo"), found)

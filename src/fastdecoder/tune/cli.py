@@ -36,6 +36,9 @@ def add_tune(sub) -> None:
     p.add_argument("--storage", default=None,
                    help="postgresql://, mysql://, sqlite:/// or redis:// URL (default: the journal file "
                         "DIR/journal.log)")
+    p.add_argument("--lr-range", default=None, metavar="LR_FIND_JSON",
+                   help="sample optim.lr log-uniformly from a tenth to ten times the suggestion of this "
+                        "'fastdecoder lr-find' result (capped where its ramp diverged), replacing the space's entry")
     p.add_argument("--members", type=int, default=1,
                    help="ask K trials at once (ask/tell); they are trained one after another (batched training of "
                         "the K members as one model is not implemented yet)")
@@ -86,13 +89,16 @@ def cmd_tune(args) -> int:
         if args.rest[0] != "report":
             raise UserError(f"unknown tune command {args.rest[0]!r} (did you mean 'tune report DIR'?)")
         return _cmd_report(args, args.rest[1:])
-    from fastdecoder.tune.space import load_space
+    from fastdecoder.tune.space import load_space, with_lr_range
     from fastdecoder.tune.study import TuneSettings, tune
 
     for name in ("config", "space", "trials", "out"):
         if getattr(args, name) is None:
             raise UserError(f"--{name} is required (fastdecoder tune --config C --space S --trials N --out DIR)")
-    s = TuneSettings(config=args.config, space=load_space(args.space), trials=args.trials, out=Path(args.out),
+    space = load_space(args.space)
+    if args.lr_range:
+        space = with_lr_range(space, args.lr_range)
+    s = TuneSettings(config=args.config, space=space, trials=args.trials, out=Path(args.out),
                      study_name=args.study, storage=args.storage, overrides=list(args.overrides),
                      members=args.members, objective=args.objective, beam_width=args.beam_width,
                      diverge=args.diverge, pruner=args.pruner,

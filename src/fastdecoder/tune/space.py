@@ -229,3 +229,21 @@ def example_spaces() -> list[str]:
 
     return sorted(p.name[:-5] for p in importlib.resources.files(SPACES_PACKAGE).iterdir()
                   if p.name.endswith(".yaml"))
+
+
+def with_lr_range(space: SearchSpace, lr_find_json: str | Path) -> SearchSpace:
+    """``space`` with ``optim.lr`` sampled log-uniformly from a tenth of an lr-find suggestion up to ten times it,
+    capped at the LR where that ramp diverged (its last LR): ``tune --lr-range lr_find.json``."""
+    import json
+
+    try:
+        found = json.loads(Path(lr_find_json).read_text())
+        suggestion, last = float(found["suggestion"]), float(found["lrs"][-1])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ConfigError(f"--lr-range {lr_find_json}: not an lr_find.json with a suggestion ({e})") from None
+    if not (math.isfinite(suggestion) and suggestion > 0):
+        raise ConfigError(f"--lr-range {lr_find_json}: the suggestion {suggestion} is not a positive number")
+    low, high = suggestion / 10, min(suggestion * 10, last) if last > suggestion else suggestion * 10
+    lr = Param("optim.lr", "float", low, high, True)
+    params = [p for p in space.params if p.key != "optim.lr"]
+    return SearchSpace((lr, *params))

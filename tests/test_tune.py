@@ -390,6 +390,29 @@ def test_workers_creating_a_study_at_once_on_a_fresh_postgresql_database(postgre
 
 
 @needs_optuna
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_postgresql_heartbeat_fails_a_silent_trial_with_the_lost_reason(postgres):
+    """RDB storages use Optuna's heartbeat: a running trial without one for the grace period is failed, and keeps
+    the reason set when it started."""
+    from fastdecoder.tune.storage import LOST_REASON, Liveness, fail_stale
+
+    study = open_study(open_storage(postgres, None, heartbeat_interval=1, grace=2), "hb")
+    live = Liveness(study, postgres, None, interval=1, grace=2)
+    try:
+        silent, beating = study.ask(), study.ask()
+        silent.set_user_attr("reason", LOST_REASON.format(grace=2))
+        study._storage.record_heartbeat(silent._trial_id)  # its worker beat once, then died
+        live.begin([beating])  # this worker keeps beating for the other one
+        time.sleep(4)
+        fail_stale(study, None, 2)
+        trials = study.get_trials()
+        assert trials[0].state == optuna.trial.TrialState.FAIL and trials[0].user_attrs["reason"].startswith("lost")
+        assert trials[1].state == optuna.trial.TrialState.RUNNING
+    finally:
+        live.close()
+
+
+@needs_optuna
 def test_two_workers_started_together_on_postgresql(tmp_path, postgres):
     cfg = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10}))
     space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})

@@ -184,7 +184,7 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
                     break
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
                 k = min(s.members, s.trials - len(trials) + waiting)
-                asked = _drop_surplus(study, [study.ask() for _ in range(k)], s.trials) if k > 0 else []
+                asked = _drop_surplus(study, [_ask(study) for _ in range(k)], s.trials) if k > 0 else []
             if not asked:  # every trial is asked; the other workers run the last ones (or go stale)
                 time.sleep(s.poll)
                 continue
@@ -225,6 +225,15 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
     finally:
         live.close()
     return done_here
+
+
+def _ask(study):
+    """study.ask(), without Optuna's warning that RDB heartbeats are meant for Study.optimize: our Liveness beats."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
 
 
 def _drop_surplus(study, asked: list, total: int) -> list:

@@ -204,6 +204,7 @@ def test_two_workers_journal_study_and_report(tmp_path, capsys):
         "optim.lr": {"type": "float", "low": 3e-3, "high": 0.1, "log": True},
         "optim.eps": {"type": "float", "low": 1e-8, "high": 0.1, "log": True},
         "optim.grad_clip": {"type": "categorical", "choices": [1.0, 10.0]},
+        "stability.min_distinct_phonemes": 5,  # a fixed key: in every trial's config and in best.yaml
     })
     out = tmp_path / "study"
     args = ["--config", str(cfg), "--space", str(space), "--trials", "16", "--out", str(out)]
@@ -228,6 +229,9 @@ def test_two_workers_journal_study_and_report(tmp_path, capsys):
     for key, value in rep["best"]["params"].items():
         sec, name = key.split(".")
         assert best_cfg[sec][name] == value
+    assert best_cfg["stability"]["min_distinct_phonemes"] == 5
+    trial_cfg = yaml.safe_load((Path(rep["best"]["run_dir"]) / "config.yaml").read_text())
+    assert trial_cfg["stability"]["min_distinct_phonemes"] == 5
     assert main(["train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"),
                  "--set", "train.steps=2", "--no-progress"]) == 0
     capsys.readouterr()

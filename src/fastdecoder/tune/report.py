@@ -51,7 +51,8 @@ def collect(study) -> dict:
         kind = reason_kind(t.state.name, reason)
         counts[kind] = counts.get(kind, 0) + 1
         rows.append({"number": t.number, "state": t.state.name, "value": t.value, "steps": steps, "reason": reason,
-                     "outcome": kind, "params": t.params, "run_dir": t.user_attrs.get("run_dir")})
+                     "outcome": kind, "params": t.params, "run_dir": t.user_attrs.get("run_dir"),
+                     "config_params": t.user_attrs.get("config_params", t.params)})
     complete = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None and math.isfinite(r["value"])]
     best = min(complete, key=lambda r: (r["value"], r["number"])) if complete else None
     return {"study": study.study_name, "trials": rows, "counts": counts, "best": best}
@@ -75,7 +76,7 @@ def write_report(out: Path | None, storage_url: str | None, study_name: str, *, 
         base = study.user_attrs.get("base_config")
         if base is None:
             raise UserError(f"study '{study_name}' was not written by fastdecoder tune (no base config)")
-        cfg = apply_params(json.loads(base), rep["best"]["params"])
+        cfg = apply_params(json.loads(base), rep["best"]["config_params"])  # sampled and fixed keys
         cfg["name"] = f"{cfg.get('name', 'tuned')}-trial{rep['best']['number']}"
         text = (f"# best trial {rep['best']['number']} of study '{study_name}': validation PER "
                 f"{rep['best']['value']:.4f}\n" + yaml.safe_dump(cfg, sort_keys=False))

@@ -195,6 +195,8 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
                 t.set_user_attr("run_dir", str(run_dir_of(s.out, t.number).resolve()))
             # the K members' parameters are sampled together, before any of them trains
             chosen = [s.space.sample(t, base) for t in asked]
+            for t, params in zip(asked, chosen):  # fixed keys too (Optuna records sampled ones only): best.yaml
+                t.set_user_attr("config_params", params)
             stop = False
             for t, params in zip(asked, chosen):
                 if stop:  # a signal stopped the worker: the members not yet trained are failed too

@@ -109,7 +109,7 @@ def write_plots(study, folder: Path) -> dict:
                 warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
                 ax = fn(study)
             fig = ax.flatten()[0].figure if hasattr(ax, "flatten") else ax.figure
-            fig.set_size_inches(9, 5)
+            fig.set_size_inches((14, 6) if name == "parallel_coordinates" else (9, 5))
             fig.tight_layout()
             path = folder / f"{name}.png"
             fig.savefig(path, dpi=100)

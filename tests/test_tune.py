@@ -288,7 +288,7 @@ def test_sigkill_of_a_worker_fails_its_trial_and_the_other_finishes(tmp_path):
     out = tmp_path / "study"
     quick = ["--set", "train.steps=10", "--set", "optim.decay_steps=10", "--set", "train.eval_every=10"]
     common = ["--config", str(cfg), "--space", str(space), "--trials", "3", "--out", str(out),
-              "--heartbeat-interval", "1", "--heartbeat-grace", "4", "--no-baseline"]
+              "--heartbeat-interval", "1", "--heartbeat-grace", "4", "--no-baseline", "--pruner", "none"]
     victim_log, other_log = tmp_path / "victim.log", tmp_path / "other.log"
     victim = _worker(common, victim_log)  # 2000-step trials: still training when it is killed
     other = _worker([*common, *quick], other_log)  # the same study, 10-step trials

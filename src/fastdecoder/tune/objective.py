@@ -79,7 +79,7 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
             raise StopTrial(f"blank collapse at step {tr.step}: {100 * res.blank_fraction:.1f}% of the validation "
                             f"frames are blank (stability.blank_threshold {c.blank_threshold}, checked from step "
                             f"{c.monitor_after_steps})")
-        if trial.should_prune():
+        if tr.step < tr.cfg.train.steps and trial.should_prune():  # the last evaluation completes the trial
             raise StopTrial(f"pruned at step {tr.step}: validation PER {value:.4f} ranks poorly among the trials "
                             "at this step")
 

@@ -32,7 +32,7 @@ class LRFindResult:
     smoothed: list = field(default_factory=list)  # bias-corrected EMA of the loss
     suggestion: float | None = None
     stopped: str = ""                              # why the ramp ended
-    eps: float | None = None
+    eps: float | None = None                      # Adam's eps during the ramp
     plot: str | None = None
 
     def describe(self) -> str:
@@ -42,8 +42,7 @@ class LRFindResult:
             s += "no suggestion: the smoothed loss never fell (try a lower --start or more --steps)"
         else:
             s += (f"suggested LR {self.suggestion:.3g} (steepest descent of the smoothed loss; found with Adam eps "
-                  f"{'the config' if self.eps is None else f'{self.eps:g}'}: train with --set optim.lr="
-                  f"{self.suggestion:.3g}" + (f" --set optim.eps={self.eps:g}" if self.eps is not None else "") + ")")
+                  f"{self.eps:g}: train with --set optim.lr={self.suggestion:.3g} --set optim.eps={self.eps:g})")
         if self.plot:
             s += f"\nplot: {self.plot}"
         return s
@@ -140,6 +139,7 @@ def lr_find(trainer, *, start: float = 1e-6, end: float = 10.0, steps: int = 100
         trainer.load_state_dict(saved)
         trainer.resumed_from = resumed_from
     res.suggestion = suggest_lr(res.lrs, res.smoothed)
+    res.eps = trainer.cfg.optim.eps
     return res
 
 
@@ -187,10 +187,9 @@ def lr_find_config(cfg: Config, out: Path, *, start: float = 1e-6, end: float = 
         cfg = replace(cfg, data=replace(cfg.data, path=str(path)))
     trainer = Trainer(cfg, None, progress=False)
     res = lr_find(trainer, start=start, end=end, steps=steps, diverge=diverge)
-    res.eps = eps
     res.plot = plot_lr_find(res, out / "lr_find.png")
     (out / "lr_find.json").write_text(json.dumps({"lrs": res.lrs, "losses": res.losses, "smoothed": res.smoothed,
                                                   "suggestion": res.suggestion, "stopped": res.stopped,
-                                                  "eps": eps, "rule": "steepest descent of the smoothed loss"},
+                                                  "eps": res.eps, "rule": "steepest descent of the smoothed loss"},
                                                  default=str))
     return res

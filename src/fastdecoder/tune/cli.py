@@ -60,7 +60,8 @@ def add_tune(sub) -> None:
     p.add_argument("--retry", type=int, default=0, help="retry a trial whose worker died up to N times")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not make the config's own values of the space's keys the first trial")
-    p.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
+    p.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler (reproducible with one worker; give each worker its "
+                        "own, or workers propose the same parameters)")
     p.add_argument("--progress", action="store_true", help="progress bar per trial")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
 

@@ -194,6 +194,24 @@ def test_wild_space_prunes_collapsed_and_diverged_trials(tmp_path):
     assert main(["eval", "--run", by_number[1]["run_dir"]]) == 0
 
 
+@needs_optuna
+def test_beam_objective_is_the_beam_search_per_that_eval_reports(tmp_path, capsys):
+    base = apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10, "train.eval_every": 10})
+    cfg = _write(tmp_path / "tiny.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    out = tmp_path / "study"
+    tune(TuneSettings(config=str(cfg), space=space, trials=1, out=out, pruner="none", objective="beam",
+                      beam_width=4), say=lambda m: None)
+    (trial,) = collect(open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune",
+                                  create=False))["trials"]
+    assert trial["state"] == "COMPLETE"
+    capsys.readouterr()
+    assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
+    printed = capsys.readouterr().out
+    evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+
+
 # -- a study with two worker processes on the journal file -------------------------------------------------------
 @needs_optuna
 def test_two_workers_journal_study_and_report(tmp_path, capsys):

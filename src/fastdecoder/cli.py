@@ -1,4 +1,5 @@
-"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | config | parity | serve | replay``.
+"""Command line: ``fastdecoder train | eval | stream | plot | data | bench | lm | config | parity | serve | replay |
+tune | lr-find``.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m fastdecoder.cli train ...`` (same arguments) trains with
 DistributedDataParallel; rank 0 prints, logs and writes the run folder.
@@ -580,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     from fastdecoder.serve import cli as serve_cli
 
     serve_cli.add_parsers(sub)
+    from fastdecoder.tune import cli as tune_cli
+
+    tune_cli.add_tune(sub)
+    tune_cli.add_lr_find(sub)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -589,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
                 "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "config": cmd_config,
-                "parity": parity.command, **serve_cli.COMMANDS}[args.cmd](args)
+                "parity": parity.command, **serve_cli.COMMANDS,
+                "tune": tune_cli.cmd_tune, "lr-find": tune_cli.cmd_lr_find}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
         print(f"error: {_one_line(e)}", file=sys.stderr)

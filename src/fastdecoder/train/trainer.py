@@ -198,6 +198,7 @@ class Trainer:
         self.pending = PendingSteps(cfg.train.log_every, self.device)
         self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
         self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
+        self.eval_hook = None  # eval_hook(trainer, result) after each evaluation (tune: pruning); may raise to stop
         self.streams = RunStreams(self.rank_seed, self.device)
         self.eval_settings = EvalSettings.from_config(cfg, self.device)
         self.eval_transform: EvalTransform = self.eval_settings.transform
@@ -638,6 +639,8 @@ class Trainer:
                                self.early.misses, "best_val_per": self.early.best_per})
             self.outputs.say(f"step {self.step}: the validation PER has not improved in {self.early.misses} "
                              f"evaluations (train.early_stopping_val_steps): stopping early")
+        if self.eval_hook is not None:
+            self.eval_hook(self, res)
 
     def state_dict(self) -> dict:
         """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still

@@ -1,0 +1,501 @@
+"""fastdecoder tune / tune report / lr-find on tiny synthetic data: the search space, pruning of collapsed and
+diverging trials, a 16-trial study with two worker processes on the journal file, a worker killed mid-trial, two
+workers on a real PostgreSQL server, and the LR range test."""
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import fastdecoder
+from fastdecoder.cli import main
+from fastdecoder.config import ConfigError, config_from_dict
+from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.train.trainer import Trainer
+from fastdecoder.tune.report import collect, write_report
+from fastdecoder.tune.space import apply_params, load_space, parse_space
+from fastdecoder.tune.storage import open_storage, open_study
+from fastdecoder.tune.study import TuneSettings, tune
+
+try:
+    import optuna
+except ImportError:
+    optuna = None
+#: every test but the trainer hook's and the missing-Optuna message needs Optuna
+needs_optuna = pytest.mark.skipif(optuna is None, reason="the [tune] extra (optuna) is not installed")
+
+SRC = str(Path(fastdecoder.__file__).resolve().parents[1])
+
+#: learns within tens of steps on 2 CPU cores (the trainer tests' tiny model, shortened)
+TINY = {
+    "name": "tiny",
+    "data": tiny_data(3, trials_per_day=48, val_trials_per_day=12, test_trials_per_day=4, n_features=24,
+                      words_per_sentence=(1, 3)),
+    "model": {"hidden_size": 48, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
+    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
+    "optim": {"lr": 0.02, "warmup_steps": 5, "decay_steps": 40, "lr_min": 0.001},
+    "stability": {"monitor_after_steps": 20},
+    "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "log_every": 10, "checkpoint_every": 40,
+              "amp": "none", "beam_width": 0, "plot": False, "train_monitor": False, "device": "cpu",
+              "threads": 1},
+}
+
+
+#: smaller still, for the studies with worker processes (each trial a few seconds on a busy machine)
+SMALL = {**TINY, "data": tiny_data(3, trials_per_day=24, val_trials_per_day=6, test_trials_per_day=2, n_features=16,
+                                   words_per_sentence=(1, 2)),
+         "model": {**TINY["model"], "hidden_size": 32}}
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _worker(args: list, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fastdecoder.cli", "tune", *args], env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _wait(procs, logs, timeout=300):
+    for p, log in zip(procs, logs):
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise AssertionError(f"worker timed out:\n{log.read_text()[-3000:]}")
+        assert rc == 0, log.read_text()[-3000:]
+
+
+# -- the search space ----------------------------------------------------------------------------------------------
+@needs_optuna
+def test_space_kinds_conditions_and_fixed_values():
+    space = parse_space({
+        "optim.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+        "optim.warmup_steps": {"type": "int", "low": 0, "high": 20, "step": 5},
+        "optim.schedule": {"type": "categorical", "choices": ["warmup_cosine", "constant"]},
+        "optim.decay_steps": {"type": "int", "low": 30, "high": 60, "when": {"optim.schedule": "warmup_cosine"}},
+        "train.steps": 40,
+    })
+    seen_schedules = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        t = study.ask()
+        p = space.sample(t, config_from_dict(TINY).to_dict())
+        seen_schedules.add(p["optim.schedule"])
+        assert 1e-4 <= p["optim.lr"] <= 1.0 and p["optim.warmup_steps"] % 5 == 0 and p["train.steps"] == 40
+        assert ("optim.decay_steps" in p) == (p["optim.schedule"] == "warmup_cosine"), p
+        cfg = config_from_dict(apply_params(TINY, p))
+        assert cfg.optim.lr == p["optim.lr"] and cfg.train.steps == 40
+        study.tell(t, 0.0)
+    assert seen_schedules == {"warmup_cosine", "constant"}
+    assert load_space("demo").keys[:2] == ["optim.lr", "optim.eps"]  # the shipped example spaces load
+    assert {"optim.eps", "optim.schedule", "optim.warmup_steps"} <= set(load_space("b2t25").keys)
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"optim.lrr": {"type": "float", "low": 0.1, "high": 1}}, "has no key 'lrr'"),
+    ({"optim.lr": {"type": "float", "low": -1, "high": 1}}, "outside the key's range"),
+    ({"optim.lr": {"type": "float", "low": 1, "high": 0.1}}, "must be below high"),
+    ({"train.steps": {"type": "float", "low": 1, "high": 10}}, "does not fit the key"),
+    ({"optim.lr": {"type": "normal", "low": 1, "high": 2}}, "type must be float, int or categorical"),
+    ({"optim.lr": {"type": "float", "low": 0.1, "high": 1, "when": {"optim.schedule": "constant"}}},
+     "not an entry above it"),
+    ({"model.rnn_dropout": 1.0}, "outside the key's range"),
+    ({"optim.lr": {"type": "float", "low": 0.0001, "high": 1, "logg": True}}, "unknown field"),
+    ([1, 2], "non-empty mapping"),
+])
+def test_space_errors_name_the_key(raw, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_space(raw)
+
+
+@needs_optuna
+def test_tune_cli_errors(tmp_path, capsys):
+    assert main(["tune", "--config", "demo", "--space", "nosuch", "--trials", "2", "--out", str(tmp_path)]) == 2
+    assert "neither a file nor an example space" in capsys.readouterr().err
+    assert main(["tune", "--config", "demo", "--space", "demo", "--trials", "0", "--out", str(tmp_path)]) == 2
+    assert "--trials must be >= 1" in capsys.readouterr().err
+    assert main(["tune", "report", str(tmp_path / "none")]) == 2
+    assert "holds no study" in capsys.readouterr().err
+
+
+def test_clear_error_without_optuna(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    cfg = _write(tmp_path / "tiny.yaml", TINY)
+    assert main(["tune", "--config", str(cfg), "--space", "demo", "--trials", "1", "--out", str(tmp_path / "s")]) == 2
+    assert "pip install 'fastdecoder[tune]'" in capsys.readouterr().err
+
+
+# -- the trainer's evaluation hook -------------------------------------------------------------------------------
+def test_eval_hook_sees_every_evaluation_and_can_stop_training(tmp_path):
+    cfg = config_from_dict(apply_params(TINY, {"train.steps": 6, "train.eval_every": 2, "train.checkpoint_every": 6}))
+    seen = []
+    trainer = Trainer(cfg, tmp_path / "a", progress=False)
+    trainer.eval_hook = lambda tr, res: seen.append((tr.step, res.per))
+    trainer.fit()
+    assert [s for s, _ in seen] == [2, 4, 6] and all(math.isfinite(p) for _, p in seen)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(tr, res):
+        if tr.step == 4:
+            raise Stop
+
+    trainer = Trainer(cfg, tmp_path / "b", progress=False)
+    trainer.eval_hook = stop_at_4
+    with pytest.raises(Stop):
+        trainer.fit()
+    assert trainer.step == 4
+    assert "aborted" in json.loads((tmp_path / "b" / "summary.json").read_text())
+
+
+# -- collapsed and diverging trials -------------------------------------------------------------------------------
+@needs_optuna
+def test_wild_space_prunes_collapsed_and_diverged_trials(tmp_path):
+    """lr up to 1.0 and eps down to 1e-8: the diverging trial (lr 1, eps 1e-8) and the collapsed one (a 32-unit
+    model at lr 0.01, eps 0.1: all-blank after 30 steps) are pruned with their reasons; the study ends normally."""
+    base = apply_params(TINY, {"model.hidden_size": 32, "model.patch_size": 4, "model.patch_stride": 2,
+                               "data.synthetic": {**TINY["data"]["synthetic"], "n_features": 16},
+                               "train.steps": 40, "optim.lr": 0.01, "optim.eps": 0.1, "train.eval_every": 10})
+    cfg = _write(tmp_path / "wild.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+                         "optim.eps": {"type": "float", "low": 1e-8, "high": 0.1, "log": True}})
+    out = tmp_path / "study"
+    study = open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune")
+    study.enqueue_trial({"optim.lr": 1.0, "optim.eps": 1e-8})
+    s = TuneSettings(config=str(cfg), space=space, trials=3, out=out, pruner="none", baseline=True, sampler_seed=0)
+    done = tune(s, say=lambda m: None)
+    rep = write_report(out, None, "tune", plots=False)
+    by_number = {r["number"]: r for r in rep["trials"]}
+    assert len(rep["trials"]) == 3 and all(r["state"] in ("COMPLETE", "PRUNED", "FAIL") for r in rep["trials"])
+    assert by_number[0]["state"] == "PRUNED" and by_number[0]["params"] == {"optim.lr": 1.0, "optim.eps": 1e-8}
+    assert by_number[0]["reason"].startswith(("diverged", "non-finite")), by_number[0]
+    assert by_number[1]["params"] == {"optim.lr": 0.01, "optim.eps": 0.1}  # the config's own values (baseline)
+    assert by_number[1]["state"] == "PRUNED" and by_number[1]["reason"].startswith("blank collapse"), by_number[1]
+    # the report counts every pruned trial under its reason (trial 2, sampled, may fall in either class too)
+    kinds = [r["outcome"] for r in rep["trials"]]
+    assert rep["counts"] == {k: kinds.count(k) for k in set(kinds)}
+    assert rep["counts"]["collapsed"] >= 1
+    assert rep["counts"].get("diverged", 0) + rep["counts"].get("non_finite", 0) >= 1
+    assert sum(done.values()) == 3
+    # each trial is a normal run folder: eval --run takes the collapsed one too (its best.pt)
+    assert main(["eval", "--run", by_number[1]["run_dir"]]) == 0
+
+
+@needs_optuna
+def test_beam_objective_is_the_beam_search_per_that_eval_reports(tmp_path, capsys):
+    base = apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10, "train.eval_every": 10})
+    cfg = _write(tmp_path / "tiny.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    out = tmp_path / "study"
+    tune(TuneSettings(config=str(cfg), space=space, trials=1, out=out, pruner="none", objective="beam",
+                      beam_width=4), say=lambda m: None)
+    (trial,) = collect(open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune",
+                                  create=False))["trials"]
+    assert trial["state"] == "COMPLETE"
+    capsys.readouterr()
+    assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
+    printed = capsys.readouterr().out
+    evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+
+
+# -- a study with two worker processes on the journal file -------------------------------------------------------
+@needs_optuna
+def test_two_workers_journal_study_and_report(tmp_path, capsys):
+    short = apply_params(SMALL, {"train.steps": 20, "optim.decay_steps": 20, "train.eval_every": 5,
+                                 "train.checkpoint_every": 20})
+    cfg = _write(tmp_path / "tiny.yaml", short)
+    space = _write(tmp_path / "space.yaml", {
+        "optim.lr": {"type": "float", "low": 3e-3, "high": 0.1, "log": True},
+        "optim.eps": {"type": "float", "low": 1e-8, "high": 0.1, "log": True},
+        "optim.grad_clip": {"type": "categorical", "choices": [1.0, 10.0]},
+        "stability.min_distinct_phonemes": 5,  # a fixed key: in every trial's config and in best.yaml
+    })
+    out = tmp_path / "study"
+    args = ["--config", str(cfg), "--space", str(space), "--trials", "16", "--out", str(out)]
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    procs = [_worker(args, logs[0]), _worker(args, logs[1])]
+    _wait(procs, logs)
+    assert all("trial " in log.read_text() for log in logs), "both workers ran trials"
+    assert main(["tune", "report", str(out)]) == 0
+    text = capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["trials"]) == 16 and sorted(r["number"] for r in rep["trials"]) == list(range(16))
+    assert all(r["state"] in ("COMPLETE", "PRUNED", "FAIL") for r in rep["trials"]), rep["counts"]
+    assert rep["best"] is not None and "best: trial" in text
+    for name in ("history", "importances", "parallel_coordinates"):
+        assert Path(rep["plots"][name]).stat().st_size > 1000, rep["plots"]
+    # the preset (the config as given) at the same steps, trained on its own
+    preset = Trainer(config_from_dict(short), tmp_path / "preset", progress=False)
+    preset.fit()
+    assert rep["best"]["value"] <= preset.best_per + 1e-12, (rep["best"], preset.best_per)
+    # best.yaml is a config train --config takes; the best trial's folder is a run eval --run takes
+    best_cfg = yaml.safe_load((out / "best.yaml").read_text())
+    for key, value in rep["best"]["params"].items():
+        sec, name = key.split(".")
+        assert best_cfg[sec][name] == value
+    assert best_cfg["stability"]["min_distinct_phonemes"] == 5
+    trial_cfg = yaml.safe_load((Path(rep["best"]["run_dir"]) / "config.yaml").read_text())
+    assert trial_cfg["stability"]["min_distinct_phonemes"] == 5
+    assert main(["train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"),
+                 "--set", "train.steps=2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", rep["best"]["run_dir"]]) == 0
+    capsys.readouterr()
+    best_pt = torch.load(Path(rep["best"]["run_dir"]) / "best.pt", map_location="cpu", weights_only=False)
+    assert best_pt["val_per"] == pytest.approx(rep["best"]["value"], abs=1e-12)
+
+
+# -- liveness of the journal storage -----------------------------------------------------------------------------
+@needs_optuna
+def test_stale_heartbeat_fails_the_trial_with_its_reason_and_retries_it(tmp_path):
+    from fastdecoder.tune.storage import fail_stale
+
+    study = open_study(open_storage(None, tmp_path, heartbeat_interval=1, grace=5), "s")
+    dead, alive = study.ask(), study.ask()
+    dead.suggest_float("optim.lr", 1e-3, 1e-1)
+    dead.set_user_attr("reason", "lost: preset")
+    hb = tmp_path / "heartbeats"
+    hb.mkdir()
+    for t, age in ((dead, 30), (alive, 1)):
+        f = hb / f"trial_{t.number}"
+        f.touch()
+        os.utime(f, (time.time() - age, time.time() - age))
+    assert fail_stale(study, hb, grace=5, retry=1) == [dead.number]
+    trials = study.get_trials()
+    assert trials[0].state == optuna.trial.TrialState.FAIL and trials[1].state == optuna.trial.TrialState.RUNNING
+    assert trials[0].user_attrs["reason"].startswith("lost: no heartbeat from its worker for 30 s")
+    retry = trials[2]  # enqueued with the same parameters
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs["fixed_params"] == trials[0].params
+    assert retry.user_attrs == {"retry": 1, "retry_of": 0}
+    assert fail_stale(study, hb, grace=5, retry=1) == []  # nothing more is stale; the live one is untouched
+
+
+@needs_optuna
+def test_a_trial_asked_past_the_total_is_told_surplus_and_not_counted(tmp_path):
+    from fastdecoder.tune.study import _drop_surplus, counted_trials
+
+    study = open_study(open_storage(None, tmp_path, heartbeat_interval=1, grace=5), "s")
+    first, second, third = study.ask(), study.ask(), study.ask()  # a race without the lock: three asked, total two
+    assert _drop_surplus(study, [second], 2) == [second]
+    assert _drop_surplus(study, [third], 2) == []
+    trials = study.get_trials()
+    assert trials[2].state == optuna.trial.TrialState.FAIL and trials[2].user_attrs["reason"].startswith("surplus")
+    assert [t.number for t in counted_trials(trials)] == [0, 1]
+
+
+# -- a worker killed mid-trial ----------------------------------------------------------------------------------
+@needs_optuna
+def test_sigkill_of_a_worker_fails_its_trial_and_the_other_finishes(tmp_path):
+    slow = apply_params(SMALL, {"train.steps": 2000, "optim.decay_steps": 2000, "train.eval_every": 1000})
+    cfg = _write(tmp_path / "slow.yaml", slow)
+    space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    out = tmp_path / "study"
+    quick = ["--set", "train.steps=10", "--set", "optim.decay_steps=10", "--set", "train.eval_every=10"]
+    common = ["--config", str(cfg), "--space", str(space), "--trials", "3", "--out", str(out),
+              "--heartbeat-interval", "1", "--heartbeat-grace", "4", "--no-baseline", "--pruner", "none"]
+    victim_log, other_log = tmp_path / "victim.log", tmp_path / "other.log"
+    victim = _worker(common, victim_log)  # 2000-step trials: still training when it is killed
+    other = _worker([*common, *quick], other_log)  # the same study, 10-step trials
+    deadline = time.time() + 180
+    while "trial " not in victim_log.read_text():
+        assert time.time() < deadline and victim.poll() is None, victim_log.read_text()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_number = int(victim_log.read_text().split("trial ", 1)[1].split(":", 1)[0])
+    _wait([other], [other_log], timeout=240)
+    storage = open_storage(None, out, heartbeat_interval=1, grace=4)  # opens cleanly after the kill
+    trials = open_study(storage, "tune", create=False).get_trials()
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
+    killed = trials[killed_number]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    assert killed.user_attrs["reason"].startswith("lost: no heartbeat"), killed.user_attrs
+    assert [t.state for t in trials if t.number != killed_number] == [optuna.trial.TrialState.COMPLETE] * 2
+    rep = collect(open_study(storage, "tune", create=False))
+    assert rep["counts"] == {"lost": 1, "complete": 2}
+
+
+# -- two workers against a real PostgreSQL server ----------------------------------------------------------------
+def _postgres_bin():
+    """The server binaries the pgserver wheel bundles (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    b = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    return b if (b / "postgres").exists() else None
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server (the pgserver wheel's binaries) run by an unprivileged user in a fresh folder."""
+    pytest.importorskip("psycopg", reason="psycopg 3 (the [tune] extra) is not installed")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binary: the pgserver package (the [dev] extra) is not installed")
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="fastdecoder-pg-"))  # not under pytest's 0700 folders: the server's user
+    #                                                            must reach it
+    user = None
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        user = "nobody"
+        uid = pwd.getpwnam(user).pw_uid
+        os.chmod(root, 0o777)
+        os.chown(root, uid, -1)
+    run = dict(user=user, check=True, capture_output=True, text=True)
+    data = root / "data"
+    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   **run)
+    port = 20000 + os.getpid() % 20000
+    subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-o",
+                    f"-k {root} -p {port} -c listen_addresses=''", "start"], **run)
+    try:
+        yield f"postgresql://postgres@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], user=user,
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@needs_optuna
+def test_workers_creating_a_study_at_once_on_a_fresh_postgresql_database(postgres):
+    """Four threads open the storage (creating the tables) and the study of a fresh database at the same moment:
+    one creates, the others load it; none fails."""
+    import threading
+
+    import psycopg
+
+    from fastdecoder.tune.storage import open_storage, open_study
+
+    params = dict(p.split("=") for p in postgres.split("?", 1)[1].split("&"))
+    with psycopg.connect(host=params["host"], port=int(params["port"]), user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute("CREATE DATABASE race")
+    url = postgres.replace("@/postgres?", "@/race?")
+    barrier, ids, errors = threading.Barrier(4), [], []
+
+    def join():
+        try:
+            barrier.wait()
+            study = open_study(open_storage(url, None, heartbeat_interval=5, grace=30), "fresh")
+            ids.append(study._study_id)
+        except Exception as e:  # noqa: BLE001 - collected and reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(ids) == 4 and len(set(ids)) == 1, (errors, ids)
+    assert [s.study_name for s in optuna.get_all_study_summaries(url.replace("postgresql://",
+                                                                             "postgresql+psycopg://"))] == ["fresh"]
+
+
+@needs_optuna
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_postgresql_heartbeat_fails_a_silent_trial_with_the_lost_reason(postgres):
+    """RDB storages use Optuna's heartbeat: a running trial without one for the grace period is failed, and keeps
+    the reason set when it started."""
+    from fastdecoder.tune.storage import LOST_REASON, Liveness, fail_stale
+
+    study = open_study(open_storage(postgres, None, heartbeat_interval=1, grace=2), "hb")
+    live = Liveness(study, postgres, None, interval=1, grace=2)
+    try:
+        silent, beating = study.ask(), study.ask()
+        silent.set_user_attr("reason", LOST_REASON.format(grace=2))
+        study._storage.record_heartbeat(silent._trial_id)  # its worker beat once, then died
+        live.begin([beating])  # this worker keeps beating for the other one
+        time.sleep(4)
+        fail_stale(study, None, 2)
+        trials = study.get_trials()
+        assert trials[0].state == optuna.trial.TrialState.FAIL and trials[0].user_attrs["reason"].startswith("lost")
+        assert trials[1].state == optuna.trial.TrialState.RUNNING
+    finally:
+        live.close()
+
+
+@needs_optuna
+def test_two_workers_started_together_on_postgresql(tmp_path, postgres):
+    cfg = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10}))
+    space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    n = 6
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    args = ["--config", str(cfg), "--space", str(space), "--trials", str(n), "--storage", postgres, "--study",
+            "pg", "--pruner", "none"]
+    # a fresh database; the second worker asks two trials at a time (--members 2: sampled together, trained in turn)
+    procs = [_worker([*args, "--out", str(tmp_path / f"w{i}"), *(["--members", "2"] if i else [])], logs[i])
+             for i in range(2)]
+    _wait(procs, logs)
+    study = optuna.load_study(study_name="pg", storage=postgres.replace("postgresql://",
+                                                                        "postgresql+psycopg://"))
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(n)), numbers
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    ran = [int(line.split()[1].rstrip(":")) for log in logs for line in log.read_text().splitlines()
+           if line.startswith("trial ") and "complete" in line]
+    assert sorted(ran) == list(range(n))  # each trial trained by exactly one worker; none lost
+    rep = write_report(None, postgres, "pg")
+    assert rep["counts"] == {"complete": n} and rep["best"] is not None
+
+
+# -- lr-find -----------------------------------------------------------------------------------------------------
+def test_lr_find_suggests_a_learning_rate_and_restores_the_model(tmp_path, capsys):
+    from fastdecoder.tune.lr_find import lr_find
+
+    cfg = config_from_dict(apply_params(TINY, {"optim.schedule": "constant", "optim.eps": 1e-8}))
+    trainer = Trainer(cfg, None, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    opt_before = json.dumps(trainer.optimizer.state_dict()["param_groups"], default=str)
+    res = lr_find(trainer, start=1e-5, end=10.0, steps=50)
+    assert res.suggestion is not None and 1e-5 < res.suggestion < 10.0, res.describe()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise
+    assert json.dumps(trainer.optimizer.state_dict()["param_groups"], default=str) == opt_before
+    assert trainer.step == 0 and not trainer.optimizer.state
+    # a short run at the suggested LR (with the eps the ramp used) learns: PER well below the untrained ~1.0
+    short = config_from_dict(apply_params(cfg.to_dict(), {"optim.lr": res.suggestion, "train.steps": 60,
+                                                          "train.eval_every": 60}))
+    run = Trainer(short, tmp_path / "short", progress=False)
+    untrained = run.evaluate().per
+    run.fit()
+    assert run.best_per < 0.8 and run.best_per < untrained - 0.15, (res.suggestion, untrained, run.best_per)
+    # the command: plot and json
+    tiny = _write(tmp_path / "tiny.yaml", TINY)
+    assert main(["lr-find", "--config", str(tiny), "--steps", "8", "--start", "1e-4", "--end", "1",
+                 "--out", str(tmp_path / "lrf")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("lr-find: ") and "plot: " in printed, printed
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
+    assert len(json.loads((tmp_path / "lrf" / "lr_find.json").read_text())["lrs"]) >= 5
+    # tune --lr-range: the LR range around an lr-find suggestion, capped where its ramp diverged
+    from fastdecoder.tune.space import with_lr_range
+
+    found = tmp_path / "found.json"
+    found.write_text(json.dumps({"suggestion": 0.02, "lrs": [1e-5, 0.1]}))
+    lr = with_lr_range(load_space("demo"), found).params[0]
+    assert (lr.key, lr.low, lr.high, lr.log) == ("optim.lr", pytest.approx(0.002), 0.1, True)
+    assert load_space("demo").keys == with_lr_range(load_space("demo"), found).keys
+    found.write_text(json.dumps({"suggestion": None, "lrs": [1e-5]}))
+    with pytest.raises(ConfigError, match="not an lr_find.json with a suggestion"):
+        with_lr_range(load_space("demo"), found)

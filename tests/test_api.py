@@ -25,3 +25,19 @@ def test_python_m_fastdecoder_and_version():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"fastdecoder {fastdecoder.__version__}"
+
+
+def test_help_imports_no_torch():
+    """``fastdecoder --help`` builds every parser without importing torch (the commands import it when they run)."""
+    code = ("import sys\nfrom fastdecoder.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False", "fastdecoder --help imported torch"
+
+
+def test_parity_choices_match_the_parity_module():
+    from fastdecoder import cli, parity
+
+    assert cli.PARITY_OPS == parity.OPS
+    assert sorted(cli.PARITY_DTYPES) == sorted(parity.DTYPES)

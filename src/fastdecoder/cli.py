@@ -14,9 +14,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from fastdecoder._native import MAX_BEAM_WIDTH
 from fastdecoder.argtypes import finite_float, float_at_least, int_at_least, int_in
-from fastdecoder.decode.beam import MAX_BEAM_WIDTH
 from fastdecoder.errors import UserError, writing
+
+# the parity command's choices (fastdecoder.parity's OPS and DTYPES, which a test keeps equal), here so that
+# building the parser imports no torch
+PARITY_OPS = ("augment", "ln_gru", "train_step", "decoders")
+PARITY_DTYPES = ("bf16", "fp32")
 
 
 def _add_train(sub) -> None:
@@ -560,6 +565,24 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
+def _add_parity(sub) -> None:
+    p = sub.add_parser("parity", help="every fast path against its reference on this device (table; exit 1 on a fail)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
+    p.add_argument("--dtype", action="append", choices=PARITY_DTYPES, default=None,
+                   help="fp32 (default) and/or bf16 (repeat the flag for both)")
+    p.add_argument("--ops", default=",".join(PARITY_OPS), help=f"comma-separated subset of {','.join(PARITY_OPS)}")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
+                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
+    p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def _cmd_parity(args) -> int:
+    from fastdecoder import parity
+
+    return parity.command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="fastdecoder", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -575,9 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_lm(sub)
     _add_stream(sub)
     _add_config(sub)
-    from fastdecoder import parity
-
-    parity.add_parser(sub)
+    _add_parity(sub)
     from fastdecoder.serve import cli as serve_cli
 
     serve_cli.add_parsers(sub)
@@ -594,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
                 "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "config": cmd_config,
-                "parity": parity.command, **serve_cli.COMMANDS,
+                "parity": _cmd_parity, **serve_cli.COMMANDS,
                 "tune": tune_cli.cmd_tune, "lr-find": tune_cli.cmd_lr_find}[args.cmd](args)
     except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback

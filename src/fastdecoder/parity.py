@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fastdecoder.argtypes import int_in
 from fastdecoder.errors import UserError
 from fastdecoder.ops.checks import augment_error, exact_fp32, ln_gru_errors, max_error  # noqa: F401
 
@@ -218,19 +217,6 @@ def format_table(rows: list[Row]) -> str:
         lines.append(f"| {r.op} | {r.device} | {r.dtype} | {r.max_error:.3g} | {r.tolerance:.3g} | {r.status} | "
                      f"{r.detail.replace('|', '/')} |")
     return "\n".join(lines)
-
-
-def add_parser(sub) -> None:
-    """The ``parity`` subcommand's arguments."""
-    p = sub.add_parser("parity", help="every fast path against its reference on this device (table; exit 1 on a fail)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
-    p.add_argument("--dtype", action="append", choices=sorted(DTYPES), default=None,
-                   help="fp32 (default) and/or bf16 (repeat the flag for both)")
-    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
-    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
-                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
-    p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
 
 
 def command(args) -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fastdecoder.decode import WordDecoder, error_rate, lexicon_from_split
 from fastdecoder.serve import DecodeSession, RollingZScore, parse_samples
@@ -29,18 +28,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def short_run(tmp_path_factory):
     """A tiny causal model's run folder (untrained, peaky head) and a bigram LM of its training sentences."""
     from fastdecoder.cli import main
-    from fastdecoder.config import config_from_dict
-    from fastdecoder.testing.tiny import tiny_data
-    from fastdecoder.train.trainer import Trainer
+    from fastdecoder.testing.tiny import tiny_causal_run
 
-    cfg = {"name": "tiny-serve", "data": tiny_data(4, trials_per_day=12, val_trials_per_day=5, n_features=12),
-           "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},
-           "train": {"amp": "none"}}
     out = tmp_path_factory.mktemp("serve_run")
-    trainer = Trainer(config_from_dict(cfg), out, progress=False)
-    with torch.no_grad():
-        trainer.model.head.weight.mul_(8.0)
-    trainer.save("last.pt")
+    trainer = tiny_causal_run(out, "tiny-serve")
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(trainer.train_split.transcriptions) + "\n")
     arpa = out / "lm.arpa"

@@ -302,18 +302,10 @@ def test_streams_in_threads_match_sequential(word_decoder):
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """A run folder of a tiny causal model, saved untrained (its accuracy does not matter here)."""
-    from fastdecoder.config import config_from_dict
-    from fastdecoder.train.trainer import Trainer
-    from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.testing.tiny import tiny_causal_run
 
-    cfg = {"name": "tiny-stream", "data": tiny_data(4, trials_per_day=12, val_trials_per_day=5, n_features=12),
-           "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},
-           "train": {"amp": "none"}}
     out = tmp_path_factory.mktemp("stream_run")
-    trainer = Trainer(config_from_dict(cfg), out, progress=False)
-    with torch.no_grad():
-        trainer.model.head.weight.mul_(8.0)  # peaky posteriors: phonemes and words get decoded
-    trainer.save("last.pt")
+    trainer = tiny_causal_run(out, "tiny-stream")
     return out, trainer
 
 

@@ -9,3 +9,21 @@ def tiny_data(seed: int, *, trials_per_day: int = 24, val_trials_per_day: int = 
                           "val_trials_per_day": val_trials_per_day, "test_trials_per_day": test_trials_per_day,
                           "n_features": n_features, "words_per_sentence": list(words_per_sentence), "seed": seed},
             "days_per_batch": 2}
+
+
+def tiny_causal_run(out, name: str = "tiny-causal", *, seed: int = 4, head_gain: float = 8.0):
+    """An untrained run folder of a tiny causal model (2 x 24 GRU, 12 features, fp32) with ``last.pt`` saved, its
+    head scaled by ``head_gain`` so posteriors are peaky and phonemes and words get decoded. Returns the Trainer."""
+    import torch
+
+    from fastdecoder.config import config_from_dict
+    from fastdecoder.train.trainer import Trainer
+
+    cfg = {"name": name, "data": tiny_data(seed, trials_per_day=12, val_trials_per_day=5, n_features=12),
+           "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},
+           "train": {"amp": "none"}}
+    trainer = Trainer(config_from_dict(cfg), out, progress=False)
+    with torch.no_grad():
+        trainer.model.head.weight.mul_(head_gain)
+    trainer.save("last.pt")
+    return trainer

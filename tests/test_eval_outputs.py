@@ -400,3 +400,18 @@ def test_rescored_ensemble_submission_with_a_neural_lm(setup, tmp_path, capsys):
         for h in r["words"]:
             assert h["total"] == pytest.approx(h["acoustic"] + 0.5 * h["ngram"] + 2.0 * h["neural"])
     assert check_b2t25(sub, res["trials"]) == [normalize_text(r["words"][0]["text"]) for r in recs]
+
+
+def test_submission_from_a_run_on_a_subset_of_sessions_is_refused(setup, tmp_path, capsys):
+    """A run trained with data.sessions on some sessions evaluates only those: its submission would leave the other
+    sessions' test trials out, so it is refused with the sessions named (not written short)."""
+    runs, trainer, arpa = setup
+    keep = trainer.dataset.day_names[:2]
+    data = dict(_config(1).to_dict()["data"], path=trainer.cfg.data.path, synthetic=None, sessions=keep)
+    sub_cfg = config_from_dict({**_config(1).to_dict(), "data": data})
+    Trainer(sub_cfg, tmp_path / "subset", progress=False).save("last.pt")
+    sub = tmp_path / "submission.csv"
+    err = _eval(capsys, "--run", str(tmp_path / "subset"), "--split", "test", *_words(arpa), "--submission", str(sub),
+                code=2)
+    assert err.startswith("error: --submission") and "data.sessions" in err and trainer.dataset.day_names[2] in err
+    assert len(err.strip().splitlines()) == 1 and not sub.exists()

@@ -377,6 +377,23 @@ def _check_word_files(args) -> None:
             raise UserError(f"{option} {path}: no such file")
 
 
+def _check_submission_sessions(sessions, data_path, split_name: str) -> None:
+    """A submission covers every session's trials of the split: a run trained on a subset (``data.sessions``)
+    would leave sessions out, so it is refused, naming them."""
+    if sessions is None:
+        return
+    from fastdecoder.data import load_dataset
+
+    full = load_dataset(data_path, "auto")
+    split = full.splits.get(split_name)
+    having = sorted({full.day_names[d] for d in split.day}) if split is not None and len(split) else []
+    left_out = [name for name in having if name not in set(sessions)]
+    if left_out:
+        raise UserError(f"--submission: the run selects data.sessions, which leaves out {len(left_out)} session(s) "
+                        f"with {split_name} trials ({', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}); "
+                        "a submission must cover every session: evaluate a run whose data.sessions includes them")
+
+
 def _word_decoder(args, ds, data_path, nbest: int = 1):
     """The WordDecoder of ``--lm`` / ``--lexicon`` / ``--lm-weight`` / ``--word-beam-width`` / ``--blank-penalty`` /
     ``--word-bonus``; ``nbest`` sentences per trial."""
@@ -493,6 +510,7 @@ def cmd_eval(args) -> int:
 
             if not np.array_equal(res.indices, np.arange(len(split))):
                 raise RuntimeError("the evaluation did not keep the split's trial order")
+            _check_submission_sessions(runs.configs[0].data.sessions, data_path, args.split)
             fmt = args.format or ds.format
             out["submission"] = str(write_submission(args.submission, word_hyps, fmt))
             out["submission_format"] = fmt

@@ -88,7 +88,8 @@ def test_days_matched_by_session_name(base_run):
     for name in ("head.weight", "rnn.weight_hh_l0"):
         assert torch.equal(trainer.model.state_dict()[name], state["model"][name])
     # nearest: the new session copies the latest earlier session of the checkpoint
-    cfg = cfg_with(data={"sessions": [SESSIONS[3]]}, train={"init_from": str(base), "init_new_days": "nearest"})
+    cfg = cfg_with(data={"sessions": [SESSIONS[3]], "days_per_batch": 1},
+                   train={"init_from": str(base), "init_new_days": "nearest"})
     near = Trainer(cfg, None, progress=False).model
     assert torch.equal(near.day_weights.detach()[0], sw[2]) and torch.equal(near.day_biases.detach()[0], sb[2])
     assert not torch.equal(sw[2], torch.eye(sw.shape[-1]))  # the base run moved it: the copy is not the identity
@@ -184,7 +185,8 @@ def test_cli_calibration_recipe(base_run, tmp_path, capsys):
     cfg_file.write_text(yaml.safe_dump(raw))
     out = tmp_path / "cal"
     assert main(["train", "--config", str(cfg_file), "--init-from", str(base), "--out", str(out), "--no-progress",
-                 "--set", f"data.sessions=[{SESSIONS[3]}]", "--set", "model.rnn_trainable=false"]) == 0
+                 "--set", f"data.sessions=[{SESSIONS[3]}]", "--set", "data.days_per_batch=1",
+                 "--set", "model.rnn_trainable=false"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["init_from"]["checkpoint"] == str((base / "best.pt").resolve())
     assert summary["init_from"]["new_sessions"] == {SESSIONS[3]: "identity"}

@@ -59,7 +59,11 @@ def setup(tmp_path_factory):
 
 def _eval(capsys, *argv, code=0):
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", "last", *argv]) == code
+    try:
+        rc = main(["eval", "--checkpoint", "last", *argv])
+    except SystemExit as e:   # a bad option value: argparse's one-line error, exit 2
+        rc = e.code
+    assert rc == code
     if code:
         return capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
@@ -182,7 +186,7 @@ def test_submission_needs_words_and_the_word_options_need_lm(setup, tmp_path, ca
     assert "--lexicon" in capsys.readouterr().err
     err = _eval(capsys, "--run", str(runs[0]), "--split", "test", *_words(arpa), "--tune-weights", code=2)
     assert "labelled" in err
-    for opt, value, named in (("--word-bonus", "nan", "word_bonus"), ("--blank-penalty", "inf", "blank_penalty"),
+    for opt, value, named in (("--word-bonus", "nan", "--word-bonus"), ("--blank-penalty", "inf", "--blank-penalty"),
                               ("--lexicon", str(tmp_path / "missing.txt"), "missing.txt")):
         err = _eval(capsys, "--run", str(runs[0]), "--lm", str(arpa), opt, value, code=2)
         assert err.startswith("error: ") and named in err and "Traceback" not in err

@@ -27,5 +27,5 @@ def test_a_yaml_path_is_a_config_and_wins_over_a_preset_name(tmp_path, monkeypat
 
 
 def test_unknown_config_names_the_presets():
-    with pytest.raises(ConfigError, match=r"'b2t26' is neither a file nor a preset \(presets: b2t24, b2t25, demo\)"):
+    with pytest.raises(ConfigError, match=r"'b2t26' is neither a file nor a preset; did you mean 'b2t25'\? \(presets: b2t24, b2t25, demo\)"):
         load_config("b2t26")

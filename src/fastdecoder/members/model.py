@@ -24,12 +24,11 @@ from fastdecoder.ops.gru_members import members_gru
 
 
 def _solo_names(num_layers: int, learn_h0: bool) -> list[str]:
+    """The solo GRUDecoder's parameter names in its own order (``named_parameters``)."""
     names = ["day_weights", "day_biases"]
-    if learn_h0:
-        names.append("h0")
     for layer in range(num_layers):
         names += [f"rnn.{k}_l{layer}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    return names + ["head.weight", "head.bias"]
+    return names + (["h0"] if learn_h0 else []) + ["head.weight", "head.bias"]
 
 
 def _attr(solo_name: str) -> str:

@@ -29,6 +29,9 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (schedule, optimizer, RNGs, data position)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (a log line every log_every steps)")
+    p.add_argument("--members", type=int, default=None, metavar="K",
+                   help="train K models as one batched model (train.members): --out gets member-0 .. member-K-1, "
+                        "each a normal run folder, and a summary with the members' and the ensemble's PER")
 
 
 def _add_eval(sub) -> None:
@@ -148,6 +151,14 @@ def cmd_train(args) -> int:
     if args.data:
         overrides.append(f"data.path={json.dumps(args.data)}")
     out = Path(args.out) if args.out else None
+    if getattr(args, "members", None) is not None:
+        if args.members < 1:
+            raise UserError(f"--members must be >= 1, got {args.members}")
+        overrides.append(f"train.members={args.members}")
+    if out is not None and args.resume and (out / "member-0" / "last.pt").is_file():
+        return _train_members(args, out, overrides)
+    if not args.resume and args.config and load_config(args.config, overrides).train.members > 1:
+        return _train_members(args, out, overrides)
     state = None
     if args.resume:
         if args.overwrite:
@@ -194,6 +205,44 @@ def cmd_train(args) -> int:
         beam = summary.get("val_per_beam")
         extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
         print(f"validation PER: greedy {summary['val_per']:.4f}{extra}")
+    if summary.get("interrupted"):
+        where = f" --out {out}" if out is not None else ""
+        print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "
+              f"fastdecoder train{where} --resume", flush=True)
+    return 0
+
+
+def _train_members(args, out: Path | None, overrides: list[str]) -> int:
+    """``train`` with train.members > 1 (or --resume of such a run): fastdecoder.train.members."""
+    import shutil
+
+    from fastdecoder.config import load_config
+    from fastdecoder.train.members import MembersTrainer
+
+    if args.resume:
+        if args.overwrite:
+            raise UserError("--resume and --overwrite conflict: --resume continues the run in --out, --overwrite "
+                            "deletes it")
+        cfg = load_config(args.config or out / "config.yaml", overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+        if out is not None and (any(out.glob("member-*")) or any(out.glob("*.pt"))
+                                or (out / "metrics.jsonl").exists()):
+            if not args.overwrite:
+                raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue "
+                                "it, or choose another --out")
+            for d in out.glob("member-*"):
+                shutil.rmtree(d, ignore_errors=True)
+            _clear_run(out)
+    trainer = MembersTrainer(cfg, out, progress=not args.no_progress, resume=bool(args.resume))
+    what = f"resuming at step {trainer.step}" if args.resume else "training"
+    print(f"{what} {trainer.k} members of '{cfg.name}' as one batched model on {trainer.cfg.data.path} "
+          f"({len(trainer.train_split)} training trials) on {trainer.device}", flush=True)
+    summary = trainer.fit()
+    print(json.dumps(summary, indent=2))
+    if summary.get("ensemble_val_per") is not None:
+        pers = ", ".join(f"{m.get('val_per_best', float('nan')):.4f}" for m in summary["member"])
+        print(f"validation PER (best.pt): members {pers}; ensemble {summary['ensemble_val_per']:.4f}")
     if summary.get("interrupted"):
         where = f" --out {out}" if out is not None else ""
         print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "

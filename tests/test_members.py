@@ -186,7 +186,7 @@ def test_member_folders_are_ordinary_runs(members_run):
 
 def _short(tmp, **train):
     raw = json.loads(json.dumps(RAW))
-    raw["train"].update(steps=4, eval_every=100, checkpoint_every=100, log_every=2, **train)
+    raw["train"].update({"steps": 4, "eval_every": 100, "checkpoint_every": 100, "log_every": 2, **train})
     return config_from_dict(raw)
 
 

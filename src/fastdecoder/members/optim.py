@@ -41,8 +41,9 @@ class MemberAdam:
         for k in on:
             self.steps[k] += 1
         # the host scalars of each member's step (torch's single-tensor Adam(W) computes them in double)
-        bc1 = [1 - beta1 ** self.steps[k] for k in range(K)]
-        bc2_sqrt = [(1 - beta2 ** self.steps[k]) ** 0.5 for k in range(K)]
+        # (members that never stepped get placeholders: their rows are restored below)
+        bc1 = [1 - beta1 ** self.steps[k] if self.steps[k] else 1.0 for k in range(K)]
+        bc2_sqrt = [(1 - beta2 ** self.steps[k]) ** 0.5 if self.steps[k] else 1.0 for k in range(K)]
         off = [k for k in range(K) if not apply[k]]
         for p, m, v, g in zip(self.params, self.exp_avg, self.exp_avg_sq, self.groups):
             if p.grad is None:

@@ -109,6 +109,10 @@ def _add_bench(sub) -> None:
                    help="synthetic data with the preset's real feature width instead of the config's data")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     t.add_argument("--json", help="also write the full result (losses included) to this file")
+    t.add_argument("--members", type=int, default=None, metavar="K",
+                   help="instead: K members trained as one batched model vs K separate runs, member-steps/s, "
+                        "timed in interleaved blocks of --steps steps (the ratio's spread over the blocks)")
+    t.add_argument("--blocks", type=int, default=6, help="with --members: interleaved blocks per path")
 
 
 def cmd_bench(args) -> int:
@@ -124,8 +128,16 @@ def cmd_bench(args) -> int:
     if args.synthetic:
         fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
         cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
-    result = bench_train(cfg, args.steps, args.warmup)
-    print(format_report(result))
+    if args.members is not None:
+        from fastdecoder.train.bench_members import bench_members, format_members_report
+
+        if args.members < 1 or args.blocks < 1:
+            raise UserError("--members and --blocks must be >= 1")
+        result = bench_members(cfg, args.members, args.steps, args.blocks, args.warmup)
+        print(format_members_report(result))
+    else:
+        result = bench_train(cfg, args.steps, args.warmup)
+        print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

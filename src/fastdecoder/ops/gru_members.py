@@ -1,7 +1,7 @@
 """K independent GRUs (one per member of a batched run) as one batched computation, and its reference.
 
 Per layer, the input projection of every member over every step is one batched GEMM (``baddbmm`` over K); the
-recurrence is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H) product per time step
+recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H) product per time step
 and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh as single batched
 products / sums over all steps (the scheme of ops.gru_cpu with a member dimension). ``torch.nn.GRU``'s math and gate
 order (r, z, n), so member k equals an ``nn.GRU`` with member k's weights to fp32 round-off.
@@ -86,7 +86,8 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
         gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)
         h = x.new_zeros(K, B, H) if h0 is None else h0[layer]
-        out = _Recurrence.apply(gi, h, w_hh, b_hh)  # (N, K, B, H)
+        with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)
+            out = _Recurrence.apply(gi.float(), h.float(), w_hh.float(), b_hh.float())  # (N, K, B, H)
         if dropout_masks is not None and layer < len(weights) - 1:
             out = out * dropout_masks[layer]
         inp = out.transpose(0, 1).reshape(K, N * B, H)

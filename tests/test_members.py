@@ -203,7 +203,7 @@ def test_a_planted_nan_skips_only_that_member(tmp_path):
 
     planted.members[1].augment = poisoned
     planted.fit()
-    assert [h["skipped"] for h in planted.history] == [[False, False], [False, True], [False, False],
+    assert [h["skipped"] for h in list(planted.history)] == [[False, False], [False, True], [False, False],
                                                       [False, False]]
     assert planted.members[1].guard.skipped == 1 and planted.members[0].guard.skipped == 0
     a, b = clean.model.member_state_dict(0), planted.model.member_state_dict(0)
@@ -234,7 +234,7 @@ def test_kill_and_resume_is_bitwise(tmp_path):
     resumed = MembersTrainer(_short(tmp_path, checkpoint_every=2), tmp_path / "cut", progress=False, resume=True)
     assert resumed.step == 2
     resumed.fit()
-    assert [h["loss"] for h in whole.history[2:]] == [h["loss"] for h in resumed.history]
+    assert [h["loss"] for h in list(whole.history)[2:]] == [h["loss"] for h in resumed.history]
     for k in range(2):
         a, b = whole.model.member_state_dict(k), resumed.model.member_state_dict(k)
         assert all(torch.equal(a[n], b[n]) for n in a)

@@ -102,7 +102,8 @@ def _add_bench(sub) -> None:
                         "forward / backward / optimizer, host reads and (CUDA) device syncs per step, compiles, CUDA "
                         "graph captures, peak GPU memory; their ratio and loss agreement")
     t.add_argument("--config", required=True, help="YAML file or preset name")
-    t.add_argument("--steps", type=int, default=50, help="timed steps per path")
+    t.add_argument("--steps", type=int, default=None,
+                   help="timed steps per path (default 50; with --members: steps per block, default 5)")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
     t.add_argument("--data", help="dataset path (default: the config's)")
     t.add_argument("--synthetic", action="store_true",
@@ -119,6 +120,8 @@ def cmd_bench(args) -> int:
     from fastdecoder.config import load_config
     from fastdecoder.train.bench import SYNTHETIC, bench_train, format_report
 
+    if args.steps is None:
+        args.steps = 5 if args.members is not None else 50
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
     overrides = list(args.overrides)

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,6 +54,9 @@ from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
 log = logging.getLogger("fastdecoder.train")
 
 __all__ = ["MembersTrainer", "member_dir"]
+
+#: steps whose per-member losses ``MembersTrainer.history`` keeps
+HISTORY = 10_000
 
 
 def member_dir(out_dir: Path, k: int) -> Path:
@@ -155,7 +159,8 @@ class MembersTrainer:
         self.reported_infeasible: set[str] = set(bad)
         self._session: tuple[float, float] | None = None
         self._stop: StopRequest | None = None
-        self.history: list[dict] = []  # per step: losses and grad norms of the members (for tests and bench)
+        # the last HISTORY steps: the members' losses, grad norms, lrs and skips (metrics.jsonl holds the records)
+        self.history: deque[dict] = deque(maxlen=HISTORY)
         if resume:
             self._resume()
 

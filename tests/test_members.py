@@ -246,6 +246,7 @@ def test_kill_and_resume_is_bitwise(tmp_path):
     ({"member_overrides": [{}, {"optim.lr": -1}]}, r"member_overrides\[1\]: optim.lr must be"),
     ({"member_overrides": [{}, {"train.seed": 5}]}, "distinct train.seed"),
     ({"member_overrides": "lr"}, "must be a list"),
+    ({"members": 1, "member_overrides": [{}]}, "needs train.members > 1"),
 ])
 def test_bad_member_settings_are_named(change, match):
     raw = json.loads(json.dumps(RAW))
@@ -276,3 +277,29 @@ def test_data_seed_null_is_the_model_seed(tmp_path):
     assert runs["other"][1] != runs["null"][1]
     for name in ("same", "other"):
         assert all(torch.equal(runs[name][0][n], runs["null"][0][n]) for n in runs["null"][0])
+
+
+def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
+    import yaml
+
+    from fastdecoder.cli import main
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(steps=3, eval_every=3, checkpoint_every=3, members=1, member_overrides=None)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--members", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.steps=5", "--no-progress"]) == 0
+    for k in range(2):
+        assert load_run(out / f"member-{k}", "last")[2]["step"] == 5
+    top = json.loads((out / "summary.json").read_text())
+    assert top["steps"] == 5 and len(top["member"]) == 2 and "ensemble_val_per" in top
+    capsys.readouterr()
+    assert main(["train", "--config", str(path), "--members", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--members", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--members must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.rnn=ln_gru",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "model.rnn: gru" in capsys.readouterr().err

@@ -45,6 +45,8 @@ def member_configs(cfg) -> list:
     k = t.members
     ov = t.member_overrides
     if ov is not None:
+        if k == 1:
+            raise _error("train.member_overrides needs train.members > 1 (a single run takes its values directly)")
         if not isinstance(ov, (list, tuple)):
             raise _error(f"train.member_overrides must be a list of {k} mappings (one per member), got "
                          f"{type(ov).__name__}")

@@ -457,8 +457,8 @@ class MembersTrainer:
             summaries.append(s)
         top = {"name": self.cfg.name, "members": self.k, "steps": self.step,
                "train_seconds": round(self.train_seconds, 3),
-               "member_steps_per_second": (round(self.k * (self.step - (self.resumed_from or 0))
-                                                 / self.train_seconds, 3) if self.train_seconds else None),
+               "member_steps_per_second": (round(self.k * self.step / self.train_seconds, 3)
+                                           if self.train_seconds else None),
                "device": str(self.device), "data_seed": self.members[0].cfg.train.data_seed,
                "member": [{"folder": f"member-{m.k}", "seed": m.cfg.train.seed, "best_step": m.best_step,
                            "skipped_updates": m.guard.skipped, "stopped": m.stopped} for m in self.members]}

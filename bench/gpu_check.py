@@ -355,7 +355,8 @@ def step_members(smoke: bool) -> dict:
     k8 = ms.get(8)
     ratio = k8 / base if (k8 is not None and base) else None
     lines = [f"train.members: {cfg.name if not smoke else 'tiny'}, batch {cfg.train.batch_size}, {steps} timed steps "
-             f"after {warm} warm-up per K", "| K | ms/step | ms per member-step | peak GPU memory |", "|---|---|---|---|"]
+             f"after {warm} warm-up per K", "| K | ms/step | ms per member-step | peak GPU memory |",
+             "|---|---|---|---|"]
     lines += rows
     if ratio is not None:
         lines.append(f"\nK = 8 step / K = 1 step: {ratio:.2f}x (target <= 2)")
@@ -396,7 +397,8 @@ def step_decode(smoke: bool) -> dict:
     return {"table": head + "\n" + "\n".join(lines), **res}
 
 
-STEP_FUNCTIONS = {"members": step_members, "versions": step_versions, "build_check": step_build_check, "ops": step_ops, "sync": step_sync,
+STEP_FUNCTIONS = {"members": step_members, "versions": step_versions, "build_check": step_build_check, "ops": step_ops,
+                  "sync": step_sync,
                   "graphs": step_graphs, "graphs_ln_gru": step_graphs_ln_gru, "decode": step_decode}
 
 

@@ -303,3 +303,20 @@ def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--members", "2", "--set", "model.rnn=ln_gru",
                  "--out", str(tmp_path / "y")]) == 2
     assert "model.rnn: gru" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
+    """A last.pt whose config lacks train.data_seed / members / member_overrides resumes as those defaults."""
+    from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(steps=2, eval_every=100, checkpoint_every=1, members=1, member_overrides=None,
+                        data_seed=None)
+    Trainer(config_from_dict(raw), tmp_path, progress=False).fit()
+    state = load_checkpoint(tmp_path / "last.pt")
+    for key in ("data_seed", "members", "member_overrides"):
+        del state["config"]["train"][key]
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "last.pt")
+    raw["train"]["steps"] = 3
+    resumed = Trainer(config_from_dict(raw), tmp_path, progress=False, resume=True)
+    assert resumed.step == 2

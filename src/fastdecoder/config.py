@@ -141,7 +141,7 @@ class TrainConfig:
     eval_every: int = 2000
     log_every: int = 100
     checkpoint_every: int = 2000
-    seed: int = 0                       # the model's seed: init, dropout, masks, noise (and the batches without data_seed)
+    seed: int = 0                       # init, dropout, masks, noise (and the batches when data_seed is None)
     data_seed: Optional[int] = None     # seed of the batch order and random cut (None = train.seed, as before)
     members: int = 1                    # train K models as one batched model (fastdecoder.members)
     member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}

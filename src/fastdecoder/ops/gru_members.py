@@ -1,10 +1,11 @@
 """K independent GRUs (one per member of a batched run) as one batched computation, and its reference.
 
 Per layer, the input projection of every member over every step is one batched GEMM (``baddbmm`` over K); the
-recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H) product per time step
-and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh as single batched
-products / sums over all steps (the scheme of ops.gru_cpu with a member dimension). ``torch.nn.GRU``'s math and gate
-order (r, z, n), so member k equals an ``nn.GRU`` with member k's weights to fp32 round-off.
+recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H)
+product per time step and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh
+as single batched products / sums over all steps (the scheme of ops.gru_cpu with a member dimension).
+``torch.nn.GRU``'s math and gate order (r, z, n), so member k equals an ``nn.GRU`` with member k's weights to fp32
+round-off.
 
 Shapes: K members, B trials, N steps, I inputs, H hidden units; weights w_ih (K, 3H, I), w_hh (K, 3H, H), biases
 (K, 3H). Time-major inside: gates (N, K, B, 3H), outputs (N, K, B, H).

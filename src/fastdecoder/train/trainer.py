@@ -249,6 +249,8 @@ class Trainer:
     def _check_resume_config(self, cfg: Config, saved: dict, where) -> None:
         want = cfg.to_dict()
         saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
+        # checkpoints written before train.data_seed / train.members existed trained as their defaults do
+        saved["train"] = {"data_seed": None, "members": 1, "member_overrides": None, **(saved.get("train") or {})}
         for d in (want, saved):
             p = (d.get("data") or {}).get("path")
             if p:

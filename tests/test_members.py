@@ -39,14 +39,16 @@ def test_members_gru_equals_torch_gru_per_member(rng, K, B, N, I, H, L):
     w_out = torch.randn(K, B, N, H, generator=g)
     grads = []
     outs = []
-    for fn in (members_gru, members_gru_reference):
+    for fn in (lambda *a: members_gru(*a, batched_projection=True),
+               lambda *a: members_gru(*a, batched_projection=False), members_gru_reference):
         y = fn(x, weights, h0, masks)
         outs.append(y)
         grads.append(torch.autograd.grad((y * w_out).sum(), leaves))
     assert outs[0].shape == (K, B, N, H)
-    assert _rel(outs[0], outs[1]) < 1e-5
-    for a, b in zip(*grads):
-        assert _rel(a, b) < 1e-5
+    for y, g_ in zip(outs[:2], grads[:2]):
+        assert _rel(y, outs[2]) < 1e-5
+        for a, b in zip(g_, grads[2]):
+            assert _rel(a, b) < 1e-5
 
 
 def _solo_cfg(**kw):

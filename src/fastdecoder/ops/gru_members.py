@@ -1,6 +1,7 @@
 """K independent GRUs (one per member of a batched run) as one batched computation, and its reference.
 
-Per layer, the input projection of every member over every step is one batched GEMM (``baddbmm`` over K); the
+Per layer, the input projection of every member over every step is one batched GEMM (``baddbmm`` over K; on the
+CPU one GEMM per member, whose large products BLAS runs best unbatched); the
 recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H)
 product per time step and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh
 as single batched products / sums over all steps (the scheme of ops.gru_cpu with a member dimension).
@@ -13,6 +14,7 @@ Shapes: K members, B trials, N steps, I inputs, H hidden units; weights w_ih (K,
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["members_gru", "members_gru_reference"]
 
@@ -73,18 +75,23 @@ class _Recurrence(torch.autograd.Function):
 
 
 def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: torch.Tensor | None = None,
-                dropout_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+                dropout_masks: list[torch.Tensor] | None = None,
+                batched_projection: bool | None = None) -> torch.Tensor:
     """K GRUs over their own inputs: x (K, B, N, I) batch-first per member, ``weights`` one (w_ih, w_hh, b_ih, b_hh)
     per layer, h0 (layers, K, B, H) or None (zeros), ``dropout_masks``: per layer but the last a (N, K, B, H) mask
     already scaled by 1 / (1 - p) that multiplies the layer's output (None: no inter-layer dropout).
-    Returns (K, B, N, H)."""
+    ``batched_projection``: each layer's input projection as one ``baddbmm`` over the members (True) or one GEMM per
+    member (False); None: batched except on the CPU. Returns (K, B, N, H)."""
     K, B, N, _ = x.shape
     H = weights[0][1].shape[2]
     inp = x.reshape(K, B * N, -1)
     time_major = False  # layer 0's rows are (b, n); later layers' (n, b)
     out = None
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        if batched_projection if batched_projection is not None else x.device.type != "cpu":
+            gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
+            gi = torch.stack([F.linear(inp[k], w_ih[k], b_ih[k]) for k in range(K)])
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)
         h = x.new_zeros(K, B, H) if h0 is None else h0[layer]
         with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)

@@ -91,7 +91,7 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
         if batched_projection if batched_projection is not None else x.device.type != "cpu":
             gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
         else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
-            gi = torch.stack([F.linear(inp[k], w_ih[k], b_ih[k]) for k in range(K)])
+            gi = torch.stack([F.linear(i, w, b) for i, w, b in zip(inp.unbind(0), w_ih.unbind(0), b_ih.unbind(0))])
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)
         h = x.new_zeros(K, B, H) if h0 is None else h0[layer]
         with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)

@@ -322,3 +322,21 @@ def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
     raw["train"]["steps"] = 3
     resumed = Trainer(config_from_dict(raw), tmp_path, progress=False, resume=True)
     assert resumed.step == 2
+
+
+def test_bench_train_members_cli(tmp_path, monkeypatch, capsys):
+    """`bench train --members K`: interleaved blocks, member-steps/s of both paths, the ratio and its spread."""
+    from fastdecoder.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "train", "--config", "demo", "--members", "2", "--steps", "1", "--blocks", "2",
+               "--warmup", "0", "--set", "model.hidden_size=8", "--set", "model.num_layers=1",
+               "--set", "train.batch_size=4", "--set", "data.days_per_batch=2", "--json", str(out)])
+    assert rc == 0
+    assert "ratio batched / separate" in capsys.readouterr().out
+    m = json.loads(out.read_text())["members"]
+    assert m["k"] == 2 and m["blocks"] == 2 and len(m["ratio_spread"]["blocks"]) == 2
+    assert m["member_steps_per_s"] > 0 and m["separate_member_steps_per_s"] > 0 and m["ratio"] > 0
+    assert m["loss_max_rel_diff"] < 1e-5  # the members equal the separate runs, step for step
+    assert main(["bench", "train", "--config", "demo", "--members", "0"]) == 2

@@ -340,3 +340,26 @@ def test_bench_train_members_cli(tmp_path, monkeypatch, capsys):
     assert m["member_steps_per_s"] > 0 and m["separate_member_steps_per_s"] > 0 and m["ratio"] > 0
     assert m["loss_max_rel_diff"] < 1e-5  # the members equal the separate runs, step for step
     assert main(["bench", "train", "--config", "demo", "--members", "0"]) == 2
+
+
+def test_sigterm_saves_every_member_and_resume_finishes(tmp_path):
+    import os
+    import signal
+
+    cfg = _short(tmp_path)
+    tr = MembersTrainer(cfg, tmp_path / "run", progress=False)
+    real = tr.train_step
+
+    def step_then_signal(batch):
+        out = real(batch)
+        if tr.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    tr.train_step = step_then_signal
+    summary = tr.fit()
+    assert summary["interrupted"] == "SIGTERM" and summary["steps"] == 2
+    for k in range(2):
+        assert load_run(tmp_path / "run" / f"member-{k}", "last")[2]["step"] == 2
+    resumed = MembersTrainer(cfg, tmp_path / "run", progress=False, resume=True)
+    assert resumed.fit()["steps"] == 4

@@ -16,7 +16,8 @@ imports in --smoke) -> parity (``fastdecoder parity`` fp32 + bf16) -> gpu_tests 
 (``fastdecoder bench train``: fast vs reference path, batch 64) -> sync (``torch.cuda.set_sync_debug_mode`` over a
 few fast steps: the step fails unless there are none) -> graphs, graphs_ln_gru (b2t25 fast steps with and without
 ``train.cuda_graphs`` from one seed, GRU and LN-GRU: losses within 1e-2 relative, replayed step times; skipped in
---smoke) -> decode (native beam search and word decoding on this machine's cores). tables.md ends with the issue's
+--smoke) -> members (``train.members``: b2t25 with K = 1, 4, 8, 16 members as one batched model, step time and
+peak memory) -> decode (native beam search and word decoding on this machine's cores). tables.md ends with the issue's
 targets, measured against each (fast >= 3x reference, b2t25 >= 40 batches/s, LN-GRU <= 1.5x cuDNN GRU, zero syncs).
 The CPU-only peer comparisons are ``make bench``'s.
 """
@@ -294,6 +295,74 @@ def step_graphs_ln_gru(smoke: bool) -> dict:
     return _graphs_of("ln_gru", 24)
 
 
+#: the member counts of the members step (b2t25 on a GPU; a tiny model in --smoke)
+MEMBER_COUNTS = (1, 4, 8, 16)
+
+
+def step_members(smoke: bool) -> dict:
+    """``train.members``: K members of b2t25 (synthetic, batch 64) as one batched model, K = 1, 4, 8, 16: ms per
+    step (median of the timed steps, synchronised) and peak GPU memory; the K = 8 step against one member's."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from fastdecoder.config import load_config
+    from fastdecoder.parity import tiny_train_config
+    from fastdecoder.train.bench import SYNTHETIC
+    from fastdecoder.train.members import MembersTrainer
+
+    if smoke:
+        cfg = tiny_train_config("cpu", torch.float32, "gru")
+        cfg = replace(cfg, augment=replace(cfg.augment, backend="reference"))
+        counts, warm, steps = (1, 2), 1, 2
+    else:
+        cfg = load_config("b2t25")
+        cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC["b2t25"])))
+        counts, warm, steps = MEMBER_COUNTS, 2, 5
+    never = 10**9
+    rows, ms, mem = [], {}, {}
+    for k in counts:
+        c = replace(cfg, train=replace(cfg.train, members=k, member_overrides=None, eval_every=never,
+                                       log_every=never, checkpoint_every=never, beam_width=0, plot=False))
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            tr = MembersTrainer(c, None, progress=False)
+            times = []
+            for i in range(warm + steps):
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                tr.train_step(tr.next_batch())
+                if cuda:
+                    torch.cuda.synchronize()
+                if i >= warm:
+                    times.append(time.perf_counter() - t0)
+            ms[k] = float(np.median(times)) * 1e3
+            mem[k] = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+            del tr
+        except torch.cuda.OutOfMemoryError as e:  # a count that does not fit is a result, not a crash
+            ms[k], mem[k] = None, None
+            rows.append(f"| {k} | out of memory: {str(e).splitlines()[0][:80]} | | |")
+            continue
+        per = ms[k] / k
+        mem_s = f"{mem[k]:.2f} GB" if mem[k] is not None else "n/a (CPU)"
+        rows.append(f"| {k} | {ms[k]:.1f} | {per:.1f} | {mem_s} |")
+    base = ms.get(counts[0])
+    k8 = ms.get(8)
+    ratio = k8 / base if (k8 is not None and base) else None
+    lines = [f"train.members: {cfg.name if not smoke else 'tiny'}, batch {cfg.train.batch_size}, {steps} timed steps "
+             f"after {warm} warm-up per K", "| K | ms/step | ms per member-step | peak GPU memory |",
+             "|---|---|---|---|"]
+    lines += rows
+    if ratio is not None:
+        lines.append(f"\nK = 8 step / K = 1 step: {ratio:.2f}x (target <= 2)")
+    return {"table": "\n".join(lines), "ms_per_step": ms, "peak_memory_gb": mem, "k8_over_k1": ratio}
+
+
 def step_decode(smoke: bool) -> dict:
     import numpy as np
 
@@ -328,7 +397,8 @@ def step_decode(smoke: bool) -> dict:
     return {"table": head + "\n" + "\n".join(lines), **res}
 
 
-STEP_FUNCTIONS = {"versions": step_versions, "build_check": step_build_check, "ops": step_ops, "sync": step_sync,
+STEP_FUNCTIONS = {"members": step_members, "versions": step_versions, "build_check": step_build_check, "ops": step_ops,
+                  "sync": step_sync,
                   "graphs": step_graphs, "graphs_ln_gru": step_graphs_ln_gru, "decode": step_decode}
 
 
@@ -368,6 +438,7 @@ def plan(smoke: bool, tmp: Path) -> list[dict]:
                "skip": no_gpu if smoke else None},
               {"name": "graphs_ln_gru", "log": "train", "cmd": own("graphs_ln_gru"), "limit": 60,
                "skip": no_gpu if smoke else None},
+              {"name": "members", "log": "train", "cmd": own("members"), "limit": 90},
               {"name": "decode", "log": "decode", "cmd": own("decode"), "limit": 30}]
     return steps
 
@@ -471,7 +542,9 @@ def targets_table(results: dict, smoke: bool) -> str:
             ("CUDA graphs, LN-GRU: losses within 1e-2 of eager", get("graphs_ln_gru", "loss_max_rel_diff"),
              "<= 0.01", lambda v: v <= GRAPH_LOSS_RTOL),
             ("CUDA graphs, LN-GRU: eager / graphed step time", get("graphs_ln_gru", "speedup"), "> 1 (measured)",
-             lambda v: v > 1)]
+             lambda v: v > 1),
+            ("train.members: b2t25 K = 8 step / K = 1 step", get("members", "k8_over_k1"), "<= 2",
+             lambda v: v <= 2)]
     lines = ["| target | measured | wanted | met |", "|---|---|---|---|"]
     for name, value, wanted, met in rows:
         shown = "n/a" if value is None else f"{value:.3g}"

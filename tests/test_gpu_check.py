@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "sync", "graphs",
-         "graphs_ln_gru", "decode"]
+         "graphs_ln_gru", "members", "decode"]
 #: steps that need CUDA and say so in --smoke
 SKIPPED_IN_SMOKE = ("gpu_tests", "graphs", "graphs_ln_gru")
 

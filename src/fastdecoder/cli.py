@@ -42,6 +42,9 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (schedule, optimizer, RNGs, data position)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (a log line every log_every steps)")
+    p.add_argument("--members", type=int, default=None, metavar="K",
+                   help="train K models as one batched model (train.members): --out gets member-0 .. member-K-1, "
+                        "each a normal run folder, and a summary with the members' and the ensemble's PER")
 
 
 def _add_eval(sub) -> None:
@@ -158,19 +161,26 @@ def _add_bench(sub) -> None:
                         "forward / backward / optimizer, host reads and (CUDA) device syncs per step, compiles, CUDA "
                         "graph captures, peak GPU memory; their ratio and loss agreement")
     t.add_argument("--config", required=True, help="YAML file or preset name")
-    t.add_argument("--steps", type=int, default=50, help="timed steps per path")
+    t.add_argument("--steps", type=int, default=None,
+                   help="timed steps per path (default 50; with --members: steps per block, default 5)")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
     t.add_argument("--data", help="dataset path (default: the config's)")
     t.add_argument("--synthetic", action="store_true",
                    help="synthetic data with the preset's real feature width instead of the config's data")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     t.add_argument("--json", help="also write the full result (losses included) to this file")
+    t.add_argument("--members", type=int, default=None, metavar="K",
+                   help="instead: K members trained as one batched model vs K separate runs, member-steps/s, "
+                        "timed in interleaved blocks of --steps steps (the ratio's spread over the blocks)")
+    t.add_argument("--blocks", type=int, default=6, help="with --members: interleaved blocks per path")
 
 
 def cmd_bench(args) -> int:
     from fastdecoder.config import load_config
     from fastdecoder.train.bench import SYNTHETIC, bench_train, format_report
 
+    if args.steps is None:
+        args.steps = 5 if args.members is not None else 50
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be >= 1 and --warmup >= 0")
     overrides = list(args.overrides)
@@ -180,8 +190,16 @@ def cmd_bench(args) -> int:
     if args.synthetic:
         fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
         cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
-    result = bench_train(cfg, args.steps, args.warmup)
-    print(format_report(result))
+    if args.members is not None:
+        from fastdecoder.train.bench_members import bench_members, format_members_report
+
+        if args.members < 1 or args.blocks < 1:
+            raise UserError("--members and --blocks must be >= 1")
+        result = bench_members(cfg, args.members, args.steps, args.blocks, args.warmup)
+        print(format_members_report(result))
+    else:
+        result = bench_train(cfg, args.steps, args.warmup)
+        print(format_report(result))
     if args.json:
         with writing(args.json):
             Path(args.json).write_text(_json_text(result))
@@ -220,6 +238,14 @@ def cmd_train(args) -> int:
             raise UserError("--init-from starts a new run from another run's weights; --resume continues this one")
         overrides.append(f"train.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     out = Path(args.out) if args.out else None
+    if getattr(args, "members", None) is not None:
+        if args.members < 1:
+            raise UserError(f"--members must be >= 1, got {args.members}")
+        overrides.append(f"train.members={args.members}")
+    if out is not None and args.resume and (out / "member-0" / "last.pt").is_file():
+        return _train_members(args, out, overrides)
+    if not args.resume and args.config and load_config(args.config, overrides).train.members > 1:
+        return _train_members(args, out, overrides)
     state = None
     if args.resume:
         if args.overwrite:
@@ -272,6 +298,48 @@ def cmd_train(args) -> int:
         beam = summary.get("val_per_beam")
         extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
         print(f"validation PER: greedy {summary['val_per']:.4f}{extra}")
+    if summary.get("interrupted"):
+        where = f" --out {out}" if out is not None else ""
+        print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "
+              f"fastdecoder train{where} --resume", flush=True)
+    return 0
+
+
+def _train_members(args, out: Path | None, overrides: list[str]) -> int:
+    """``train`` with train.members > 1 (or --resume of such a run): fastdecoder.train.members."""
+    import shutil
+
+    from fastdecoder.config import load_config
+    from fastdecoder.train.members import MembersTrainer
+    from fastdecoder.train.outputs import clear_run, default_run_dir
+
+    if args.resume:
+        if args.overwrite:
+            raise UserError("--resume and --overwrite conflict: --resume continues the run in --out, --overwrite "
+                            "deletes it")
+        cfg = load_config(args.config or out / "config.yaml", overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+        if out is None:
+            out = default_run_dir(cfg.name)
+            print(f"no --out given: writing the run to {out}", flush=True)
+        if out is not None and (any(out.glob("member-*")) or any(out.glob("*.pt"))
+                                or (out / "metrics.jsonl").exists()):
+            if not args.overwrite:
+                raise UserError(f"{out} already holds a run; pass --overwrite to replace it, --resume to continue "
+                                "it, or choose another --out")
+            for d in out.glob("member-*"):
+                shutil.rmtree(d, ignore_errors=True)
+            clear_run(out)
+    trainer = MembersTrainer(cfg, out, progress=not args.no_progress, resume=bool(args.resume))
+    what = f"resuming at step {trainer.step}" if args.resume else "training"
+    print(f"{what} {trainer.k} members of '{cfg.name}' as one batched model on {trainer.cfg.data.path} "
+          f"({len(trainer.train_split)} training trials) on {trainer.device}", flush=True)
+    summary = trainer.fit()
+    print(_json_text(summary))
+    if summary.get("ensemble_val_per") is not None:
+        pers = ", ".join(f"{m.get('val_per_best', float('nan')):.4f}" for m in summary["member"])
+        print(f"validation PER (best.pt): members {pers}; ensemble {summary['ensemble_val_per']:.4f}")
     if summary.get("interrupted"):
         where = f" --out {out}" if out is not None else ""
         print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "

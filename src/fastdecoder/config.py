@@ -150,7 +150,10 @@ class TrainConfig:
     eval_every: int = 2000
     log_every: int = 100
     checkpoint_every: int = 2000
-    seed: int = 0
+    seed: int = 0                       # init, dropout, masks, noise (and the batches when data_seed is None)
+    data_seed: Optional[int] = None     # seed of the batch order and random cut (None = train.seed, as before)
+    members: int = 1                    # train K models as one batched model (fastdecoder.members)
+    member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     amp: str = "bf16"                   # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path
     #                                     where the CPU has native bf16 GEMMs (else, and on the reference path, fp32)
@@ -290,6 +293,7 @@ RANGES: dict[str, Range] = {
     "train.steps": AT_LEAST_1, "train.batch_size": Range(1, 2**16), "train.eval_every": AT_LEAST_1,
     "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
+    "train.data_seed": Range(0, 2**32 - 1), "train.members": Range(1, 256),
     "train.eval_batch_size": Range(1, 2**16), "train.beam_width": Range(0, 2**16), "train.threads": NON_NEGATIVE,
     "train.length_bucket": Range(0, 2**16), "train.early_stopping_val_steps": AT_LEAST_1,
 }
@@ -504,6 +508,10 @@ def validate(cfg: Config) -> None:
     if s_.min_distinct_phonemes > m.n_classes - 1:
         raise ConfigError(f"stability.min_distinct_phonemes ({s_.min_distinct_phonemes}) must not exceed the "
                           f"{m.n_classes - 1} non-blank classes (model.n_classes - 1)")
+    if cfg.train.members > 1 or cfg.train.member_overrides is not None:
+        from fastdecoder.members.config import check_members
+
+        check_members(cfg)
     # data.path / data.synthetic may both be unset: a path may still come from the command line (--data)
     _validate_selection(cfg)
     if cfg.train.early_stopping and cfg.data.val_split is None:

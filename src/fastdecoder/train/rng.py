@@ -3,9 +3,10 @@
 Rank r of a run seeded s draws from its own streams, all derived from ``rank_seed(s, r)`` (rank 0: s itself, so a
 single process is unaffected by multi-process training):
 
-* the sampler (``rank_seed``), dropout (torch's global generator, re-seeded with ``rank_seed`` on ranks > 0),
-* the random cut (a numpy generator, ``rank_seed + CUT_STREAM``), the time/channel masks (a torch generator,
-  ``rank_seed + MASK_STREAM``),
+* the sampler (``rank_seed``; with ``train.data_seed`` that seed's), dropout (torch's global generator, re-seeded with ``rank_seed`` on ranks > 0),
+* the random cut (a numpy generator, ``rank_seed + CUT_STREAM``; with ``train.data_seed`` the data's rank seed
+  instead, so runs that share a data seed share their cuts as they share their batches), the time/channel masks
+  (a torch generator, ``rank_seed + MASK_STREAM``),
 * the augmentation noise of step t: ``noise_seed(rank_seed, t)``.
 """
 from __future__ import annotations
@@ -49,10 +50,10 @@ def noise_seed(rank_seed_: int, step: int) -> int:
 class RunStreams:
     """The per-rank generators of the augmentation (random cut, masks) and the capture of every RNG state."""
 
-    def __init__(self, rank_seed_: int, device: torch.device):
+    def __init__(self, rank_seed_: int, device: torch.device, cut_seed: int | None = None):
         self.rank_seed = rank_seed_
         self.device = device
-        self.cut = np.random.default_rng(rank_seed_ + CUT_STREAM)
+        self.cut = np.random.default_rng((rank_seed_ if cut_seed is None else cut_seed) + CUT_STREAM)
         self.masks = torch.Generator().manual_seed(rank_seed_ + MASK_STREAM)
 
     def state_dict(self) -> dict:

@@ -115,6 +115,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: str | Path | None = None, *, progress: bool = True,
                  resume: bool | dict = False, overwrite: bool = False):
+        if cfg.train.members > 1:
+            raise UserError(f"train.members is {cfg.train.members}: train it with fastdecoder.train.members."
+                            "MembersTrainer (fastdecoder train does so)")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.dist, self.device = distributed.setup(cfg.train.device)
         self.is_main = self.dist.is_main
@@ -191,7 +194,9 @@ class Trainer:
         self.forward_loss = (compile_step(self._forward_loss, cfg.train.length_bucket,
                                           max_len=int(self.train_split.lengths.max()))
                              if self.compiled else self._forward_loss)
-        self.sampler = make_sampler(cfg, self.train_split, self.rank_seed)
+        data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
+        self.data_rank_seed = rank_seed(data_seed, self.dist.rank)  # batches and random cut (train.data_seed)
+        self.sampler = make_sampler(cfg, self.train_split, self.data_rank_seed)
         self.resident = make_resident(self.train_split, self.device) if self.fast else None
         self._plan_days = self.fast and (self.device.type == "cpu" or cfg.data.batching == "days")
         self.deferred = False  # set after the self-check below (which may fall back to the unfused optimizer)
@@ -199,7 +204,7 @@ class Trainer:
         self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
         self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
         self.eval_hook = None  # eval_hook(trainer, result) after each evaluation (tune: pruning); may raise to stop
-        self.streams = RunStreams(self.rank_seed, self.device)
+        self.streams = RunStreams(self.rank_seed, self.device, cut_seed=self.data_rank_seed)
         self.eval_settings = EvalSettings.from_config(cfg, self.device)
         self.eval_transform: EvalTransform = self.eval_settings.transform
         # bf16 augmentation output where the next op is the day layer's bf16 matmul (the same rounding autocast does)
@@ -268,6 +273,8 @@ class Trainer:
     def _check_resume_config(self, cfg: Config, saved: dict, where) -> None:
         want = cfg.to_dict()
         saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
+        # checkpoints written before train.data_seed / train.members existed trained as their defaults do
+        saved["train"] = {"data_seed": None, "members": 1, "member_overrides": None, **(saved.get("train") or {})}
         for d in (want, saved):
             p = (d.get("data") or {}).get("path")
             if p:

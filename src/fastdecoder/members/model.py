@@ -1,0 +1,157 @@
+"""The batched GRUDecoder of a ``train.members: K`` run: K GRUDecoders (model.rnn: gru) with their parameters
+stacked along a leading member dimension, computed together.
+
+Forward: x (K, B, T, C) each member's augmented features, day (B,) host int64 days, lengths (B,) ->
+logits (K, B, N, 41). Per member the solo forward: [in-model smoothing] -> day layer softsign(x W[day] + b[day])
+(one batched GEMM per distinct day of the batch) -> input dropout -> patching -> GRU (ops.gru_members: one batched
+input projection per layer, one batched product per time step) -> head (one batched GEMM).
+
+Dropout is drawn per member from its own generator (``generators``), each mask with the op and shape the solo
+run draws it with (``torch.empty(shape).bernoulli_(1 - p)``: input dropout (B, T, C), then between layers
+(N, B, H)), so member k draws exactly the masks of its solo run, whose dropout stream is torch's global generator.
+
+Parameters are named after the solo model's (``SOLO``), so each member's weights go to and from a GRUDecoder state
+dict (``member_state_dict`` / ``load_member``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdecoder.ops.gru_members import members_gru
+
+
+def _solo_names(num_layers: int, learn_h0: bool) -> list[str]:
+    """The solo GRUDecoder's parameter names in its own order (``named_parameters``)."""
+    names = ["day_weights", "day_biases"]
+    for layer in range(num_layers):
+        names += [f"rnn.{k}_l{layer}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    return names + (["h0"] if learn_h0 else []) + ["head.weight", "head.bias"]
+
+
+def _attr(solo_name: str) -> str:
+    return solo_name.replace(".", "__")
+
+
+class BatchedGRUDecoder(nn.Module):
+    """K GRUDecoders of one shape as stacked (K, ...) parameters; build it from the solo models (``from_solo``)."""
+
+    def __init__(self, solos: list[nn.Module]):
+        super().__init__()
+        cfg = solos[0].cfg
+        if cfg.rnn != "gru" or cfg.bidirectional:
+            raise ValueError("BatchedGRUDecoder takes unidirectional model.rnn: gru models")
+        self.cfg = cfg
+        self.k = len(solos)
+        self.input_dropout = [float(s.cfg.input_dropout) for s in solos]  # p per member
+        self.rnn_dropout = [float(s.cfg.rnn_dropout) if cfg.num_layers > 1 else 0.0 for s in solos]
+        self.solo_names = _solo_names(cfg.num_layers, cfg.learn_h0)
+        sds = [s.state_dict() for s in solos]
+        for name in self.solo_names:
+            self.register_parameter(_attr(name), nn.Parameter(torch.stack([sd[name].detach() for sd in sds])))
+        self.register_buffer("smooth_taps", sds[0]["smooth_taps"].clone())
+        self.smoothing_backend = solos[0].smoothing_backend
+
+    @classmethod
+    def from_solo(cls, solos: list[nn.Module]) -> "BatchedGRUDecoder":
+        return cls(solos)
+
+    def solo_parameter(self, name: str) -> nn.Parameter:
+        """The stacked (K, ...) parameter of the solo model's parameter ``name``."""
+        return getattr(self, _attr(name))
+
+    def member_state_dict(self, k: int) -> dict:
+        """Member k's weights as a GRUDecoder state dict (copies)."""
+        sd = {name: self.solo_parameter(name).detach()[k].clone() for name in self.solo_names}
+        sd["smooth_taps"] = self.smooth_taps.clone()
+        return sd
+
+    @torch.no_grad()
+    def load_member(self, k: int, state: dict) -> None:
+        """Set member k's weights from a GRUDecoder state dict."""
+        for name in self.solo_names:
+            self.solo_parameter(name)[k].copy_(state[name])
+
+    # -- the forward --------------------------------------------------------------------------------------------
+    def day_layer(self, x: torch.Tensor, day: np.ndarray) -> torch.Tensor:
+        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member, one batched GEMM per distinct day."""
+        K, B, T, C = x.shape
+        W, b = self.solo_parameter("day_weights"), self.solo_parameter("day_biases")
+        days, inverse = np.unique(day, return_inverse=True)
+        if days.size == 1:
+            y = torch.baddbmm(b[:, int(days[0])], x.reshape(K, B * T, C), W[:, int(days[0])]).view(K, B, T, C)
+        else:
+            order = np.argsort(inverse.reshape(-1), kind="stable")
+            parts = []
+            for j, d in enumerate(days):
+                rows = torch.from_numpy(order[inverse.reshape(-1)[order] == j]).to(x.device)
+                xd = x.index_select(1, rows)
+                parts.append(torch.baddbmm(b[:, int(d)], xd.reshape(K, -1, C), W[:, int(d)]).view(K, -1, T, C))
+            back = torch.from_numpy(np.argsort(order, kind="stable")).to(x.device)
+            y = torch.cat(parts, 1).index_select(1, back)
+        return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+
+    def patch(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, T, C) -> (K, B, N, K*C) as GRUDecoder.patch does per member."""
+        K_, S = self.cfg.patch_size, self.cfg.patch_stride
+        if x.shape[2] < K_:
+            raise ValueError(f"input has {x.shape[2]} time bins, fewer than one patch of {K_}")
+        w = x.unfold(2, K_, S)  # (K, B, N, C, Kp)
+        if self.cfg.patch_order == "time_major":
+            w = w.transpose(3, 4)
+        return w.reshape(x.shape[0], x.shape[1], w.shape[2], -1)
+
+    def _masks(self, shape: tuple, p: list[float], generators) -> torch.Tensor | None:
+        """(K, *shape) dropout multipliers: member k's ``bernoulli_(1 - p_k)`` drawn from ``generators[k]`` and
+        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops."""
+        if not self.training or not any(p):
+            return None
+        out = []
+        for k in range(self.k):
+            if p[k] > 0:
+                m = torch.empty(shape).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
+            else:
+                m = torch.ones(shape)
+            out.append(m)
+        return torch.stack(out)
+
+    def forward(self, x: torch.Tensor, day: np.ndarray, lengths: torch.Tensor | None = None,
+                generators=None) -> torch.Tensor:
+        """x (K, B, T, C), day (B,) host int64, lengths (B,) -> logits (K, B, N, n_classes). In training mode with
+        dropout, ``generators`` holds one CPU torch.Generator per member (its solo dropout stream)."""
+        cfg = self.cfg
+        K, B, T, C = x.shape
+        if K != self.k or C != cfg.n_features:
+            raise ValueError(f"x must be ({self.k}, batch, time, {cfg.n_features}), got {tuple(x.shape)}")
+        day = np.asarray(day, dtype=np.int64).reshape(-1)
+        if day.shape != (B,):
+            raise ValueError(f"day must be ({B},), got {day.shape}")
+        if self.training and generators is None and (any(self.input_dropout) or any(self.rnn_dropout)):
+            raise ValueError("training with dropout needs one generator per member")
+        if cfg.smoothing == "model":
+            from fastdecoder.ops import augment
+
+            lens = lengths.repeat(K) if (cfg.mask_padding and lengths is not None) else None
+            x = augment(x.reshape(K * B, T, C), lens, smooth_taps=self.smooth_taps,
+                        backend=self.smoothing_backend).view(K, B, T, C)
+        x = self.day_layer(x, day)
+        m = self._masks((B, T, C), self.input_dropout, generators)
+        if m is not None:
+            x = x * m.to(x.device)
+        x = self.patch(x)
+        N = x.shape[2]
+        H = cfg.hidden_size
+        weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in
+                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for layer in range(cfg.num_layers)]
+        masks = None
+        if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
+            masks = [self._masks((N, B, H), self.rnn_dropout, generators).transpose(0, 1).to(x.device)
+                     for _ in range(cfg.num_layers - 1)]
+        h0 = None
+        if cfg.learn_h0:
+            h0 = self.solo_parameter("h0").view(K, 1, H).expand(cfg.num_layers, K, B, H)
+        y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
+        w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
+        return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

@@ -1,0 +1,122 @@
+"""K independent GRUs (one per member of a batched run) as one batched computation, and its reference.
+
+Per layer, the input projection of every member over every step is one batched GEMM (``baddbmm`` over K; on the
+CPU one GEMM per member, whose large products BLAS runs best unbatched); the
+recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H)
+product per time step and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh
+as single batched products / sums over all steps (the scheme of ops.gru_cpu with a member dimension).
+``torch.nn.GRU``'s math and gate order (r, z, n), so member k equals an ``nn.GRU`` with member k's weights to fp32
+round-off.
+
+Shapes: K members, B trials, N steps, I inputs, H hidden units; weights w_ih (K, 3H, I), w_hh (K, 3H, H), biases
+(K, 3H). Time-major inside: gates (N, K, B, 3H), outputs (N, K, B, H).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["members_gru", "members_gru_reference"]
+
+
+class _Recurrence(torch.autograd.Function):
+    """gi (N, K, B, 3H) input gates, h0 (K, B, H), w_hh (K, 3H, H), b_hh (K, 3H) -> outputs (N, K, B, H)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, gi, h0, w_hh, b_hh):
+        N, K, B, H3 = gi.shape
+        H = H3 // 3
+        out = gi.new_empty(N, K, B, H)
+        gates = gi.new_empty(N, K, B, H3)  # r, z, n after their nonlinearities
+        hn = gi.new_empty(N, K, B, H)  # the hidden part of n's pre-activation
+        h = h0
+        w_t = w_hh.transpose(1, 2)  # (K, H, 3H)
+        bias = b_hh.unsqueeze(1)  # (K, 1, 3H)
+        for t in range(N):
+            gh = torch.baddbmm(bias, h, w_t)  # (K, B, 3H)
+            rz = torch.sigmoid(gi[t, :, :, :2 * H] + gh[..., :2 * H])
+            r, z = rz[..., :H], rz[..., H:]
+            n = torch.tanh(torch.addcmul(gi[t, :, :, 2 * H:], r, gh[..., 2 * H:]))
+            h = torch.lerp(n, h, z)
+            gates[t, ..., :2 * H] = rz
+            gates[t, ..., 2 * H:] = n
+            hn[t] = gh[..., 2 * H:]
+            out[t] = h
+        ctx.save_for_backward(h0, w_hh, out, gates, hn)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, d_out):
+        h0, w_hh, out, gates, hn = ctx.saved_tensors
+        N, K, B, H = out.shape
+        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]])  # (N, K, B, H)
+        d_gi = torch.empty_like(gates)
+        d_gh = torch.empty_like(gates)
+        dh = torch.zeros_like(h0)
+        for t in range(N - 1, -1, -1):
+            dh = dh + d_out[t]
+            r, z, n = gates[t, ..., :H], gates[t, ..., H:2 * H], gates[t, ..., 2 * H:]
+            dn = dh * (1 - z) * (1 - n * n)
+            dz = dh * (h_prev[t] - n) * z * (1 - z)
+            dr = dn * hn[t] * r * (1 - r)
+            d_gi[t, ..., :H] = dr
+            d_gi[t, ..., H:2 * H] = dz
+            d_gi[t, ..., 2 * H:] = dn
+            d_gh[t, ..., :2 * H] = d_gi[t, ..., :2 * H]
+            d_gh[t, ..., 2 * H:] = dn * r
+            dh = torch.baddbmm(dh * z, d_gh[t], w_hh)  # (K, B, 3H) @ (K, 3H, H)
+        # one batched product over all steps: (K, 3H, N*B) @ (K, N*B, H)
+        flat_g = d_gh.permute(1, 0, 2, 3).reshape(K, N * B, 3 * H)
+        flat_h = h_prev.permute(1, 0, 2, 3).reshape(K, N * B, H)
+        d_w = torch.bmm(flat_g.transpose(1, 2), flat_h)
+        return d_gi, dh, d_w, flat_g.sum(1)
+
+
+def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: torch.Tensor | None = None,
+                dropout_masks: list[torch.Tensor] | None = None,
+                batched_projection: bool | None = None) -> torch.Tensor:
+    """K GRUs over their own inputs: x (K, B, N, I) batch-first per member, ``weights`` one (w_ih, w_hh, b_ih, b_hh)
+    per layer, h0 (layers, K, B, H) or None (zeros), ``dropout_masks``: per layer but the last a (N, K, B, H) mask
+    already scaled by 1 / (1 - p) that multiplies the layer's output (None: no inter-layer dropout).
+    ``batched_projection``: each layer's input projection as one ``baddbmm`` over the members (True) or one GEMM per
+    member (False); None: batched except on the CPU. Returns (K, B, N, H)."""
+    K, B, N, _ = x.shape
+    H = weights[0][1].shape[2]
+    inp = x.reshape(K, B * N, -1)
+    time_major = False  # layer 0's rows are (b, n); later layers' (n, b)
+    out = None
+    for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+        if batched_projection if batched_projection is not None else x.device.type != "cpu":
+            gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
+            gi = torch.stack([F.linear(i, w, b) for i, w, b in zip(inp.unbind(0), w_ih.unbind(0), b_ih.unbind(0))])
+        gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)
+        h = x.new_zeros(K, B, H) if h0 is None else h0[layer]
+        with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)
+            out = _Recurrence.apply(gi.float(), h.float(), w_hh.float(), b_hh.float())  # (N, K, B, H)
+        if dropout_masks is not None and layer < len(weights) - 1:
+            out = out * dropout_masks[layer]
+        inp = out.transpose(0, 1).reshape(K, N * B, H)
+        time_major = True
+    return out.permute(1, 2, 0, 3)
+
+
+def members_gru_reference(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]],
+                          h0: torch.Tensor | None = None,
+                          dropout_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The same through torch's own GRU, one member at a time (``torch._VF.gru`` with member k's weights, layer by
+    layer so the masks apply between layers). Same arguments and result as :func:`members_gru`."""
+    K, B, N, _ = x.shape
+    outs = []
+    for k in range(K):
+        inp = x[k]
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            H = w_hh.shape[2]
+            h = x.new_zeros(1, B, H) if h0 is None else h0[layer, k].unsqueeze(0)
+            inp, _ = torch._VF.gru(inp, h, (w_ih[k], w_hh[k], b_ih[k], b_hh[k]), True, 1, 0.0, False, False, True)
+            if dropout_masks is not None and layer < len(weights) - 1:
+                inp = inp * dropout_masks[layer][:, k].transpose(0, 1)
+        outs.append(inp)
+    return torch.stack(outs)

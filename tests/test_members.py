@@ -1,0 +1,365 @@
+"""train.members: the batched GRU op and model against K solo models, the per-member AdamW against torch's, and a
+K-member run against the solo runs of its members (losses, weights, NaN isolation, folders, resume)."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fastdecoder.config import ConfigError, config_from_dict, load_config
+from fastdecoder.members.model import BatchedGRUDecoder
+from fastdecoder.members.optim import MemberAdam
+from fastdecoder.model import GRUDecoder
+from fastdecoder.ops.gru_members import members_gru, members_gru_reference
+from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.train.checkpoint import load_run
+from fastdecoder.train.members import MembersTrainer
+from fastdecoder.train.trainer import Trainer
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+@pytest.mark.parametrize("K,B,N,I,H,L", [(1, 3, 5, 4, 6, 1), (3, 2, 7, 5, 8, 2), (4, 5, 3, 9, 4, 3)])
+def test_members_gru_equals_torch_gru_per_member(rng, K, B, N, I, H, L):
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    weights = []
+    for layer in range(L):
+        i = I if layer == 0 else H
+        weights.append(tuple((torch.randn(s, generator=g) * 0.5).requires_grad_()
+                             for s in ((K, 3 * H, i), (K, 3 * H, H), (K, 3 * H), (K, 3 * H))))
+    x = torch.randn(K, B, N, I, generator=g, requires_grad=True)
+    h0 = torch.randn(L, K, B, H, generator=g, requires_grad=True)
+    masks = [(torch.rand(N, K, B, H, generator=g) > 0.3).float() / 0.7 for _ in range(L - 1)]
+    leaves = [x, h0] + [t for w in weights for t in w]
+    w_out = torch.randn(K, B, N, H, generator=g)
+    grads = []
+    outs = []
+    for fn in (lambda *a: members_gru(*a, batched_projection=True),
+               lambda *a: members_gru(*a, batched_projection=False), members_gru_reference):
+        y = fn(x, weights, h0, masks)
+        outs.append(y)
+        grads.append(torch.autograd.grad((y * w_out).sum(), leaves))
+    assert outs[0].shape == (K, B, N, H)
+    for y, g_ in zip(outs[:2], grads[:2]):
+        assert _rel(y, outs[2]) < 1e-5
+        for a, b in zip(g_, grads[2]):
+            assert _rel(a, b) < 1e-5
+
+
+def _solo_cfg(**kw):
+    cfg = load_config("demo").model
+    base = dict(n_features=6, n_days=3, hidden_size=10, num_layers=2, rnn_dropout=0.3, input_dropout=0.2,
+                patch_size=4, patch_stride=2)
+    return replace(cfg, **(base | kw))
+
+
+@pytest.mark.parametrize("kw", [{}, {"patch_order": "channel_major", "learn_h0": False, "num_layers": 3},
+                                {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"}])
+def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
+    """Member k: the solo GRUDecoder (torch's nn.GRU) with the dropout masks its own global RNG stream draws."""
+    cfg = _solo_cfg(**kw)
+    K, B, T = 3, 4, 17
+    solos = []
+    for k in range(K):
+        torch.manual_seed(test_seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    gens = [torch.Generator().manual_seed(test_seed + 100 + k) for k in range(K)]
+    states = [g.get_state() for g in gens]
+    model = BatchedGRUDecoder(solos).train()
+    g = torch.Generator().manual_seed(test_seed)
+    x = torch.randn(K, B, T, cfg.n_features, generator=g)
+    day = np.array([2, 0, 2, 1])
+    out = model(x, day, None, gens)
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+    for k, solo in enumerate(solos):
+        torch.set_rng_state(states[k])
+        o = solo.train()(x[k], torch.from_numpy(day))
+        (o * w[k]).sum().backward()
+        assert _rel(out[k].detach(), o.detach()) < 1e-5
+        for name, p in solo.named_parameters():
+            assert _rel(model.solo_parameter(name).grad[k], p.grad) < 1e-5, name
+        for name, t in model.member_state_dict(k).items():
+            assert torch.equal(t, solo.state_dict()[name]), name
+
+
+def test_member_adam_equals_torch_adamw_and_lr_zero_or_skip_leaves_a_member(test_seed):
+    g = torch.Generator().manual_seed(test_seed)
+    K = 3
+    init = torch.randn(K, 5, 4, generator=g)
+    lr, eps, wd = [0.01, 0.0, 0.003], [0.1, 1e-8, 0.01], [0.001, 0.1, 0.0]
+    stacked = torch.nn.Parameter(init.clone())
+    opt = MemberAdam([stacked], [0], K, (0.9, 0.999))
+    solos = [torch.nn.Parameter(init[k].clone()) for k in range(K)]
+    torch_opts = [torch.optim.AdamW([solos[k]], lr=lr[k] or 1.0, eps=eps[k], weight_decay=wd[k])
+                  for k in range(K)]
+    for k in range(K):
+        torch_opts[k].param_groups[0]["lr"] = lr[k]
+    for step in range(4):
+        grad = torch.randn(K, 5, 4, generator=g)
+        apply = [True, True, step != 2]  # member 2 skips step 2
+        stacked.grad = grad.clone()
+        if not apply[2]:
+            stacked.grad[2] = float("nan")
+        before = stacked.detach()[2].clone()
+        opt.step([lr], [wd], eps, apply)
+        if not apply[2]:
+            assert torch.equal(stacked.detach()[2], before)
+        for k in range(K):
+            if apply[k]:
+                solos[k].grad = grad[k].clone()
+                torch_opts[k].step()
+    assert torch.equal(stacked.detach()[1], init[1]), "a member with lr 0 moved"
+    assert not torch.equal(stacked.detach()[0], init[0])
+    assert opt.steps == [4, 4, 3]
+    for k in range(K):
+        assert _rel(stacked.detach()[k], solos[k].detach()) < 1e-6
+
+
+# -- runs ------------------------------------------------------------------------------------------------------------
+RAW = {
+    "name": "tiny-members",
+    "data": tiny_data(3, trials_per_day=16, val_trials_per_day=4, test_trials_per_day=2, n_features=12),
+    "model": {"hidden_size": 16, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1, "patch_size": 6,
+              "patch_stride": 3},
+    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3, "time_mask_prob": 0.5,
+                "time_mask_width": 3, "time_mask_count": 1},
+    "optim": {"lr": 0.02, "warmup_steps": 3, "decay_steps": 40, "lr_min": 0.001, "grad_clip": 1.0},
+    "train": {"steps": 20, "batch_size": 6, "eval_every": 10, "log_every": 5, "checkpoint_every": 10,
+              "amp": "none", "beam_width": 0, "deterministic": True, "plot": False, "seed": 5, "data_seed": 11,
+              "members": 2,
+              "member_overrides": [{"model.input_dropout": 0.3},
+                                   {"optim.lr": 0.005, "optim.eps": 0.01, "optim.grad_clip": 0.0,
+                                    "augment.white_noise_std": 0.4}]},
+}
+
+
+@pytest.fixture(scope="module")
+def members_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("members")
+    trainer = MembersTrainer(config_from_dict(RAW), out, progress=False)
+    summary = trainer.fit()
+    return out, trainer, summary
+
+
+def test_each_member_equals_its_solo_run(members_run, tmp_path):
+    """Member i's losses over 20 steps and its weights after them equal `train --config member-i/config.yaml`."""
+    out, trainer, _ = members_run
+    for k in range(2):
+        cfg = load_config(out / f"member-{k}" / "config.yaml")
+        assert cfg.train.members == 1 and cfg.train.seed == 5 + k and cfg.train.data_seed == 11
+        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
+        losses = []
+        solo.run(on_step=lambda o: losses.append(o["loss"]))
+        mine = [h["loss"][k] for h in trainer.history]
+        assert len(mine) == len(losses) == 20
+        np.testing.assert_allclose(mine, losses, rtol=2e-5)
+        sd = trainer.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+    assert trainer.history[0]["loss"][0] != trainer.history[0]["loss"][1]  # the members differ
+
+
+def test_member_folders_are_ordinary_runs(members_run):
+    """load_run / the ensemble path take member folders as they are; the summary reports what eval gives."""
+    from fastdecoder.cli import main
+    from fastdecoder.evaluation import evaluate_runs
+
+    out, trainer, summary = members_run
+    dirs = [out / "member-0", out / "member-1"]
+    for d in dirs:
+        assert {"config.yaml", "best.pt", "last.pt", "metrics.jsonl", "summary.json"} <= {p.name for p in d.iterdir()}
+        cfg, model, state = load_run(d)
+        assert cfg.train.members == 1 and state["step"] in (10, 20)
+    runs = evaluate_runs(dirs, "val")
+    assert [m.per for m in runs.members] == [m["val_per_best"] for m in summary["member"]]
+    assert runs.result.per == summary["ensemble_val_per"]
+    assert main(["eval", "--run", str(dirs[0]), "--run", str(dirs[1])]) == 0
+    assert main(["stream", "--run", str(dirs[1]), "--max-trials", "2", "--quiet"]) == 0
+    top = json.loads((out / "summary.json").read_text())
+    assert top["members"] == 2 and top["ensemble_members"] == ["member-0", "member-1"]
+
+
+def _short(tmp, **train):
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update({"steps": 4, "eval_every": 100, "checkpoint_every": 100, "log_every": 2, **train})
+    return config_from_dict(raw)
+
+
+def test_a_planted_nan_skips_only_that_member(tmp_path):
+    clean = MembersTrainer(_short(tmp_path), tmp_path / "clean", progress=False)
+    clean.fit()
+    planted = MembersTrainer(_short(tmp_path), tmp_path / "nan", progress=False)
+    aug = planted.members[1].augment
+    real = aug.__call__
+
+    def poisoned(x, lens, step):
+        x, lens = real(x, lens, step)
+        return (x * float("nan"), lens) if step == 1 else (x, lens)
+
+    planted.members[1].augment = poisoned
+    planted.fit()
+    assert [h["skipped"] for h in list(planted.history)] == [[False, False], [False, True], [False, False],
+                                                      [False, False]]
+    assert planted.members[1].guard.skipped == 1 and planted.members[0].guard.skipped == 0
+    a, b = clean.model.member_state_dict(0), planted.model.member_state_dict(0)
+    assert all(torch.equal(a[n], b[n]) for n in a), "member 0 changed because member 1 went NaN"
+    assert all(torch.isfinite(t).all() for t in planted.model.member_state_dict(1).values())
+    events = [json.loads(s) for s in (tmp_path / "nan" / "member-1" / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "skipped_update" and e["step"] == 2 for e in events)
+
+
+def test_a_member_that_keeps_failing_is_stopped_and_the_others_go_on(tmp_path):
+    cfg = _short(tmp_path)
+    cfg = replace(cfg, train=replace(cfg.train, member_overrides=[{}, {"stability.max_consecutive_skips": 2}]))
+    tr = MembersTrainer(cfg, tmp_path / "run", progress=False)
+    with torch.no_grad():
+        tr.model.solo_parameter("head.bias")[1, 0] = float("nan")
+    summary = tr.fit()
+    assert tr.members[1].stopped is not None and tr.members[0].stopped is None
+    assert tr.step == 4 and [h["skipped"][0] for h in tr.history] == [False] * 4
+    assert summary["member"][1]["stopped"]
+    assert "aborted" in json.loads((tmp_path / "run" / "member-1" / "summary.json").read_text())
+
+
+def test_kill_and_resume_is_bitwise(tmp_path):
+    whole = MembersTrainer(_short(tmp_path, checkpoint_every=2), tmp_path / "whole", progress=False)
+    whole.fit()
+    first = MembersTrainer(_short(tmp_path, checkpoint_every=2), tmp_path / "cut", progress=False)
+    first.fit(max_steps=2)
+    resumed = MembersTrainer(_short(tmp_path, checkpoint_every=2), tmp_path / "cut", progress=False, resume=True)
+    assert resumed.step == 2
+    resumed.fit()
+    assert [h["loss"] for h in list(whole.history)[2:]] == [h["loss"] for h in resumed.history]
+    for k in range(2):
+        a, b = whole.model.member_state_dict(k), resumed.model.member_state_dict(k)
+        assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"member_overrides": [{}]}, "has 1 entries but train.members is 2"),
+    ({"member_overrides": [{}, {"optim.betas": [0.8, 0.9]}]}, "'optim.betas' cannot differ"),
+    ({"member_overrides": [{}, {"optim.lr": -1}]}, r"member_overrides\[1\]: optim.lr must be"),
+    ({"member_overrides": [{}, {"train.seed": 5}]}, "distinct train.seed"),
+    ({"member_overrides": "lr"}, "must be a list"),
+    ({"members": 1, "member_overrides": [{}]}, "needs train.members > 1"),
+])
+def test_bad_member_settings_are_named(change, match):
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(change)
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw)
+
+
+def test_ln_gru_members_are_refused_clearly():
+    raw = json.loads(json.dumps(RAW))
+    raw["model"]["rnn"] = "ln_gru"
+    with pytest.raises(ConfigError, match="model.rnn: gru"):
+        config_from_dict(raw)
+
+
+def test_data_seed_null_is_the_model_seed(tmp_path):
+    """data_seed: null keeps today's runs bitwise (batches and cut from train.seed); a data seed moves only them."""
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(steps=3, members=1, member_overrides=None, eval_every=100, checkpoint_every=100)
+    runs = {}
+    for name, ds in (("null", None), ("same", 5), ("other", 6)):
+        raw["train"]["data_seed"] = ds
+        tr = Trainer(config_from_dict(raw), tmp_path / name, progress=False)
+        init = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+        batches = [next(tr.sampler).tolist() for _ in range(3)]
+        runs[name] = (init, batches, int(tr.streams.cut.integers(0, 1000)))
+    assert runs["null"][1:] == runs["same"][1:]
+    assert runs["other"][1] != runs["null"][1]
+    for name in ("same", "other"):
+        assert all(torch.equal(runs[name][0][n], runs["null"][0][n]) for n in runs["null"][0])
+
+
+def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
+    import yaml
+
+    from fastdecoder.cli import main
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(steps=3, eval_every=3, checkpoint_every=3, members=1, member_overrides=None)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--members", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.steps=5", "--no-progress"]) == 0
+    for k in range(2):
+        assert load_run(out / f"member-{k}", "last")[2]["step"] == 5
+    top = json.loads((out / "summary.json").read_text())
+    assert top["steps"] == 5 and len(top["member"]) == 2 and "ensemble_val_per" in top
+    capsys.readouterr()
+    assert main(["train", "--config", str(path), "--members", "2", "--out", str(out), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--members", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--members must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.rnn=ln_gru",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "model.rnn: gru" in capsys.readouterr().err
+
+
+def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
+    """A last.pt whose config lacks train.data_seed / members / member_overrides resumes as those defaults."""
+    from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(steps=2, eval_every=100, checkpoint_every=1, members=1, member_overrides=None,
+                        data_seed=None)
+    Trainer(config_from_dict(raw), tmp_path, progress=False).fit()
+    state = load_checkpoint(tmp_path / "last.pt")
+    for key in ("data_seed", "members", "member_overrides"):
+        del state["config"]["train"][key]
+    save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "last.pt")
+    raw["train"]["steps"] = 3
+    resumed = Trainer(config_from_dict(raw), tmp_path, progress=False, resume=True)
+    assert resumed.step == 2
+
+
+def test_bench_train_members_cli(tmp_path, monkeypatch, capsys):
+    """`bench train --members K`: interleaved blocks, member-steps/s of both paths, the ratio and its spread."""
+    from fastdecoder.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "train", "--config", "demo", "--members", "2", "--steps", "1", "--blocks", "2",
+               "--warmup", "0", "--set", "model.hidden_size=8", "--set", "model.num_layers=1",
+               "--set", "train.batch_size=4", "--set", "data.days_per_batch=2", "--json", str(out)])
+    assert rc == 0
+    assert "ratio batched / separate" in capsys.readouterr().out
+    m = json.loads(out.read_text())["members"]
+    assert m["k"] == 2 and m["blocks"] == 2 and len(m["ratio_spread"]["blocks"]) == 2
+    assert m["member_steps_per_s"] > 0 and m["separate_member_steps_per_s"] > 0 and m["ratio"] > 0
+    assert m["loss_max_rel_diff"] < 1e-5  # the members equal the separate runs, step for step
+    assert main(["bench", "train", "--config", "demo", "--members", "0"]) == 2
+
+
+def test_sigterm_saves_every_member_and_resume_finishes(tmp_path):
+    import os
+    import signal
+
+    cfg = _short(tmp_path)
+    tr = MembersTrainer(cfg, tmp_path / "run", progress=False)
+    real = tr.train_step
+
+    def step_then_signal(batch):
+        out = real(batch)
+        if tr.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    tr.train_step = step_then_signal
+    summary = tr.fit()
+    assert summary["interrupted"] == "SIGTERM" and summary["steps"] == 2
+    for k in range(2):
+        assert load_run(tmp_path / "run" / f"member-{k}", "last")[2]["step"] == 2
+    resumed = MembersTrainer(cfg, tmp_path / "run", progress=False, resume=True)
+    assert resumed.fit()["steps"] == 4

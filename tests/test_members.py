@@ -363,3 +363,14 @@ def test_sigterm_saves_every_member_and_resume_finishes(tmp_path):
         assert load_run(tmp_path / "run" / f"member-{k}", "last")[2]["step"] == 2
     resumed = MembersTrainer(cfg, tmp_path / "run", progress=False, resume=True)
     assert resumed.fit()["steps"] == 4
+
+
+@pytest.mark.parametrize("override", ["train.init_from=runs/base", "train.early_stopping=true",
+                                      "model.rnn_trainable=false", "model.input_trainable=false"])
+def test_members_refuse_calibration_keys_they_do_not_apply(override):
+    from fastdecoder.config import ConfigError, load_config
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"does not support {key}"):
+        load_config("demo", ["train.members=2", override])
+    assert load_config("demo", [override]).train.members == 1  # a solo run takes them

@@ -57,6 +57,13 @@ def member_configs(cfg) -> list:
         raise _error(f"train.members > 1 needs model.rnn: gru (the batched model has no {cfg.model.rnn} yet)")
     if k > 1 and cfg.model.bidirectional:
         raise _error("train.members > 1 needs model.bidirectional: false")
+    if k > 1:  # calibration keys the batched trainer does not apply yet: refused rather than silently ignored
+        for key, on in (("train.init_from", cfg.train.init_from is not None),
+                        ("train.early_stopping", cfg.train.early_stopping),
+                        ("model.rnn_trainable", not cfg.model.rnn_trainable),
+                        ("model.input_trainable", not cfg.model.input_trainable)):
+            if on:
+                raise _error(f"train.members > 1 does not support {key} yet: train the members as solo runs")
     data_seed = t.data_seed if t.data_seed is not None else t.seed
     base = cfg.to_dict()
     out = []

@@ -28,7 +28,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_members(cfg: Config, k: int, steps: int = 5, blocks: int = 6, warmup: int = 2) -> dict:
     """Time K members as one batched model against K separate runs (see the module docstring)."""
-    from fastdecoder.members.config import member_configs
+    from fastdecoder.config import member_configs
     from fastdecoder.train.members import MembersTrainer
     from fastdecoder.train.trainer import Trainer
 

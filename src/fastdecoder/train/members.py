@@ -1,5 +1,5 @@
 """Training K members as one batched model (``train.members: K``): member i is the run ``fastdecoder train`` gives
-alone with member i's config (fastdecoder.members.config).
+alone with member i's config (fastdecoder.config.member_configs).
 
 Per step: one batch from the sampler of the shared data seed (and its random cut); per member its own augmentation
 noise and masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream), its LR
@@ -37,7 +37,7 @@ from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError, writing
 from fastdecoder.evaluation import EvalSettings, evaluate
 from fastdecoder.losses import output_lengths
-from fastdecoder.members.config import member_configs
+from fastdecoder.config import member_configs
 from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
 from fastdecoder.train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint

@@ -100,8 +100,12 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="2", MPLBACKEND="Agg")
-    where = _run([str(py), "-c", "import fastdecoder, fastdecoder.ops.ln_gru, fastdecoder.kernels; "
-                                 "print(fastdecoder.__file__)"], cwd=elsewhere, env=env).stdout.strip()
+    # every package of the checkout is in the wheel (a subpackage missing from it fails here, not at a user's)
+    packages = sorted(".".join(p.parent.relative_to(ROOT / "src").parts)
+                      for p in (ROOT / "src" / "fastdecoder").rglob("__init__.py") if "__pycache__" not in p.parts)
+    assert "fastdecoder.kernels" in packages and "fastdecoder.members" in packages
+    where = _run([str(py), "-c", f"import {', '.join(packages)}; print(fastdecoder.__file__)"], cwd=elsewhere,
+                 env=env).stdout.strip()
     assert Path(where).resolve().is_relative_to(site.resolve()), f"imported from {where}, not the wheel"
     assert not Path(where).resolve().is_relative_to(ROOT)
 

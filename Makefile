@@ -57,7 +57,7 @@ run: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# Sanitizer fuzzing (about 2 minutes on 2 cores): the extensions built with ASAN + UBSAN into build/fuzz/ (the normal
+# Sanitizer fuzzing (on 2 cores: about 5 minutes to build, 2 to run): the extensions built with ASAN + UBSAN into build/fuzz/ (the normal
 # build is untouched), then hypothesis drives the Python API of the native decoders against the oracles of tests/.
 # CPython itself is not instrumented: libasan is preloaded; leaks are not checked (the interpreter never frees
 # everything); any other sanitizer report aborts the run (non-zero exit; -s: pytest must not capture the report).

@@ -298,11 +298,15 @@ def cmd_train(args) -> int:
         beam = summary.get("val_per_beam")
         extra = f", beam search (width {summary['beam_width']}) {beam:.4f}" if beam is not None else ""
         print(f"validation PER: greedy {summary['val_per']:.4f}{extra}")
+    _say_how_to_resume(summary, out)
+    return 0
+
+
+def _say_how_to_resume(summary: dict, out: Path | None) -> None:
     if summary.get("interrupted"):
         where = f" --out {out}" if out is not None else ""
         print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "
               f"fastdecoder train{where} --resume", flush=True)
-    return 0
 
 
 def _train_members(args, out: Path | None, overrides: list[str]) -> int:
@@ -340,10 +344,7 @@ def _train_members(args, out: Path | None, overrides: list[str]) -> int:
     if summary.get("ensemble_val_per") is not None:
         pers = ", ".join(f"{m.get('val_per_best', float('nan')):.4f}" for m in summary["member"])
         print(f"validation PER (best.pt): members {pers}; ensemble {summary['ensemble_val_per']:.4f}")
-    if summary.get("interrupted"):
-        where = f" --out {out}" if out is not None else ""
-        print(f"interrupted at step {summary['steps']} ({summary['interrupted']}); continue with: "
-              f"fastdecoder train{where} --resume", flush=True)
+    _say_how_to_resume(summary, out)
     return 0
 
 

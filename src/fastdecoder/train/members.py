@@ -45,7 +45,7 @@ from fastdecoder.train.data import make_sampler, prepare_dataset, target_min_fra
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, resolve_device
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
-from fastdecoder.train.outputs import Interval, RunOutputs, prepare_run_folder
+from fastdecoder.train.outputs import Interval, RunOutputs, final_eval_fields, prepare_run_folder
 from fastdecoder.train.rng import CUT_STREAM, RunStreams, seed_everything
 from fastdecoder.train.signals import StopRequest
 from fastdecoder.train.stability import InstabilityGuard, NonFiniteError
@@ -501,12 +501,7 @@ class MembersTrainer:
             bw = c.train.beam_width
             res = evaluate(self._load_solo(m), self.val_split, m.eval_settings,
                            decoder="beam" if bw > 0 else "greedy", beam_width=bw)
-            s.update(val_per=res.per, val_loss=res.loss, val_blank_fraction=res.blank_fraction,
-                     val_distinct_phonemes=res.distinct_phonemes, val_trials=res.n_trials,
-                     best_val_per=min(m.best_per, res.per),
-                     best_step=m.best_step if m.best_per <= res.per else self.step)
-            if bw > 0:
-                s["val_per_beam"], s["beam_width"] = res.per_beam, bw
+            s.update(final_eval_fields(res, m.best_per, m.best_step, self.step, bw))
         return s
 
     def _ensemble_summary(self, top: dict) -> None:

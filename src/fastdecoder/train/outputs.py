@@ -280,3 +280,14 @@ def _is_terminal(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def final_eval_fields(res, best_per: float, best_step: int, step: int, beam_width: int) -> dict:
+    """The summary's fields of a run's final validation ``res`` (an evaluation result at ``step``), with the best
+    PER and its step over the run's evaluations and this one."""
+    out = dict(val_per=res.per, val_loss=res.loss, val_blank_fraction=res.blank_fraction,
+               val_distinct_phonemes=res.distinct_phonemes, val_trials=res.n_trials,
+               best_val_per=min(best_per, res.per), best_step=best_step if best_per <= res.per else step)
+    if beam_width > 0:
+        out.update(val_per_beam=res.per_beam, beam_width=beam_width)
+    return out

@@ -40,7 +40,7 @@ from fastdecoder.train.data import (check_days_per_batch, make_resident, make_sa
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedule, lr_multiplier
-from fastdecoder.train.outputs import Interval, RunOutputs, clear_run, prepare_run_folder
+from fastdecoder.train.outputs import Interval, RunOutputs, clear_run, final_eval_fields, prepare_run_folder
 from fastdecoder.train.rng import RunStreams, rank_seed, seed_everything
 from fastdecoder.train.signals import StopRequest
 from fastdecoder.train.stability import InstabilityGuard, NonFiniteError, PendingSteps
@@ -756,12 +756,7 @@ class Trainer:
         elif self.val_split is not None and self.is_main:
             bw = cfg.train.beam_width
             res = self.evaluate(decoder="beam" if bw > 0 else "greedy", beam_width=bw)
-            summary.update(val_per=res.per, val_loss=res.loss, val_blank_fraction=res.blank_fraction,
-                           val_distinct_phonemes=res.distinct_phonemes, val_trials=res.n_trials,
-                           best_val_per=min(self.best_per, res.per),
-                           best_step=self.best_step if self.best_per <= res.per else self.step)
-            if bw > 0:
-                summary["val_per_beam"], summary["beam_width"] = res.per_beam, bw
+            summary.update(final_eval_fields(res, self.best_per, self.best_step, self.step, bw))
         self.outputs.write_summary(summary)
         return summary
 

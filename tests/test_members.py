@@ -308,7 +308,8 @@ def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
 
 
 def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
-    """A last.pt whose config lacks train.data_seed / members / member_overrides resumes as those defaults."""
+    """A last.pt whose config lacks keys added since (train.data_seed / members / member_overrides, the calibration
+    keys) resumes as their defaults."""
     from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
 
     raw = json.loads(json.dumps(RAW))
@@ -316,8 +317,11 @@ def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
                         data_seed=None)
     Trainer(config_from_dict(raw), tmp_path, progress=False).fit()
     state = load_checkpoint(tmp_path / "last.pt")
-    for key in ("data_seed", "members", "member_overrides"):
+    for key in ("data_seed", "members", "member_overrides", "early_stopping", "init_from"):
         del state["config"]["train"][key]
+    for key in ("rnn_trainable", "input_trainable"):
+        del state["config"]["model"][key]
+    del state["config"]["data"]["sessions"]
     save_checkpoint({k: v for k, v in state.items() if k != "format"}, tmp_path / "last.pt")
     raw["train"]["steps"] = 3
     resumed = Trainer(config_from_dict(raw), tmp_path, progress=False, resume=True)

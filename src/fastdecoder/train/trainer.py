@@ -273,8 +273,11 @@ class Trainer:
     def _check_resume_config(self, cfg: Config, saved: dict, where) -> None:
         want = cfg.to_dict()
         saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
-        # checkpoints written before train.data_seed / train.members existed trained as their defaults do
-        saved["train"] = {"data_seed": None, "members": 1, "member_overrides": None, **(saved.get("train") or {})}
+        # a key added after the checkpoint was written: the run trained as its default (new keys default to the
+        # behaviour that came before them), so it is compared as that default
+        for sec, defaults in Config().to_dict().items():
+            if isinstance(defaults, dict) and isinstance(saved.get(sec), dict):
+                saved[sec] = {**defaults, **saved[sec]}
         for d in (want, saved):
             p = (d.get("data") or {}).get("path")
             if p:

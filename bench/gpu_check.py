@@ -241,16 +241,16 @@ def _timed_steps(cfg, steps: int, graphs: bool) -> dict:
     seconds, replayed = [], []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(steps):
-        before = tr.graphs.captures if tr.graphs is not None else 0
+        before = tr.step_fn.graphs.captures if tr.step_fn.graphs is not None else 0
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         tr.train_step(tr.next_batch())
         torch.cuda.synchronize()
         seconds.append(time.perf_counter() - t0)
-        replayed.append(tr.graphs is None or tr.graphs.captures == before)
+        replayed.append(tr.step_fn.graphs is None or tr.step_fn.graphs.captures == before)
     losses = [o["loss"] for o in tr.read_steps()]
     return {"losses": losses, "seconds": seconds, "replayed": replayed,
-            "captures": tr.graphs.captures if tr.graphs is not None else 0,
+            "captures": tr.step_fn.graphs.captures if tr.step_fn.graphs is not None else 0,
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 

@@ -19,7 +19,9 @@ from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.train.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files,
                                           save_checkpoint)
-from fastdecoder.train.trainer import ResumeError, Trainer, prepare_dataset
+from fastdecoder.train.checkpoint import ResumeError
+from fastdecoder.train.data import prepare_dataset
+from fastdecoder.train.trainer import Trainer
 
 from fastdecoder.testing.tiny import tiny_data
 

@@ -99,12 +99,12 @@ def test_one_capture_per_signature_and_the_replay_equals_the_model(days, test_se
 def test_the_call_site_gives_the_losses_of_the_plain_step(monkeypatch, tmp_path):
     plain = losses_of(make(monkeypatch, tmp_path, length_bucket=16), 8)
     tr = make(monkeypatch, tmp_path, length_bucket=16)
-    tr.graphs = StepGraphs(tr.model, tr.cfg.model, tr.amp_dtype, tr.device, capture=EagerCapture())
+    tr.step_fn.graphs = StepGraphs(tr.model, tr.cfg.model, tr.amp_dtype, tr.device, capture=EagerCapture())
     graphed = losses_of(tr, 8)
     assert len(plain) == 8 and np.isfinite(plain).all()
     np.testing.assert_allclose(graphed, plain, rtol=1e-6)
-    buckets = {s[0][0][1] for s in tr.graphs.shapes}
-    assert tr.graphs.captures == len(tr.graphs.shapes) == len(buckets) and all(t % 16 == 0 for t in buckets)
+    buckets = {s[0][0][1] for s in tr.step_fn.graphs.shapes}
+    assert tr.step_fn.graphs.captures == len(tr.step_fn.graphs.shapes) == len(buckets) and all(t % 16 == 0 for t in buckets)
 
 
 def test_a_capture_that_repeats_its_dropout_masks_is_refused(test_seed):

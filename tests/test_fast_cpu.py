@@ -38,8 +38,8 @@ def test_fast_step_trains_on_the_cpu(tiny_cfg, monkeypatch, augment_backend):
     cfg = replace(tiny_cfg, train=replace(tiny_cfg.train, fast=True),
                   augment=replace(tiny_cfg.augment, backend=augment_backend))
     tr = Trainer(cfg, None, progress=False)
-    assert tr.fast and tr.resident is not None and tr.device.type == "cpu"
-    assert tr.ops_backend == augment_backend  # triton: the kernel through the interpreter (tests/conftest.py)
+    assert tr.backends.fast and tr.resident is not None and tr.device.type == "cpu"
+    assert tr.backends.ops == augment_backend  # triton: the kernel through the interpreter (tests/conftest.py)
     before = [p.detach().clone() for p in tr.model.parameters()]
     outs = []  # the fast step defers its loss and skip flag to the next read (run() settles them)
     tr.run(max_steps=3, on_read=outs.extend)

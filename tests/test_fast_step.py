@@ -13,7 +13,8 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.losses import output_lengths
 from fastdecoder.train.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
 from fastdecoder.train.stability import NonFiniteError
-from fastdecoder.train.trainer import Trainer, compile_step, host_output_lengths, pad_to_bucket
+from fastdecoder.train.step import compile_step, host_output_lengths, pad_to_bucket
+from fastdecoder.train.trainer import Trainer
 
 from test_train import TINY
 
@@ -49,7 +50,7 @@ def test_fast_step_makes_no_host_read(monkeypatch, tmp_path):
             out = tr.train_step(tr.next_batch())
     assert out["deferred"] and out["loss"] is None
     assert set(site for _, site in guard.reads) <= CPU_ONLY_SITES, guard.reads
-    assert tr.step == 3 and len(tr.pending) == 3
+    assert tr.step == 3 and len(tr.step_fn.pending) == 3
     assert [o["step"] for o in tr.read_steps()] == [1, 2, 3]
 
 
@@ -57,12 +58,12 @@ def test_pending_losses_are_bounded_and_read_when_full(monkeypatch, tmp_path):
     from fastdecoder.train.stability import PendingSteps
 
     tr = make(monkeypatch, tmp_path, log_every=10**9)  # 'log never' must not allocate 10**9 slots
-    assert tr.pending.values.shape[0] == PendingSteps.MAX_PENDING
+    assert tr.step_fn.pending.values.shape[0] == PendingSteps.MAX_PENDING
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     want = losses_of(make(monkeypatch, tmp_path / "a", log_every=4), 9)
     monkeypatch.setattr(PendingSteps, "MAX_PENDING", 3)  # a log interval longer than the buffer
     tr = make(monkeypatch, tmp_path / "b", log_every=4)
-    assert tr.pending.values.shape[0] == 3
+    assert tr.step_fn.pending.values.shape[0] == 3
     got = losses_of(tr, 9)
     assert len(got) == 9 and np.isfinite(got).all()
     np.testing.assert_array_equal(got, want)  # same steps, same values: only when they are read differs
@@ -72,11 +73,11 @@ def test_a_failed_fused_optimizer_check_falls_back_to_the_synced_step(monkeypatc
     from fastdecoder.train import selfcheck
 
     monkeypatch.setitem(selfcheck.FAST_OPS, "fused_optimizer",
-                        (*selfcheck.FAST_OPS["fused_optimizer"][:1], lambda tr: [("", float("nan"), 0.0)],
+                        (*selfcheck.FAST_OPS["fused_optimizer"][:1], lambda *a: [("", float("nan"), 0.0)],
                          selfcheck.FAST_OPS["fused_optimizer"][2]))
     with pytest.warns(selfcheck.FastPathWarning, match="fused_optimizer"):
         tr = make(monkeypatch, tmp_path, fast_selfcheck=True)
-    assert tr.fast and not tr.deferred and not tr.optimizer.defaults["fused"]
+    assert tr.backends.fast and not tr.deferred and not tr.optimizer.defaults["fused"]
     out = tr.train_step(tr.next_batch())
     assert math.isfinite(out["loss"]) and out["skipped"] is False
 
@@ -84,7 +85,7 @@ def test_a_failed_fused_optimizer_check_falls_back_to_the_synced_step(monkeypatc
 def test_the_guard_catches_the_reference_steps_read(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path, fast=False)
     assert not tr.deferred
-    with pytest.raises(HostReadError, match="tolist.*train/trainer.py:_synced_update"):
+    with pytest.raises(HostReadError, match="tolist.*train/step.py:_synced_update"):
         with HostReads(raise_on_read=True, allow=CPU_ONLY_SITES):
             tr.train_step(tr.next_batch())
 
@@ -100,12 +101,12 @@ def test_reads_per_log_interval_are_the_listed_ones(monkeypatch, tmp_path):
 
 def planted_nan(tr, at_step):
     """Make the forward of step ``at_step`` return NaN logits."""
-    fwd = tr.forward
+    fwd = tr.step_fn.forward
 
     def forward(*a):
         y = fwd(*a)
         return y * float("nan") if tr.step + 1 == at_step else y
-    tr.forward = forward
+    tr.step_fn.forward = forward
 
 
 def test_planted_nan_skips_its_update_and_is_counted_at_the_read(monkeypatch, tmp_path):
@@ -130,8 +131,8 @@ def test_consecutive_skips_stop_the_run_at_the_read(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path, steps=20, log_every=5)
     tr.cfg = replace(tr.cfg, stability=replace(tr.cfg.stability, max_consecutive_skips=3))
     tr.guard.cfg = tr.cfg.stability
-    fwd = tr.forward
-    tr.forward = lambda *a: fwd(*a) * float("nan")
+    fwd = tr.step_fn.forward
+    tr.step_fn.forward = lambda *a: fwd(*a) * float("nan")
     with pytest.raises(NonFiniteError, match="3 updates in a row"):
         tr.run()
     assert tr.step == 5  # the abort comes with the read of the first log interval
@@ -180,10 +181,10 @@ def test_compiles_stay_within_the_buckets(monkeypatch, tmp_path):
         torch._dynamo.reset()
         tr = make(monkeypatch, tmp_path, length_bucket=bucket, steps=steps, log_every=steps)
         counter = CompilesPerFrame()
-        compiled = (compile_step(tr._forward_loss, bucket, backend=counter, max_len=int(tr.train_split.lengths.max()))
-                    if dynamic is None else torch.compile(tr._forward_loss, backend=counter, dynamic=dynamic))
+        compiled = (compile_step(tr.step_fn._forward_loss, bucket, backend=counter, max_len=int(tr.train_split.lengths.max()))
+                    if dynamic is None else torch.compile(tr.step_fn._forward_loss, backend=counter, dynamic=dynamic))
         shapes = set()
-        tr.forward_loss = lambda x, *a: (shapes.add(x.shape[1]), compiled(x, *a))[1]
+        tr.step_fn.forward_loss = lambda x, *a: (shapes.add(x.shape[1]), compiled(x, *a))[1]
         tr.run()
         torch._dynamo.reset()
         return counter.compiles, shapes, tr

@@ -1,5 +1,5 @@
-"""The fast path checks itself at start-up: a fast op that raises or returns wrong numbers warns, is recorded in
-metrics.jsonl and falls back to its reference, so the run's losses equal the reference path's."""
+"""The fast path checks itself before the run is built: a fast op that raises or returns wrong numbers warns, is
+recorded in metrics.jsonl and the run is built with its reference, so its losses equal the reference path's."""
 import json
 from dataclasses import replace
 
@@ -9,7 +9,8 @@ import torch
 import fastdecoder.ops
 from fastdecoder.nn import LayerNormGRU
 from fastdecoder.parity import tiny_train_config
-from fastdecoder.train.selfcheck import FastPathError, FastPathWarning, check_fast_path
+from fastdecoder.train.device import build_model
+from fastdecoder.train.selfcheck import FastPathError, FastPathWarning, decide_backends, planned_backends
 from fastdecoder.train.trainer import Trainer
 
 real_augment = fastdecoder.ops.augment
@@ -45,7 +46,7 @@ def _losses(history):
 
 def test_healthy_fast_path_passes_its_check(tmp_path):
     tr = Trainer(_cfg(True), tmp_path / "run", progress=False)
-    assert tr.ops_backend == "triton" and tr.resident is not None
+    assert tr.backends.ops == "triton" and tr.resident is not None
     (ev,) = tr.selfcheck_events
     assert ev["event"] == "fast_selfcheck" and ev["failed"] == []
     assert set(ev["checked"]) == {"augment", "resident_batches", "fused_optimizer"}  # fused AdamW on the CPU too
@@ -56,7 +57,8 @@ def test_failing_op_warns_falls_back_and_losses_equal_reference(tmp_path, monkey
     monkeypatch.setattr(fastdecoder.ops, "augment", broken)
     with pytest.warns(FastPathWarning, match=r"augment .*falls back"):
         fast = Trainer(_cfg(True), tmp_path / "fast", progress=False)
-    assert fast.ops_backend == "reference" and fast.model.smoothing_backend == "reference"
+    assert fast.backends.ops == "reference" and fast.model.smoothing_backend == "reference"
+    assert fast.eval_settings.transform.backend == "reference"  # evaluation and augmentation built with it too
     assert fast.resident is not None  # the ops that passed stay fast
     fast.fit()
     ref = Trainer(_cfg(False), tmp_path / "ref", progress=False)
@@ -71,8 +73,9 @@ def test_failing_op_warns_falls_back_and_losses_equal_reference(tmp_path, monkey
 
 def test_broken_ln_gru_falls_back(monkeypatch):
     cfg = _cfg(True)
-    tr = Trainer(replace(cfg, model=replace(cfg.model, rnn="ln_gru")), None, progress=False)
-    tr.model.rnn.backend = "triton"  # on a GPU "auto" resolves to it; on the CPU we ask for it
+    cfg = replace(cfg, model=replace(cfg.model, rnn="ln_gru"))
+    dev = torch.device("cpu")
+    planned = replace(planned_backends(cfg, dev), rnn="triton")  # on a GPU "auto" resolves to it; on the CPU we ask
     forward = LayerNormGRU.forward
 
     def bad_forward(self, x, h0=None):
@@ -81,9 +84,24 @@ def test_broken_ln_gru_falls_back(monkeypatch):
 
     monkeypatch.setattr(LayerNormGRU, "forward", bad_forward)
     with pytest.warns(FastPathWarning, match="ln_gru forward max error"):
-        events = check_fast_path(tr)
-    assert tr.model.rnn.backend == "reference"
-    assert [e["op"] for e in events if e["event"] == "fast_op_fallback"] == ["ln_gru"]
+        b = decide_backends(cfg, dev, None, planned=planned)
+    assert b.rnn == "reference" and b.ops == planned.ops  # only the failing op changes
+    assert [e["op"] for e in b.events if e["event"] == "fast_op_fallback"] == ["ln_gru"]
+    cfg = replace(cfg, model=replace(cfg.model, n_features=8, n_days=2))
+    assert build_model(cfg, dev, b).rnn.backend == "reference"  # built with the decision, never changed afterwards
+
+
+def test_the_decision_comes_before_the_build(monkeypatch, tmp_path):
+    """The checks run on standalone inputs before any part of the run exists, and the run is built once from them."""
+    import fastdecoder.train.trainer as trainer_mod
+
+    order = []
+    real_decide, real_build = trainer_mod.decide_backends, trainer_mod.build_run
+    monkeypatch.setattr(trainer_mod, "decide_backends", lambda *a, **k: (order.append("decide"), real_decide(*a, **k))[1])
+    monkeypatch.setattr(trainer_mod, "build_run", lambda *a, **k: (order.append("build"), real_build(*a, **k))[1])
+    tr = Trainer(_cfg(True), tmp_path / "run", progress=False)
+    assert order == ["decide", "build"]
+    assert tr.backends.events and tr.backends.events[0]["event"] == "fast_selfcheck"
 
 
 def test_fatal_setting_and_off_switch(monkeypatch):
@@ -91,4 +109,4 @@ def test_fatal_setting_and_off_switch(monkeypatch):
     with pytest.raises(FastPathError, match="augment max error"):
         Trainer(_cfg(True, fast_selfcheck_fatal=True), None, progress=False)
     tr = Trainer(replace(_cfg(True), train=replace(_cfg(True).train, fast_selfcheck=False)), None, progress=False)
-    assert tr.selfcheck_events == [] and tr.ops_backend == "triton"  # not checked: nothing falls back
+    assert tr.selfcheck_events == [] and tr.backends.ops == "triton"  # not checked: nothing falls back

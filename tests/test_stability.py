@@ -12,7 +12,8 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.data import collate
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.stability import NonFiniteError
-from fastdecoder.train.trainer import Trainer, prepare_dataset
+from fastdecoder.train.data import prepare_dataset
+from fastdecoder.train.trainer import Trainer
 from fastdecoder.config import StabilityConfig
 
 from fastdecoder.testing.tiny import tiny_data
@@ -195,19 +196,19 @@ def test_host_infeasible_check_equals_the_device_one(data_path):
 
     cfg = make_cfg(data_path, model={"patch_stride": 24}, augment={"random_cut": 8}, train={"steps": 10})
     trainer = Trainer(cfg, None, progress=False)
-    host_check, seen = trainer._infeasible_in, []
+    feasibility = trainer.step_fn.feasibility
+    host_check, seen = feasibility.check, []
 
-    def both(batch, max_frames):
+    def both(batch, max_frames):  # the augmented batch: its lengths are after its cut
         bad, frames = host_check(batch, max_frames)
-        cut = trainer.augment.last_cut
-        lens = (batch.x_lens - cut).clamp(min=1) if cut else batch.x_lens
+        cut, lens = batch.cut, batch.x_lens
         n = output_lengths(lens, cfg.model.patch_size, cfg.model.patch_stride, cfg.ctc.output_lengths, max_frames)
         assert frames.tolist() == n.tolist()
         assert bad.tolist() == infeasible_targets(n, batch.y, batch.y_lens).tolist()
         seen.append((cut, int(bad.sum())))
         return bad, frames
 
-    trainer._infeasible_in = both
+    feasibility.check = both
     for _ in range(10):
         trainer.train_step(trainer.next_batch())
     assert trainer.step == 10 and len(seen) == 10

@@ -39,12 +39,15 @@ class EvalSettings:
     autocast_dtype: torch.dtype | None = None
 
     @classmethod
-    def from_config(cls, cfg, device: torch.device) -> "EvalSettings":
-        """The settings a training run with ``cfg`` on ``device`` evaluates with (same transform, same autocast)."""
-        from fastdecoder.train.device import autocast_dtype, ops_backend
+    def from_config(cls, cfg, device: torch.device, ops_backend: str | None = None) -> "EvalSettings":
+        """The settings a training run with ``cfg`` on ``device`` evaluates with (same transform, same autocast);
+        ``ops_backend``: the smoothing ops' backend the run decided (None: the one ``cfg`` asks for there)."""
+        from fastdecoder.train.device import autocast_dtype
+        from fastdecoder.train.device import ops_backend as configured_backend
         from fastdecoder.train.transforms import EvalTransform
 
-        return cls(transform=EvalTransform(cfg, device, ops_backend(cfg, device)), device=device,
+        backend = ops_backend if ops_backend is not None else configured_backend(cfg, device)
+        return cls(transform=EvalTransform(cfg, device, backend), device=device,
                    batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
                    patch_stride=cfg.model.patch_stride, autocast_dtype=autocast_dtype(cfg, device))
 

@@ -26,7 +26,10 @@ class Batch:
     """x: (batch, time, channels) float32 zero-padded; x_lens: (batch,) int64 true lengths in bins;
     y: (batch, L_max) int64 zero-padded targets (L_max >= 1, all zero if unlabeled); y_lens: (batch,) int64;
     day: (batch,) int64 day index; index: (batch,) trial indices into the split; host_day: (batch,) int64 host
-    copy of ``day`` where the batch builder has one (resident batches: the day layer groups by it, no host read)."""
+    copy of ``day`` where the batch builder has one (resident batches: the day layer groups by it, no host read);
+    host_lens, host_y_lens: (batch,) int64 host copies of ``x_lens`` and ``y_lens`` (the training step's
+    feasibility check and CTC lengths read them, never the device); cut: bins the training augmentation cut from
+    the start of every trial (``x_lens`` and ``host_lens`` are after the cut)."""
 
     x: torch.Tensor
     x_lens: torch.Tensor
@@ -35,6 +38,9 @@ class Batch:
     day: torch.Tensor
     index: np.ndarray
     host_day: Optional[np.ndarray] = None
+    host_lens: Optional[np.ndarray] = None
+    host_y_lens: Optional[np.ndarray] = None
+    cut: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -71,7 +77,8 @@ def collate(split: Split, indices) -> Batch:
         for b, i in enumerate(index):
             y[b, : y_lens[b]] = split.targets[i]
     return Batch(x=torch.from_numpy(x), x_lens=torch.from_numpy(x_lens.copy()), y=torch.from_numpy(y),
-                 y_lens=torch.from_numpy(y_lens.copy()), day=torch.from_numpy(split.day[index].copy()), index=index)
+                 y_lens=torch.from_numpy(y_lens.copy()), day=torch.from_numpy(split.day[index].copy()), index=index,
+                 host_lens=np.asarray(x_lens, dtype=np.int64), host_y_lens=np.asarray(y_lens, dtype=np.int64))
 
 
 def eval_batches(split: Split, batch_size: int, sort_by_length: bool = False) -> Iterator[Batch]:

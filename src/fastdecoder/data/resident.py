@@ -75,7 +75,8 @@ class ResidentSplit:
         y_len = self.target_len[idx]
         Lb = max(1, int(self.host_target_len[index].max()))
         out = Batch(x=x.float(), x_lens=lens, y=self.targets[idx, :Lb], y_lens=y_len, day=self.day[idx], index=index,
-                    host_day=self.host_day[index])
+                    host_day=self.host_day[index], host_lens=np.asarray(self.host_length[index], dtype=np.int64),
+                    host_y_lens=np.asarray(self.host_target_len[index], dtype=np.int64))
         if device is not None and torch.device(device) != self.features.device:
             out = out.to(device, non_blocking=self.pinned)
         return out

@@ -41,7 +41,7 @@ PHASES = ("data", "forward", "backward", "optimizer")
 
 
 class PhaseTimer:
-    """The trainer's ``phase_hook``: synchronises the device at each phase boundary (in the bench only, never in
+    """The trainer's ``on_phase``: synchronises the device at each phase boundary (in the bench only, never in
     training) and sums the seconds of data / forward / backward / optimizer."""
 
     def __init__(self, device: torch.device):
@@ -54,11 +54,13 @@ class PhaseTimer:
         _sync(self.device)
         self._t = time.perf_counter()
 
-    def __call__(self, phase: str) -> None:
+    def phase(self, phase: str) -> None:
+        """The trainer's ``on_phase``: the phase that just ended (timed only once ``on``)."""
+        if not self.on:
+            return
         _sync(self.device)
         now = time.perf_counter()
-        if self.on:
-            self.seconds[phase] += now - self._t
+        self.seconds[phase] += now - self._t
         self._t = now
 
 
@@ -119,7 +121,6 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
                                    log_every=warmup + 2 * steps, checkpoint_every=never, beam_width=0, plot=False,
                                    cuda_graphs=cfg.train.cuda_graphs and fast))  # graphs: a fast-path option
     tr = Trainer(c, None, progress=False)
-    tr.val_split = None  # training speed only: no evaluation at the end
     dev = tr.device
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -145,21 +146,21 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
             t0.append(time.perf_counter())
             syncs.__exit__()
             reads.__exit__()
-            tr.phase_hook = timer
             timer.on = True
-        if tr.phase_hook is not None:
+        if timer.on:
             timer.start()
 
     if warmup == 0:
         start_counting()
     try:
-        tr.run(on_step=on_step, on_read=lambda outs: losses.extend(o["loss"] for o in outs))
+        tr.run(on_step=on_step, on_read=lambda outs: losses.extend(o["loss"] for o in outs),
+               on_phase=timer.phase, evaluate=False)  # training speed only: no evaluation
     finally:
         syncs.__exit__()
-        if reads._saved:
+        if reads.active:
             reads.__exit__()
     seconds = t0[1] - t0[0]
-    graphs = getattr(tr, "graphs", None)
+    graphs = tr.step_fn.graphs
     return {"fast": fast, "device": str(dev), "batches_per_second": steps / seconds if seconds > 0 else float("nan"),
             "seconds": seconds, "losses": losses[: warmup + steps],
             "ms_per_step": {k: 1e3 * v / steps for k, v in timer.seconds.items()},
@@ -170,7 +171,7 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
             "compiles": counters["stats"]["unique_graphs"] - graphs0, "deferred": tr.deferred,
             "graph_captures": graphs.captures if graphs is not None else 0,
             "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if dev.type == "cuda" else None,
-            "ops_backend": tr.ops_backend, "compiled": tr.compiled}
+            "ops_backend": tr.backends.ops, "compiled": tr.step_fn.compiled}
 
 
 def bench_train(cfg: Config, steps: int = 50, warmup: int = 5, compare_steps: int = 10) -> dict:

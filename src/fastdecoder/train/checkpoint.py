@@ -210,3 +210,54 @@ def run_data_path(cfg, run_dir: str | Path, data: str | Path | None = None) -> P
     raise UserError(f"the data run {run_dir} was trained on, {stored}, is not there any more: pass --data PATH "
                     "(a b2t24 pickle file or a b2t25 folder of session folders)")
 
+
+# -- resuming a run ---------------------------------------------------------------------------------------------------
+class ResumeError(UserError):
+    """``--resume`` cannot continue this run (config mismatch, checkpoint not resumable); says why."""
+
+
+#: keys that may differ between a checkpoint's config and the config a run is resumed with: the step budget, and
+#: what only changes logging/reporting (never the weights).
+RESUME_MAY_DIFFER = ("name", "train.steps", "train.log_every", "train.plot", "train.tensorboard", "train.threads",
+                     "train.beam_width", "train.train_monitor", "train.fast_selfcheck", "train.fast_selfcheck_fatal")
+
+
+def check_resume_config(cfg, saved: dict, where) -> None:
+    """ResumeError unless ``cfg`` equals the checkpoint's config ``saved`` (a dict) but for RESUME_MAY_DIFFER. A key
+    added after the checkpoint was written compares as its default (the behaviour that came before it)."""
+    from fastdecoder.config import Config, config_diff
+
+    want = cfg.to_dict()
+    saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
+    for sec, defaults in Config().to_dict().items():
+        if isinstance(defaults, dict) and isinstance(saved.get(sec), dict):
+            saved[sec] = {**defaults, **saved[sec]}
+    for d in (want, saved):
+        p = (d.get("data") or {}).get("path")
+        if p:
+            d["data"]["path"] = str(Path(p).resolve())
+    diffs = config_diff(saved, want, ignore=RESUME_MAY_DIFFER)
+    if diffs:
+        lines = "; ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diffs)
+        raise ResumeError(f"cannot resume from {where}: the requested config differs from the checkpoint's in "
+                          f"{lines}. Only {', '.join(RESUME_MAY_DIFFER[1:])} may change on resume (drop --config "
+                          "to resume with the checkpoint's own config, or start a new run in another --out).")
+
+
+def resume_state(resume, cfg, out_dir: Path | None):
+    """(checkpoint dict, where it came from) that ``resume`` names (True: ``out_dir/last.pt``; or a loaded dict),
+    checked against ``cfg`` before anything is built; (None, None) for a new run."""
+    if not resume:
+        return None, None
+    if isinstance(resume, dict):
+        state, where = resume, (out_dir / "last.pt" if out_dir is not None else "checkpoint")
+    else:
+        if out_dir is None:
+            raise ResumeError("resume needs the run folder (out_dir) holding last.pt")
+        where = out_dir / "last.pt"
+        state = load_checkpoint(where)
+    check_resumable(state, where)
+    check_resume_config(cfg, state["config"], where)
+    check_state_shapes(cfg, state["model"], where)  # before the model is built
+    return state, where
+

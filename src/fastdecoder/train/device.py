@@ -113,14 +113,19 @@ def autocast_dtype(cfg, device: torch.device) -> torch.dtype | None:
     return dtype if why is None else None
 
 
-def build_model(cfg, device: torch.device):
-    """The GRUDecoder of ``cfg`` on ``device`` with the op backends of the path (fast or reference) it runs there."""
+def build_model(cfg, device: torch.device, backends=None):
+    """The GRUDecoder of ``cfg`` on ``device`` with the op backends of ``backends`` (a selfcheck.Backends; None: those
+    of the path, fast or reference, that ``cfg`` runs there)."""
     from fastdecoder.model import GRUDecoder
 
-    fast = use_fast_path(cfg, device)
+    if backends is None:
+        fast = use_fast_path(cfg, device)
+        smoothing, rnn = ops_backend(cfg, device), ("auto" if fast else "reference")
+    else:
+        smoothing, rnn = backends.ops, backends.rnn
     try:
-        model = GRUDecoder(cfg.model, smoothing_backend=ops_backend(cfg, device),
-                           rnn_backend="auto" if fast else "reference", output_lengths=cfg.ctc.output_lengths)
+        model = GRUDecoder(cfg.model, smoothing_backend=smoothing, rnn_backend=rnn,
+                           output_lengths=cfg.ctc.output_lengths)
         return model.to(device)
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's error are RuntimeErrors
         text = str(e).strip()

@@ -20,12 +20,15 @@ Choices (documented in the README paragraph of the trainer):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("fastdecoder.train")
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,27 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def rank_digests(module: torch.nn.Module, dist) -> dict:
+    """Summary fields at the end of a torchrun run: every rank's weights digest and whether they are identical (a
+    collective; logged as an error on the main rank when they differ)."""
+    digests = gather_objects(weights_digest(module), dist)
+    if len(set(digests)) != 1 and dist.is_main:
+        log.error("the ranks' weights differ at the end of training: %s", digests)
+    return {"rank_weight_sha256": digests, "ranks_identical": len(set(digests)) == 1}
+
+
+def own_rank_state(state: dict, d) -> dict | None:
+    """This rank's sampler and RNG states in a checkpoint ``state`` (None where the checkpoint has none for it: it
+    was written by fewer ranks; a warning says the data streams do not resume exactly when the counts differ)."""
+    saved_ws = int(state.get("world_size", 1))
+    ranks = state.get("rank_states")
+    if saved_ws != d.world_size and d.is_main:
+        log.warning("the checkpoint was written by %d process(es), this run has %d: weights, optimizer and "
+                    "schedule resume exactly, the per-rank data streams do not", saved_ws, d.world_size)
+    if ranks and d.rank < len(ranks):
+        return ranks[d.rank]
+    if d.rank == 0:
+        return {"sampler": state["sampler"], "rng": state["rng"]}
+    return None

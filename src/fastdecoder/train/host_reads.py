@@ -53,6 +53,11 @@ class HostReads:
         self._saved: dict = {}
 
     @property
+    def active(self) -> bool:
+        """True between ``__enter__`` and ``__exit__`` (the tensor methods are watched)."""
+        return bool(self._saved)
+
+    @property
     def total(self) -> int:
         return sum(self.reads.values())
 

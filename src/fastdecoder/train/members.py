@@ -195,7 +195,7 @@ class MembersTrainer:
         mdl = cfg.model
         max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
         host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
-        from fastdecoder.train.trainer import host_output_lengths
+        from fastdecoder.train.step import host_output_lengths
 
         frames = host_output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
                                      max_frames)
@@ -397,7 +397,7 @@ class MembersTrainer:
             self._save_member(m, name)
 
     def _resume(self) -> None:
-        from fastdecoder.train.trainer import RESUME_MAY_DIFFER, ResumeError
+        from fastdecoder.train.checkpoint import RESUME_MAY_DIFFER, ResumeError
 
         if self.out_dir is None:
             raise ResumeError("resume needs the run folder holding member-i/last.pt")

@@ -291,3 +291,38 @@ def final_eval_fields(res, best_per: float, best_step: int, step: int, beam_widt
     if beam_width > 0:
         out.update(val_per_beam=res.per_beam, beam_width=beam_width)
     return out
+
+
+def base_summary(tr) -> dict:
+    """The summary fields every run has, from a Trainer ``tr`` (the final evaluation's come on top)."""
+    cfg = tr.cfg
+    return {"name": cfg.name, "steps": tr.step, "train_seconds": round(tr.train_seconds, 3),
+            "batches_per_second": (round(tr.step / tr.train_seconds, 3) if tr.train_seconds else None),
+            "device": str(tr.device), "world_size": tr.dist.world_size, "n_features": cfg.model.n_features,
+            "n_days": cfg.model.n_days, "parameters": sum(p.numel() for p in tr.model.parameters()),
+            "skipped_updates": tr.guard.skipped, "high_grad_norm_steps": tr.guard.high_grad_norm_steps,
+            "lr_reductions": tr.schedule.adaptive_reductions,
+            "plateau_reductions": tr.schedule.plateau_reductions, "final_lr": tr.schedule.current_lr(),
+            "infeasible_trials": tr.infeasible_trials, "monitor_warnings": tr.monitor.warnings,
+            **({"overflow_skips": tr.guard.overflow_skips} if tr.scaler is not None else {}),
+            **({"resumed_from": tr.resumed_from} if tr.resumed_from is not None else {}),
+            **({"early_stopped_at": tr.stopped_early} if tr.stopped_early is not None else {}),
+            **({"init_from": tr.init_report.as_dict()} if tr.init_report is not None else {}),
+            **({"frozen": tr.frozen} if tr.frozen else {})}
+
+
+def say_start(cfg, step: int, schedule, resumed: bool) -> None:
+    """Log lines at the start of training: the LR schedule (and a warning where it looks wrong), and on resume where
+    it continues."""
+    from fastdecoder.train.optim import describe_schedule, lr_multiplier
+
+    text, warn = describe_schedule(cfg.optim, cfg.train.steps)
+    log.info("%s", text)
+    if warn:
+        log.warning("%s", warn)
+    if resumed:
+        log.info("resuming at step %d of %d (LR %.3g, reductions so far x%.3g)", step, cfg.train.steps,
+                 schedule.peak_lr * lr_multiplier(step, cfg.optim), schedule.scale)
+        if step >= cfg.train.steps:
+            log.warning("the checkpoint is already at step %d >= train.steps (%d): nothing to train; raise it "
+                        "with --set train.steps=N to continue", step, cfg.train.steps)

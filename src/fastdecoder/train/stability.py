@@ -168,3 +168,9 @@ class PendingSteps:
         out = [(*h, loss, norm) for h, (loss, norm) in zip(self.host, vals)]
         self.host = []
         return out
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """True if every parameter and buffer is finite (one host sync)."""
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True

@@ -1,120 +1,59 @@
-"""The training loop: batches -> augmentation -> model -> CTC loss -> guarded, clipped update; eval on the real
-validation PER; checkpoints that resume exactly.
+"""The training loop: batches -> augmentation -> the step (``step.TrainStep``: model, CTC loss, guarded, clipped
+update); eval on the real validation PER; checkpoints that resume exactly.
 
-One Trainer serves both presets; everything preset-specific comes from the Config. Per step (``train_step``): the
-LR from the schedule (with its plateau/adaptive reductions), augmentation, forward, CTC loss, backward, the pre-clip
-grad norm; a non-finite loss or gradient skips the update (stability.py), otherwise the gradient is clipped and
-applied. Every ``log_every`` steps a record goes to DIR/metrics.jsonl (and the progress bar / log line), every
-``eval_every`` the validation PER (best.pt on the real PER, never of non-finite weights), every
-``checkpoint_every`` DIR/last.pt. SIGTERM/SIGINT finish the step, save last.pt and return normally;
+One Trainer serves both presets; everything preset-specific comes from the Config. Building a run: the data loads
+(``build.load_training_data``), a resumed run's checkpoint is checked against the config, the self-check decides the
+op backends on standalone inputs (``selfcheck.decide_backends``), and ``build.build_run`` assembles the parts from
+that decision. The loop (``run``): every ``log_every`` steps a record goes to DIR/metrics.jsonl (and the progress
+bar / log line), every ``eval_every`` the validation PER (best.pt on the real PER, never of non-finite weights),
+every ``checkpoint_every`` DIR/last.pt. SIGTERM/SIGINT finish the step, save last.pt and return normally;
 ``Trainer(cfg, DIR, resume=True)`` continues from it exactly. summary.json is written whenever training stops.
 
-The concerns live beside it: device.py (device, runtime, backends, autocast), data.py (dataset, feasibility,
-sampler, resident batches), rng.py (seeds, RNG capture), transforms.py (augmentation, eval transform),
-outputs.py (metrics, TensorBoard, progress, summary, plots), checkpoint.py (files, load_run), signals.py,
-stability.py, monitors.py, optim.py, distributed.py; evaluation is fastdecoder.evaluation.
+The concerns live beside it: build.py (assembling a run), step.py (one step), selfcheck.py (backends), device.py,
+data.py, rng.py, transforms.py, outputs.py, checkpoint.py (files, resume, load_run), signals.py, stability.py,
+monitors.py, optim.py, distributed.py; evaluation is fastdecoder.evaluation.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fastdecoder.config import Config, config_diff
+from fastdecoder.config import Config
 from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError
-from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
-from fastdecoder.losses import ctc_loss, output_lengths
-from fastdecoder.ops.day_affine import plan_day_groups
+from fastdecoder.evaluation import EvalResult, evaluate
 from fastdecoder.train import distributed
-from fastdecoder.train.calibration import EarlyStopping, freeze, init_from_checkpoint
-from fastdecoder.train.checkpoint import (CheckpointError, check_resumable, check_state_shapes, load_checkpoint,
-                                          load_run, save_checkpoint)
-from fastdecoder.train.data import (check_days_per_batch, make_resident, make_sampler, prepare_dataset,
-                                    target_min_frames, warn_family_mismatch, warn_short_and_infeasible)
-from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, use_fast_path
-from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
-from fastdecoder.train.optim import LRSchedule, build_optimizer, describe_schedule, lr_multiplier
-from fastdecoder.train.outputs import Interval, RunOutputs, clear_run, final_eval_fields, prepare_run_folder
-from fastdecoder.train.rng import RunStreams, rank_seed, seed_everything
+from fastdecoder.train.build import build_run, load_training_data
+from fastdecoder.train.checkpoint import CheckpointError, resume_state, save_checkpoint
+from fastdecoder.train.data import check_days_per_batch, warn_short_and_infeasible
+from fastdecoder.train.device import autocast_dtype, configure_runtime
+from fastdecoder.train.monitors import prediction_stats
+from fastdecoder.train.outputs import Interval, RunOutputs, base_summary, final_eval_fields, say_start
+from fastdecoder.train.rng import seed_everything
+from fastdecoder.train.selfcheck import decide_backends
 from fastdecoder.train.signals import StopRequest
-from fastdecoder.train.stability import InstabilityGuard, NonFiniteError, PendingSteps
-from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
+from fastdecoder.train.stability import NonFiniteError, weights_finite
 
 log = logging.getLogger("fastdecoder.train")
 
-# kept importable under their old names
-from fastdecoder.train.device import resolve_device  # noqa: E402,F401
-
-__all__ = ["Trainer", "ResumeError", "RESUME_MAY_DIFFER", "prepare_dataset", "load_run", "resolve_device",
-           "seed_everything", "beam_per"]
-
-
-def host_output_lengths(lens: np.ndarray, patch_size: int, patch_stride: int, mode: str,
-                        max_frames: int) -> np.ndarray:
-    """losses.output_lengths in numpy, for host copies of the lengths: (B,) int64 bins -> (B,) int64 frames."""
-    if mode == "exact":
-        n = np.maximum((lens - patch_size) // patch_stride + 1, 1)
-    else:  # shipped: C-style truncation toward zero, then >= 0
-        n = np.maximum(np.trunc((lens - patch_size) / patch_stride).astype(np.int64), 0)
-    return np.minimum(n, max_frames).astype(np.int64)
-
-
-def pad_to_bucket(x: torch.Tensor, bucket: int) -> torch.Tensor:
-    """(B, T, C) zero padded in time up to the next multiple of ``bucket`` bins (0: unchanged). The new bins lie
-    past every trial's length, so outputs and losses of a unidirectional model do not change."""
-    pad = -x.shape[1] % bucket if bucket > 0 else 0
-    return torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
-
-
-def compile_step(fn, length_bucket: int, backend="inductor", max_len: int | None = None):
-    """torch.compile of the step's forward and loss (``Trainer._forward_loss``): with length buckets one static
-    graph per bucket (dynamo's recompile limit raised to the number of buckets ``max_len`` bins need), dynamo's
-    automatic dynamic shapes without. Graphs break where dynamo cannot trace (F.ctc_loss, whose output shape
-    depends on data; nn.GRU on CUDA) and resume after it, so day layer, patching, head, log-softmax and the loss's
-    reduction are compiled around them."""
-    if length_bucket > 0 and max_len:
-        limit = -(-max_len // length_bucket) + 1
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-    return torch.compile(fn, backend=backend, dynamic=False if length_bucket > 0 else None)
-
-
-def skip_flag(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-    """() float32 on the device: 1.0 if the loss or the grad norm is non-finite (the fused optimizers' found_inf)."""
-    return (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).to(torch.float32)
-
-
-class ResumeError(UserError):
-    """``--resume`` cannot continue this run (config mismatch, checkpoint not resumable); says why."""
-
-
-#: keys that may differ between a checkpoint's config and the config a run is resumed with: the step budget, and
-#: what only changes logging/reporting (never the weights).
-RESUME_MAY_DIFFER = ("name", "train.steps", "train.log_every", "train.plot", "train.tensorboard", "train.threads",
-                     "train.beam_width", "train.train_monitor", "train.fast_selfcheck", "train.fast_selfcheck_fatal")
-
-
-def weights_finite(model: torch.nn.Module) -> bool:
-    """True if every parameter and buffer is finite (one host sync)."""
-    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+__all__ = ["Trainer"]
 
 
 class Trainer:
     """Train a GRUDecoder as ``cfg`` says. ``out_dir`` receives config.yaml, checkpoints, metrics and summary.
 
     ``resume``: True continues the run in ``out_dir`` from ``out_dir/last.pt`` (or pass the loaded checkpoint
-    dict); its config must equal ``cfg`` except the keys in RESUME_MAY_DIFFER. Under torchrun the Trainer joins
-    the process group and trains with DistributedDataParallel (see fastdecoder.train.distributed).
+    dict); its config must equal ``cfg`` except the keys in checkpoint.RESUME_MAY_DIFFER. Under torchrun the Trainer
+    joins the process group and trains with DistributedDataParallel (see fastdecoder.train.distributed).
+    ``eval_hook(trainer, result)`` runs after each evaluation (tune: pruning) and may raise to stop.
     """
 
     def __init__(self, cfg: Config, out_dir: str | Path | None = None, *, progress: bool = True,
-                 resume: bool | dict = False, overwrite: bool = False):
+                 resume: bool | dict = False, overwrite: bool = False, eval_hook=None):
         if cfg.train.members > 1:
             raise UserError(f"train.members is {cfg.train.members}: train it with fastdecoder.train.members."
                             "MembersTrainer (fastdecoder train does so)")
@@ -125,98 +64,34 @@ class Trainer:
         self.outputs = RunOutputs(self.out_dir, self.is_main, tensorboard=cfg.train.tensorboard,
                                   plot=cfg.train.plot, progress=progress)
         seed_everything(cfg.train.seed)
-
-        # the main rank writes the synthetic data (if any) first; the others then read it. Nothing of the run folder
-        # is created or cleared before the data has loaded.
-        if self.is_main:
-            self.dataset, data_path = prepare_dataset(cfg, self.out_dir)
-        distributed.barrier(self.dist)
-        if not self.is_main:
-            self.dataset, data_path = prepare_dataset(cfg, self.out_dir)
-        if self.out_dir is not None and self.is_main:
-            if overwrite:
-                clear_run(self.out_dir)
-            prepare_run_folder(self.out_dir)
-            self.outputs.open_log(append=bool(resume))
-        if self.is_main:
-            warn_family_mismatch(cfg.name, self.dataset.format, data_path)
-        # stored absolute: the run folder's config.yaml names the data wherever eval runs from
-        cfg = replace(cfg, data=replace(cfg.data, path=str(Path(data_path).resolve()), format=self.dataset.format))
-        cfg = replace(cfg, model=replace(cfg.model, n_features=self.dataset.n_features, n_days=self.dataset.n_days))
-        state, where = self._resume_state(resume, cfg)
+        self.dataset, cfg = load_training_data(cfg, self.out_dir, self.dist, self.outputs, overwrite=overwrite,
+                                               resume=bool(resume))
+        state, where = resume_state(resume, cfg, self.out_dir)
         self.cfg = cfg
         self.train_split, self.val_split = training_splits(self.dataset, cfg.data.val_split, cfg.model.n_classes)
         check_days_per_batch(cfg, self.train_split)
         bad = warn_short_and_infeasible(cfg, self.train_split, self.val_split, say=self.is_main)
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)
-        self._need_frames = target_min_frames(self.train_split)  # (n,) frames each training target needs
-        self._target_width = max(1, int(np.max(self.train_split.target_lengths, initial=0)))  # the longest target
 
-        # The fast path and the reference path share everything but the op implementations and the batching.
-        self.fast = use_fast_path(cfg, self.device)
-        self.ops_backend = ops_backend(cfg, self.device)
-        self.model = build_model(cfg, self.device)
-        self.init_report = None
-        if cfg.train.init_from and state is None:  # a resumed run has its own weights
-            self.init_report = init_from_checkpoint(self.model, cfg.train.init_from, self.dataset.day_names,
-                                                    cfg.model, cfg.train.init_new_days)
-            if self.is_main:
-                r = self.init_report
-                log.info("initialised from %s: %d sessions matched, %d new (%s)", r.checkpoint, len(r.matched),
-                         len(r.new), ", ".join(f"{k} <- {v}" for k, v in r.new.items()) or "none")
-        self.frozen = freeze(self.model, cfg.model)
-        if self.frozen and self.is_main:
-            log.info("frozen: %d parameter tensors (%s)", len(self.frozen), ", ".join(self.frozen))
-        self.optimizer = build_optimizer(self.model, replace(cfg.optim, fused=cfg.optim.fused and self.fast),
-                                         self.device)
-        self.schedule = LRSchedule(self.optimizer, cfg.optim)
-        self.guard = InstabilityGuard(cfg.stability, self.schedule)
-        self.monitor = CollapseMonitor(cfg.stability)
+        # decided before anything is built: the fast path and the reference path share everything but the op
+        # implementations and the batching
         self.amp_dtype = autocast_dtype(cfg, self.device)
-        on_cuda = self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if (on_cuda and cfg.train.amp == "fp16") else None
-        self.rank_seed = rank_seed(cfg.train.seed, self.dist.rank)
-        if self.dist.rank > 0:
-            torch.manual_seed(self.rank_seed)  # dropout
-        self.ddp = None
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+        self.backends = decide_backends(cfg, self.device, self.amp_dtype)
+        parts = build_run(cfg, self.device, self.dist, self.backends, self.amp_dtype, self.train_split,
+                          self.dataset.day_names, fresh=state is None, reported=self.reported_infeasible)
+        self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
+        self.guard, self.monitor, self.scaler, self.early = parts.guard, parts.monitor, parts.scaler, parts.early
+        self.sampler, self.resident, self.streams = parts.sampler, parts.resident, parts.streams
+        self.augment, self.eval_settings, self.step_fn = parts.augment, parts.eval_settings, parts.step
+        self.init_report, self.frozen = parts.init_report, parts.frozen
+        self.selfcheck_events = list(self.backends.events)
+        self.eval_hook = eval_hook
 
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_cuda else None)
-        fwd = self.ddp if self.ddp is not None else self.model
-        if cfg.train.length_bucket and cfg.model.bidirectional:
-            raise UserError(f"train.length_bucket is {cfg.train.length_bucket} but model.bidirectional is true: the "
-                            "backward direction would see the extra padding and change the loss; set "
-                            "train.length_bucket: 0")
-        self.forward = fwd  # the model's forward (DDP-wrapped under torchrun)
-        self.compiled = bool(cfg.train.compile and on_cuda and self.fast)
-        self.forward_loss = (compile_step(self._forward_loss, cfg.train.length_bucket,
-                                          max_len=int(self.train_split.lengths.max()))
-                             if self.compiled else self._forward_loss)
-        data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
-        self.data_rank_seed = rank_seed(data_seed, self.dist.rank)  # batches and random cut (train.data_seed)
-        self.sampler = make_sampler(cfg, self.train_split, self.data_rank_seed)
-        self.resident = make_resident(self.train_split, self.device) if self.fast else None
-        self._plan_days = self.fast and (self.device.type == "cpu" or cfg.data.batching == "days")
-        self.deferred = False  # set after the self-check below (which may fall back to the unfused optimizer)
-        self.pending = PendingSteps(cfg.train.log_every, self.device)
-        self._replayed: list[dict] = []  # steps read because ``pending`` filled up outside ``run``
-        self.phase_hook = None  # phase_hook(name) after each phase of a step (bench timing); None in training
-        self.eval_hook = None  # eval_hook(trainer, result) after each evaluation (tune: pruning); may raise to stop
-        self.streams = RunStreams(self.rank_seed, self.device, cut_seed=self.data_rank_seed)
-        self.eval_settings = EvalSettings.from_config(cfg, self.device)
-        self.eval_transform: EvalTransform = self.eval_settings.transform
-        # bf16 augmentation output where the next op is the day layer's bf16 matmul (the same rounding autocast does)
-        augment_dtype = (torch.bfloat16 if self.amp_dtype == torch.bfloat16 and cfg.model.smoothing != "model"
-                         else None)
-        self.augment = TrainAugmentation(cfg, self.eval_transform, self.streams, out_dtype=augment_dtype)
         self.step = 0
-        self.best_per = math.inf
-        self.best_step = -1
+        self.best_per, self.best_step = math.inf, -1
         self.last_val_per: float | None = None
         self.last_eval: EvalResult | None = None
-        self.early = EarlyStopping(cfg.train.early_stopping_val_steps) if cfg.train.early_stopping else None
         self.stopped_early: int | None = None  # the step at which train.early_stopping stopped the run
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
@@ -231,69 +106,18 @@ class Trainer:
             except (TypeError, ValueError, IndexError, RuntimeError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise CheckpointError(f"checkpoint {where} cannot resume this run: {first}") from None
-        from fastdecoder.train.selfcheck import check_fast_path  # each fast op vs its reference; falls back on a fail
-
-        self.selfcheck_events = check_fast_path(self)
-        # no host read inside a step where the fused optimizer can skip an update on the device (see train_step)
-        self.deferred = (self.fast and not self.dist.enabled and self.scaler is None
-                         and bool(self.optimizer.defaults.get("fused")))
-        self.graphs = None  # train.cuda_graphs: the captured forward + backward per shape (train/cuda_graphs.py)
-        if cfg.train.cuda_graphs:
-            from fastdecoder.train.cuda_graphs import StepGraphs, refusal
-
-            why = refusal(cfg, self.device, self.fast, self.deferred)
-            if why:
-                raise UserError(why)
-            self.graphs = StepGraphs(self.model, cfg.model, self.amp_dtype, self.device)
-            if self.compiled:  # the graphs capture the eager forward; the compiled step would go unused
-                log.info("train.cuda_graphs: the captured forward is the eager model's (train.compile is not used)")
-                self.compiled, self.forward_loss = False, self._forward_loss
 
     @property
     def history(self) -> list[dict]:
         """Every record written to metrics.jsonl (main rank)."""
         return self.outputs.history
 
-    def _resume_state(self, resume: bool | dict, cfg: Config):
-        """(checkpoint dict, where it came from) to resume from, checked against ``cfg``; (None, None) if new."""
-        if not resume:
-            return None, None
-        if isinstance(resume, dict):
-            state, where = resume, (self.out_dir / "last.pt" if self.out_dir is not None else "checkpoint")
-        else:
-            if self.out_dir is None:
-                raise ResumeError("resume needs the run folder (out_dir) holding last.pt")
-            where = self.out_dir / "last.pt"
-            state = load_checkpoint(where)
-        check_resumable(state, where)
-        self._check_resume_config(cfg, state["config"], where)
-        check_state_shapes(cfg, state["model"], where)  # before the model is built
-        return state, where
-
-    def _check_resume_config(self, cfg: Config, saved: dict, where) -> None:
-        want = cfg.to_dict()
-        saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
-        # a key added after the checkpoint was written: the run trained as its default (new keys default to the
-        # behaviour that came before them), so it is compared as that default
-        for sec, defaults in Config().to_dict().items():
-            if isinstance(defaults, dict) and isinstance(saved.get(sec), dict):
-                saved[sec] = {**defaults, **saved[sec]}
-        for d in (want, saved):
-            p = (d.get("data") or {}).get("path")
-            if p:
-                d["data"]["path"] = str(Path(p).resolve())
-        diffs = config_diff(saved, want, ignore=RESUME_MAY_DIFFER)
-        if diffs:
-            lines = "; ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diffs)
-            raise ResumeError(f"cannot resume from {where}: the requested config differs from the checkpoint's in "
-                              f"{lines}. Only {', '.join(RESUME_MAY_DIFFER[1:])} may change on resume (drop --config "
-                              "to resume with the checkpoint's own config, or start a new run in another --out).")
+    @property
+    def deferred(self) -> bool:
+        """The step's update strategy: deferred (no host read per step) or synced (see step.py)."""
+        return self.step_fn.deferred
 
     # -- one step -----------------------------------------------------------------------------------------------
-    def train_transform(self, x: torch.Tensor, lens: torch.Tensor):
-        """This step's training augmentation of (x, lens) (see transforms.TrainAugmentation)."""
-        return self.augment(x, lens, self.step)
-
     def next_batch(self):
         """The next training batch on the device: gathered from the resident split (fast path) or padded on the host
         and copied (reference path); both give the same tensors."""
@@ -304,176 +128,30 @@ class Trainer:
             return self.resident.batch(idx, device=self.device)
         return collate(self.train_split, idx).to(self.device, non_blocking=True)
 
-    def train_step(self, batch, *, stats: bool = False) -> dict:
-        """One update (or a skipped one), then ``step += 1``. Returns loss, grad_norm (pre-clip), lr, skipped,
-        stop, events, and with ``stats`` the training batch's blank fraction and distinct phonemes.
-
-        Reference path (and fp16 / torchrun / a non-fused optimizer): one host sync per step (the loss / grad-norm /
-        stop flags, reduced over ranks), the guard decides on the host. Deferred path (``self.deferred``: the fast
-        path with a fused optimizer, one process, no GradScaler): no host read at all; the update is skipped on the
-        device through the fused optimizer's ``found_inf`` and loss / grad norm go to ``self.pending``, read and
-        accounted at the next ``read_steps()`` (log interval, evaluation, checkpoint, end): then ``loss``,
-        ``grad_norm`` and ``skipped`` are None here and ``deferred`` is True, and the CTC length tensors are host
-        copies. Both paths take the infeasible-target check from host copies of the lengths.
-        """
-        cfg = self.cfg
-        (self.ddp if self.ddp is not None else self.model).train()
-        step_no = self.step + 1
+    def train_step(self, batch, *, stats: bool = False, on_phase=None) -> dict:
+        """One update (or a skipped one) on ``batch``, then ``step += 1``. Returns loss, grad_norm (pre-clip), lr,
+        skipped, stop, events (None for loss, grad_norm and skipped on the deferred step: see ``read_steps``), and
+        with ``stats`` the training batch's blank fraction and distinct phonemes. ``on_phase(name)`` after the
+        data, forward, backward and optimizer phases (bench timing)."""
+        self.model.train()
+        if self.dist.enabled:
+            self.step_fn.forward.train()  # the DDP wrapper's own flag
         lr = self.schedule.apply(self.step)
-        if self.phase_hook is not None:
-            self.phase_hook("data")
-        x, lens = self.augment(batch.x, batch.x_lens, self.step)
-        x = pad_to_bucket(x, cfg.train.length_bucket)
-        m = cfg.model
-        max_frames = (x.shape[1] - m.patch_size) // m.patch_stride + 1  # the frames the patching gives
-        bad, frames = self._infeasible_in(batch, max_frames)
-        infeasible = bool(bad.any())
-        if infeasible:
-            self._report_infeasible(batch, bad, frames)
-        if self.deferred:  # host length tensors: F.ctc_loss copies device ones to the host
-            n = torch.from_numpy(frames)
-            y_lens = torch.from_numpy(np.asarray(self.train_split.target_lengths[batch.index], dtype=np.int64))
-        else:
-            n = output_lengths(lens, m.patch_size, m.patch_stride, cfg.ctc.output_lengths, max_frames)
-            y_lens = batch.y_lens
-        y = batch.y
-        if cfg.train.length_bucket:  # one target width for the run: the loss region keeps its shape too
-            y = torch.nn.functional.pad(y, (0, self._target_width - y.shape[1]))
-        if self.graphs is not None:  # train.cuda_graphs: this shape's captured forward + backward (cuda_graphs.py)
-            logits = self.graphs(x, batch.day, lens, self._day_groups(batch))
-            loss = self._loss(logits, n, y, y_lens)
-        else:
-            logits, loss = self.forward_loss(x, batch.day, lens, n, y, y_lens, self._day_groups(batch))
-        if self.phase_hook is not None:
-            self.phase_hook("forward")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.phase_hook is not None:
-            self.phase_hook("backward")
-        if self.deferred:
-            out = self._deferred_update(loss, step_no, lr, infeasible)
-        else:
-            out = self._synced_update(loss, step_no, lr, infeasible)
-        if self.phase_hook is not None:
-            self.phase_hook("optimizer")
+        if on_phase is not None:
+            on_phase("data")
+        batch = self.augment.batch(batch, self.step)
+        stop = self._stop is not None and self._stop.signum is not None
+        out, logits, n = self.step_fn(batch, self.step + 1, lr, stop, on_phase)
+        self.step += 1
+        if self.step_fn.pending.full:  # a step outside ``run``, or a log interval beyond PendingSteps.MAX_PENDING
+            self.step_fn.replayed = self.step_fn.read_steps()  # those read before stay first in it
         if stats:
             out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
         return out
 
-    def _day_groups(self, batch):
-        """The day layer's grouping of ``batch`` planned from its host copy of the days (ops.day_affine), on the
-        fast path: on the CPU always, on a device with the 'days' batching (the same group sizes every step, so the
-        compiled shapes stay static). None: the op decides (a device ``day`` keeps the gather)."""
-        if not self._plan_days or batch.host_day is None:
-            return None
-        return plan_day_groups(batch.host_day, self.cfg.model.n_days, self.device)
-
-    def _forward_loss(self, x, day, lens, n, y, y_lens, day_groups=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, N, V), CTC loss) of the step, under the run's autocast; compiled with ``train.compile``."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.forward(x, day, lens, day_groups)
-        return logits, self._loss(logits, n, y, y_lens)
-
-    def _loss(self, logits, n, y, y_lens) -> torch.Tensor:
-        """The step's CTC loss of logits (B, N, V) (outside autocast)."""
-        return ctc_loss(logits, n, y, y_lens, reduction=self.cfg.ctc.reduction,
-                        zero_infinity=self.cfg.ctc.zero_infinity)
-
-    def _deferred_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
-        """Clip and apply the update unless the loss or grad norm is non-finite, decided on the device; no host
-        read. The loss and grad norm wait in ``self.pending`` for ``read_steps``."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
-        loss_d = loss.detach().float()
-        if self.cfg.optim.grad_clip > 0:  # a non-finite norm makes the grads NaN: that update is skipped anyway
-            torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, gnorm)
-        self.optimizer.found_inf = skip_flag(loss_d, gnorm)  # the fused kernels skip the update (and Adam's step)
-        try:
-            self.optimizer.step()
-        finally:
-            del self.optimizer.found_inf
-        self.step = step_no
-        self.pending.put(step_no, lr, infeasible, loss_d, gnorm)
-        if self.pending.full:  # train_step outside ``run``, or a log interval beyond PendingSteps.MAX_PENDING
-            self._replayed = self.read_steps()
-        stop = self._stop is not None and self._stop.signum is not None
-        return {"loss": None, "grad_norm": None, "lr": lr, "skipped": None, "stop": stop, "events": [],
-                "deferred": True}
-
     def read_steps(self) -> list[dict]:
-        """The steps waiting in ``self.pending`` (deferred path), read with one host read and accounted by the
-        stability guard in order, exactly as the synced path does per step: skip counts, events, high-grad-norm
-        counts, adaptive-LR reductions and the consecutive-skip / abort_on_nonfinite stops (which therefore act at
-        this read, not at the step itself). Returns a dict per step (loss, grad_norm, lr, skipped, events)."""
-        outs = self._replayed
-        self._replayed = []
-        for step_no, lr, infeasible, loss_f, gn in self.pending.read():
-            apply, events = self.guard.observe(step_no, loss_f, gn, loss_finite=math.isfinite(loss_f),
-                                               grad_finite=math.isfinite(gn), infeasible=infeasible)
-            outs.append({"step": step_no, "loss": loss_f, "grad_norm": gn, "lr": lr, "skipped": not apply,
-                         "events": events})
-        return outs
-
-    def _synced_update(self, loss: torch.Tensor, step_no: int, lr: float, infeasible: bool) -> dict:
-        """The guard decides on the host (one read per step); the update is clipped and applied, or skipped."""
-        cfg = self.cfg
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params], error_if_nonfinite=False)
-        loss_d = loss.detach().float()
-        stop_local = self._stop is not None and self._stop.signum is not None
-        flags = torch.stack([(~torch.isfinite(loss_d)).float(), (~torch.isfinite(gnorm)).float(),
-                             torch.tensor(float(stop_local), device=loss_d.device)])
-        distributed.all_reduce_max_(flags, self.dist)
-        loss_nf, grad_nf, stop, loss_f, gn = torch.cat([flags, loss_d.reshape(1), gnorm.float().reshape(1)]).tolist()
-        events: list[dict] = []
-        if self.scaler is not None and not loss_nf and grad_nf:
-            # fp16 overflow: the GradScaler skips this step and lowers its scale (expected now and then)
-            self.guard.overflow_skips += 1
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            apply, skipped = False, True
-        else:
-            apply, events = self.guard.observe(
-                step_no, loss_f, gn, loss_finite=not loss_nf, grad_finite=not grad_nf, infeasible=infeasible,
-                bad_params=lambda: [nm for nm, p in self.model.named_parameters()
-                                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())])
-            skipped = not apply
-            if apply and cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(params, cfg.optim.grad_clip, gnorm)
-            if self.scaler is not None:
-                if apply:
-                    self.scaler.step(self.optimizer)
-                self.scaler.update()
-            elif apply:
-                self.optimizer.step()
-            if not apply:
-                self.optimizer.zero_grad(set_to_none=True)
-        self.step = step_no
-        return {"loss": loss_f, "grad_norm": gn, "lr": lr, "skipped": skipped, "stop": bool(stop), "events": events}
-
-    def _infeasible_in(self, batch, max_frames: int):
-        """(bad (B,) bool, frames (B,) int64) on the host: targets longer than their output frames after this
-        step's cut, from the host copies of the lengths (equal to losses.infeasible_targets; no device read)."""
-        lens = np.asarray(self.train_split.lengths[batch.index], dtype=np.int64)
-        if self.augment.last_cut:
-            lens = np.maximum(lens - self.augment.last_cut, 1)  # as TrainAugmentation cut them on the device
-        c = self.cfg
-        frames = host_output_lengths(lens, c.model.patch_size, c.model.patch_stride, c.ctc.output_lengths,
-                                     max_frames)
-        return self._need_frames[batch.index] > frames, frames
-
-    def _report_infeasible(self, batch, bad, frames) -> None:
-        for b in np.flatnonzero(bad):
-            tid = self.train_split.trial_ids[int(batch.index[b])]
-            if tid not in self.reported_infeasible:
-                self.reported_infeasible.add(tid)
-                log.warning("trial %s: target of %d phonemes cannot fit its %d output frames (CTC loss %s)", tid,
-                            int(self.train_split.target_lengths[batch.index[b]]), int(frames[b]),
-                            "zeroed by zero_infinity" if self.cfg.ctc.zero_infinity else "infinite")
+        """The deferred steps not read yet, read and accounted now (``step.TrainStep.read_steps``)."""
+        return self.step_fn.read_steps()
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def fit(self, max_steps: int | None = None) -> dict:
@@ -489,16 +167,7 @@ class Trainer:
             self._log_metrics({**ev, "step": self.step})
         self.selfcheck_events = []
         if self.is_main:
-            text, warn = describe_schedule(cfg.optim, cfg.train.steps)
-            log.info("%s", text)
-            if warn:
-                log.warning("%s", warn)
-        if self.resumed_from is not None and self.is_main:
-            log.info("resuming at step %d of %d (LR %.3g, reductions so far x%.3g)", self.step, cfg.train.steps,
-                     self.schedule.peak_lr * lr_multiplier(self.step, cfg.optim), self.schedule.scale)
-            if self.step >= cfg.train.steps:
-                log.warning("the checkpoint is already at step %d >= train.steps (%d): nothing to train; raise it "
-                            "with --set train.steps=N to continue", self.step, cfg.train.steps)
+            say_start(cfg, self.step, self.schedule, self.resumed_from is not None)
         self._stop = StopRequest()
         self._stop.install()
         try:  # the handlers stay until the end, so a signal during the final save/summary cannot tear anything
@@ -515,26 +184,28 @@ class Trainer:
         finally:
             self._stop.restore()
 
-    def run(self, max_steps: int | None = None, on_step=None, on_read=None) -> str | None:
+    def run(self, max_steps: int | None = None, on_step=None, on_read=None, on_phase=None,
+            evaluate: bool = True) -> str | None:
         """Steps until ``train.steps`` (or ``max_steps``, or a stop request), with logging, evaluation and
         checkpoints at their intervals; ``on_step(out)`` after each step, ``on_read(outs)`` with the steps whose
         loss / grad norm were just read (each step on the synced path; on the deferred path those since the last
-        read, at log, evaluation and checkpoint steps and at the end). Returns why it stopped early (or None)."""
+        read, at log, evaluation and checkpoint steps and at the end), ``on_phase`` as in ``train_step``;
+        ``evaluate`` False: no evaluation (bench). Returns why it stopped early (or None)."""
         cfg = self.cfg
         step0, iv = self.step, Interval()
         while self.step < cfg.train.steps:
             will_log = (self.step + 1) % cfg.train.log_every == 0 or self.step + 1 == cfg.train.steps
-            out = self.train_step(self.next_batch(), stats=will_log and cfg.train.train_monitor)
+            out = self.train_step(self.next_batch(), stats=will_log and cfg.train.train_monitor, on_phase=on_phase)
             if on_step is not None:
                 on_step(out)
-            will_eval = self.val_split is not None and (self.step % cfg.train.eval_every == 0
-                                                        or self.step == cfg.train.steps)
+            will_eval = evaluate and self.val_split is not None and (self.step % cfg.train.eval_every == 0
+                                                                     or self.step == cfg.train.steps)
             will_save = self.step % cfg.train.checkpoint_every == 0
             ending = (out["stop"] or self.step >= cfg.train.steps
                       or (max_steps is not None and self.step >= max_steps))
             if not out.get("deferred"):
                 reads = [out]
-            elif will_log or will_eval or will_save or ending or self._replayed:
+            elif will_log or will_eval or will_save or ending or self.step_fn.replayed:
                 reads = self.read_steps()
             else:
                 reads = []
@@ -583,7 +254,7 @@ class Trainer:
         reason = str(error) if isinstance(error, (NonFiniteError, UserError)) else f"{type(error).__name__}: {error}"
         try:
             self._log_metrics({"step": self.step, "event": "aborted", "reason": reason})
-            self.outputs.write_summary(self._base_summary() | {"aborted": reason})
+            self.outputs.write_summary(base_summary(self) | {"aborted": reason})
             self.outputs.close()
         except Exception as e:  # noqa: BLE001 - e.g. the disk that is full
             log.warning("could not write the summary of the aborted run: %s", e)
@@ -655,8 +326,8 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still
         waiting in ``pending`` are read and accounted first (their records go out with the next read in ``run``)."""
-        if len(self.pending):
-            self._replayed = self.read_steps()
+        if len(self.step_fn.pending):
+            self.step_fn.replayed = self.step_fn.read_steps()
         mine = {"rank": self.dist.rank, "sampler": self.sampler.state_dict(), "rng": self.streams.state_dict()}
         ranks = distributed.gather_objects(mine, self.dist)
         d = {"model": self.model.state_dict(), "step": self.step, "config": self.cfg.to_dict(),
@@ -679,18 +350,7 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        saved_ws = int(state.get("world_size", 1))
-        ranks = state.get("rank_states")
-        rank = self.dist.rank
-        if ranks and rank < len(ranks):
-            mine = ranks[rank]
-        elif rank == 0:
-            mine = {"sampler": state["sampler"], "rng": state["rng"]}
-        else:
-            mine = None
-        if saved_ws != self.dist.world_size and self.is_main:
-            log.warning("the checkpoint was written by %d process(es), this run has %d: weights, optimizer and "
-                        "schedule resume exactly, the per-rank data streams do not", saved_ws, self.dist.world_size)
+        mine = distributed.own_rank_state(state, self.dist)
         if mine is not None:
             self.sampler.load_state_dict(mine["sampler"])
             self.streams.load_state_dict(mine["rng"])
@@ -722,55 +382,22 @@ class Trainer:
         self._saved[name] = self.step
 
     # -- the summary ------------------------------------------------------------------------------------------------
-    def _base_summary(self) -> dict:
-        cfg = self.cfg
-        return {"name": cfg.name, "steps": self.step, "train_seconds": round(self.train_seconds, 3),
-                "batches_per_second": (round(self.step / self.train_seconds, 3) if self.train_seconds else None),
-                "device": str(self.device), "world_size": self.dist.world_size, "n_features": cfg.model.n_features,
-                "n_days": cfg.model.n_days, "parameters": sum(p.numel() for p in self.model.parameters()),
-                "skipped_updates": self.guard.skipped, "high_grad_norm_steps": self.guard.high_grad_norm_steps,
-                "lr_reductions": self.schedule.adaptive_reductions,
-                "plateau_reductions": self.schedule.plateau_reductions, "final_lr": self.schedule.current_lr(),
-                "infeasible_trials": self.infeasible_trials, "monitor_warnings": self.monitor.warnings,
-                **({"overflow_skips": self.guard.overflow_skips} if self.scaler is not None else {}),
-                **({"resumed_from": self.resumed_from} if self.resumed_from is not None else {}),
-                **({"early_stopped_at": self.stopped_early} if self.stopped_early is not None else {}),
-                **({"init_from": self.init_report.as_dict()} if self.init_report is not None else {}),
-                **({"frozen": self.frozen} if self.frozen else {})}
-
     def summarize(self, last_eval: EvalResult | None, interrupted: str | None = None) -> dict:
         """Final evaluation (greedy and native beam search on the validation split) and DIR/summary.json.
 
         An interrupted run skips the final evaluation (it should exit promptly) and reports its last one.
         """
-        cfg = self.cfg
-        summary = self._base_summary()
+        summary = base_summary(self)
         if self.dist.enabled:
-            digests = distributed.gather_objects(distributed.weights_digest(self.model), self.dist)
-            summary["rank_weight_sha256"] = digests
-            summary["ranks_identical"] = len(set(digests)) == 1
-            if len(set(digests)) != 1 and self.is_main:
-                log.error("the ranks' weights differ at the end of training: %s", digests)
+            summary.update(distributed.rank_digests(self.model, self.dist))
         if interrupted is not None:
             summary["interrupted"] = interrupted
             if self.val_split is not None:
                 summary.update(val_per=self.last_val_per, best_val_per=(self.best_per if self.best_step >= 0
                                                                         else None), best_step=self.best_step)
         elif self.val_split is not None and self.is_main:
-            bw = cfg.train.beam_width
+            bw = self.cfg.train.beam_width
             res = self.evaluate(decoder="beam" if bw > 0 else "greedy", beam_width=bw)
             summary.update(final_eval_fields(res, self.best_per, self.best_step, self.step, bw))
         self.outputs.write_summary(summary)
         return summary
-
-
-def beam_per(res: EvalResult, split, beam_width: int) -> tuple[float, int]:
-    """(PER of the native CTC prefix beam search over the log-probs kept in ``res``, beam_width); kept for callers
-    of the former API: new code passes decoder="beam" to fastdecoder.evaluation.evaluate."""
-    from fastdecoder.decode import error_rate
-    from fastdecoder.evaluation import beam_hypotheses
-
-    if not res.log_probs:
-        return float("nan"), beam_width
-    refs = [split.targets[i].tolist() for i in res.indices]
-    return error_rate(beam_hypotheses(res.log_probs, beam_width), refs)[0], beam_width

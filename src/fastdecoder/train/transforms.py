@@ -8,6 +8,9 @@ offset, input smoothing and time/channel masks.
 """
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 
 from fastdecoder.train.rng import RunStreams, noise_seed
@@ -45,6 +48,15 @@ class TrainAugmentation:
         self.streams = streams
         self.out_dtype = out_dtype  # bf16 under bf16 autocast when the next op is the day layer's matmul
         self.last_cut = 0  # bins the last call cut from the start of the batch
+
+    def batch(self, batch, step: int):
+        """``batch`` augmented for training step ``step``: x and x_lens replaced, host_lens and cut updated (the
+        host lengths cut as the device ones are)."""
+        x, lens = self(batch.x, batch.x_lens, step)
+        host = batch.host_lens
+        if host is not None and self.last_cut:
+            host = np.maximum(host - self.last_cut, 1)
+        return dataclasses.replace(batch, x=x, x_lens=lens, host_lens=host, cut=self.last_cut)
 
     def __call__(self, x: torch.Tensor, lens: torch.Tensor, step: int):
         from fastdecoder.ops import augment, sample_masks

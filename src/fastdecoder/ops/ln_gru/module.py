@@ -128,9 +128,14 @@ class LayerNormGRU(nn.Module):
 
     def resolved_backend(self, device: torch.device) -> str:
         """The implementation ``forward`` uses for tensors on ``device``."""
-        if self.backend == "reference":
+        return self.backend_for(self.backend, device)
+
+    @staticmethod
+    def backend_for(backend: str, device: torch.device) -> str:
+        """The implementation a LayerNormGRU with ``backend`` uses for tensors on ``device``."""
+        if backend == "reference":
             return "reference"
-        if self.backend == "auto":
+        if backend == "auto":
             return "triton" if device.type == "cuda" and triton_usable(device) else "reference"
         require_triton(device, "LayerNormGRU(backend='triton')")
         return "triton"

@@ -164,7 +164,7 @@ def _sync_config(smoke: bool):
 
     from fastdecoder.config import load_config
     from fastdecoder.parity import tiny_train_config
-    from fastdecoder.train.bench import SYNTHETIC
+    from fastdecoder.bench.train_speed import SYNTHETIC
 
     if smoke:  # the interpreted kernel is checked by the parity step; here the loop runs
         cfg = tiny_train_config("cpu", torch.float32, "gru")
@@ -184,7 +184,7 @@ def step_sync(smoke: bool) -> dict:
 
     import torch
 
-    from fastdecoder.train.bench import DeviceSyncs, where_in_package
+    from fastdecoder.bench.train_speed import DeviceSyncs, where_in_package
     from fastdecoder.train.trainer import Trainer
 
     tr = Trainer(_sync_config(smoke), None, progress=False)
@@ -309,7 +309,7 @@ def step_members(smoke: bool) -> dict:
 
     from fastdecoder.config import load_config
     from fastdecoder.parity import tiny_train_config
-    from fastdecoder.train.bench import SYNTHETIC
+    from fastdecoder.bench.train_speed import SYNTHETIC
     from fastdecoder.train.members import MembersTrainer
 
     if smoke:

@@ -20,7 +20,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.train.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files,
                                           save_checkpoint)
 from fastdecoder.train.checkpoint import ResumeError
-from fastdecoder.train.data import prepare_dataset
+from fastdecoder.train.run_data import prepare_dataset
 from fastdecoder.train.trainer import Trainer
 
 from fastdecoder.testing.tiny import tiny_data

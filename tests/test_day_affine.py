@@ -161,7 +161,7 @@ def test_the_fast_step_groups_by_the_batch_host_days(monkeypatch, tmp_path):
     """The resident batch carries its days' host copy; the fast step plans the groups from it (no read of the
     day tensor, so on a GPU too) and never runs the (B, C, C) gather."""
     from fastdecoder.ops import day_affine as op
-    from fastdecoder.train.host_reads import HostReads
+    from fastdecoder.bench.host_reads import HostReads
     from test_fast_step import make
 
     tr = make(monkeypatch, tmp_path)

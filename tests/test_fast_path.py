@@ -12,7 +12,7 @@ import torch
 
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
-from fastdecoder.train.bench import bench_train, format_report
+from fastdecoder.bench.train_speed import bench_train, format_report
 from fastdecoder.train.trainer import Trainer
 
 from test_train import TINY
@@ -89,7 +89,7 @@ def test_bench_train_cli_bad_args(capsys):
 
 def test_device_syncs_count_the_sync_warnings_only():
     """bench train's sync counter (CUDA's sync debug mode warnings; its CUDA side runs in the GPU check)."""
-    from fastdecoder.train.bench import DeviceSyncs
+    from fastdecoder.bench.train_speed import DeviceSyncs
 
     with DeviceSyncs(torch.device("cpu")) as off:  # nothing to count off CUDA
         pass

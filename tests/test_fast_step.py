@@ -11,7 +11,7 @@ import torch
 
 from fastdecoder.config import config_from_dict
 from fastdecoder.losses import output_lengths
-from fastdecoder.train.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
+from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
 from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.step import compile_step, host_output_lengths, pad_to_bucket
 from fastdecoder.train.trainer import Trainer

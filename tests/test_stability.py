@@ -12,7 +12,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.data import collate
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.stability import NonFiniteError
-from fastdecoder.train.data import prepare_dataset
+from fastdecoder.train.run_data import prepare_dataset
 from fastdecoder.train.trainer import Trainer
 from fastdecoder.config import StabilityConfig
 

@@ -141,8 +141,7 @@ def test_clear_error_without_optuna(tmp_path, monkeypatch, capsys):
 def test_eval_hook_sees_every_evaluation_and_can_stop_training(tmp_path):
     cfg = config_from_dict(apply_params(TINY, {"train.steps": 6, "train.eval_every": 2, "train.checkpoint_every": 6}))
     seen = []
-    trainer = Trainer(cfg, tmp_path / "a", progress=False)
-    trainer.eval_hook = lambda tr, res: seen.append((tr.step, res.per))
+    trainer = Trainer(cfg, tmp_path / "a", progress=False, eval_hook=lambda tr, res: seen.append((tr.step, res.per)))
     trainer.fit()
     assert [s for s, _ in seen] == [2, 4, 6] and all(math.isfinite(p) for _, p in seen)
 
@@ -153,8 +152,7 @@ def test_eval_hook_sees_every_evaluation_and_can_stop_training(tmp_path):
         if tr.step == 4:
             raise Stop
 
-    trainer = Trainer(cfg, tmp_path / "b", progress=False)
-    trainer.eval_hook = stop_at_4
+    trainer = Trainer(cfg, tmp_path / "b", progress=False, eval_hook=stop_at_4)
     with pytest.raises(Stop):
         trainer.fit()
     assert trainer.step == 4

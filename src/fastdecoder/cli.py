@@ -177,7 +177,7 @@ def _add_bench(sub) -> None:
 
 def cmd_bench(args) -> int:
     from fastdecoder.config import load_config
-    from fastdecoder.train.bench import SYNTHETIC, bench_train, format_report
+    from fastdecoder.bench.train_speed import SYNTHETIC, bench_train, format_report
 
     if args.steps is None:
         args.steps = 5 if args.members is not None else 50

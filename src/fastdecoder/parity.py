@@ -79,7 +79,7 @@ def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
 
 def train_step_error(device, dtype: torch.dtype, rnn: str, steps: int, seed: int) -> float:
     """Fast path vs reference path of the trainer over ``steps`` steps: max relative difference of the losses."""
-    from fastdecoder.train.bench import bench_train
+    from fastdecoder.bench.train_speed import bench_train
 
     cfg = tiny_train_config(device, dtype, rnn, seed)
     with tempfile.TemporaryDirectory() as tmp, _chdir(tmp), exact_fp32():  # synthetic data goes to ./runs

@@ -10,7 +10,8 @@ For x (B, T, C) the kernel computes, in float32,
 and stores it as float32 or bfloat16. x is read once and the output written once; the noise never exists in
 memory: it is generated in registers from a counter-based generator (Philox-4x32-10, the generator behind
 ``tl.randint4x``) keyed on (seed, index), exactly once per input element, and a seed reproduces a batch exactly.
-``fastdecoder.ops.augment.philox`` has the same generator in PyTorch (and its constants).
+``fastdecoder.ops.augment.philox`` has the same generator in PyTorch; both take their constants from
+``fastdecoder.kernels.philox``.
 The launch helpers are in ``fastdecoder.ops.augment.launcher``.
 
 Noise definition (shared with the PyTorch reference):
@@ -48,7 +49,7 @@ tl.inline_asm_elementwise for the GPU's MUFU log2/sin/cos).
 import triton
 import triton.language as tl
 
-from fastdecoder.ops.augment.philox import PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B
+from fastdecoder.kernels.philox import PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B
 
 __all__ = ["augment_kernel", "normals_kernel", "philox_words_kernel"]
 

@@ -69,7 +69,7 @@ def ln_gru_errors(device, dtype: torch.dtype, shape, seed: int,
     tolerances are twice (on a CPU, whose tiny problems are noisy, three times) the error of the reference's own bf16
     run (both against the fp32 reference), floor 1e-3; ``bf16_factor`` overrides the factor.
     """
-    from fastdecoder.nn import LayerNormGRU
+    from fastdecoder.ops.ln_gru import LayerNormGRU
 
     B, T, I, H, L, bidir = shape
     D = 2 if bidir else 1

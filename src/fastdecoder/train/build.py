@@ -15,7 +15,7 @@ from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalSettings
 from fastdecoder.train import distributed
 from fastdecoder.train.calibration import EarlyStopping, freeze, init_from_checkpoint
-from fastdecoder.train.data import (make_resident, make_sampler, prepare_dataset, target_min_frames,
+from fastdecoder.train.run_data import (config_sampler, make_resident, prepare_dataset, target_min_frames,
                                    warn_family_mismatch)
 from fastdecoder.train.device import build_model
 from fastdecoder.train.monitors import CollapseMonitor
@@ -108,7 +108,7 @@ def build_run(cfg, device: torch.device, dist, backends: Backends, amp_dtype, tr
                         "train.length_bucket: 0")
     data_seed = cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
     data_rank_seed = rank_seed(data_seed, dist.rank)  # batches and random cut (train.data_seed)
-    sampler = make_sampler(cfg, train_split, data_rank_seed)
+    sampler = config_sampler(cfg, train_split, data_rank_seed)
     resident = make_resident(train_split, device) if backends.resident else None
     streams = RunStreams(seed, device, cut_seed=data_rank_seed)
     eval_settings = EvalSettings.from_config(cfg, device, ops_backend=backends.ops)

@@ -41,7 +41,7 @@ from fastdecoder.config import member_configs
 from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
 from fastdecoder.train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
-from fastdecoder.train.data import make_sampler, prepare_dataset, target_min_frames, warn_short_and_infeasible
+from fastdecoder.train.run_data import config_sampler, prepare_dataset, target_min_frames, warn_short_and_infeasible
 from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, resolve_device
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
@@ -111,7 +111,7 @@ class MembersTrainer:
         self.infeasible_trials = len(bad)
         self._need_frames = target_min_frames(self.train_split)
         data_seed = cfgs[0].train.data_seed
-        self.sampler = make_sampler(cfg, self.train_split, data_seed)
+        self.sampler = config_sampler(cfg, self.train_split, data_seed)
         self.cut = np.random.default_rng(data_seed + CUT_STREAM)  # the shared random cut (as the solo runs draw it)
 
         # each member built as its solo Trainer builds it: seeded, then the model (the init draws from the global

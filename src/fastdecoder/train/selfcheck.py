@@ -113,7 +113,7 @@ def _check_fused_optimizer(cfg, device, amp_dtype, b):
 
 def _check_resident_batches(cfg, device, amp_dtype, b):
     from fastdecoder.data import Split, collate
-    from fastdecoder.train.data import make_resident
+    from fastdecoder.train.run_data import make_resident
 
     gen = np.random.default_rng(1)
     lens, y_lens = (7, 3, 12, 5), (2, 1, 4, 3)

@@ -20,7 +20,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
 
 from fastdecoder.config import Config
 from fastdecoder.data.dataset import training_splits
@@ -29,7 +28,7 @@ from fastdecoder.evaluation import EvalResult, evaluate
 from fastdecoder.train import distributed
 from fastdecoder.train.build import build_run, load_training_data
 from fastdecoder.train.checkpoint import CheckpointError, resume_state, save_checkpoint
-from fastdecoder.train.data import check_days_per_batch, warn_short_and_infeasible
+from fastdecoder.train.run_data import check_days_per_batch, warn_short_and_infeasible
 from fastdecoder.train.device import autocast_dtype, configure_runtime
 from fastdecoder.train.monitors import prediction_stats
 from fastdecoder.train.outputs import Interval, RunOutputs, base_summary, final_eval_fields, say_start

@@ -181,7 +181,7 @@ def lr_find_config(cfg: Config, out: Path, *, start: float = 1e-6, end: float = 
     cfg = replace(cfg, optim=optim, train=replace(cfg.train, plot=False))
     out.mkdir(parents=True, exist_ok=True)
     if cfg.data.path is None and cfg.data.synthetic is not None:
-        from fastdecoder.train.data import prepare_dataset
+        from fastdecoder.train.run_data import prepare_dataset
 
         _, path = prepare_dataset(cfg, out)
         cfg = replace(cfg, data=replace(cfg.data, path=str(path)))

@@ -84,10 +84,9 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
                             "at this step")
 
     try:
-        trainer = Trainer(cfg, run_dir, progress=progress)
+        trainer = Trainer(cfg, run_dir, progress=progress, eval_hook=on_eval)
         if diverge and trainer.val_split is not None:
             untrained_loss = trainer.evaluate(max_trials=cfg.data.max_val_trials).loss
-        trainer.eval_hook = on_eval
         summary = trainer.fit()
     except StopTrial as e:
         return TrialOutcome(e.kind, reported[-1] if reported else None, e.reason, trainer.step)

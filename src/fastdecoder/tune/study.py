@@ -109,7 +109,7 @@ def resolve_data(base: dict, out: Path) -> dict:
     if base["data"].get("path") or not base["data"].get("synthetic"):
         return base
     from fastdecoder.config import config_from_dict
-    from fastdecoder.train.data import prepare_dataset
+    from fastdecoder.train.run_data import prepare_dataset
 
     with open(out / ".data.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

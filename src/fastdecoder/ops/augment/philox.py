@@ -1,19 +1,18 @@
 """Counter-based noise: Philox-4x32-10 (the generator of ``tl.randint4x``) in int64 torch arithmetic.
 
 The PyTorch twin of the fused kernel's generator (``fastdecoder.kernels.augment``): the parity oracle the kernel is
-tested against, bit for bit in the Philox words. The constants are defined here, once; the kernel imports them.
+tested against, bit for bit in the Philox words. Both take the constants from ``fastdecoder.kernels.philox``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from fastdecoder.kernels.philox import PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B
+
 __all__ = ["normals", "white_noise", "offset_noise", "philox4x32_10", "check_seed",
            "PHILOX_KEY_A", "PHILOX_KEY_B", "PHILOX_ROUND_A", "PHILOX_ROUND_B"]
 
-# Philox-4x32-10 (Salmon et al. 2011), the constants of triton.language.random
-PHILOX_KEY_A, PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85  # key increments per round (golden ratio, sqrt(3) - 1)
-PHILOX_ROUND_A, PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57  # round multipliers
 _M32 = 0xFFFFFFFF
 _TWO_POW_M24 = 2.0 ** -24
 _TWO_PI_F32 = float(np.float32(6.283185307179586))

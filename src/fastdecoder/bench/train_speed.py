@@ -113,7 +113,7 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
     reads per step (counted, see host_reads), dynamo compiles, peak memory."""
     from torch._dynamo.utils import counters
 
-    from fastdecoder.train.host_reads import CPU_ONLY_SITES, HostReads
+    from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReads
     from fastdecoder.train.trainer import Trainer
 
     never = 10**9

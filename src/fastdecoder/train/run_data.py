@@ -135,7 +135,7 @@ def check_days_per_batch(cfg: Config, train_split) -> None:
                         f"(without replacement, as the NEJM trainer does); set data.days_per_batch to at most {days}")
 
 
-def make_sampler(cfg: Config, train_split, seed: int):
+def config_sampler(cfg: Config, train_split, seed: int):
     """The training batch sampler of ``data.batching`` (days: b2t25's days x trials; random: cffan's fresh shuffled
     batch per step; epochs: each trial once per epoch)."""
     from fastdecoder.data.batching import make_sampler as sampler_for

@@ -124,10 +124,11 @@ class TrainStep:
         self.pending = PendingSteps(cfg.train.log_every, device)
         self.replayed: list[dict] = []  # steps read early (``pending`` full, a checkpoint), not yet given to ``run``
 
-    def __call__(self, batch, step_no: int, lr: float, stop_requested: bool = False, on_phase=None):
+    def __call__(self, batch, step_no: int, lr: float, stop_requested=lambda: False, on_phase=None):
         """One update (or a skipped one) on the augmented ``batch``. Returns (out, logits (B, N, V), frames (B,)):
         out holds loss, grad_norm (pre-clip), lr, skipped, stop, events (deferred: loss, grad_norm and skipped None,
-        ``deferred`` True)."""
+        ``deferred`` True). ``stop_requested()``: whether a stop was requested, asked after the backward pass (a
+        signal during the step counts for it)."""
         cfg, m = self.cfg, self.cfg.model
         x = pad_to_bucket(batch.x, cfg.train.length_bucket)
         max_frames = (x.shape[1] - m.patch_size) // m.patch_stride + 1  # the frames the patching gives
@@ -195,7 +196,7 @@ class TrainStep:
         finally:
             del self.optimizer.found_inf
         self.pending.put(step_no, lr, infeasible, loss_d, gnorm)
-        return {"loss": None, "grad_norm": None, "lr": lr, "skipped": None, "stop": stop_requested, "events": [],
+        return {"loss": None, "grad_norm": None, "lr": lr, "skipped": None, "stop": stop_requested(), "events": [],
                 "deferred": True}
 
     def read_steps(self) -> list[dict]:
@@ -217,7 +218,7 @@ class TrainStep:
         params, gnorm = clip_by_norm(self.model, 0.0)
         loss_d = loss.detach().float()
         flags = torch.stack([(~torch.isfinite(loss_d)).float(), (~torch.isfinite(gnorm)).float(),
-                             torch.tensor(float(stop_requested), device=loss_d.device)])
+                             torch.tensor(float(stop_requested()), device=loss_d.device)])
         distributed.all_reduce_max_(flags, self.dist)
         loss_nf, grad_nf, stop, loss_f, gn = torch.cat([flags, loss_d.reshape(1), gnorm.float().reshape(1)]).tolist()
         events: list[dict] = []

@@ -139,14 +139,16 @@ class Trainer:
         if on_phase is not None:
             on_phase("data")
         batch = self.augment.batch(batch, self.step)
-        stop = self._stop is not None and self._stop.signum is not None
-        out, logits, n = self.step_fn(batch, self.step + 1, lr, stop, on_phase)
+        out, logits, n = self.step_fn(batch, self.step + 1, lr, self._stop_requested, on_phase)
         self.step += 1
         if self.step_fn.pending.full:  # a step outside ``run``, or a log interval beyond PendingSteps.MAX_PENDING
             self.step_fn.replayed = self.step_fn.read_steps()  # those read before stay first in it
         if stats:
             out["blank_fraction"], out["distinct_phonemes"] = prediction_stats(logits, n)
         return out
+
+    def _stop_requested(self) -> bool:
+        return self._stop is not None and self._stop.signum is not None
 
     def read_steps(self) -> list[dict]:
         """The deferred steps not read yet, read and accounted now (``step.TrainStep.read_steps``)."""

@@ -206,7 +206,7 @@ class Trainer:
         self.eval_hook = None  # eval_hook(trainer, result) after each evaluation (tune: pruning); may raise to stop
         self.streams = RunStreams(self.rank_seed, self.device, cut_seed=self.data_rank_seed)
         self.eval_settings = EvalSettings.from_config(cfg, self.device)
-        self.eval_transform: EvalTransform = self.eval_settings.transform
+        self.eval_transform = EvalTransform(self.model)  # the model's eval transform (taps made once)
         # bf16 augmentation output where the next op is the day layer's bf16 matmul (the same rounding autocast does)
         augment_dtype = (torch.bfloat16 if self.amp_dtype == torch.bfloat16 and cfg.model.smoothing != "model"
                          else None)

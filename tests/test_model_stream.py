@@ -137,7 +137,7 @@ def test_day_layer_of_one_day_equals_the_batched_one(rng):
 
 def test_state_errors():
     model = small_model(1)
-    with pytest.raises(ValueError, match=r"day must be an integer day index in 0\.\.2"):
+    with pytest.raises(ValueError, match=r"unknown day 3: the model has day layers for days 0\.\.2"):
         model.init_state(3)
     with pytest.raises(ValueError, match="day must be an integer"):
         model.init_state(True)
@@ -201,3 +201,20 @@ def test_the_training_runs_eval_transform_is_the_models(rng):
     t.backend = "reference"
     assert model.smoothing_backend == "reference" and torch.equal(t(x, lens), want)
     assert EvalTransform(small_model(0, smoothing="model", smooth_taps="b2t24")).taps is None
+
+
+def test_a_refused_day_leaves_the_stream_as_it_was(rng):
+    from fastdecoder.stream import StreamingDecoder
+
+    model = small_model(4)
+    x = rng.standard_normal((30, C)).astype(np.float32)
+    dec = StreamingDecoder(model, beam_width=2)
+    dec.reset(1)
+    dec.push(x)
+    frames = dict(dec.frontend.gru_frames)
+    assert sum(frames.values()) > 0
+    with pytest.raises(ValueError, match="unknown day 3"):
+        dec.reset(3)
+    assert dec.frontend.gru_frames == frames and dec.frontend.bins_received == 30
+    dec.reset(0)
+    assert dec.frontend.gru_frames == frames and dec.frontend.bins_received == 0

@@ -224,8 +224,9 @@ class GRUDecoder(nn.Module):
         ``day_idx`` a Python int: all of x (any leading shape, e.g. (n, C) bins of one trial) is of that day, one
         ``addmm`` on views of the day's weights (the streaming per-hop case: no grouping, no gather)."""
         if isinstance(day_idx, int):
-            C = x.shape[-1]
-            y = torch.addmm(self.day_biases[day_idx, 0], x.reshape(-1, C), self.day_weights[day_idx]).view(x.shape)
+            b, w = self.day_biases[day_idx, 0], self.day_weights[day_idx]
+            y = (torch.addmm(b, x, w) if x.dim() == 2
+                 else torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(x.shape))
         else:
             from fastdecoder.ops.day_affine import day_affine
 
@@ -294,9 +295,10 @@ class GRUDecoder(nn.Module):
                 "streaming needs a causal model: this GRUDecoder is bidirectional (e.g. the b2t24 preset), so every "
                 "output frame depends on the whole trial through the backward GRU and nothing can be decoded before "
                 "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
-        if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day < cfg.n_days:
-            raise UserError(f"day must be an integer day index in 0..{cfg.n_days - 1} (the model's day layers), "
-                             f"got {day!r}")
+        if isinstance(day, bool) or not isinstance(day, int):
+            raise UserError(f"day must be an integer day index, got {day!r}")
+        if not 0 <= day < cfg.n_days:
+            raise UserError(f"unknown day {day}: the model has day layers for days 0..{cfg.n_days - 1}")
         device = self.head.weight.device
         taps = self._stream_taps()
         n = 0 if taps is None else taps.numel()

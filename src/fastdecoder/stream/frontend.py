@@ -64,14 +64,14 @@ class IncrementalFrontend:
             raise UserError(f"model must be a fastdecoder.model.GRUDecoder, got {type(model).__name__}")
         cfg = model.cfg
         if cfg.bidirectional:
-            model.init_state(0)  # raises: the model says why streaming needs a causal model
+            model.init_state(0)  # refused: the model says why streaming needs a causal model
         self.device = torch.device(device)
         # Moving a module re-flattens nn.GRU's weights, which races with another stream's forward on the same model:
         # move only when needed, so that streams sharing a model can be built in any thread.
         if any(p.device != self.device for p in model.parameters()):
             model = model.to(self.device)
         self.model = model  # its training mode is left as the caller sets it (forward_chunk runs in eval mode)
-        self.n_features, self.n_days = cfg.n_features, cfg.n_days
+        self.n_features = cfg.n_features
         self.recurrence = (NativeRecurrence(gru_isa) if gru_isa is not None and self.device.type == "cpu"
                            else None)
         self.state = None
@@ -95,8 +95,9 @@ class IncrementalFrontend:
         return 0 if self.state is None else self.state.bins
 
     def reset(self, day: int) -> None:
-        self._past = self.gru_frames
-        self.state = self.model.init_state(day)
+        """Start a trial of day ``day`` (the model checks it; a refused day leaves the stream as it was)."""
+        state = self.model.init_state(day)
+        self._past, self.state = self.gru_frames, state
 
     def push(self, bins: torch.Tensor) -> torch.Tensor:
         """bins (n, C) float32 on the device -> (m, V) float32 log-probabilities (CPU) of the frames now complete."""

@@ -142,8 +142,11 @@ def test_state_errors():
     with pytest.raises(ValueError, match="day must be an integer"):
         model.init_state(True)
     state = model.init_state(0)
-    with pytest.raises(ValueError, match=rf"bins must be \(n, {C}\), got shape \(4, {C + 1}\)"):
+    with pytest.raises(ValueError, match=rf"bins must be \(n, {C}\) float32, got shape \(4, {C + 1}\)"):
         model.forward_chunk(torch.zeros(4, C + 1), state)
+    with pytest.raises(ValueError, match=r"float32, got shape \(4, 5\) torch.float64"):
+        model.forward_chunk(torch.zeros(4, C, dtype=torch.float64), state)
+    assert state.bins == 0  # refused chunks change nothing
     model.forward_chunk(torch.zeros(20, C), state, final=True)
     with pytest.raises(ValueError, match="finished its trial"):
         model.forward_chunk(torch.zeros(1, C), state)

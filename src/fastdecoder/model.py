@@ -325,8 +325,9 @@ class GRUDecoder(nn.Module):
         """
         if state.finished:
             raise ValueError("this stream state has finished its trial; start the next one with init_state(day)")
-        if bins.dim() != 2 or bins.shape[1] != self.cfg.n_features:
-            raise ValueError(f"bins must be (n, {self.cfg.n_features}), got shape {tuple(bins.shape)}")
+        if bins.dim() != 2 or bins.shape[1] != self.cfg.n_features or bins.dtype != torch.float32:
+            raise ValueError(f"bins must be (n, {self.cfg.n_features}) float32, got shape {tuple(bins.shape)} "
+                             f"{bins.dtype}")
         if bins.shape[0]:
             state.raw = torch.cat([state.raw, bins])
             state.bins += bins.shape[0]

@@ -101,9 +101,13 @@ class IncrementalFrontend:
 
     def push(self, bins: torch.Tensor) -> torch.Tensor:
         """bins (n, C) float32 on the device -> (m, V) float32 log-probabilities (CPU) of the frames now complete."""
+        if self.state is None:
+            raise RuntimeError("push before reset(day): start a trial first")
         return self.model.forward_chunk(bins, self.state, recurrence=self.recurrence)[0].cpu()
 
     def finish(self) -> torch.Tensor:
         """The trial ends: the last bins are smoothed against zero padding; returns the remaining frames' log-probs."""
+        if self.state is None:
+            raise RuntimeError("finish before reset(day): start a trial first")
         empty = torch.zeros(0, self.n_features, device=self.device)
         return self.model.forward_chunk(empty, self.state, final=True, recurrence=self.recurrence)[0].cpu()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
@@ -272,7 +272,6 @@ class GRUDecoder(nn.Module):
                 and gru_cpu.supports(self.rnn)):
             return gru_cpu.gru_forward(self.rnn, x, h0)
         return self.rnn(x, h0)[0]
-
 
     # -- streaming: one trial, chunk by chunk ---------------------------------------------------------------------
     def stream_lookahead(self) -> int:

@@ -91,7 +91,7 @@ def test_eval_settings_follow_the_training_run():
     assert autocast_dtype(cfg, torch.device("cuda")) is torch.bfloat16  # what eval scores a CUDA run's best.pt in
     assert autocast_dtype(cfg, torch.device("cpu")) is None
     s = EvalSettings.from_config(cfg, torch.device("cpu"))
-    assert s.batch_size == 7 and s.autocast_dtype is None and s.transform.taps is not None  # b2t25 smooths input
+    assert s.batch_size == 7 and s.autocast_dtype is None
 
 
 def test_pad_log_probs_is_the_one_padding():

@@ -58,7 +58,7 @@ def test_failing_op_warns_falls_back_and_losses_equal_reference(tmp_path, monkey
     with pytest.warns(FastPathWarning, match=r"augment .*falls back"):
         fast = Trainer(_cfg(True), tmp_path / "fast", progress=False)
     assert fast.backends.ops == "reference" and fast.model.smoothing_backend == "reference"
-    assert fast.eval_settings.transform.backend == "reference"  # evaluation and augmentation built with it too
+    assert fast.augment.smoothing.backend == "reference"  # the augmentation's smoothing is the model's
     assert fast.resident is not None  # the ops that passed stay fast
     fast.fit()
     ref = Trainer(_cfg(False), tmp_path / "ref", progress=False)

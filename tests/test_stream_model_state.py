@@ -188,7 +188,8 @@ def test_training_mode_does_not_change_the_streamed_log_probs(rnn, when, rng, te
 
 def test_in_model_smoothing_taps_replaced_between_trials(rng):
     """A causal model that smooths inside the model: its smooth_taps buffer replaced (load_state_dict with
-    assign=True) is read at the next push, as predict() reads it."""
+    assign=True) is read at the next push, as predict() reads it; taps of another length are taken at the next trial
+    (with their own lookahead) and refused in the middle of one."""
     model = small_model(3, smoothing="model", smooth_taps="b2t24")
     x = torch.from_numpy(rng.standard_normal((80, C)).astype(np.float32))
     dec = StreamingDecoder(model, beam_width=4)
@@ -197,6 +198,12 @@ def test_in_model_smoothing_taps_replaced_between_trials(rng):
     state["smooth_taps"] = torch.from_numpy(rng.dirichlet(np.ones(state["smooth_taps"].numel())).astype(np.float32))
     model.load_state_dict(state, assign=True)
     assert_same(streamed(dec, x, 0, 3), predict(model, x, 0), "replaced taps")
-    model.smooth_taps = torch.ones(3)
-    with pytest.raises(ValueError, match="smooth_taps now hold 3 taps, not the 20"):
-        streamed(dec, x, 0, 3)
+    assert dec.lookahead_bins == 10
+    model.smooth_taps = torch.tensor([0.25, 0.5, 0.25])
+    assert_same(streamed(dec, x, 0, 3), predict(model, x, 0), "three taps from the next trial on")
+    assert dec.lookahead_bins == 1
+    dec.reset(0)
+    dec.push(x[:10].numpy())
+    model.smooth_taps = torch.ones(5)
+    with pytest.raises(ValueError, match="smooth_taps now hold 5 taps, not the 3"):
+        dec.push(x[10:20].numpy())

@@ -2,7 +2,8 @@
 
 Used by the trainer (validation PER, best.pt), ``fastdecoder eval``, ``bench`` and the streaming and ensemble code.
 ``EvalSettings.from_config(cfg, device)`` holds what must match the training run for a checkpoint's PER to
-reproduce exactly: the eval-time transform (and its op backend), the autocast dtype, batch size and output lengths.
+reproduce exactly besides the model itself: the autocast dtype and the batch size. The eval-time transform (and its
+op backend) and the output lengths are the model's (``GRUDecoder.infer``, the path ``predict`` runs too).
 
     settings = EvalSettings.from_config(cfg, device)
     res = evaluate(model, split, settings, decoder="beam", beam_width=20)   # res.per (greedy), res.per_beam
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from fastdecoder.decode.padding import pad_log_probs
 from fastdecoder.errors import UserError
-from fastdecoder.losses import ctc_loss, output_lengths
+from fastdecoder.losses import ctc_loss
 
 __all__ = ["EvalSettings", "EvalResult", "SplitLogProbs", "evaluate", "split_log_probs", "beam_hypotheses",
            "pad_log_probs", "check_compatible", "evaluate_runs", "RunsEvaluation", "per_by_day", "day_names_of"]
@@ -29,27 +30,18 @@ DECODERS = ("greedy", "beam", "words")
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How a split is scored. transform(x (B, T, C), lens (B,)) -> x; autocast_dtype None = fp32."""
-    transform: Callable
+    """How a split is scored: where, in batches of how many trials, under which autocast dtype (None = fp32). The
+    eval transform and the output lengths are the model's own (``GRUDecoder.infer``)."""
     device: torch.device
     batch_size: int
-    ctc_cfg: object
-    patch_size: int
-    patch_stride: int
     autocast_dtype: torch.dtype | None = None
 
     @classmethod
-    def from_config(cls, cfg, device: torch.device, ops_backend: str | None = None) -> "EvalSettings":
-        """The settings a training run with ``cfg`` on ``device`` evaluates with (same transform, same autocast);
-        ``ops_backend``: the smoothing ops' backend the run decided (None: the one ``cfg`` asks for there)."""
+    def from_config(cls, cfg, device: torch.device) -> "EvalSettings":
+        """The settings a training run with ``cfg`` on ``device`` evaluates with (same batch size, same autocast)."""
         from fastdecoder.train.device import autocast_dtype
-        from fastdecoder.train.device import ops_backend as configured_backend
-        from fastdecoder.train.transforms import EvalTransform
 
-        backend = ops_backend if ops_backend is not None else configured_backend(cfg, device)
-        return cls(transform=EvalTransform(cfg, device, backend), device=device,
-                   batch_size=cfg.train.eval_batch_size, ctc_cfg=cfg.ctc, patch_size=cfg.model.patch_size,
-                   patch_stride=cfg.model.patch_stride, autocast_dtype=autocast_dtype(cfg, device))
+        return cls(device=device, batch_size=cfg.train.eval_batch_size, autocast_dtype=autocast_dtype(cfg, device))
 
 
 @dataclass
@@ -129,7 +121,7 @@ def check_compatible(model, split, where: str = "the data") -> None:
 
 @torch.no_grad()
 def _batches(model, split, s: EvalSettings, max_trials: int | None):
-    """Per eval batch: (batch on the device, float32 logits, output lengths)."""
+    """Per eval batch: (batch on the device, float32 logits, output lengths), through ``model.infer``."""
     from fastdecoder.data import eval_batches
 
     n_seen = 0
@@ -137,11 +129,7 @@ def _batches(model, split, s: EvalSettings, max_trials: int | None):
         if max_trials is not None and n_seen >= max_trials:
             return
         batch = batch.to(s.device)
-        x = s.transform(batch.x, batch.x_lens)
-        with torch.autocast(s.device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
-            logits = model(x, batch.day, batch.x_lens)
-        logits = logits.float()
-        n = output_lengths(batch.x_lens, s.patch_size, s.patch_stride, s.ctc_cfg.output_lengths, logits.shape[1])
+        logits, n = model.infer(batch.x, batch.day, batch.x_lens, autocast_dtype=s.autocast_dtype)
         yield batch, logits, n
         n_seen += batch.x.shape[0]
 

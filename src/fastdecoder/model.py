@@ -5,23 +5,29 @@ N = (T - patch_size) // patch_stride + 1.
 
     [smoothing, b2t24 only] -> day layer: softsign(x W_day + b_day) -> dropout -> patching -> GRU -> Linear head
 
-The b2t25 model takes features already smoothed by its data transform (``input_transform``); ``predict`` applies the
-preset's eval transform to raw features and returns log-probabilities with their valid output lengths, for either
-preset.
+The b2t25 model takes features already smoothed by its data transform (``input_transform``, the one eval-time
+transform: evaluation and training call it). ``infer`` is the one inference path (eval transform, forward under the
+run's autocast, valid output lengths): ``predict`` and ``fastdecoder.evaluation`` both run it.
+
+Streaming (causal models): ``init_state(day)`` starts a trial, ``forward_chunk(bins, state)`` advances it by any
+number of bins and returns the log-probabilities of the frames now complete; the frames of all chunks equal
+``predict`` on the whole trial to fp32 round-off.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdecoder.config import ModelConfig
+from fastdecoder.errors import UserError
+from fastdecoder.losses import output_lengths as _output_lengths
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
 
 
@@ -142,27 +148,54 @@ class GRUDecoder(nn.Module):
         whole padded batch, as both reference codes do)."""
         return lengths if self.cfg.mask_padding else None
 
-    def input_transform(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """The eval-time data transform of the preset: Gaussian smoothing over time when it smooths in the data
-        transform (b2t25, ``smoothing: input``); identity otherwise (b2t24 smooths inside ``forward``)."""
+    def input_taps(self) -> torch.Tensor | None:
+        """(n,) float32 taps of the eval-time input smoothing on the model's device (b2t25, ``smoothing: input``);
+        None where the preset smooths inside the model (b2t24) or not at all."""
+        if self.cfg.smoothing != "input":
+            return None
+        return _smooth_taps(self.cfg.smooth_taps).to(self.head.weight.device)
+
+    def input_transform(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                        taps: torch.Tensor | None = None) -> torch.Tensor:
+        """The eval-time data transform of the preset, x (B, T, C) -> (B, T, C): Gaussian smoothing over time when it
+        smooths in the data transform (b2t25, ``smoothing: input``; 'same' padding, zeros outside the trial or the
+        batch); identity otherwise (b2t24 smooths inside ``forward``). ``taps``: ``input_taps()`` made once by a
+        caller that runs it per batch (default: made here). Evaluation, ``predict`` and the training runs' eval
+        transform all run this one."""
         if self.cfg.smoothing != "input":
             return x
         from fastdecoder.ops import augment
 
-        return augment(x, self.padding_lengths(lengths), smooth_taps=self.cfg.smooth_taps,
+        return augment(x, self.padding_lengths(lengths), smooth_taps=self.cfg.smooth_taps if taps is None else taps,
                        backend=self.smoothing_backend)
 
+    def infer(self, x: torch.Tensor, day_idx: torch.Tensor, lengths: torch.Tensor, *,
+              autocast_dtype: torch.dtype | None = None, day_groups=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one inference path (``predict`` and ``fastdecoder.evaluation``): the eval transform, the forward under
+        autocast to ``autocast_dtype`` (None: fp32) and the valid output frames.
+
+        x: (B, T, C) raw features on the model's device; day_idx: (B,) int64; lengths: (B,) int64 valid bins.
+        Returns (logits (B, N, n_classes) float32, out_lengths (B,) int64 as ``ctc.output_lengths`` counts them).
+        Runs in the model's current mode and grad mode: callers switch to eval mode and no_grad.
+        """
+        x = self.input_transform(x, lengths)
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = self(x, day_idx, lengths, day_groups)
+        logits = logits.float()
+        n = _output_lengths(lengths, self.cfg.patch_size, self.cfg.patch_stride, self.output_lengths,
+                            logits.shape[1])
+        return logits, n
+
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, day_idx: torch.Tensor,
-                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities from raw features, for either preset: the eval transform, the forward in eval mode.
+    def predict(self, x: torch.Tensor, day_idx: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities from raw features, for either preset: ``infer`` in eval mode.
 
         x: (B, T, C) raw (unsmoothed) features, zero padded; day_idx: (B,) int64; lengths: (B,) valid bins (None:
-        all T). Returns (log_probs (B, N, n_classes) float32 natural-log, out_lengths (B,) int64 valid frames as
-        ``ctc.output_lengths`` counts them). The training mode is restored afterwards.
+        all T); autocast_dtype: as the run evaluates (None: fp32). Returns (log_probs (B, N, n_classes) float32
+        natural-log, out_lengths (B,) int64 valid frames as ``ctc.output_lengths`` counts them). The training mode is
+        restored afterwards.
         """
-        from fastdecoder.losses import output_lengths
-
         device = self.head.weight.device
         x = torch.as_tensor(x, dtype=torch.float32, device=device)
         day_idx = torch.as_tensor(day_idx, dtype=torch.int64, device=device)
@@ -178,19 +211,26 @@ class GRUDecoder(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits = self(self.input_transform(x, lengths), day_idx, lengths)
+            logits, n = self.infer(x, day_idx, lengths, autocast_dtype=autocast_dtype)
         finally:
             self.train(was_training)
-        n = output_lengths(lengths, self.cfg.patch_size, self.cfg.patch_stride, self.output_lengths, logits.shape[1])
-        return logits.float().log_softmax(-1), n
+        return logits.log_softmax(-1), n
 
-    def day_layer(self, x: torch.Tensor, day_idx: torch.Tensor, day_groups=None) -> torch.Tensor:
+    def day_layer(self, x: torch.Tensor, day_idx, day_groups=None) -> torch.Tensor:
         """softsign(x W[day] + b[day]): x (B, T, C) -> (B, T, C). Trials are grouped by day (no (B, C, C) gather;
         see ops.day_affine) where ``day_idx`` is on the CPU or ``day_groups`` (ops.day_affine.plan_day_groups of the
-        batch's host day indices) is given; else the gather. Both paths run this."""
-        from fastdecoder.ops.day_affine import day_affine
+        batch's host day indices) is given; else the gather. Both paths run this.
 
-        y = day_affine(x, day_idx, self.day_weights, self.day_biases, day_groups)
+        ``day_idx`` a Python int: all of x (any leading shape, e.g. (n, C) bins of one trial) is of that day, one
+        ``addmm`` on views of the day's weights (the streaming per-hop case: no grouping, no gather)."""
+        if isinstance(day_idx, int):
+            b, w = self.day_biases[day_idx, 0], self.day_weights[day_idx]
+            y = (torch.addmm(b, x, w) if x.dim() == 2
+                 else torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(x.shape))
+        else:
+            from fastdecoder.ops.day_affine import day_affine
+
+            y = day_affine(x, day_idx, self.day_weights, self.day_biases, day_groups)
         return F.softsign(y) if self.cfg.day_activation == "softsign" else y
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,6 +272,157 @@ class GRUDecoder(nn.Module):
                 and gru_cpu.supports(self.rnn)):
             return gru_cpu.gru_forward(self.rnn, x, h0)
         return self.rnn(x, h0)[0]
+
+    # -- streaming: one trial, chunk by chunk ---------------------------------------------------------------------
+    def stream_lookahead(self) -> int:
+        """Bins of future input the smoothing needs before it can emit a bin (b2t25: 9 taps -> 4 bins = 80 ms)."""
+        taps = self._stream_taps()
+        return 0 if taps is None else taps.numel() // 2
+
+    def _stream_taps(self) -> torch.Tensor | None:
+        """The taps of the eval-time smoothing, in the data transform or in the model (None: no smoothing)."""
+        if self.cfg.smoothing == "model":  # the buffer as it is now (a checkpoint may replace it)
+            return self.smooth_taps.detach().to(self.head.weight.device, torch.float32)
+        return self.input_taps()
+
+    def init_state(self, day: int) -> "StreamState":
+        """The state before the first bin of a trial recorded on day ``day`` (0 <= day < n_days), for
+        ``forward_chunk``. A causal (unidirectional) model only: ValueError for a bidirectional one."""
+        cfg = self.cfg
+        if cfg.bidirectional:
+            raise UserError(
+                "streaming needs a causal model: this GRUDecoder is bidirectional (e.g. the b2t24 preset), so every "
+                "output frame depends on the whole trial through the backward GRU and nothing can be decoded before "
+                "the trial ends; train a unidirectional model (model.bidirectional: false, the b2t25 family)")
+        if isinstance(day, bool) or not isinstance(day, int):
+            raise UserError(f"day must be an integer day index, got {day!r}")
+        if not 0 <= day < cfg.n_days:
+            raise UserError(f"unknown day {day}: the model has day layers for days 0..{cfg.n_days - 1}")
+        device = self.head.weight.device
+        taps = self._stream_taps()
+        n = 0 if taps is None else taps.numel()
+        h = self.initial_state(1)  # (L, 1, H); a copy: a recurrence backend may write it in place
+        h = (torch.zeros(cfg.num_layers, 1, cfg.hidden_size, device=device) if h is None
+             else h.detach().float().clone())
+        return StreamState(day=day, taps=taps, lookahead=n // 2,
+                           raw=torch.zeros((n - 1) // 2 if n else 0, cfg.n_features, device=device),
+                           features=torch.zeros(0, cfg.n_features, device=device), h=h)
+
+    @torch.no_grad()
+    def forward_chunk(self, bins: torch.Tensor, state: "StreamState", *, final: bool = False,
+                      recurrence: Optional["ChunkRecurrence"] = None) -> tuple[torch.Tensor, "StreamState"]:
+        """Advance a trial by ``bins`` (n, C) float32 on the model's device (n >= 0; finite: not checked here):
+        returns (log_probs (m, n_classes) float32 of the m frames now complete, ``state`` updated in place).
+
+        In the order of ``predict``: the smoothing (its lookahead held back until ``final``), the day layer, the
+        patching (windows of patch_size bins every patch_stride bins), the GRU carried in ``state.h``, the head;
+        always the eval-mode forward (no dropout), whatever mode the model is in, and the weights as they are now.
+        ``final``: the trial ends after ``bins``; the last bins are smoothed against the zero padding ``predict``
+        uses and the remaining frames returned; the state takes no more chunks.
+        ``recurrence``: an optional backend for the GRU step (``ChunkRecurrence``); where it declines a chunk,
+        the model's own GRU runs it. Both carry the same state.
+        """
+        if state.finished:
+            raise ValueError("this stream state has finished its trial; start the next one with init_state(day)")
+        if bins.dim() != 2 or bins.shape[1] != self.cfg.n_features or bins.dtype != torch.float32:
+            raise ValueError(f"bins must be (n, {self.cfg.n_features}) float32, got shape {tuple(bins.shape)} "
+                             f"{bins.dtype}")
+        if bins.shape[0]:
+            state.raw = torch.cat([state.raw, bins])
+            state.bins += bins.shape[0]
+        if final:
+            state.raw = torch.cat([state.raw, state.raw.new_zeros(state.lookahead, self.cfg.n_features)])
+            state.finished = True
+            ready = state.bins - state.smoothed
+        else:
+            ready = state.bins - state.lookahead - state.smoothed
+        return self._advance(state, ready, recurrence), state
+
+    def _advance(self, state: "StreamState", ready: int, recurrence) -> torch.Tensor:
+        """Smooth the next ``ready`` bins, run them through the day layer, and every window now complete through the
+        GRU and the head: (m, V) log-probabilities."""
+        if ready <= 0:
+            return state.h.new_zeros(0, self.cfg.n_classes)
+        taps = state.taps
+        if self.cfg.smoothing == "model":  # the buffer as it is now
+            taps = self._stream_taps()
+            if taps.numel() != state.taps.numel():
+                raise ValueError(f"the model's smooth_taps now hold {taps.numel()} taps, not the "
+                                 f"{state.taps.numel()} this stream's lookahead was built for; start a new stream")
+        raw = state.raw
+        if taps is None:
+            x = raw[:ready]
+        else:  # out[t] = sum_k w[k] raw[t + k]: raw[0] is input bin (smoothed - left)
+            x = taps[0] * raw[:ready]
+            for k in range(1, taps.numel()):
+                x = x + taps[k] * raw[k:k + ready]
+        state.raw = raw[ready:]
+        state.smoothed += ready
+        if state.skip:  # bins between the last window's end and the next window's start: no window reads them
+            drop = min(state.skip, x.shape[0])
+            x, state.skip = x[drop:], state.skip - drop
+        state.features = torch.cat([state.features, self.day_layer(x, state.day)])
+        K, S = self.cfg.patch_size, self.cfg.patch_stride
+        if state.features.shape[0] < K:
+            return state.h.new_zeros(0, self.cfg.n_classes)
+        windows = self.patch(state.features[None])  # (1, N, K*C)
+        used = windows.shape[1] * S  # the next window starts this many bins after the first one
+        state.skip = max(0, used - state.features.shape[0])
+        state.features = state.features[used:]
+        state.frames += windows.shape[1]
+        return self.head(self._recurrence_chunk(windows, state, recurrence))[0].float().log_softmax(-1)
+
+    def _recurrence_chunk(self, windows: torch.Tensor, state: "StreamState", recurrence) -> torch.Tensor:
+        """(1, N, K*C) windows -> (1, N, H) GRU outputs, advancing ``state.h`` (L, 1, H)."""
+        N = windows.shape[1]
+        if recurrence is not None:
+            L, _, H = state.h.shape
+            out = recurrence(self.rnn, windows[0], state.h.view(L, H))
+            if out is not None:
+                state.backend_frames += N
+                return out[None]
+        out, h = _eval_view(self.rnn)(windows, state.h)
+        state.h = h.contiguous()
+        state.module_frames += N
+        return out
+
+
+#: ``recurrence(rnn, windows (N, K*C), h (L, H)) -> (N, H) | None``: a GRU step backend for ``forward_chunk``; it
+#: runs ``rnn``'s layers over the N windows from the state ``h`` (overwritten in place with the state after the last
+#: window) and returns the last layer's output per window, or None to leave the chunk to ``rnn`` itself.
+ChunkRecurrence = Callable[[nn.Module, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]
+
+
+@dataclass(eq=False)
+class StreamState:
+    """One trial's streaming state of a GRUDecoder (``init_state`` / ``forward_chunk``); tensors on its device."""
+    day: int                        # the trial's day (session) index
+    taps: torch.Tensor | None       # (n,) smoothing taps at the start (n fixes the lookahead); None: no smoothing
+    lookahead: int                  # n // 2 bins the smoothing holds back until the trial ends
+    raw: torch.Tensor               # (left + pending, C) unsmoothed bins; the first ``(n - 1) // 2`` are left context
+    features: torch.Tensor          # (f, C) day-layer outputs from the next window's first bin on
+    h: torch.Tensor                 # (L, 1, H) float32 GRU state after the last frame
+    bins: int = 0                   # input bins received
+    smoothed: int = 0               # input bins smoothed
+    skip: int = 0                   # smoothed bins to drop before the next window (patch_stride > patch_size)
+    frames: int = 0                 # output frames returned
+    backend_frames: int = 0         # frames the ``recurrence`` backend ran
+    module_frames: int = 0          # frames the model's own GRU ran
+    finished: bool = False          # ``final`` was given: the trial is over
+
+
+def _eval_view(module: nn.Module) -> nn.Module:
+    """``module`` when it is in eval mode; else a shallow copy of it in eval mode: a new object sharing the module's
+    parameters, buffers, submodules and hooks (its ``__dict__`` entries), with its own ``training`` flag. Made per
+    call, so it reads the weights as they are now, and the caller's module keeps its mode (no switch back and forth
+    that another thread could observe). For modules whose own forward reads ``self.training`` (``nn.GRU`` and
+    ``LayerNormGRU``: their between-layer dropout; their submodules have no mode-dependent behaviour)."""
+    if not module.training:
+        return module
+    view = object.__new__(type(module))
+    view.__dict__.update(module.__dict__)
+    view.training = False
+    return view
 
 
 # ---------------------------------------------------------------------------------------------------------------

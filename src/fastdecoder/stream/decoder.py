@@ -112,9 +112,7 @@ class StreamingDecoder:
         """Start a trial recorded on day ``day`` (0 <= day < n_days); forgets any previous trial."""
         if isinstance(day, (bool, np.bool_)) or not isinstance(day, (int, np.integer)):
             raise UserError(f"day must be an integer day index, got {day!r}")
-        if not 0 <= day < self.frontend.n_days:
-            raise UserError(f"unknown day {day}: the model has day layers for days 0..{self.frontend.n_days - 1}")
-        self.frontend.reset(int(day))
+        self.frontend.reset(int(day))  # the model checks the range
         self.beam.reset()
         if self.words is not None:
             self.words.reset()

@@ -25,7 +25,7 @@ from fastdecoder.train.rng import RunStreams, rank_seed
 from fastdecoder.train.selfcheck import Backends
 from fastdecoder.train.stability import InstabilityGuard
 from fastdecoder.train.step import TargetFeasibility, TrainStep
-from fastdecoder.train.transforms import TrainAugmentation
+from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
 
 log = logging.getLogger("fastdecoder.train")
 
@@ -111,10 +111,10 @@ def build_run(cfg, device: torch.device, dist, backends: Backends, amp_dtype, tr
     sampler = config_sampler(cfg, train_split, data_rank_seed)
     resident = make_resident(train_split, device) if backends.resident else None
     streams = RunStreams(seed, device, cut_seed=data_rank_seed)
-    eval_settings = EvalSettings.from_config(cfg, device, ops_backend=backends.ops)
+    eval_settings = EvalSettings.from_config(cfg, device)
     # bf16 augmentation output where the next op is the day layer's bf16 matmul (the same rounding autocast does)
     augment_dtype = torch.bfloat16 if amp_dtype == torch.bfloat16 and cfg.model.smoothing != "model" else None
-    augment = TrainAugmentation(cfg, eval_settings.transform, streams, out_dtype=augment_dtype)
+    augment = TrainAugmentation(cfg, EvalTransform(model), streams, out_dtype=augment_dtype)
     # no host read inside a step where the fused optimizer can skip an update on the device
     deferred = backends.fast and not dist.enabled and scaler is None and backends.fused_optimizer
     compiled = bool(cfg.train.compile and on_cuda and backends.fast)

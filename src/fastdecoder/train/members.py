@@ -42,7 +42,7 @@ from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
 from fastdecoder.train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
 from fastdecoder.train.run_data import config_sampler, prepare_dataset, target_min_frames, warn_short_and_infeasible
-from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, ops_backend, resolve_device
+from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, resolve_device
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
 from fastdecoder.train.outputs import Interval, RunOutputs, final_eval_fields, prepare_run_folder
@@ -132,9 +132,8 @@ class MembersTrainer:
             m.monitor = CollapseMonitor(c.stability)
             m.streams = RunStreams(c.train.seed, self.device, cut_seed=data_seed)
             m.streams.cut = self.cut
-            backend = ops_backend(c, self.device)
             no_cut = replace(c, augment=replace(c.augment, random_cut=0))  # the cut is drawn once, for all
-            m.augment = TrainAugmentation(no_cut, EvalTransform(c, self.device, backend), m.streams)
+            m.augment = TrainAugmentation(no_cut, EvalTransform(solo), m.streams)
             m.eval_settings = EvalSettings.from_config(c, self.device)
             self.members.append(m)
         self.model = BatchedGRUDecoder([m.solo for m in self.members]).to(self.device)

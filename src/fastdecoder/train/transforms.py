@@ -17,26 +17,28 @@ from fastdecoder.train.rng import RunStreams, noise_seed
 
 
 class EvalTransform:
-    """``transform(x, lens) -> x`` at evaluation (and the smoothing part of training)."""
+    """``transform(x, lens) -> x``: the model's eval-time transform (``GRUDecoder.input_transform``), with its taps
+    made once for the run; the training augmentation smooths with the same taps, padding rule and op backend."""
 
-    def __init__(self, cfg, device: torch.device, backend: str):
-        from fastdecoder.ops import gaussian_taps
+    def __init__(self, model):
+        self.model = model
+        self.taps = model.input_taps()  # (n,) on the model's device; None: no input smoothing
 
-        self.backend = backend
-        self.taps = gaussian_taps(cfg.model.smooth_taps).to(device) if cfg.model.smoothing == "input" else None
-        self.mask_padding = cfg.model.mask_padding
+    @property
+    def backend(self) -> str:
+        """The smoothing op's backend: the model's (``GRUDecoder.smoothing_backend``)."""
+        return self.model.smoothing_backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.model.smoothing_backend = value
 
     def span(self, lens: torch.Tensor) -> torch.Tensor | None:
-        """The lengths the transforms respect: ``lens`` with ``model.mask_padding``, else None (the whole padded
-        batch, as both reference codes do; see GRUDecoder.padding_lengths)."""
-        return lens if self.mask_padding else None
+        """The lengths the transforms respect (``GRUDecoder.padding_lengths``)."""
+        return self.model.padding_lengths(lens)
 
     def __call__(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        if self.taps is None:
-            return x
-        from fastdecoder.ops import augment
-
-        return augment(x, self.span(lens), smooth_taps=self.taps, backend=self.backend)
+        return self.model.input_transform(x, lens, taps=self.taps)
 
 
 class TrainAugmentation:

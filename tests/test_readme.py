@@ -194,7 +194,8 @@ C, D, H, B, T = 8, 3, 16, 3, 60
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A folder holding what the pages' examples read: checkpoints, run folders, a corpus, an LM, a causal LM."""
+    """A folder holding what the pages' examples read: checkpoints, run folders, a corpus, an LM (2-gram), a causal
+    LM."""
     from fastdecoder.config import config_from_dict
     from fastdecoder.decode import build_lm
     from fastdecoder.testing.tiny import tiny_data
@@ -211,7 +212,8 @@ def workspace(tmp_path_factory):
     trainer.save("best.pt")
     for name in ("a", "b", "demo"):
         shutil.copytree(root / "runs/b2t25", root / "runs" / name)
-    (root / "corpus.txt").write_text("\n".join(SENTENCES) + "\n")
+    # the stand-in corpus: English sentences and the tiny data's own (so `--lexicon train` covers the LM's words)
+    (root / "corpus.txt").write_text("\n".join(SENTENCES + list(trainer.train_split.transcriptions)) + "\n")
     build_lm(root / "corpus.txt", 2, root / "lm.arpa")
     try:
         import transformers  # noqa: F401
@@ -251,6 +253,10 @@ def _after_readme(ns, cwd):
 
 
 def _after_decoding(ns, cwd):
+    from fastdecoder.eval_outputs import load_logits
+
+    assert sorted(p.name for p in (cwd / "runs/b2t25").glob("predictions_val_best_*words*.jsonl"))
+    assert load_logits(cwd / "logits.npz")["per_trial"] and (cwd / "nbest.jsonl").read_text().strip()
     assert (cwd / "submission.csv").read_text() == "id,text\n0,hello world\n1,how are you\n"
     assert isinstance(ns["per"], float) and ns["n_phonemes"] == 9
     assert len(ns["best"]) == len(ns["references"])

@@ -199,7 +199,7 @@ def workspace(tmp_path_factory):
     from fastdecoder.config import config_from_dict
     from fastdecoder.decode import build_lm
     from fastdecoder.testing.tiny import tiny_data
-    from fastdecoder.train.trainer import Trainer
+    from fastdecoder import Trainer
 
     root = tmp_path_factory.mktemp("docs")
     torch.manual_seed(0)
@@ -374,3 +374,35 @@ def test_links_resolve(page):
         assert ROOT in dest.parents or dest == ROOT, f"{page.name}: link {target} leaves the repository"
         if anchor:
             assert anchor in _anchors(dest), f"{page.name}: link to {target}: no such heading"
+
+
+def _resolve(dotted: str):
+    """The object a dotted name ``fastdecoder.a.b`` names: the longest importable module, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("page", PAGES + OTHER_MARKDOWN, ids=lambda p: p.name)
+def test_named_code_exists(page):
+    """Every ``fastdecoder.x.y`` the text names resolves, and every repository path it names exists."""
+    spans = re.findall(r"`([^`\n]+)`", page.read_text())
+    for span in spans:
+        for dotted in re.findall(r"^(fastdecoder(?:\.\w+)+)", span):
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError) as e:
+                raise AssertionError(f"{page.name}: `{span}` names nothing ({e})") from None
+        m = re.fullmatch(r"((?:src|csrc|tests|bench|fuzz)/[\w./-]*|fastdecoder/[\w./-]+)", span)
+        if m:
+            path = ROOT / ("src/" + span if span.startswith("fastdecoder/") else span)
+            assert path.exists(), f"{page.name}: `{span}`: no such file or folder in the repository"

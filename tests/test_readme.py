@@ -9,6 +9,8 @@
   against pyproject.toml; scripts and their flags against the script). A block preceded by ``<!-- test: run -->``
   also runs, in the page's order, in a temporary folder; every other block says why it cannot run here with
   ``<!-- needs: REASON -->`` (real data, a GPU, a server, minutes of CPU).
+- ``yaml`` blocks (configs, search spaces) carry ``<!-- file: NAME -->``: they are written to NAME for the page's
+  later blocks, which read them.
 
 Also: the README stays a front page (at most 180 lines) and every relative link of the README and the docs resolves.
 """
@@ -35,7 +37,7 @@ OTHER_MARKDOWN = [ROOT / "CHANGELOG.md"]
 SENTENCES = ["hello world", "how are you", "the cat sat on the mat", "you are here", "hello there"]
 SHELL = {"bash", "sh", "shell"}
 LANGUAGES = SHELL | {"python", "text", "yaml"}
-MARKER = re.compile(r"<!--\s*(test:\s*run|needs:\s*(?P<reason>[^>]*?))\s*-->")
+MARKER = re.compile(r"<!--\s*(test:\s*run|needs:\s*(?P<reason>[^>]*?)|file:\s*(?P<file>[\w./-]+))\s*-->")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Block:
     code: str
     run: bool           # <!-- test: run -->
     needs: str | None   # <!-- needs: REASON -->
+    file: str | None    # <!-- file: NAME --> (a yaml block the page's later blocks read)
 
     @property
     def where(self) -> str:
@@ -72,7 +75,8 @@ def blocks(page: Path) -> list[Block]:
         marker = MARKER.fullmatch(lines[k].strip()) if k >= 0 else None
         out.append(Block(page, start + 1, lang, "\n".join(lines[start + 1:j]) + "\n",
                          run=bool(marker and marker.group(1).startswith("test")),
-                         needs=marker.group("reason").strip() if marker and marker.group("reason") else None))
+                         needs=marker.group("reason").strip() if marker and marker.group("reason") else None,
+                         file=marker.group("file") if marker else None))
         i = j + 1
     return out
 
@@ -274,14 +278,18 @@ def _after_training(ns, cwd):
     assert (cwd / "runs/tiny/best.pt").is_file() and (cwd / "runs/tiny/predictions_val_best_beam.jsonl").is_file()
 
 
-AFTER = {"README.md": _after_readme, "decoding.md": _after_decoding, "streaming.md": _after_streaming,
+def _after_tuning(ns, cwd):
+    assert ns["space"].keys[:2] == ["optim.lr", "optim.eps"] and len(ns["space"].keys) == 6
+
+
+AFTER = {"tuning.md": _after_tuning, "README.md": _after_readme, "decoding.md": _after_decoding, "streaming.md": _after_streaming,
          "fast-path.md": _after_fast_path, "training.md": _after_training}
 
 
 # ---- the tests -----------------------------------------------------------------------------------------------------
 
 def _runs_code(page: Path) -> bool:
-    return any(b.lang == "python" or (b.lang in SHELL and b.run) for b in blocks(page))
+    return any(b.lang == "python" or b.file or (b.lang in SHELL and b.run) for b in blocks(page))
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if _runs_code(p)], ids=lambda p: p.name)
@@ -301,7 +309,9 @@ def test_code_blocks_run(page, workspace, tmp_path, monkeypatch):
     torch.manual_seed(0)
     ns = _namespace(references)
     for block in page_blocks:
-        if block.lang == "python":
+        if block.file:
+            (cwd / block.file).write_text(block.code)
+        elif block.lang == "python":
             exec(compile(block.code, block.where, "exec"), ns)
         elif block.lang in SHELL and block.run:
             for argv in shell_commands(block.code):
@@ -320,6 +330,8 @@ def test_shell_blocks_checked():
         for block in blocks(page):
             assert block.lang in LANGUAGES, f"{block.where}: code block language {block.lang!r} (one of " \
                                             f"{sorted(LANGUAGES)})"
+            if block.lang == "yaml":
+                assert block.file, f"{block.where}: a yaml block needs '<!-- file: NAME -->' (a later block reads it)"
             if block.lang not in SHELL:
                 continue
             assert block.run or block.needs, f"{block.where}: a shell block needs '<!-- test: run -->' or " \

@@ -418,3 +418,43 @@ def test_named_code_exists(page):
         if m:
             path = ROOT / ("src/" + span if span.startswith("fastdecoder/") else span)
             assert path.exists(), f"{page.name}: `{span}`: no such file or folder in the repository"
+
+
+def _deviation_entries():
+    """(key, value or None, presets the value is a deviation for) of each key in the faithfulness table."""
+    text = (ROOT / "docs/faithfulness.md").read_text()
+    table = text[text.index("## Deviations"):]
+    table = table[:table.index("\n## ")]
+    out = []
+    for row in re.findall(r"^\| (`.*?) \|", table, re.M):
+        for m in re.finditer(r"`([a-z_]+\.[a-z_*]+)(?::\s*([^`]+))?`(?:\s*\((b2t2[45])\))?", row):
+            out.append((m.group(1), m.group(2), (m.group(3),) if m.group(3) else ("b2t25", "b2t24")))
+    return out
+
+
+def test_faithfulness_table_keys_are_config_keys_off_in_the_presets():
+    """Each key of the faithfulness table is a config key, and the presets do not hold its deviation value."""
+    import dataclasses
+
+    import yaml
+
+    from fastdecoder.config import Config, load_config
+
+    entries = _deviation_entries()
+    assert len(entries) >= 20, entries
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    presets = {name: load_config(name) for name in ("b2t25", "b2t24")}
+    defaults = Config()
+    for key, value, which in entries:
+        section, name = key.split(".")
+        fields = [f.name for f in dataclasses.fields(getattr(defaults, section))]
+        matching = [f for f in fields if re.fullmatch(name.replace("*", ".*"), f)]
+        assert matching, f"faithfulness table: {key} is not a config key"
+        if value is None or "*" in name:
+            continue
+        for preset in which:
+            held = getattr(getattr(presets[preset], section), name)
+            if re.fullmatch(r"[A-Z]+", value):     # a placeholder (N, K, RUN): off means the field's default
+                assert held == getattr(getattr(defaults, section), name), f"{preset} sets {key} = {held!r}"
+            else:
+                assert held != yaml.safe_load(value), f"the {preset} preset holds the deviation {key}: {value}"

@@ -198,8 +198,8 @@ C, D, H, B, T = 8, 3, 16, 3, 60
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A folder holding what the pages' examples read: checkpoints, run folders, a corpus, an LM (2-gram), a causal
-    LM."""
+    """A folder holding what the pages' examples read: checkpoints, run folders, a corpus and a 2-gram LM (the causal
+    LM is added for the pages that load one)."""
     from fastdecoder.config import config_from_dict
     from fastdecoder.decode import build_lm
     from fastdecoder.testing.tiny import tiny_data
@@ -219,14 +219,6 @@ def workspace(tmp_path_factory):
     # the stand-in corpus: English sentences and the tiny data's own (so `--lexicon train` covers the LM's words)
     (root / "corpus.txt").write_text("\n".join(SENTENCES + list(trainer.train_split.transcriptions)) + "\n")
     build_lm(root / "corpus.txt", 2, root / "lm.arpa")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        from fastdecoder.testing.tiny_lm import save_tiny_lm
-
-        save_tiny_lm(root / "path/to/llm", {w for s in SENTENCES for w in s.split()})
     return root, list(trainer.val_split.transcriptions)
 
 
@@ -299,11 +291,14 @@ def test_code_blocks_run(page, workspace, tmp_path, monkeypatch):
 
     root, references = workspace
     page_blocks = blocks(page)
+    cwd = tmp_path / "ws"
+    shutil.copytree(root, cwd)
     if any("NeuralLM(" in b.code for b in page_blocks if b.lang == "python"):
         pytest.importorskip("transformers", reason="a rescoring example loads a causal LM (pip install "
                                                     "'fastdecoder[llm]')")
-    cwd = tmp_path / "ws"
-    shutil.copytree(root, cwd)
+        from fastdecoder.testing.tiny_lm import save_tiny_lm
+
+        save_tiny_lm(cwd / "path/to/llm", {w for s in SENTENCES for w in s.split()})
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)   # CPU tensors take the reference ops (backend 'auto')
     torch.manual_seed(0)

@@ -175,7 +175,7 @@ def test_early_stopping_needs_validation():
 
 
 def test_cli_calibration_recipe(base_run, tmp_path, capsys):
-    """fastdecoder train --config FILE --init-from RUN --set data.sessions=[...] (the README's recipe)."""
+    """fastdecoder train --config FILE --init-from RUN --set data.sessions=[...] (the recipe in docs/training.md)."""
     base, _ = base_run
     cfg_file = tmp_path / "tiny.yaml"
     raw = copy.deepcopy(BASE)

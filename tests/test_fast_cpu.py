@@ -1,6 +1,6 @@
 """``train.fast: true`` on the CPU is a working configuration: the fast step (resident batches, the grouped day layer,
 ops.gru_cpu's recurrence; Triton augmentation through the interpreter when ``augment.backend: triton``), and the
-``train.fast`` default rule (auto = on CUDA only; see the README's fast-path paragraph)."""
+``train.fast`` default rule (auto = on CUDA only; see docs/fast-path.md)."""
 import copy
 import math
 from dataclasses import replace

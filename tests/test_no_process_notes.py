@@ -5,10 +5,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("src", "csrc", "tests", "bench", "fuzz")
-TOP_FILES = ("README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "setup.py")
+FOLDERS = ("src", "csrc", "tests", "bench", "fuzz", "docs")
+TOP_FILES = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "setup.py")
 SUFFIXES = {".py", ".md", ".yaml", ".cpp", ".hpp", ".toml", ".txt", ""}
-PATTERNS = [re.compile(p, re.I) for p in (r"\bissue\s+#?\d+", r"\(issue\b", r"\.\./shared", r"\bDESIGN\.md\b",
+# DESIGN.md (case-sensitive): the notes file outside the repository, not docs/design.md
+PATTERNS = [re.compile(p, re.I) for p in (r"\bissue\s+#?\d+", r"\(issue\b", r"\.\./shared", r"(?-i:\bDESIGN\.md\b)",
                                           r"\bseeds/")]
 
 

@@ -3,7 +3,7 @@
 Every loader checks what a file declares (shapes, lengths, decompressed size, the size a structure of shared
 references expands to) against the bytes the file really holds, or against a stated limit below, before allocating.
 A refusal is a `LimitError` (a ``UserError``, so a ``ValueError``) naming the file or key and the limit.
-The README's "Limits" section lists the same numbers.
+docs/training.md ("Limits") lists the same numbers.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 LOCAL_RANK; the Trainer then joins a process group (NCCL when it trains on CUDA, gloo on the CPU), puts rank r on
 ``cuda:LOCAL_RANK`` and wraps the model in DistributedDataParallel (gradients averaged over ranks).
 
-Choices (documented in the README paragraph of the trainer):
+Choices (documented in docs/training.md, "Multi-GPU"):
 
 * Data: every rank draws its own batches from the whole training split with its own seed (``rng.rank_seed``: ``seed + 10007 * rank``
   for the sampler, the random cut, the masks and the augmentation noise), so ``train.batch_size`` is per rank and

@@ -86,7 +86,7 @@ def open_storage(url: str | None, out: Path | None, *, heartbeat_interval: int, 
 def open_study(storage, name: str, *, sampler=None, pruner=None, create: bool = True,
                attrs: dict | None = None):
     """Create the study (minimize) or load it if another worker did; race-free: retried with back-off. ``attrs``
-    are set as study user attributes by the worker that created it."""
+    are set as study user attributes where the study lacks them (workers of one study pass the same)."""
     optuna = require_optuna()
     last = None
     for attempt in range(12):
@@ -97,9 +97,11 @@ def open_study(storage, name: str, *, sampler=None, pruner=None, create: bool = 
                 study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                             direction="minimize")
             except optuna.exceptions.DuplicatedStudyError:
-                return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+                study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            have = study.user_attrs  # a study made before its first worker (to enqueue trials) gets them too
             for k, v in (attrs or {}).items():
-                study.set_user_attr(k, v)
+                if k not in have:
+                    study.set_user_attr(k, v)
             return study
         except KeyError:
             if not create:

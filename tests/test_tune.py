@@ -616,3 +616,78 @@ def test_trials_that_differ_in_a_shared_key_are_trained_one_after_another(tmp_pa
     for t in trials:
         run = Path(t.user_attrs["run_dir"])
         assert run.is_dir() and not run.is_symlink() and (run / "best.pt").is_file()
+
+
+# -- Redis: Optuna's journal over a real redis-server, our heartbeats in the same server ----------------------------
+@pytest.fixture
+def redis_url():
+    import tempfile
+
+    from fastdecoder.testing.redis_server import RedisServer, redis_server_binary
+
+    binary, why = redis_server_binary()
+    if binary is None:
+        pytest.skip(f"no redis-server: {why}")
+    folder = tempfile.mkdtemp(prefix="fastdecoder_tune_redis_")
+    srv = RedisServer(folder).start()
+    yield srv.url
+    srv.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_optuna
+def test_redis_heartbeats_are_shared_and_fail_a_silent_trial(redis_url):
+    from fastdecoder.tune.storage import LOST_REASON, RedisHeartbeats, fail_stale, heartbeats
+
+    assert isinstance(heartbeats(redis_url, None, "hb"), RedisHeartbeats)  # no --out folder needed
+    study = open_study(open_storage(redis_url, None, heartbeat_interval=1, grace=2), "hb")
+    alive, silent = study.ask(), study.ask()
+    silent.set_user_attr("reason", LOST_REASON.format(grace=2))
+    mine = RedisHeartbeats(redis_url, "hb")  # the worker running 'alive'
+    other = RedisHeartbeats(redis_url, "hb")  # another machine's view of the same beats
+    for _ in range(3):
+        mine.beat(alive.number)
+        assert other.age(alive.number, 0.0) < 1.0
+        time.sleep(1.2)
+    assert fail_stale(study, other, grace=2) == [silent.number]  # 3.6 s without a beat; 'alive' beat 1.2 s ago
+    mine.drop(alive.number)
+    assert other.age(alive.number, time.time() - 7) > 6.5  # dropped: counted from the given start
+    trials = study.get_trials()
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert trials[silent.number].user_attrs["reason"].startswith("lost: no heartbeat from its worker")
+
+
+@needs_optuna
+def test_two_workers_on_redis_complete_the_study(tmp_path, redis_url):
+    """Two workers with their own --out folders (as on two machines) share one study through Redis: every trial
+    number once, each trained by one worker, none failed as lost (their heartbeats are shared too)."""
+    cfg = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 30, "optim.decay_steps": 30,
+                                                              "train.eval_every": 10,
+                                                              "stability.monitor_after_steps": 100}))
+    space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    n = 6
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    args = ["--config", str(cfg), "--space", str(space), "--trials", str(n), "--storage", redis_url, "--study",
+            "rd", "--pruner", "none", "--heartbeat-interval", "1", "--heartbeat-grace", "3"]
+    procs = [_worker([*args, "--out", str(tmp_path / f"w{i}")], logs[i]) for i in range(2)]
+    _wait(procs, logs)
+    rep = write_report(None, redis_url, "rd")
+    numbers = [r["number"] for r in rep["trials"]]
+    assert sorted(numbers) == list(range(n)), numbers
+    assert rep["counts"] == {"complete": n}, [(r["number"], r["state"], r["reason"]) for r in rep["trials"]]
+    ran = [int(line.split()[1].rstrip(":")) for log in logs for line in log.read_text().splitlines()
+           if line.startswith("trial ") and "complete" in line]
+    assert sorted(ran) == list(range(n))  # each trial trained by exactly one worker; none lost
+
+
+def test_mysql_without_its_driver_is_one_clear_error(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("mysqlclient is installed: the missing-driver message cannot be shown")
+    assert main(["tune", "--config", "demo", "--space", "demo", "--trials", "1", "--out", str(tmp_path),
+                 "--storage", "mysql://user:pw@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage mysql://: the database driver is missing") and "mysqlclient" in err

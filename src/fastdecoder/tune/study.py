@@ -24,7 +24,7 @@ from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
 from fastdecoder.tune.objective import run_trial
 from fastdecoder.tune.space import SearchSpace
-from fastdecoder.tune.storage import (HEARTBEAT_DIR, LOST_REASON, Liveness, is_rdb, open_storage, open_study,
+from fastdecoder.tune.storage import (LOST_REASON, Liveness, heartbeats, open_storage, open_study,
                                       require_optuna)
 
 log = logging.getLogger("fastdecoder.tune")
@@ -173,8 +173,7 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
             if params:
                 study.enqueue_trial(params, user_attrs={"baseline": True})
     resolved = resolve_data(base, s.out)
-    hb_dir = None if is_rdb(s.storage) else s.out / HEARTBEAT_DIR
-    live = Liveness(study, s.storage, hb_dir, interval=s.heartbeat_interval, grace=s.grace, retry=s.retry)
+    live = Liveness(study, s.storage, heartbeats(s.storage, s.out, s.study_name), interval=s.heartbeat_interval, grace=s.grace, retry=s.retry)
     done_here: dict[str, int] = {}
     pending: list = []  # this worker's asked trials not yet told
     try:

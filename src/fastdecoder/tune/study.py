@@ -173,7 +173,8 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
             if params:
                 study.enqueue_trial(params, user_attrs={"baseline": True})
     resolved = resolve_data(base, s.out)
-    live = Liveness(study, s.storage, heartbeats(s.storage, s.out, s.study_name), interval=s.heartbeat_interval, grace=s.grace, retry=s.retry)
+    live = Liveness(study, s.storage, heartbeats(s.storage, s.out, s.study_name), interval=s.heartbeat_interval,
+                    grace=s.grace, retry=s.retry)
     done_here: dict[str, int] = {}
     pending: list = []  # this worker's asked trials not yet told
     try:

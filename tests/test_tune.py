@@ -587,6 +587,26 @@ def test_a_member_the_pruner_stops_ends_pruned_while_the_other_trains_on(tmp_pat
 
 
 @needs_optuna
+def test_members_beam_objective_is_what_eval_reports_for_each_trial(tmp_path, capsys):
+    base = apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10, "train.eval_every": 10})
+    cfg = _write(tmp_path / "tiny.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    out = tmp_path / "study"
+    tune(TuneSettings(config=str(cfg), space=space, trials=2, out=out, members=2, pruner="none", objective="beam",
+                      beam_width=4), say=lambda m: None)
+    trials = collect(open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune",
+                                create=False))["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 2
+    assert (out / "trials" / "batch_0000" / "member-1").is_dir()  # trained as members
+    for trial in trials:
+        capsys.readouterr()
+        assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
+        printed = capsys.readouterr().out
+        evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+        assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+
+
+@needs_optuna
 def test_trials_that_differ_in_a_shared_key_are_trained_one_after_another(tmp_path):
     from fastdecoder.tune.members import members_config
 

@@ -23,7 +23,7 @@ import os
 import traceback
 from pathlib import Path
 
-from fastdecoder.config import OVERRIDABLE, ConfigError, config_from_dict
+from fastdecoder.config import OVERRIDABLE, config_from_dict
 from fastdecoder.errors import UserError
 from fastdecoder.tune.objective import StopTrial, TrialOutcome, judge_evaluation
 from fastdecoder.tune.space import apply_params, config_with

@@ -1,6 +1,7 @@
 """fastdecoder tune / tune report / lr-find on tiny synthetic data: the search space, pruning of collapsed and
 diverging trials, a 16-trial study with two worker processes on the journal file, a worker killed mid-trial, two
-workers on a real PostgreSQL server, and the LR range test."""
+workers on a real PostgreSQL server and on a real Redis server, trials trained as the members of one batched model
+(--members), and the LR range test."""
 import json
 import math
 import os

@@ -1,6 +1,7 @@
 """fastdecoder tune / tune report / lr-find on tiny synthetic data: the search space, pruning of collapsed and
 diverging trials, a 16-trial study with two worker processes on the journal file, a worker killed mid-trial, two
-workers on a real PostgreSQL server, and the LR range test."""
+workers on a real PostgreSQL server and on a real Redis server, trials trained as the members of one batched model
+(--members), and the LR range test."""
 import json
 import math
 import os
@@ -11,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 import fastdecoder
 from fastdecoder.cli import main
-from fastdecoder.config import ConfigError, config_from_dict
+from fastdecoder.config import ConfigError, config_from_dict, load_config
 from fastdecoder.testing.tiny import tiny_data
 from fastdecoder.train.trainer import Trainer
 from fastdecoder.tune.report import collect, write_report
@@ -497,3 +499,214 @@ def test_lr_find_suggests_a_learning_rate_and_restores_the_model(tmp_path, capsy
     found.write_text(json.dumps({"suggestion": None, "lrs": [1e-5]}))
     with pytest.raises(ConfigError, match="not an lr_find.json with a suggestion"):
         with_lr_range(load_space("demo"), found)
+
+
+# -- --members K: the asked trials trained as the members of one batched model --------------------------------------
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@needs_optuna
+def test_members_study_prunes_one_member_and_equals_the_solo_runs(tmp_path, capsys):
+    """--members 2: the diverging trial (lr 3, eps 1e-8) is pruned with its reason while the other member finishes;
+    each trial reports its own evaluations, its folder links its member's run (eval --run takes it), and the
+    finished member's losses are those of `train --config best.yaml` (its seeds recorded in the trial)."""
+    base = apply_params(SMALL, {"train.steps": 20, "optim.decay_steps": 20, "train.eval_every": 5,
+                                "train.checkpoint_every": 20, "train.log_every": 5})
+    cfg = _write(tmp_path / "tiny.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-3, "high": 3.0, "log": True},
+                         "optim.eps": {"type": "float", "low": 1e-8, "high": 0.1, "log": True}})
+    out = tmp_path / "study"
+    study = open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune")
+    study.enqueue_trial({"optim.lr": 3.0, "optim.eps": 1e-8})  # diverges within 5 steps
+    study.enqueue_trial({"optim.lr": 0.02, "optim.eps": 1e-3})
+    said = []
+    done = tune(TuneSettings(config=str(cfg), space=space, trials=2, out=out, members=2, pruner="none",
+                             baseline=False), say=said.append)
+    assert done == {"PRUNED": 1, "COMPLETE": 1}, said
+    assert any(line.startswith("trials 0, 1: trained as the 2 members of one batched model") for line in said), said
+    t0, t1 = open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune", create=False).get_trials()
+    assert t0.state == optuna.trial.TrialState.PRUNED and t1.state == optuna.trial.TrialState.COMPLETE
+    assert t0.user_attrs["reason"].startswith(("diverged", "non-finite")), t0.user_attrs
+    assert t1.user_attrs["reason"] == "" and t1.user_attrs["steps"] == 20
+    assert sorted(t1.intermediate_values) == [5, 10, 15, 20]  # every evaluation reported to its own trial
+    assert t1.value == min(t1.intermediate_values.values())
+    assert t0.user_attrs["steps"] < 20 and max(t0.intermediate_values, default=0) <= t0.user_attrs["steps"]
+    runs = [Path(t.user_attrs["run_dir"]) for t in (t0, t1)]
+    batch = out / "trials" / "batch_0000"
+    assert [r.resolve() for r in runs] == [(batch / f"member-{k}").resolve() for k in (0, 1)]
+    stopped = [r for r in _metrics(runs[0]) if r.get("event") == "member_stopped"]
+    assert len(stopped) == 1 and stopped[0]["reason"] == t0.user_attrs["reason"]
+    assert max(r["step"] for r in _metrics(runs[0])) == t0.user_attrs["steps"]  # it stopped training there
+    capsys.readouterr()
+    assert main(["eval", "--run", str(runs[1])]) == 0
+    printed = capsys.readouterr().out
+    evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    assert evaluated["per_greedy"] == pytest.approx(t1.value, abs=1e-12)
+    # the finished member equals the solo run of its trial's recorded config (best.yaml is that config)
+    rep = write_report(out, None, "tune", plots=False)
+    assert rep["best"]["number"] == 1
+    assert rep["best"]["config_params"] == {"optim.lr": 0.02, "optim.eps": 1e-3, "train.seed": 1,
+                                            "train.data_seed": 0}
+    solo = Trainer(load_config(out / "best.yaml"), tmp_path / "solo", progress=False)
+    solo.fit()
+    mine, theirs = _metrics(runs[1]), _metrics(tmp_path / "solo")
+    for field in ("loss", "val_loss", "val_per"):
+        a = [r[field] for r in mine if field in r and "event" not in r]
+        b = [r[field] for r in theirs if field in r and "event" not in r]
+        assert len(a) == len(b) == 4, (field, a, b)
+        np.testing.assert_allclose(a, b, rtol=2e-5, err_msg=field)
+
+
+@needs_optuna
+def test_a_member_the_pruner_stops_ends_pruned_while_the_other_trains_on(tmp_path):
+    from fastdecoder.train.members import member_dir
+    from fastdecoder.tune.members import members_config, run_members
+
+    class PruneTrialZero(optuna.pruners.BasePruner):  # a pruner whose verdict the test knows
+        def prune(self, study, trial):
+            return trial.number == 0
+
+    base = config_from_dict(apply_params(SMALL, {"train.steps": 15, "optim.decay_steps": 15, "train.eval_every": 5,
+                                                 "train.checkpoint_every": 15})).to_dict()
+    study = optuna.create_study(pruner=PruneTrialZero())
+    trials = [study.ask(), study.ask()]
+    cfg, why = members_config(base, [{"optim.lr": 0.02}, {"optim.lr": 0.01}])
+    assert why == "" and cfg.train.members == 2
+    links = [tmp_path / "trials" / f"trial_{k}" for k in (0, 1)]
+    o0, o1 = run_members(trials, cfg, tmp_path / "batch", links, diverge=0)
+    assert (o0.state, o0.steps) == ("pruned", 5) and o0.reason.startswith("pruned at step 5: validation PER"), o0
+    assert (o1.state, o1.steps) == ("complete", 15) and o1.value == min(trials[1].storage.get_trial(
+        trials[1]._trial_id).intermediate_values.values())
+    assert sorted(study.trials[0].intermediate_values) == [5] and sorted(study.trials[1].intermediate_values) == [
+        5, 10, 15]
+    summary = json.loads((member_dir(tmp_path / "batch", 0) / "summary.json").read_text())
+    assert summary["aborted"] == o0.reason and summary["steps"] == 15  # stopped at 5; the batch ran to 15
+    assert all(link.resolve() == member_dir(tmp_path / "batch", k).resolve() for k, link in enumerate(links))
+
+
+@needs_optuna
+def test_members_beam_objective_is_what_eval_reports_for_each_trial(tmp_path, capsys):
+    base = apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10, "train.eval_every": 10})
+    cfg = _write(tmp_path / "tiny.yaml", base)
+    space = parse_space({"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    out = tmp_path / "study"
+    tune(TuneSettings(config=str(cfg), space=space, trials=2, out=out, members=2, pruner="none", objective="beam",
+                      beam_width=4), say=lambda m: None)
+    trials = collect(open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune",
+                                create=False))["trials"]
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 2
+    assert (out / "trials" / "batch_0000" / "member-1").is_dir()  # trained as members
+    for trial in trials:
+        capsys.readouterr()
+        assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
+        printed = capsys.readouterr().out
+        evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+        assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+
+
+@needs_optuna
+def test_trials_that_differ_in_a_shared_key_are_trained_one_after_another(tmp_path):
+    from fastdecoder.tune.members import members_config
+
+    base = config_from_dict(SMALL).to_dict()
+    cfg, why = members_config(base, [{"model.hidden_size": 16, "optim.lr": 0.01},
+                                     {"model.hidden_size": 16, "optim.lr": 0.02}])
+    assert cfg.model.hidden_size == 16 and [o["optim.lr"] for o in cfg.train.member_overrides] == [0.01, 0.02]
+    cfg, why = members_config(base, [{"model.hidden_size": 16}, {"model.hidden_size": 32}])
+    assert cfg is None and "'model.hidden_size' differs between the trials (16, 32)" in why
+    bidirectional = {**base, "model": {**base["model"], "bidirectional": True}}  # refused by the batched model
+    cfg, why = members_config(bidirectional, [{"optim.lr": 0.01}, {"optim.lr": 0.02}])
+    assert cfg is None and "model.bidirectional: false" in why
+    # the study: the ask is trained in turn, each trial its own run folder
+    tiny = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 4, "optim.decay_steps": 4,
+                                                               "optim.warmup_steps": 1, "train.eval_every": 4}))
+    out = tmp_path / "study"
+    study = open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune")
+    for h in (16, 24):
+        study.enqueue_trial({"model.hidden_size": h})
+    said = []
+    tune(TuneSettings(config=str(tiny), space=parse_space({"model.hidden_size": {"type": "categorical",
+                                                                                 "choices": [16, 24]}}),
+                      trials=2, out=out, members=2, pruner="none", baseline=False), say=said.append)
+    assert any("trained one after another" in line and "'model.hidden_size'" in line for line in said), said
+    trials = open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune", create=False).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for t in trials:
+        run = Path(t.user_attrs["run_dir"])
+        assert run.is_dir() and not run.is_symlink() and (run / "best.pt").is_file()
+
+
+# -- Redis: Optuna's journal over a real redis-server, our heartbeats in the same server ----------------------------
+@pytest.fixture
+def redis_url():
+    import tempfile
+
+    from fastdecoder.testing.redis_server import RedisServer, redis_server_binary
+
+    binary, why = redis_server_binary()
+    if binary is None:
+        pytest.skip(f"no redis-server: {why}")
+    folder = tempfile.mkdtemp(prefix="fastdecoder_tune_redis_")
+    srv = RedisServer(folder).start()
+    yield srv.url
+    srv.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_optuna
+def test_redis_heartbeats_are_shared_and_fail_a_silent_trial(redis_url):
+    from fastdecoder.tune.storage import LOST_REASON, RedisHeartbeats, fail_stale, heartbeats
+
+    assert isinstance(heartbeats(redis_url, None, "hb"), RedisHeartbeats)  # no --out folder needed
+    study = open_study(open_storage(redis_url, None, heartbeat_interval=1, grace=2), "hb")
+    alive, silent = study.ask(), study.ask()
+    silent.set_user_attr("reason", LOST_REASON.format(grace=2))
+    mine = RedisHeartbeats(redis_url, "hb")  # the worker running 'alive'
+    other = RedisHeartbeats(redis_url, "hb")  # another machine's view of the same beats
+    for _ in range(3):
+        mine.beat(alive.number)
+        assert other.age(alive.number, 0.0) < 1.0
+        time.sleep(1.2)
+    assert fail_stale(study, other, grace=2) == [silent.number]  # 3.6 s without a beat; 'alive' beat 1.2 s ago
+    mine.drop(alive.number)
+    assert other.age(alive.number, time.time() - 7) > 6.5  # dropped: counted from the given start
+    trials = study.get_trials()
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    assert trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert trials[silent.number].user_attrs["reason"].startswith("lost: no heartbeat from its worker")
+
+
+@needs_optuna
+def test_two_workers_on_redis_complete_the_study(tmp_path, redis_url):
+    """Two workers with their own --out folders (as on two machines) share one study through Redis: every trial
+    number once, each trained by one worker, none failed as lost (their heartbeats are shared too)."""
+    cfg = _write(tmp_path / "tiny.yaml", apply_params(SMALL, {"train.steps": 30, "optim.decay_steps": 30,
+                                                              "train.eval_every": 10,
+                                                              "stability.monitor_after_steps": 100}))
+    space = _write(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 1e-2, "high": 3e-2}})
+    n = 6
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    args = ["--config", str(cfg), "--space", str(space), "--trials", str(n), "--storage", redis_url, "--study",
+            "rd", "--pruner", "none", "--heartbeat-interval", "1", "--heartbeat-grace", "3"]
+    procs = [_worker([*args, "--out", str(tmp_path / f"w{i}")], logs[i]) for i in range(2)]
+    _wait(procs, logs)
+    rep = write_report(None, redis_url, "rd")
+    numbers = [r["number"] for r in rep["trials"]]
+    assert sorted(numbers) == list(range(n)), numbers
+    assert rep["counts"] == {"complete": n}, [(r["number"], r["state"], r["reason"]) for r in rep["trials"]]
+    ran = [int(line.split()[1].rstrip(":")) for log in logs for line in log.read_text().splitlines()
+           if line.startswith("trial ") and "complete" in line]
+    assert sorted(ran) == list(range(n))  # each trial trained by exactly one worker; none lost
+
+
+def test_mysql_without_its_driver_is_one_clear_error(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    import importlib.util
+
+    if importlib.util.find_spec("MySQLdb") is not None:
+        pytest.skip("mysqlclient is installed: the missing-driver message cannot be shown")
+    assert main(["tune", "--config", "demo", "--space", "demo", "--trials", "1", "--out", str(tmp_path),
+                 "--storage", "mysql://user:pw@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --storage mysql://: the database driver is missing") and "mysqlclient" in err

@@ -76,6 +76,7 @@ class _Member:
         self.last_val_per: float | None = None
         self.last_eval = None
         self.stopped: str | None = None  # why this member stopped training (None: it trains)
+        self.stopped_at: int | None = None  # the step it stopped at
         self.saved: dict[str, int] = {}
 
 
@@ -160,6 +161,9 @@ class MembersTrainer:
         self._stop: StopRequest | None = None
         # the last HISTORY steps: the members' losses, grad norms, lrs and skips (metrics.jsonl holds the records)
         self.history: deque[dict] = deque(maxlen=HISTORY)
+        #: eval_hook(k, step, result) -> reason or None, after member k's evaluation (members[k].solo holds the
+        #: evaluated weights during the call); a reason stops member k as its guard would (tune: pruning)
+        self.eval_hook = None
         if resume:
             self._resume()
 
@@ -256,7 +260,7 @@ class MembersTrainer:
                 if p.grad is not None and not bool(torch.isfinite(p.grad[k]).all())]
 
     def _stop_member(self, m: _Member, reason: str, step: int) -> dict:
-        m.stopped = reason
+        m.stopped, m.stopped_at = reason, step
         log.error("member %d stopped at step %d: %s; the other members go on", m.k, step, reason)
         return {"step": step, "event": "member_stopped", "reason": reason}
 
@@ -365,6 +369,9 @@ class MembersTrainer:
             if res.per < m.best_per:
                 m.best_per, m.best_step = res.per, self.step
                 self._save_member(m, "best.pt", val_per=res.per)
+            why = self.eval_hook(m.k, self.step, res) if self.eval_hook is not None else None
+            if why:
+                m.outputs.log(self._stop_member(m, why, self.step))
         pers = " ".join(f"{m.last_val_per:.4f}" if m.stopped is None else "stopped" for m in self.members)
         log.info("step %d: members' val PER %s", self.step, pers)
 

@@ -13,15 +13,29 @@ TUNE_HELP = """hyperparameter search with Optuna (pip install 'fastdecoder[tune]
   fastdecoder tune --config CONFIG --space SPACE --trials N --out DIR [options]
   fastdecoder tune report DIR  |  fastdecoder tune report --storage URL --study NAME [--out DIR]
 
---trials is the study's total: start any number of workers with the same arguments (on one machine with the default
-journal file DIR/journal.log, or on many with --storage postgresql://...; --out then holds each machine's trial
-folders); each stops when the study holds N finished trials. Each trial is a normal run folder DIR/trials/trial_NNNN
+--trials is the study's total: start any number of workers with the same arguments; each stops when the study
+holds N finished trials. Storage (--storage):
+  (default)                the journal file DIR/journal.log: no server; workers on one machine or sharing DIR
+  postgresql://U:P@H/DB    PostgreSQL through psycopg 3 (in the [tune] extra); Optuna's heartbeat
+  mysql://... | mysql+pymysql://...   MySQL (untested); its driver (mysqlclient or PyMySQL) is not in the extras
+  sqlite:///PATH           one machine
+  redis://H:PORT/DB        Optuna's journal in Redis (redis package in the [tune] extra); heartbeats in Redis too
+With a server, --out holds each machine's trial folders. Each trial is a normal run folder DIR/trials/trial_NNNN
 (eval --run takes it). The objective is the best validation PER over the trial's evaluations, reported at every
 evaluation to the pruner. Trials that go non-finite past the stability guard, whose validation loss passes --diverge
 x the untrained model's, or that collapse to blanks (the collapse monitor's rule, from stability.monitor_after_steps
 on) are pruned, trials that raise are failed, each with the reason in its user attribute 'reason'. A killed worker's
 trial is marked failed within --heartbeat-grace + --heartbeat-interval seconds while any worker of the study runs
-(--retry N: tried again)."""
+(--retry N: tried again).
+
+--members K: each worker asks K trials at once and trains them as the K members of one batched model (one
+'train.members: K' run in DIR/trials/batch_NNNN; DIR/trials/trial_NNNN links its member's folder). Member i has
+trial i's values, train.seed = the config's seed + i (unless the space sets it) and the config's data seed
+(recorded in the trial, so best.yaml reproduces it); each member's evaluations go to its own trial and a pruned,
+diverged or collapsed member stops while the others train on. Members may differ only in seeds, dropout,
+augmentation, optimizer, schedule and stability-guard keys (fastdecoder.config.OVERRIDABLE): trials that differ in
+another key (model size, batch size, steps, data, ...), or a config the batched trainer refuses, are trained one
+after another, with a line saying why."""
 
 
 def add_tune(sub) -> None:
@@ -35,13 +49,13 @@ def add_tune(sub) -> None:
     p.add_argument("--study", default="tune", help="study name (default: tune)")
     p.add_argument("--storage", default=None,
                    help="postgresql://, mysql://, sqlite:/// or redis:// URL (default: the journal file "
-                        "DIR/journal.log)")
+                        "DIR/journal.log; see above)")
     p.add_argument("--lr-range", default=None, metavar="LR_FIND_JSON",
                    help="sample optim.lr log-uniformly from a tenth to ten times the suggestion of this "
                         "'fastdecoder lr-find' result (capped where its ramp diverged), replacing the space's entry")
-    p.add_argument("--members", type=int, default=1,
-                   help="ask K trials at once (ask/tell); they are trained one after another (batched training of "
-                        "the K members as one model is not implemented yet)")
+    p.add_argument("--members", type=int, default=1, metavar="K",
+                   help="ask K trials at once and train them as the K members of one batched model (see above; "
+                        "default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value for every trial (repeatable)")
     p.add_argument("--objective", default="greedy", choices=["greedy", "beam"],

@@ -44,6 +44,31 @@ class TrialOutcome:
     interrupted: bool = False  # a signal stopped the worker: do not start another trial
 
 
+def judge_evaluation(trial, value, res, step: int, cfg, collapsed: bool, untrained_loss: float | None,
+                     diverge: float, reported: list) -> None:
+    """One evaluation of a trial at ``step``: ``value`` (its objective) appended to ``reported`` and reported to
+    ``trial``; StopTrial if it is non-finite, diverged (validation loss over ``diverge`` x ``untrained_loss``),
+    collapsed to blanks (``collapsed``: the collapse monitor's verdict) or the pruner prunes it (never at the last
+    step, ``cfg.train.steps``: that evaluation completes the trial)."""
+    if value is None or not math.isfinite(value):
+        raise StopTrial(f"non-finite: validation PER {value} at step {step}")
+    reported.append(value)
+    trial.report(value, step)
+    if res.loss is not None and not math.isfinite(res.loss):
+        raise StopTrial(f"non-finite: validation loss {res.loss} at step {step}")
+    if res.loss is not None and untrained_loss and diverge and res.loss > diverge * untrained_loss:
+        raise StopTrial(f"diverged at step {step}: validation loss {res.loss:.4g} > {diverge:g} x the "
+                        f"untrained model's {untrained_loss:.4g}")
+    if collapsed:
+        c = cfg.stability
+        raise StopTrial(f"blank collapse at step {step}: {100 * res.blank_fraction:.1f}% of the validation "
+                        f"frames are blank (stability.blank_threshold {c.blank_threshold}, checked from step "
+                        f"{c.monitor_after_steps})")
+    if step < cfg.train.steps and trial.should_prune():
+        raise StopTrial(f"pruned at step {step}: validation PER {value:.4f} ranks poorly among the trials "
+                        "at this step")
+
+
 def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str = "greedy",
               beam_width: int = 20, diverge: float = 3.0, progress: bool = False) -> TrialOutcome:
     """Train ``base`` with ``params`` applied into ``run_dir``, reporting to ``trial`` (an optuna Trial)."""
@@ -65,23 +90,8 @@ def run_trial(trial, base: dict, params: dict, run_dir: Path, *, objective: str 
                                 max_trials=tr.cfg.data.max_val_trials).per_beam
         else:
             value = res.per
-        if value is None or not math.isfinite(value):
-            raise StopTrial(f"non-finite: validation PER {value} at step {tr.step}")
-        reported.append(value)
-        trial.report(value, tr.step)
-        if res.loss is not None and not math.isfinite(res.loss):
-            raise StopTrial(f"non-finite: validation loss {res.loss} at step {tr.step}")
-        if res.loss is not None and untrained_loss and diverge and res.loss > diverge * untrained_loss:
-            raise StopTrial(f"diverged at step {tr.step}: validation loss {res.loss:.4g} > {diverge:g} x the "
-                            f"untrained model's {untrained_loss:.4g}")
-        if tr.monitor.collapsed:
-            c = tr.cfg.stability
-            raise StopTrial(f"blank collapse at step {tr.step}: {100 * res.blank_fraction:.1f}% of the validation "
-                            f"frames are blank (stability.blank_threshold {c.blank_threshold}, checked from step "
-                            f"{c.monitor_after_steps})")
-        if tr.step < tr.cfg.train.steps and trial.should_prune():  # the last evaluation completes the trial
-            raise StopTrial(f"pruned at step {tr.step}: validation PER {value:.4f} ranks poorly among the trials "
-                            "at this step")
+        judge_evaluation(trial, value, res, tr.step, tr.cfg, tr.monitor.collapsed, untrained_loss, diverge,
+                         reported)
 
     try:
         trainer = Trainer(cfg, run_dir, progress=progress, eval_hook=on_eval)

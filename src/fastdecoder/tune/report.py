@@ -18,7 +18,7 @@ import yaml
 
 from fastdecoder.errors import UserError
 from fastdecoder.tune.space import apply_params
-from fastdecoder.tune.storage import HEARTBEAT_DIR, fail_stale, is_rdb, open_storage, open_study, require_optuna
+from fastdecoder.tune.storage import fail_stale, heartbeats, open_storage, open_study, require_optuna
 
 log = logging.getLogger("fastdecoder.tune")
 
@@ -64,10 +64,7 @@ def write_report(out: Path | None, storage_url: str | None, study_name: str, *, 
     require_optuna()
     storage = open_storage(storage_url, out, heartbeat_interval=max(1, int(grace // 3)), grace=max(2, int(grace)))
     study = open_study(storage, study_name, create=False)
-    if not is_rdb(storage_url) and out is not None:
-        fail_stale(study, out / HEARTBEAT_DIR, grace)
-    else:
-        fail_stale(study, None, grace)
+    fail_stale(study, heartbeats(storage_url, out, study_name), grace)
     rep = collect(study)
     if out is None:
         return rep

@@ -5,8 +5,10 @@ The study's total counts every trial except surplus ones (asked by a worker that
 told failed with that reason) and failed ones that were retried (``--retry``). Workers sharing the study folder
 take a file lock while asking, PostgreSQL workers an advisory lock, so surplus trials are rare there.
 
-``members`` K: each worker asks K trials at once (ask/tell) and trains them one after another: the trials are
-sampled together, as a batched trainer would need them, but trained sequentially (no batched training yet).
+``members`` K: each worker asks K trials at once (ask/tell) and trains them as the K members of one batched model
+(fastdecoder.tune.members); trials that cannot be members of one run (they differ in a shared key such as the
+model's size, or the config is one the batched trainer refuses) are trained one after another, with a line saying
+why.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
 from fastdecoder.tune.objective import run_trial
 from fastdecoder.tune.space import SearchSpace
-from fastdecoder.tune.storage import (HEARTBEAT_DIR, LOST_REASON, Liveness, is_rdb, open_storage, open_study,
+from fastdecoder.tune.storage import (LOST_REASON, Liveness, heartbeats, open_storage, open_study,
                                       require_optuna)
 
 log = logging.getLogger("fastdecoder.tune")
@@ -171,8 +173,8 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
             if params:
                 study.enqueue_trial(params, user_attrs={"baseline": True})
     resolved = resolve_data(base, s.out)
-    hb_dir = None if is_rdb(s.storage) else s.out / HEARTBEAT_DIR
-    live = Liveness(study, s.storage, hb_dir, interval=s.heartbeat_interval, grace=s.grace, retry=s.retry)
+    live = Liveness(study, s.storage, heartbeats(s.storage, s.out, s.study_name), interval=s.heartbeat_interval,
+                    grace=s.grace, retry=s.retry)
     done_here: dict[str, int] = {}
     pending: list = []  # this worker's asked trials not yet told
     try:
@@ -198,15 +200,19 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
             for t, params in zip(asked, chosen):  # fixed keys too (Optuna records sampled ones only): best.yaml
                 t.set_user_attr("config_params", params)
             stop = False
+            batched = _train_as_members(s, asked, chosen, resolved, progress, say) if len(asked) > 1 else {}
             for t, params in zip(asked, chosen):
-                if stop:  # a signal stopped the worker: the members not yet trained are failed too
+                if t.number in batched:
+                    outcome = batched[t.number]
+                elif stop:  # a signal stopped the worker: the members not yet trained are failed too
                     _tell(study, t, TrialState.FAIL, None, "interrupted: the worker was stopped by a signal", 0)
                     live.end(t)
                     pending.remove(t)
                     continue
-                say(f"trial {t.number}: {json.dumps(params)}")
-                outcome = run_trial(t, resolved, params, run_dir_of(s.out, t.number), objective=s.objective,
-                                    beam_width=s.beam_width, diverge=s.diverge, progress=progress)
+                else:
+                    say(f"trial {t.number}: {json.dumps(params)}")
+                    outcome = run_trial(t, resolved, params, run_dir_of(s.out, t.number), objective=s.objective,
+                                        beam_width=s.beam_width, diverge=s.diverge, progress=progress)
                 state = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED}.get(outcome.state,
                                                                                            TrialState.FAIL)
                 _tell(study, t, state, outcome.value, outcome.reason, outcome.steps)
@@ -227,6 +233,41 @@ def tune(settings: TuneSettings, *, progress: bool = False, say=print) -> dict:
     finally:
         live.close()
     return done_here
+
+
+def _train_as_members(s: TuneSettings, asked: list, chosen: list, base: dict, progress: bool, say) -> dict:
+    """Train the asked trials whose configs are valid as the members of one batched run (fastdecoder.tune.members);
+    {trial number: outcome} of those trained so, {} where they cannot be batched (said why: trained in turn)."""
+    from fastdecoder.config import ConfigError
+    from fastdecoder.tune.members import member_config_params, members_config, run_members
+    from fastdecoder.tune.space import config_with
+
+    valid = []
+    for t, params in zip(asked, chosen):
+        try:
+            config_with(base, params)
+            valid.append((t, params))
+        except ConfigError:
+            pass  # trained alone, it fails with the reason
+    numbers = ", ".join(str(t.number) for t, _ in valid)
+    if len(valid) < 2:
+        return {}
+    cfg, why = members_config(base, [p for _, p in valid])
+    if cfg is not None:
+        batch_dir = s.out / "trials" / f"batch_{valid[0][0].number:04d}"
+        for t, params in valid:
+            say(f"trial {t.number}: {json.dumps(params)}")
+        say(f"trials {numbers}: trained as the {len(valid)} members of one batched model in {batch_dir}")
+        outcomes = run_members([t for t, _ in valid], cfg, batch_dir, [run_dir_of(s.out, t.number) for t, _ in valid],
+                               objective=s.objective, beam_width=s.beam_width, diverge=s.diverge, progress=progress)
+        if not isinstance(outcomes, str):
+            for k, (t, params) in enumerate(valid):  # best.yaml: the member's own seeds too
+                t.set_user_attr("config_params", member_config_params(cfg, k, params))
+                t.set_user_attr("member", f"{batch_dir.name}/member-{k}")
+            return {t.number: o for (t, _), o in zip(valid, outcomes)}
+        why = outcomes
+    say(f"trials {numbers}: trained one after another, not as members of one batched model: {why}")
+    return {}
 
 
 def _ask(study):

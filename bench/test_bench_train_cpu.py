@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from fastdecoder.config import load_config
-from fastdecoder.train.device import cpu_bf16_gemms
+from fastdecoder.device import cpu_bf16_gemms
 
 STEPS = int(os.environ.get("FASTDECODER_BENCH_TRAIN_STEPS", "8"))
 WARMUP = 2

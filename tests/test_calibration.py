@@ -12,7 +12,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.errors import UserError
 from fastdecoder.testing.tiny import tiny_data
 from fastdecoder.train.calibration import EarlyStopping, init_from_checkpoint, nearest_earlier
-from fastdecoder.train.checkpoint import load_checkpoint
+from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
 SESSIONS = ["t15.2023.08.11", "t15.2023.08.18", "t15.2023.08.25", "t15.2023.09.01"]  # the synthetic b2t25 names

@@ -17,9 +17,9 @@ import yaml
 
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
-from fastdecoder.train.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files,
+from fastdecoder.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files,
                                           save_checkpoint)
-from fastdecoder.train.checkpoint import ResumeError
+from fastdecoder.checkpoint import ResumeError
 from fastdecoder.train.run_data import prepare_dataset
 from fastdecoder.train.trainer import Trainer
 
@@ -213,7 +213,7 @@ def test_sigterm_saves_exits_zero_and_resume_finishes(data_path, tmp_path):
 
 WRITER = """
 import sys, torch
-from fastdecoder.train.checkpoint import save_checkpoint
+from fastdecoder.checkpoint import save_checkpoint
 path, start = sys.argv[1], int(sys.argv[2])
 big = torch.empty(6_000_000)
 i = start
@@ -301,7 +301,7 @@ def test_corrupt_foreign_and_malicious_files_give_clear_errors(tmp_path):
     assert not marker.exists()
     weights_only = tmp_path / "weights.pt"
     save_checkpoint({"model": {}, "step": 1, "config": {}}, weights_only)
-    from fastdecoder.train.checkpoint import check_resumable
+    from fastdecoder.checkpoint import check_resumable
 
     with pytest.raises(CheckpointError, match=r"cannot resume a run: it lacks optimizer"):
         check_resumable(load_checkpoint(weights_only), weights_only)

@@ -257,7 +257,7 @@ def test_checkpoint_outside_the_run_folder_is_refused_before_evaluating(env, cap
     code, _, err = run_cli(["eval", "--run", env["run"], "--checkpoint", "../other/last.pt"], capsys)
     assert code == 2 and "a path to another folder is refused" in one_error_line(err)
     assert not list(env["run"].glob("predictions_*")) and not list(env["root"].glob("other/predictions_*"))
-    from fastdecoder.train.checkpoint import run_checkpoint_path
+    from fastdecoder.checkpoint import run_checkpoint_path
 
     assert run_checkpoint_path(env["run"], "best") == env["run"] / "best.pt"
     assert run_checkpoint_path(env["run"], "step2.pt") == env["run"] / "step2.pt"

@@ -14,7 +14,7 @@ import yaml
 
 from fastdecoder.config import config_from_dict
 from fastdecoder.model import GRUDecoder
-from fastdecoder.train.checkpoint import load_checkpoint
+from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.distributed import weights_digest
 
 from fastdecoder.testing.tiny import tiny_data

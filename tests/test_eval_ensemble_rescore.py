@@ -10,7 +10,7 @@ from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.decode import error_rate, greedy_decode, normalize_text
 from fastdecoder.evaluation import evaluate_runs
-from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
+from fastdecoder.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.trainer import Trainer
 
 from fastdecoder.testing.tiny import tiny_data

@@ -12,7 +12,7 @@ import yaml
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.errors import UserError
-from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
+from fastdecoder.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.trainer import Trainer
 
@@ -67,7 +67,7 @@ def test_split_log_probs_are_the_ones_evaluate_decodes(run):
     import numpy as np
 
     from fastdecoder.evaluation import EvalSettings, evaluate, split_log_probs
-    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.checkpoint import load_run
 
     out, _ = run
     cfg, model, _ = load_run(out, "best")
@@ -85,7 +85,7 @@ def test_split_log_probs_are_the_ones_evaluate_decodes(run):
 
 def test_eval_settings_follow_the_training_run():
     from fastdecoder.evaluation import EvalSettings
-    from fastdecoder.train.device import autocast_dtype
+    from fastdecoder.device import autocast_dtype
 
     cfg = _cfg(amp="bf16")
     assert autocast_dtype(cfg, torch.device("cuda")) is torch.bfloat16  # what eval scores a CUDA run's best.pt in
@@ -166,7 +166,7 @@ def test_out_on_a_read_only_path(tmp_path, capsys):
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch, capsys):
-    import fastdecoder.train.checkpoint as ck
+    import fastdecoder.checkpoint as ck
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -18,7 +18,7 @@ import yaml
 from fastdecoder.config import config_from_dict, load_config, save_config
 from fastdecoder.model import GRUDecoder, load_reference_checkpoint
 from fastdecoder.safe_torch_load import UnsafeFileError
-from fastdecoder.train.checkpoint import FORMAT_TAG, CheckpointError, load_checkpoint
+from fastdecoder.checkpoint import FORMAT_TAG, CheckpointError, load_checkpoint
 
 from test_model import _cffan_taps, _random_gru, cffan_forward, nejm_forward
 

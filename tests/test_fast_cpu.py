@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastdecoder.config import config_from_dict
-from fastdecoder.train.device import use_fast_path
+from fastdecoder.device import use_fast_path
 from fastdecoder.train.trainer import Trainer
 
 from test_train import TINY

@@ -16,6 +16,7 @@ LAYERS = [
     ("nn",),
     ("losses",),
     ("model",),
+    ("device", "checkpoint"),
     ("members",),
     ("decode",),
     ("evaluation",),

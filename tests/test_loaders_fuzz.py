@@ -199,7 +199,7 @@ def tiny_run_state():
 def test_checkpoints_with_generated_config_values(tmp_path_factory, tiny_run_state, section, key, value):
     import copy
 
-    from fastdecoder.train.checkpoint import load_run, save_checkpoint
+    from fastdecoder.checkpoint import load_run, save_checkpoint
 
     state = copy.deepcopy(tiny_run_state)
     if section == "name":

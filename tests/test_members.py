@@ -13,7 +13,7 @@ from fastdecoder.members.optim import MemberAdam
 from fastdecoder.model import GRUDecoder
 from fastdecoder.ops.gru_members import members_gru, members_gru_reference
 from fastdecoder.testing.tiny import tiny_data
-from fastdecoder.train.checkpoint import load_run
+from fastdecoder.checkpoint import load_run
 from fastdecoder.train.members import MembersTrainer
 from fastdecoder.train.trainer import Trainer
 
@@ -310,7 +310,7 @@ def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
 def test_checkpoints_from_before_data_seed_still_resume(tmp_path):
     """A last.pt whose config lacks keys added since (train.data_seed / members / member_overrides, the calibration
     keys) resumes as their defaults."""
-    from fastdecoder.train.checkpoint import load_checkpoint, save_checkpoint
+    from fastdecoder.checkpoint import load_checkpoint, save_checkpoint
 
     raw = json.loads(json.dumps(RAW))
     raw["train"].update(steps=2, eval_every=100, checkpoint_every=1, members=1, member_overrides=None,

@@ -378,7 +378,7 @@ from dataclasses import replace
 import torch
 from fastdecoder.config import load_config
 from fastdecoder.errors import UserError
-from fastdecoder.train.device import build_model
+from fastdecoder.device import build_model
 cfg = load_config("demo")
 cfg = replace(cfg, model=replace(cfg.model, n_features=64, n_days=4, hidden_size=4096, num_layers=8))
 vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024

@@ -9,7 +9,7 @@ import torch
 import fastdecoder.ops
 from fastdecoder.nn import LayerNormGRU
 from fastdecoder.parity import tiny_train_config
-from fastdecoder.train.device import build_model
+from fastdecoder.device import build_model
 from fastdecoder.train.selfcheck import FastPathError, FastPathWarning, decide_backends, planned_backends
 from fastdecoder.train.trainer import Trainer
 

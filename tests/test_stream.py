@@ -352,7 +352,7 @@ def test_stream_cli_equals_eval(short_run, tmp_path, capsys):
 
 
 def test_from_run_matches_loaded_model(short_run):
-    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.checkpoint import load_run
 
     out, _ = short_run
     _, model, _ = load_run(out, "last")

@@ -8,7 +8,7 @@ import torch
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.decode import normalize_text, word_error_rate
-from fastdecoder.train.checkpoint import load_checkpoint
+from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
 from fastdecoder.testing.tiny import tiny_data

@@ -14,7 +14,7 @@ _API = {
     "GRUDecoder": "fastdecoder.model",
     "load_reference_checkpoint": "fastdecoder.model",
     "Trainer": "fastdecoder.train.trainer",
-    "load_run": "fastdecoder.train.checkpoint",
+    "load_run": "fastdecoder.checkpoint",
     "evaluate": "fastdecoder.evaluation",
     "EvalSettings": "fastdecoder.evaluation",
     "greedy_decode": "fastdecoder.decode.metrics",

@@ -225,7 +225,7 @@ def _json_text(obj) -> str:
 def cmd_train(args) -> int:
     from fastdecoder.config import apply_overrides, config_from_dict, load_config
     from fastdecoder.train import distributed
-    from fastdecoder.train.checkpoint import check_resumable, load_checkpoint
+    from fastdecoder.checkpoint import check_resumable, load_checkpoint
     from fastdecoder.train.outputs import default_run_dir
     from fastdecoder.train.trainer import Trainer
 
@@ -398,8 +398,8 @@ def cmd_stream(args) -> int:
     from fastdecoder.stream import StreamingDecoder
     from fastdecoder.stream.replay import replay
     from fastdecoder.data.selection import select_data
-    from fastdecoder.train.checkpoint import load_run, run_data_path
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.checkpoint import load_run, run_data_path
+    from fastdecoder.device import resolve_device
 
     _check_word_options(args)
     _check_word_files(args)
@@ -489,8 +489,8 @@ def cmd_eval(args) -> int:
     from fastdecoder.eval_outputs import save_logits, save_nbest
     from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs, per_by_day
     from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.train.checkpoint import run_checkpoint_path
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.checkpoint import run_checkpoint_path
+    from fastdecoder.device import resolve_device
 
     _check_word_options(args)
     rescoring = bool(args.rescore_lm or args.tune_weights or args.rescore_weights)

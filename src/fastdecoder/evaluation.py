@@ -39,7 +39,7 @@ class EvalSettings:
     @classmethod
     def from_config(cls, cfg, device: torch.device) -> "EvalSettings":
         """The settings a training run with ``cfg`` on ``device`` evaluates with (same batch size, same autocast)."""
-        from fastdecoder.train.device import autocast_dtype
+        from fastdecoder.device import autocast_dtype
 
         return cls(device=device, batch_size=cfg.train.eval_batch_size, autocast_dtype=autocast_dtype(cfg, device))
 
@@ -281,8 +281,8 @@ def evaluate_runs(runs: Sequence, split_name: str = "val", *, checkpoint: str = 
     from fastdecoder.data import load_dataset
     from fastdecoder.decode.ensemble import check_framing
     from fastdecoder.data.selection import select_run_data
-    from fastdecoder.train.checkpoint import load_run, run_data_path
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.checkpoint import load_run, run_data_path
+    from fastdecoder.device import resolve_device
 
     device = device if isinstance(device, torch.device) else resolve_device(str(device), "device")
 

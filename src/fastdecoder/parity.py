@@ -144,7 +144,7 @@ def _guarded(op, device, dtype, fn) -> list[Row]:
 def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None, quick: bool = False) -> list[Row]:
     """Every requested check on ``device`` in each of ``dtypes``; returns the table's rows. ``quick``: one shape per
     op and a two-step, GRU-only train-step check (for smoke tests)."""
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.device import resolve_device
 
     dev = resolve_device(str(device), "--device")  # UserError for an unknown device or CUDA that is not there
     seed = int.from_bytes(os.urandom(3), "little") if seed is None else seed
@@ -176,7 +176,7 @@ def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None
                     return [_row("ln_gru forward", dev, name, f, tf), _row("ln_gru backward", dev, name, b, tb)]
                 rows += _guarded("ln_gru", dev, name, gru_rows)
         if "train_step" in ops:
-            from fastdecoder.train.device import cpu_bf16_gemms
+            from fastdecoder.device import cpu_bf16_gemms
 
             tol = 1e-4 if dt == torch.float32 else 2e-2
             cpu_bf16 = dev.type == "cpu" and dt == torch.bfloat16
@@ -187,7 +187,7 @@ def run_parity(device="auto", dtypes=("fp32",), ops=OPS, seed: int | None = None
             else:
                 for rnn in rnns:
                     op = f"train step ({rnn})"
-                    if cpu_bf16 and rnn == "ln_gru":  # train/device.py: the CPU LN-GRU trains in fp32
+                    if cpu_bf16 and rnn == "ln_gru":  # device.py: the CPU LN-GRU trains in fp32
                         rows.append(Row(op, str(dev), name, float("nan"), 0.0, "skip",
                                         "on the CPU the LN-GRU trains in fp32 (CPU autocast would run its layer "
                                         "norms in bf16)"))

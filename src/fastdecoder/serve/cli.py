@@ -134,8 +134,8 @@ def cmd_serve(args) -> int:
     from fastdecoder.serve.redis_io import require_redis
     from fastdecoder.serve.server import Server, ServeOptions
     from fastdecoder.serve.session import DecodeSession
-    from fastdecoder.train.checkpoint import load_run
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.checkpoint import load_run
+    from fastdecoder.device import resolve_device
 
     if not args.lsl:
         require_redis()
@@ -208,7 +208,7 @@ def cmd_replay(args) -> int:
     from fastdecoder.data import load_dataset
     from fastdecoder.serve.redis_io import require_redis
     from fastdecoder.serve.replay import replay_redis
-    from fastdecoder.train.checkpoint import load_run
+    from fastdecoder.checkpoint import load_run
 
     if not args.lsl:
         require_redis()

@@ -92,7 +92,7 @@ class StreamingDecoder:
     @classmethod
     def from_run(cls, run_dir, checkpoint: str = "best", *, device="cpu", **kwargs) -> "StreamingDecoder":
         """A decoder for the model of a run folder written by ``fastdecoder train --out`` (best.pt / last.pt)."""
-        from fastdecoder.train.checkpoint import load_run
+        from fastdecoder.checkpoint import load_run
 
         if not Path(run_dir).is_dir():
             raise FileNotFoundError(f"run folder {run_dir} does not exist")

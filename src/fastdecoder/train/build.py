@@ -17,7 +17,7 @@ from fastdecoder.train import distributed
 from fastdecoder.train.calibration import EarlyStopping, freeze, init_from_checkpoint
 from fastdecoder.train.run_data import (config_sampler, make_resident, prepare_dataset, target_min_frames,
                                    warn_family_mismatch)
-from fastdecoder.train.device import build_model
+from fastdecoder.device import build_model
 from fastdecoder.train.monitors import CollapseMonitor
 from fastdecoder.train.optim import LRSchedule, build_optimizer
 from fastdecoder.train.outputs import clear_run, prepare_run_folder

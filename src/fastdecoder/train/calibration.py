@@ -121,7 +121,7 @@ def init_from_checkpoint(model: torch.nn.Module, source: str | Path, day_names: 
     otherwise); day d of this run takes the day layer of the checkpoint's session of the same name, and a session
     the checkpoint lacks keeps the reference initialisation (``identity``) or takes a copy of the nearest earlier
     session's layer (``nearest``)."""
-    from fastdecoder.train.checkpoint import load_checkpoint
+    from fastdecoder.checkpoint import load_checkpoint
 
     path = init_checkpoint_path(source)
     state = load_checkpoint(path)

@@ -62,7 +62,7 @@ def setup(device_name: str) -> tuple[DistInfo, torch.device]:
     ``device_name`` is train.device: auto/cuda use ``cuda:LOCAL_RANK`` with NCCL where CUDA is present; cpu (or no
     CUDA) uses gloo on the CPU.
     """
-    from fastdecoder.train.device import resolve_device
+    from fastdecoder.device import resolve_device
 
     info = env_info()
     requested = resolve_device(device_name)  # checks the name (and CUDA's presence) on every rank

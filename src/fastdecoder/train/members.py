@@ -40,9 +40,9 @@ from fastdecoder.losses import output_lengths
 from fastdecoder.config import member_configs
 from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
-from fastdecoder.train.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
+from fastdecoder.checkpoint import CheckpointError, check_resumable, load_checkpoint, save_checkpoint
 from fastdecoder.train.run_data import config_sampler, prepare_dataset, target_min_frames, warn_short_and_infeasible
-from fastdecoder.train.device import autocast_dtype, build_model, configure_runtime, resolve_device
+from fastdecoder.device import autocast_dtype, build_model, configure_runtime, resolve_device
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
 from fastdecoder.train.outputs import Interval, RunOutputs, final_eval_fields, prepare_run_folder
@@ -403,7 +403,7 @@ class MembersTrainer:
             self._save_member(m, name)
 
     def _resume(self) -> None:
-        from fastdecoder.train.checkpoint import RESUME_MAY_DIFFER, ResumeError
+        from fastdecoder.checkpoint import RESUME_MAY_DIFFER, ResumeError
 
         if self.out_dir is None:
             raise ResumeError("resume needs the run folder holding member-i/last.pt")

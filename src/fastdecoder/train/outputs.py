@@ -156,7 +156,7 @@ class RunOutputs:
 
     def open(self, cfg, resumed_from: int | None) -> None:
         """config.yaml; on resume drop the metrics records after the checkpoint; TensorBoard writer."""
-        from fastdecoder.train.checkpoint import remove_stale_temp_files
+        from fastdecoder.checkpoint import remove_stale_temp_files
 
         if not self.writes:
             return

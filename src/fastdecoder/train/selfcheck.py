@@ -57,7 +57,7 @@ class Backends:
 
 def planned_backends(cfg, device: torch.device) -> Backends:
     """What ``cfg`` asks for on ``device``, before any check."""
-    from fastdecoder.train.device import ops_backend, use_fast_path
+    from fastdecoder.device import ops_backend, use_fast_path
 
     fast = use_fast_path(cfg, device)
     return Backends(fast=fast, ops=ops_backend(cfg, device), rnn="auto" if fast else "reference",

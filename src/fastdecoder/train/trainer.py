@@ -27,9 +27,9 @@ from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, evaluate
 from fastdecoder.train import distributed
 from fastdecoder.train.build import build_run, load_training_data
-from fastdecoder.train.checkpoint import CheckpointError, resume_state, save_checkpoint
+from fastdecoder.checkpoint import CheckpointError, resume_state, save_checkpoint
 from fastdecoder.train.run_data import check_days_per_batch, warn_short_and_infeasible
-from fastdecoder.train.device import autocast_dtype, configure_runtime
+from fastdecoder.device import autocast_dtype, configure_runtime
 from fastdecoder.train.monitors import prediction_stats
 from fastdecoder.train.outputs import Interval, RunOutputs, base_summary, final_eval_fields, say_start
 from fastdecoder.train.rng import seed_everything
@@ -325,7 +325,7 @@ class Trainer:
             self.eval_hook(self, res)
 
     def state_dict(self) -> dict:
-        """Everything a resume needs (see fastdecoder.train.checkpoint). A collective under torchrun. Steps still
+        """Everything a resume needs (see fastdecoder.checkpoint). A collective under torchrun. Steps still
         waiting in ``pending`` are read and accounted first (their records go out with the next read in ``run``)."""
         if len(self.step_fn.pending):
             self.step_fn.replayed = self.step_fn.read_steps()

@@ -166,11 +166,11 @@ def run_checkpoint_path(run_dir: str | Path, checkpoint: str = "best") -> Path:
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
     """(config, model in eval mode on ``device``, checkpoint dict) from a run folder's ``best.pt`` / ``last.pt``.
 
-    The model is built as the training run built it on that device (same op backends, see train.device), so the
+    The model is built as the training run built it on that device (same op backends, see fastdecoder.device), so the
     evaluation path reproduces the run's own validation PER.
     """
     from fastdecoder.config import config_from_dict
-    from fastdecoder.train.device import build_model, resolve_device
+    from fastdecoder.device import build_model, resolve_device
 
     device = device if isinstance(device, torch.device) else resolve_device(device, "--device")
     run_dir = Path(run_dir)

@@ -8,7 +8,7 @@ warm-up that fills the patch and the smoothing lookahead (so every timed push em
 the 10,000-word 3-gram lexicon/LM of bench/test_bench_words.py (built once and cached), beam 64, lm_weight 0.5.
 Random weights give near-uniform posteriors, the word decoder's hardest case (many words compete every frame).
 The "GRU step alone" rows time one step of the 5 x 768 GRU on one frame: the native fp32 step the frontend runs per
-hop on the CPU (csrc/gru_step.cpp, stream.native_gru; its default path, and the AVX-512 one forced) and nn.GRU, the
+hop on the CPU (csrc/gru_step.cpp, ops.gru.native_step; its default path, and the AVX-512 one forced) and nn.GRU, the
 path it replaced.
 Times are wall-clock per push (pytest-benchmark's rounds); the CPU column is the pushing thread's CPU time, which a
 machine shared with other jobs inflates less than wall time (memory-bandwidth contention still shows in both).
@@ -33,7 +33,7 @@ from fastdecoder.config import load_config
 from fastdecoder.decode import WordDecoder, load_arpa
 from fastdecoder.model import GRUDecoder
 from fastdecoder.stream import StreamingDecoder
-from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
+from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bench_words import BEAM as WORD_BEAM, LM_WEIGHT, load_setup, make_lexicon  # noqa: E402

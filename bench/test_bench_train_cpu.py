@@ -7,7 +7,7 @@ built from the same seed, so all draw the same batches, noise and dropout masks:
 
 * ``reference``: host batches, torch's ``nn.GRU``, the published augmentation recipe, fp32 (the reference trainers
   autocast with ``device_type="cuda"``, inert on a CPU: this is what users run there);
-* ``fast fp32`` (``train.amp: none``): resident batches, ops.gru_cpu's recurrence, fused AdamW; the same function
+* ``fast fp32`` (``train.amp: none``): resident batches, ops.gru.cpu's recurrence, fused AdamW; the same function
   as the reference to fp32 round-off;
 * ``fast bf16`` (``train.amp: bf16``): the same under CPU bf16 autocast (the input projections, day layer and head
   in bf16, the recurrence and the loss in fp32), only where the CPU has native bf16 GEMMs (else the row is skipped

@@ -297,7 +297,7 @@ def test_gru_step_reads_weights_moved_or_replaced_between_pushes(layers, hidden,
     """NativeGRUStep built once, then torch moves, replaces, re-lays or updates the weights before each push of 1-3
     frames: every push equals the float64 oracle on the weights the module holds at that push (on every ISA path; the
     scalar path's loads are instrumented, so a read of a freed buffer is an ASAN report, not just a wrong value)."""
-    from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
+    from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed % 2**31)

@@ -1,6 +1,6 @@
 """bf16 autocast on the CPU (device.py's rule): on exactly for ``train.amp: bf16`` + the fast path + a CPU with
 native bf16 GEMMs (+ an ``nn.GRU`` model), off on the reference path; training and evaluation follow the one rule;
-under it ops.gru_cpu's recurrence stays fp32 while its input projection runs in bf16; a fast bf16 step trains like
+under it ops.gru.cpu's recurrence stays fp32 while its input projection runs in bf16; a fast bf16 step trains like
 the fp32 reference within bf16 tolerance (2e-2 relative over the first steps)."""
 import copy
 import logging
@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdecoder.config import config_from_dict
 from fastdecoder.evaluation import EvalSettings
-from fastdecoder.ops.gru_cpu import gru_forward
+from fastdecoder.ops.gru.cpu import gru_forward
 from fastdecoder import device as device_mod
 from fastdecoder.device import autocast_dtype, cpu_bf16_gemms
 

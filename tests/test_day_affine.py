@@ -141,7 +141,7 @@ def test_model_day_layer_uses_the_grouped_form(test_seed):
 
 
 def test_groups_keep_contiguous_day_runs_in_place():
-    from fastdecoder.ops.day_affine import _group_order
+    from fastdecoder.ops.day_affine.grouped import _group_order
 
     distinct, counts, order = _group_order(np.array([5, 5, 2, 2, 2, 7]))
     assert distinct.tolist() == [5, 2, 7] and counts.tolist() == [2, 3, 1] and order.tolist() == list(range(6))

@@ -1,5 +1,5 @@
 """``train.fast: true`` on the CPU is a working configuration: the fast step (resident batches, the grouped day layer,
-ops.gru_cpu's recurrence; Triton augmentation through the interpreter when ``augment.backend: triton``), and the
+ops.gru.cpu's recurrence; Triton augmentation through the interpreter when ``augment.backend: triton``), and the
 ``train.fast`` default rule (auto = on CUDA only; see docs/fast-path.md)."""
 import copy
 import math
@@ -30,7 +30,7 @@ def test_default_rule_is_cuda_only(tiny_cfg):
 
 @pytest.mark.parametrize("augment_backend", ["auto", "triton"])
 def test_fast_step_trains_on_the_cpu(tiny_cfg, monkeypatch, augment_backend):
-    from fastdecoder.ops import gru_cpu
+    from fastdecoder.ops.gru import cpu as gru_cpu
 
     calls = []
     real = gru_cpu.gru_forward

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fastdecoder.ops.gru_cpu import gru_forward, supports
+from fastdecoder.ops.gru.cpu import gru_forward, supports
 
 
 def _close(a, b, what):
@@ -58,7 +58,7 @@ def test_supports_only_unidirectional_batch_first_gru():
 def test_model_runs_it_only_off_the_reference_backend(monkeypatch, test_seed):
     from fastdecoder.config import load_config
     from fastdecoder.model import GRUDecoder
-    from fastdecoder.ops import gru_cpu
+    from fastdecoder.ops.gru import cpu as gru_cpu
 
     calls = []
     real = gru_cpu.gru_forward

@@ -11,7 +11,7 @@ from fastdecoder.config import ConfigError, config_from_dict, load_config
 from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
 from fastdecoder.model import GRUDecoder
-from fastdecoder.ops.gru_members import members_gru, members_gru_reference
+from fastdecoder.ops.gru.members import members_gru, members_gru_reference
 from fastdecoder.testing.tiny import tiny_data
 from fastdecoder.checkpoint import load_run
 from fastdecoder.train.members import MembersTrainer

@@ -9,7 +9,7 @@ import torch
 
 from fastdecoder import _native
 from fastdecoder.nn import LayerNormGRU
-from fastdecoder.stream.native_gru import ISAS, NativeGRUStep
+from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep
 
 ALL_ISAS = ["avx512", "avx2", "scalar"]
 # (layers, hidden, input size): H in {8, 24, 768}; inputs of 1, 7, 23, 37, 129, 773 columns leave tails for both

@@ -191,7 +191,7 @@ def cmd_bench(args) -> int:
         fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
         cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
     if args.members is not None:
-        from fastdecoder.train.bench_members import bench_members, format_members_report
+        from fastdecoder.bench.members_speed import bench_members, format_members_report
 
         if args.members < 1 or args.blocks < 1:
             raise UserError("--members and --blocks must be >= 1")

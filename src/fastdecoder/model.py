@@ -264,8 +264,8 @@ class GRUDecoder(nn.Module):
 
     def recurrence(self, x: torch.Tensor) -> torch.Tensor:
         """The (LayerNorm-)GRU over patches: (B, N, K*C) -> (B, N, H*dirs). Training on the CPU off the reference
-        backend, an ``nn.GRU`` runs as ops.gru_cpu (same weights and math, one-GEMM-per-weight backward)."""
-        from fastdecoder.ops import gru_cpu
+        backend, an ``nn.GRU`` runs as ops.gru.cpu (same weights and math, one-GEMM-per-weight backward)."""
+        from fastdecoder.ops.gru import cpu as gru_cpu
 
         h0 = self.initial_state(x.shape[0])
         if (self.rnn_backend != "reference" and x.device.type == "cpu" and torch.is_grad_enabled()

@@ -22,7 +22,7 @@ READ_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__
 #: checks of its taps and lengths (ops/augment/dispatch.py)
 CPU_ONLY_SITES = frozenset({"ops/augment/dispatch.py:_taps_finite", "ops/augment/dispatch.py:_host_range_check",
                             # the day layer groups trials by day from CPU day indices only (a device keeps the gather)
-                            "ops/day_affine.py:_host_days",
+                            "ops/day_affine/grouped.py:_host_days",
                             # the masks' range check of CPU lengths (ops/augment/masks.py; skipped on a device)
                             "ops/augment/masks.py:sample_masks"})
 

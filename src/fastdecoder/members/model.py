@@ -3,7 +3,7 @@ stacked along a leading member dimension, computed together.
 
 Forward: x (K, B, T, C) each member's augmented features, day (B,) host int64 days, lengths (B,) ->
 logits (K, B, N, 41). Per member the solo forward: [in-model smoothing] -> day layer softsign(x W[day] + b[day])
-(one batched GEMM per distinct day of the batch) -> input dropout -> patching -> GRU (ops.gru_members: one batched
+(one batched GEMM per distinct day of the batch) -> input dropout -> patching -> GRU (ops.gru.members: one batched
 input projection per layer, one batched product per time step) -> head (one batched GEMM).
 
 Dropout is drawn per member from its own generator (``generators``), each mask with the op and shape the solo
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastdecoder.ops.gru_members import members_gru
+from fastdecoder.ops.gru.members import members_gru
 
 
 def _solo_names(num_layers: int, learn_h0: bool) -> list[str]:

@@ -2,7 +2,7 @@
 
 A thin wrapper over the model's streaming API (``GRUDecoder.init_state`` / ``forward_chunk``: smoothing with its
 lookahead, day layer, patching, the GRU carried from push to push, the head), which adds the native GRU step as the
-model's chunk recurrence: on the CPU an nn.GRU runs through ``stream.native_gru`` (same math, fp32 round-off) when a
+model's chunk recurrence: on the CPU an nn.GRU runs through ``ops.gru.native_step`` (same math, fp32 round-off) when a
 push yields at most ``NATIVE_MAX_FRAMES`` frames (the per-hop case), and as nn.GRU on longer pushes; both update the
 same state.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from fastdecoder.errors import UserError
-from fastdecoder.stream.native_gru import ISAS, NativeGRUStep, unsupported_reason
+from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep, unsupported_reason
 
 __all__ = ["IncrementalFrontend", "NativeRecurrence", "NATIVE_MAX_FRAMES"]
 
@@ -29,7 +29,7 @@ NATIVE_MAX_FRAMES = 3
 class NativeRecurrence:
     """A ``GRUDecoder.forward_chunk`` recurrence backend: chunks of at most ``max_frames`` frames of a float32 CPU
     ``nn.GRU`` through :class:`NativeGRUStep` (made for the model's GRU at its first chunk, again if the model's GRU
-    is replaced); it declines (None) every other chunk. ``isa``: "auto" or one of ``stream.native_gru.ISAS``."""
+    is replaced); it declines (None) every other chunk. ``isa``: "auto" or one of ``ops.gru.native_step.ISAS``."""
 
     def __init__(self, isa: str = "auto", max_frames: int = NATIVE_MAX_FRAMES):
         if isa != "auto" and isa not in ISAS:
@@ -51,7 +51,7 @@ class IncrementalFrontend:
     the model's own streaming API.
 
     ``gru_isa``: the native GRU step's path for an nn.GRU model on the CPU ("auto", or one of
-    ``stream.native_gru.ISAS``; None: always the model's own GRU). Every push reads the model's current weights (the
+    ``ops.gru.native_step.ISAS``; None: always the model's own GRU). Every push reads the model's current weights (the
     native step takes them per call, see ``NativeGRUStep``); a push whose GRU is not a float32 CPU ``nn.GRU`` runs
     through the model's own ``rnn``. ``gru_frames`` counts the output frames each path ran in this object's lifetime
     ({"native": n, "torch": n}).

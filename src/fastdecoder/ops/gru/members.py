@@ -4,7 +4,7 @@ Per layer, the input projection of every member over every step is one batched G
 CPU one GEMM per member, whose large products BLAS runs best unbatched); the
 recurrence (fp32, also under autocast) is one autograd Function whose forward does one batched (K, B, H) @ (K, H, 3H)
 product per time step and whose backward one (K, B, 3H) @ (K, 3H, H) product per step for dh, then dW_hh and db_hh
-as single batched products / sums over all steps (the scheme of ops.gru_cpu with a member dimension).
+as single batched products / sums over all steps (the scheme of ops.gru.cpu with a member dimension).
 ``torch.nn.GRU``'s math and gate order (r, z, n), so member k equals an ``nn.GRU`` with member k's weights to fp32
 round-off.
 

@@ -19,18 +19,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["DayGroups", "day_affine", "day_affine_gather", "plan_day_groups"]
+from fastdecoder.ops.day_affine.reference import day_affine_gather
+
+__all__ = ["DayGroups", "MAX_PADDING", "check_days", "day_affine", "plan_day_groups"]
 
 #: padding unequal groups up to the largest one is used while it adds at most this share of the batch's rows
 MAX_PADDING = 0.25
-
-
-def day_affine_gather(x: torch.Tensor, day_idx: torch.Tensor, weights: torch.Tensor,
-                      biases: torch.Tensor) -> torch.Tensor:
-    """The published form: ``bmm(x, W[day_idx]) + b[day_idx]``; x (B, T, C), day_idx (B,), weights (D, C, C),
-    biases (D, 1, C) -> (B, T, C)."""
-    day_idx = day_idx.to(weights.device)
-    return torch.bmm(x, weights[day_idx]) + biases[day_idx]
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def bench_members(cfg: Config, k: int, steps: int = 5, blocks: int = 6, warmup: 
     a = np.array(member_losses, dtype=np.float64)  # (steps, K)
     sep = np.array([ls if all(v is not None for v in ls) else [np.nan] * len(ls) for ls in separate_losses]).T
     rel = np.abs(a - sep) / np.maximum(np.abs(sep), 1e-12)
-    return {"config": cfg.name, "device": str(dev), "path": "fast" if separate[0].fast else "reference",
+    return {"config": cfg.name, "device": str(dev), "path": "fast" if separate[0].backends.fast else "reference",
             "members": {"k": k, "steps_per_block": steps, "blocks": blocks, "warmup": warmup,
                         "member_steps_per_s": n / sum(t_batched), "separate_member_steps_per_s": n / sum(t_separate),
                         "ratio": sum(t_separate) / sum(t_batched),

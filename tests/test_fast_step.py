@@ -13,7 +13,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.losses import output_lengths
 from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
 from fastdecoder.train.stability import NonFiniteError
-from fastdecoder.train.step import compile_step, host_output_lengths, pad_to_bucket
+from fastdecoder.train.step import compile_step, pad_to_bucket
 from fastdecoder.train.trainer import Trainer
 
 from test_train import TINY
@@ -138,13 +138,25 @@ def test_consecutive_skips_stop_the_run_at_the_read(monkeypatch, tmp_path):
     assert tr.step == 5  # the abort comes with the read of the first log interval
 
 
-def test_host_output_lengths_equal_the_torch_ones():
+def test_output_lengths_of_host_and_device_lengths_equal_the_formulas():
+    """One formula for torch tensors and the step's numpy host copies, equal to the integer definitions (and, for
+    'shipped', to the b2t24 code's float32 expression), including trials shorter than one patch."""
     rng = np.random.default_rng(0)
     lens = rng.integers(1, 300, size=64)
     for mode in ("exact", "shipped"):
         for k, s in ((14, 4), (32, 4), (1, 1), (7, 3)):
-            want = output_lengths(torch.from_numpy(lens), k, s, mode, 60).numpy()
-            np.testing.assert_array_equal(host_output_lengths(lens, k, s, mode, 60), want, err_msg=f"{mode} {k} {s}")
+            if mode == "exact":
+                want = np.array([min(max((t - k) // s + 1, 1), 60) for t in lens.tolist()])
+            else:
+                want = np.array([min(max(int((t - k) / s), 0), 60) for t in lens.tolist()])  # int(): toward zero
+                shipped = ((torch.from_numpy(lens) - k) / s).to(torch.int32).clamp(min=0, max=60).numpy()
+                np.testing.assert_array_equal(want, shipped)
+            host = output_lengths(lens, k, s, mode, 60)
+            assert isinstance(host, np.ndarray) and host.dtype == np.int64
+            np.testing.assert_array_equal(host, want, err_msg=f"host {mode} {k} {s}")
+            dev = output_lengths(torch.from_numpy(lens), k, s, mode, 60)
+            assert dev.dtype == torch.int64
+            np.testing.assert_array_equal(dev.numpy(), want, err_msg=f"torch {mode} {k} {s}")
 
 
 def test_pad_to_bucket():

@@ -6,29 +6,30 @@ frame; ``mode="shipped"`` reproduces it for parity with models trained that way.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def output_lengths(x_lens: torch.Tensor, patch_size: int, patch_stride: int, mode: str = "exact",
-                   max_frames: int | None = None) -> torch.Tensor:
-    """Valid output frames per sentence. x_lens: (B,) int input bins -> (B,) int64 frames.
+def output_lengths(x_lens, patch_size: int, patch_stride: int, mode: str = "exact", max_frames: int | None = None):
+    """Valid output frames per sentence. x_lens: (B,) int input bins, a torch tensor or a numpy array (the training
+    step's host copies) -> (B,) int64 frames of the same kind.
 
     exact: (T - K) // S + 1 in integer arithmetic, clamped to >= 1 (a trial shorter than one patch still gives the
-    one frame the padded batch produces); shipped: the b2t24 code's ``((T - K) / S).to(int32)``, clamped to >= 0.
-    ``max_frames`` caps the result at the number of frames the batch produced.
+    one frame the padded batch produces); shipped: the b2t24 code's ``((T - K) / S).to(int32)``, i.e. C-style
+    truncation toward zero, clamped to >= 0. ``max_frames`` caps the result at the number of frames the batch
+    produced.
     """
-    x_lens = torch.as_tensor(x_lens).to(torch.int64)
-    if mode == "exact":
-        n = torch.div(x_lens - patch_size, patch_stride, rounding_mode="floor") + 1
-        n = n.clamp(min=1)
-    elif mode == "shipped":
-        n = ((x_lens - patch_size) / patch_stride).to(torch.int32).to(torch.int64).clamp(min=0)
-    else:
+    if mode not in ("exact", "shipped"):
         raise ValueError(f"output length mode must be 'exact' or 'shipped', got {mode!r}")
-    if max_frames is not None:
-        n = n.clamp(max=max_frames)
-    return n
+    if isinstance(x_lens, np.ndarray):
+        d = x_lens.astype(np.int64) - patch_size
+    else:
+        d = torch.as_tensor(x_lens).to(torch.int64) - patch_size
+    q = d // patch_stride  # floor division for numpy arrays and torch integer tensors alike
+    if mode == "exact":
+        return (q + 1).clip(1, max_frames)
+    return (q + ((d < 0) & (d % patch_stride != 0))).clip(0, max_frames)  # floor -> truncation toward zero
 
 
 def min_frames_for_target(y: torch.Tensor, y_lens: torch.Tensor) -> torch.Tensor:

@@ -198,10 +198,10 @@ class MembersTrainer:
         mdl = cfg.model
         max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
         host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
-        from fastdecoder.train.step import host_output_lengths
+        from fastdecoder.losses import output_lengths
 
-        frames = host_output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
-                                     max_frames)
+        frames = output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
+                                max_frames)
         bad = self._need_frames[batch.index] > frames
         infeasible = bool(bad.any())
         if infeasible:

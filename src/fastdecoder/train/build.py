@@ -73,6 +73,38 @@ class RunParts:
     init_report: object             # what train.init_from matched, or None
     frozen: list
 
+    def state_dict(self, dist) -> dict:
+        """The parts' states for a checkpoint (a collective under torchrun: every rank's sampler and RNG states are
+        gathered, rank 0's at the top level)."""
+        mine = {"rank": dist.rank, "sampler": self.sampler.state_dict(), "rng": self.streams.state_dict()}
+        ranks = distributed.gather_objects(mine, dist)
+        d = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+             "schedule": self.schedule.state_dict(),
+             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+             "sampler": ranks[0]["sampler"], "rng": ranks[0]["rng"], "world_size": dist.world_size,
+             "stability": self.guard.state_dict(), "monitor": self.monitor.state_dict(),
+             "early_stopping": self.early.state_dict() if self.early is not None else None}
+        if dist.enabled:
+            d["rank_states"] = ranks
+        return d
+
+    def load_state_dict(self, state: dict, dist) -> None:
+        """Restore the parts from a checkpoint: weights, optimizer, schedule, scaler, this rank's sampler and RNG
+        streams, stability guard, collapse monitor, early stopping."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        mine = distributed.own_rank_state(state, dist)
+        if mine is not None:
+            self.sampler.load_state_dict(mine["sampler"])
+            self.streams.load_state_dict(mine["rng"])
+        self.guard.load_state_dict(state["stability"])
+        self.monitor.load_state_dict(state["monitor"])
+        if self.early is not None and state.get("early_stopping"):
+            self.early.load_state_dict(state["early_stopping"])
+
 
 def build_run(cfg, device: torch.device, dist, backends: Backends, amp_dtype, train_split, day_names, *,
               fresh: bool, reported: set[str]) -> RunParts:

@@ -188,6 +188,13 @@ class EarlyStopping:
             self.misses += 1
         return self.misses >= self.patience
 
+    def stop_record(self, step: int) -> tuple[dict, str]:
+        """(the metrics.jsonl event, the line to print) when it stops training at ``step``."""
+        return ({"step": step, "event": "early_stopping", "evaluations_without_improvement": self.misses,
+                 "best_val_per": self.best_per},
+                f"step {step}: the validation PER has not improved in {self.misses} evaluations "
+                "(train.early_stopping_val_steps): stopping early")
+
     def state_dict(self) -> dict:
         return {"best_per": self.best_per, "best_loss": self.best_loss, "misses": self.misses}
 

@@ -198,7 +198,6 @@ class MembersTrainer:
         mdl = cfg.model
         max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
         host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
-        from fastdecoder.losses import output_lengths
 
         frames = output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
                                 max_frames)

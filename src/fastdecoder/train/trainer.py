@@ -27,7 +27,7 @@ from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, evaluate
 from fastdecoder.train import distributed
 from fastdecoder.train.build import build_run, load_training_data
-from fastdecoder.checkpoint import CheckpointError, resume_state, save_checkpoint
+from fastdecoder.checkpoint import restoring, resume_state, save_checkpoint
 from fastdecoder.train.run_data import check_days_per_batch, warn_short_and_infeasible
 from fastdecoder.device import autocast_dtype, configure_runtime
 from fastdecoder.train.monitors import prediction_stats
@@ -79,6 +79,7 @@ class Trainer:
         self.backends = decide_backends(cfg, self.device, self.amp_dtype)
         parts = build_run(cfg, self.device, self.dist, self.backends, self.amp_dtype, self.train_split,
                           self.dataset.day_names, fresh=state is None, reported=self.reported_infeasible)
+        self.parts = parts
         self.model, self.optimizer, self.schedule = parts.model, parts.optimizer, parts.schedule
         self.guard, self.monitor, self.scaler, self.early = parts.guard, parts.monitor, parts.scaler, parts.early
         self.sampler, self.resident, self.streams = parts.sampler, parts.resident, parts.streams
@@ -98,13 +99,8 @@ class Trainer:
         self._session: tuple[float, float] | None = None  # (perf_counter at fit start, train_seconds before)
         self._stop: StopRequest | None = None
         if state is not None:
-            try:
+            with restoring(where):
                 self.load_state_dict(state)
-            except KeyError as e:
-                raise CheckpointError(f"checkpoint {where} cannot resume this run: it lacks {e}") from None
-            except (TypeError, ValueError, IndexError, RuntimeError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise CheckpointError(f"checkpoint {where} cannot resume this run: {first}") from None
 
     @property
     def history(self) -> list[dict]:
@@ -317,10 +313,9 @@ class Trainer:
             self.save("best.pt", val_per=per)
         self.outputs.say(f"step {self.step}: val PER {per:.4f} (best {self.best_per:.4f} @ {self.best_step})")
         if self.stopped_early == self.step:
-            self._log_metrics({"step": self.step, "event": "early_stopping", "evaluations_without_improvement":
-                               self.early.misses, "best_val_per": self.early.best_per})
-            self.outputs.say(f"step {self.step}: the validation PER has not improved in {self.early.misses} "
-                             f"evaluations (train.early_stopping_val_steps): stopping early")
+            rec, text = self.early.stop_record(self.step)
+            self._log_metrics(rec)
+            self.outputs.say(text)
         if self.eval_hook is not None:
             self.eval_hook(self, res)
 
@@ -329,42 +324,20 @@ class Trainer:
         waiting in ``pending`` are read and accounted first (their records go out with the next read in ``run``)."""
         if len(self.step_fn.pending):
             self.step_fn.replayed = self.step_fn.read_steps()
-        mine = {"rank": self.dist.rank, "sampler": self.sampler.state_dict(), "rng": self.streams.state_dict()}
-        ranks = distributed.gather_objects(mine, self.dist)
-        d = {"model": self.model.state_dict(), "step": self.step, "config": self.cfg.to_dict(),
-             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-             "sampler": ranks[0]["sampler"], "rng": ranks[0]["rng"], "world_size": self.dist.world_size,
-             "stability": self.guard.state_dict(), "monitor": self.monitor.state_dict(),
-             "best_per": self.best_per, "best_step": self.best_step, "last_val_per": self.last_val_per,
-             "train_seconds": self._elapsed(), "reported_infeasible": sorted(self.reported_infeasible),
-             "day_names": list(self.dataset.day_names),
-             "early_stopping": self.early.state_dict() if self.early is not None else None}
-        if self.dist.enabled:
-            d["rank_states"] = ranks
-        return d
+        return self.parts.state_dict(self.dist) | {
+            "step": self.step, "config": self.cfg.to_dict(), "best_per": self.best_per, "best_step": self.best_step,
+            "last_val_per": self.last_val_per, "train_seconds": self._elapsed(),
+            "reported_infeasible": sorted(self.reported_infeasible), "day_names": list(self.dataset.day_names)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()``: weights, optimizer, schedule, scaler, RNGs, sampler, monitors, counters."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        mine = distributed.own_rank_state(state, self.dist)
-        if mine is not None:
-            self.sampler.load_state_dict(mine["sampler"])
-            self.streams.load_state_dict(mine["rng"])
-        self.guard.load_state_dict(state["stability"])
-        self.monitor.load_state_dict(state["monitor"])
+        self.parts.load_state_dict(state, self.dist)
         self.step = int(state["step"])
         self.best_per = float(state.get("best_per", math.inf))
         self.best_step = int(state.get("best_step", -1))
         self.last_val_per = state.get("last_val_per")
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.reported_infeasible.update(state.get("reported_infeasible", []))
-        if self.early is not None and state.get("early_stopping"):
-            self.early.load_state_dict(state["early_stopping"])
         self.resumed_from = self.step
         self._saved = {"last.pt": self.step}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdecoder.config import Config, config_diff
+from fastdecoder.config import Config, config_diff, resume_may_differ
 from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, EvalSettings, evaluate
@@ -94,9 +94,8 @@ class ResumeError(UserError):
 
 
 #: keys that may differ between a checkpoint's config and the config a run is resumed with: the step budget, and
-#: what only changes logging/reporting (never the weights).
-RESUME_MAY_DIFFER = ("name", "train.steps", "train.log_every", "train.plot", "train.tensorboard", "train.threads",
-                     "train.beam_width", "train.train_monitor", "train.fast_selfcheck", "train.fast_selfcheck_fatal")
+#: what only changes logging/reporting (never the weights); declared beside each field (config.key(resume=...)).
+RESUME_MAY_DIFFER = resume_may_differ()
 
 
 def weights_finite(model: torch.nn.Module) -> bool:

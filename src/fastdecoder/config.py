@@ -4,8 +4,9 @@ A config has the sections ``data``, ``model``, ``augment``, ``ctc``, ``optim``, 
 is declared once, as a dataclass field whose `key` default carries its choices or range and whether it may differ on
 resume or per member. Unknown sections or keys are an error that names them; values are checked against the field's
 type and declared choices, every numeric key against its range (`RANGES`: finite, sign, integer where the field is
-an int) and keys that depend on each other against each other (`validate`). Files and ``--set`` values are read with YAML 1.2 core-schema scalars
-(`yaml_load`): ``1e-4`` and ``.5`` are numbers, ``yes``/``no``/``on``/``off`` are strings, ``017`` is 17.
+an int) and keys that depend on each other against each other (`validate`). Files and ``--set`` values are read with
+YAML 1.2 core-schema scalars (`yaml_load`): ``1e-4`` and ``.5`` are numbers, ``yes``/``no``/``on``/``off`` are
+strings, ``017`` is 17.
 """
 from __future__ import annotations
 
@@ -105,10 +106,9 @@ class DataConfig:
     path: Optional[str] = None          # b2t24 pickle file or b2t25 folder of session folders
     format: str = key("auto", choices=("auto", "b2t24", "b2t25"))
     synthetic: Optional[dict] = None    # no path: generate this synthetic set (keys: format + SynthSpec fields)
+    # days (b2t25: days_per_batch random days x trials with replacement) | random (b2t24: a fresh shuffled full batch
+    # every step) | epochs (each trial once per epoch, the epoch's last batch short)
     batching: str = key("days", choices=("days", "random", "epochs"))
-    #                                     days (b2t25: days_per_batch random days x trials with replacement) |
-    #                                     random (b2t24: a fresh shuffled full batch every step) | epochs (each trial
-    #                                     once per epoch, the epoch's last batch short)
     days_per_batch: int = key(4, range=AT_LEAST_1)
     # the split evaluated during training (null = none)
     val_split: Optional[str] = key("val", choices=("train", "val", "test", None))
@@ -288,8 +288,8 @@ class TrainConfig:
     # day layer of a session the init checkpoint lacks: identity (the reference init: eye / zeros) | nearest (copy of
     # the nearest earlier session's)
     init_new_days: str = key("identity", choices=("identity", "nearest"))
-    early_stopping: bool = False        # stop when the validation PER has not improved for
-    # this many evaluations in a row (NEJM's early_stopping_val_steps)
+    # stop when the validation PER has not improved for early_stopping_val_steps evaluations in a row (NEJM's keys)
+    early_stopping: bool = False
     early_stopping_val_steps: int = key(20, range=AT_LEAST_1)
 
 

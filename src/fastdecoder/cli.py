@@ -27,6 +27,7 @@ PARITY_DTYPES = ("bf16", "fp32")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run its command's handler; the exit status (2: bad input, one ``error:`` line)."""
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0") or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
@@ -488,6 +489,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_parity(args) -> int:
+    """Every fast path against its reference on this device (fastdecoder.parity)."""
     from fastdecoder import parity
 
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())

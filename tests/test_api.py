@@ -41,3 +41,17 @@ def test_parity_choices_match_the_parity_module():
 
     assert cli.PARITY_OPS == parity.OPS
     assert sorted(cli.PARITY_DTYPES) == sorted(parity.DTYPES)
+
+
+def test_every_command_is_registered_with_its_handler():
+    """Each command's parser names the function that runs it (``set_defaults(handler=)``), the same way for all."""
+    import argparse
+
+    from fastdecoder.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(["train", "eval", "plot", "data", "bench", "lm", "stream", "config", "parity",
+                                          "serve", "replay", "tune", "lr-find"])
+    for name, parser in sub.choices.items():
+        assert callable(parser.get_default("handler")), name
+        assert parser.get_default("handler").__name__ == "cmd_" + name.replace("-", "_"), name

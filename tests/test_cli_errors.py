@@ -227,6 +227,11 @@ CASES = [
     (["parity", "--dtype", "fp64"], "--dtype"),
     (["parity", "--seed", "abc"], "--seed"),
     (["parity", "--seed", "-5"], "--seed"),  # numpy refuses it: every check would be reported as failed
+    # serve's word decoding: the same option group and checks as eval and stream
+    (["serve", "--run", "{run}", "--lexicon", "train"], "--lexicon is a word decoding option"),
+    (["serve", "--run", "{run}", "--lm", "{arpa}", "--lm-weight", "-1"], "--lm-weight"),
+    (["serve", "--run", "{run}", "--lm", "{arpa}", "--word-beam-width", "0"], "--word-beam-width"),
+    (["serve", "--run", "{run}", "--lm", "{missing}"], "missing.arpa: no such file"),
 ]
 
 

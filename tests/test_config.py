@@ -120,6 +120,41 @@ def test_every_numeric_key_has_a_range():
     assert sorted(set(RANGES) - set(keys)) == []
 
 
+def _declared_choices():
+    from fastdecoder.config import _declared
+
+    return sorted(_declared("choices").items())
+
+
+@pytest.mark.parametrize("name,choices", _declared_choices())
+def test_every_declared_choice_is_enforced(name, choices):
+    """The choices declared beside a field (``key(choices=...)``) are what validation accepts: each one loads, and a
+    near miss is refused naming the key, the choices and the closest one."""
+    sec, k = name.split(".")
+    for c in choices:
+        assert getattr(getattr(config_from_dict({sec: {k: c}}), sec), k) == c
+    wrong = f"{choices[0]}x"
+    with pytest.raises(ConfigError, match=rf"{sec}\.{k} must be one of .*, got '{wrong}'; did you mean "
+                                          rf"'{choices[0]}'\?"):
+        config_from_dict({sec: {k: wrong}})
+
+
+def test_key_declarations():
+    """What may differ on resume and per member is read off the fields; a misspelt rule is refused at declaration."""
+    from fastdecoder import config
+    from fastdecoder.train.trainer import RESUME_MAY_DIFFER
+
+    assert RESUME_MAY_DIFFER == config.resume_may_differ() == (
+        "name", "train.steps", "train.log_every", "train.beam_width", "train.threads", "train.tensorboard",
+        "train.plot", "train.train_monitor", "train.fast_selfcheck", "train.fast_selfcheck_fatal")
+    assert {"train.seed", "optim.lr", "model.rnn_dropout", "stability.min_lr"} <= config.OVERRIDABLE
+    assert not {"train.steps", "model.hidden_size", "data.days_per_batch"} & config.OVERRIDABLE
+    with pytest.raises(ValueError, match="resume must be"):
+        config.key(0, resume="sometimes")
+    with pytest.raises(ValueError, match="member must be"):
+        config.key(0, member="own")
+
+
 def _outside(r, integer: bool) -> list:
     """Values just outside Range r (and non-integers for int keys)."""
     step = 1 if integer else 1e-9 * max(1.0, abs(r.lo or 0), abs(r.hi or 0))

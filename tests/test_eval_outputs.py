@@ -419,3 +419,21 @@ def test_submission_from_a_run_on_a_subset_of_sessions_is_refused(setup, tmp_pat
                 code=2)
     assert err.startswith("error: --submission") and "data.sessions" in err and trainer.dataset.day_names[2] in err
     assert len(err.strip().splitlines()) == 1 and not sub.exists()
+
+
+def test_eval_report_is_the_command_without_the_command_line(setup, capsys):
+    """``fastdecoder eval`` prints what the library call `eval_report` returns (beam and words, ensemble of two)."""
+    from fastdecoder.eval_report import EvalRequest, eval_report
+
+    runs, trainer, arpa = setup
+    printed = _eval(capsys, "--run", str(runs[0]), "--run", str(runs[1]), "--decoder", "beam", "--beam-width", "4",
+                    *_words(arpa))
+    tr = trainer.train_split
+    words = WordDecoder(lexicon_from_split(tr.transcriptions, tr.targets), str(arpa), beam_width=8)
+    req = EvalRequest(runs=[str(r) for r in runs], checkpoint="last", decoder="beam", beam_width=4, lm=str(arpa),
+                      word_beam_width=8)
+    report = eval_report(req, lambda ds, data_path, nbest: words)
+    assert json.loads(json.dumps(report)) == printed
+    assert printed["per_beam"] >= 0 and "wer" in printed
+    with pytest.raises(TypeError, match="word_decoder"):
+        eval_report(req)

@@ -1,4 +1,4 @@
-"""ops.gru_cpu (the fast path's CPU recurrence) against torch.nn.GRU: outputs and every gradient to fp32 round-off
+"""ops.gru.cpu (the fast path's CPU recurrence) against torch.nn.GRU: outputs and every gradient to fp32 round-off
 (1e-5 relative to the largest magnitude) on fresh random inputs of several shapes; the same dropout draws; the
 model uses it only off the reference backend, training, on the CPU."""
 from dataclasses import replace

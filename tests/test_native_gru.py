@@ -1,4 +1,4 @@
-"""The native GRU step (csrc/gru_step.cpp via stream.native_gru) against torch.nn.GRU, on every ISA path this CPU
+"""The native GRU step (csrc/gru_step.cpp via ops.gru.native_step) against torch.nn.GRU, on every ISA path this CPU
 has: fresh random weights, inputs and states (seeds from conftest, printed on failure), shapes whose input sizes are
 not multiples of the vector widths (16 / 8: the masked tails), NaN propagation, and the argument checks."""
 from __future__ import annotations

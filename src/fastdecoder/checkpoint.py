@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fastdecoder.config import resume_may_differ
 from fastdecoder.errors import UserError, writing
 from fastdecoder.limits import EXPANSION_SLACK_BYTES, LimitError, expanded_size, short_repr
 from fastdecoder.safe_torch_load import UnsafeFileError, load_weights_only
@@ -218,9 +219,8 @@ class ResumeError(UserError):
 
 
 #: keys that may differ between a checkpoint's config and the config a run is resumed with: the step budget, and
-#: what only changes logging/reporting (never the weights).
-RESUME_MAY_DIFFER = ("name", "train.steps", "train.log_every", "train.plot", "train.tensorboard", "train.threads",
-                     "train.beam_width", "train.train_monitor", "train.fast_selfcheck", "train.fast_selfcheck_fatal")
+#: what only changes logging/reporting (never the weights); declared beside each field (``key(resume=MAY_DIFFER)``)
+RESUME_MAY_DIFFER = resume_may_differ()
 
 
 def check_resume_config(cfg, saved: dict, where) -> None:
@@ -240,9 +240,10 @@ def check_resume_config(cfg, saved: dict, where) -> None:
     diffs = config_diff(saved, want, ignore=RESUME_MAY_DIFFER)
     if diffs:
         lines = "; ".join(f"{k}: checkpoint {a!r}, requested {b!r}" for k, a, b in diffs)
+        may = ", ".join(k for k in RESUME_MAY_DIFFER if k != "name")
         raise ResumeError(f"cannot resume from {where}: the requested config differs from the checkpoint's in "
-                          f"{lines}. Only {', '.join(RESUME_MAY_DIFFER[1:])} may change on resume (drop --config "
-                          "to resume with the checkpoint's own config, or start a new run in another --out).")
+                          f"{lines}. Only {may} may change on resume (drop --config to resume with the checkpoint's "
+                          "own config, or start a new run in another --out).")
 
 
 def resume_state(resume, cfg, out_dir: Path | None):

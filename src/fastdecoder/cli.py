@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from fastdecoder._native import MAX_BEAM_WIDTH
-from fastdecoder.argtypes import finite_float, float_at_least, int_at_least, int_in
+from fastdecoder.arggroups import (add_config_source, add_word_decoding, check_word_files, check_word_options,
+                                   overrides_of, word_decoder)
+from fastdecoder.argtypes import finite_float, int_at_least, int_in
 from fastdecoder.errors import UserError, writing
 
 # the parity command's choices (fastdecoder.parity's OPS and DTYPES, which a test keeps equal), here so that
@@ -24,20 +26,57 @@ PARITY_OPS = ("augment", "ln_gru", "train_step", "decoders")
 PARITY_DTYPES = ("bf16", "fp32")
 
 
-def _add_train(sub) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run its command's handler; the exit status (2: bad input, one ``error:`` line)."""
+    args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format=f"%(levelname)s {'' if rank == 0 else f'[rank {rank}] '}%(message)s")
+    try:
+        return args.handler(args)
+    except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        # a run stopped by the stability guard: only a command that trained can raise it (and has imported it)
+        stability = sys.modules.get("fastdecoder.train.stability")
+        if stability is None or not isinstance(e, stability.NonFiniteError):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's parser; each ``add_*`` adds one command and names its handler (``set_defaults(handler=)``)."""
+    from fastdecoder import __version__
+    from fastdecoder.serve import cli as serve_cli
+    from fastdecoder.tune import cli as tune_cli
+
+    parser = _Parser(prog="fastdecoder", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"fastdecoder {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for add in (add_train, add_eval, add_plot, add_data, add_bench, add_lm, add_stream, add_config, add_parity,
+                serve_cli.add_serve, serve_cli.add_replay, tune_cli.add_tune, tune_cli.add_lr_find):
+        add(sub)
+    return parser
+
+
+# -- parsers -----------------------------------------------------------------------------------------------------------
+def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a decoder from a config (preset name or YAML file)")
+    p.set_defaults(handler=cmd_train)
     p.add_argument("--config", default=None,
                    help="YAML file or preset name (b2t25, b2t24, demo); with --resume optional (default: the "
                         "checkpoint's config; if given it must match it except train.steps)")
-    p.add_argument("--data", help="b2t24 pickle file or b2t25 folder of session folders (overrides data.path)")
     p.add_argument("--out", default=None, help="run folder for config, checkpoints, metrics, summary, train.log "
                    "(default: runs/<config name>-<date>-<time>, printed)")
     p.add_argument("--init-from", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="calibration: start from this run folder's (or checkpoint's) weights, day layers matched by "
                         "session name (sets train.init_from; see also data.sessions, model.rnn_trainable, "
                         "model.input_trainable, train.early_stopping)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (repeatable)")
+    add_config_source(p)
     p.add_argument("--overwrite", action="store_true", help="clear --out first if it holds an earlier run")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last.pt (schedule, optimizer, RNGs, data position)")
@@ -47,8 +86,9 @@ def _add_train(sub) -> None:
                         "each a normal run folder, and a summary with the members' and the ensemble's PER")
 
 
-def _add_eval(sub) -> None:
+def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
+    p.set_defaults(handler=cmd_eval)
     p.add_argument("--run", required=True, action="append",
                    help="run folder written by 'fastdecoder train --out'; repeat (--run A --run B) to decode the "
                         "ensemble (mean of the runs' per-frame posteriors)")
@@ -58,13 +98,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--decoder", default="greedy", choices=["greedy", "beam"])
     p.add_argument("--beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=20)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
-    p.add_argument("--lexicon", default=None,
-                   help="with --lm: 'cmudict' (default), 'train' (read off the training split's transcripts and "
-                        "phonemes), or a file of 'WORD PH PH ...' lines")
-    p.add_argument("--lm-weight", type=float_at_least(0.0), default=0.5)
-    p.add_argument("--word-beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=64)
-    _add_word_scores(p)
+    add_word_decoding(p)
     p.add_argument("--nbest", type=int_at_least(1), default=None,
                    help="with --rescore-lm / --tune-weights / --rescore-weights / --save-nbest: hypotheses per "
                         "sentence, at most --word-beam-width (default: --word-beam-width)")
@@ -101,31 +135,17 @@ def _add_eval(sub) -> None:
                         "and the beam search's n-best phoneme strings")
 
 
-def _add_word_scores(p) -> None:
-    p.add_argument("--blank-penalty", type=finite_float, default=0.0,
-                   help="with --lm: subtracted from the blank's log-probability in every frame (> 0: fewer blanks)")
-    p.add_argument("--word-bonus", type=finite_float, default=0.0,
-                   help="with --lm: added to a hypothesis' score per word (natural log; > 0: more words)")
-
-
-def _add_lm(sub) -> None:
-    p = sub.add_parser("lm", help="language models for word decoding")
-    lsub = p.add_subparsers(dest="lm_cmd", required=True)
-    b = lsub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from a sentence corpus")
-    b.add_argument("--text", required=True, help="corpus: one sentence per line (plain or .gz)")
-    b.add_argument("--order", type=int, default=3, help="n-gram order, 1..10 (default 3)")
-    b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed); its folder must exist")
-
-
-def _add_plot(sub) -> None:
+def add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw DIR/curves.png (loss, PER, LR, grad norm, blank fraction) of a run")
+    p.set_defaults(handler=cmd_plot)
     p.add_argument("run", help="run folder written by 'fastdecoder train --out'")
     p.add_argument("--out", default=None,
                    help="image file to write, .png / .pdf / .svg / ... (default: RUN/curves.png)")
 
 
-def _add_data(sub) -> None:
+def add_data(sub) -> None:
     p = sub.add_parser("data", help="data utilities")
+    p.set_defaults(handler=cmd_data)
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="write a synthetic dataset in a real file format")
     s.add_argument("--format", required=True, choices=["b2t24", "b2t25"])
@@ -138,24 +158,9 @@ def _add_data(sub) -> None:
     i.add_argument("path")
 
 
-def _add_config(sub) -> None:
-    p = sub.add_parser("config", help="inspect configs")
-    csub = p.add_subparsers(dest="config_cmd", required=True)
-    s = csub.add_parser("show", help="print a resolved config as YAML (its base: chain, --set overrides and every "
-                        "default filled in): what 'train --config NAME' would use")
-    s.add_argument("name", help="preset name (b2t25, b2t24, demo) or YAML file")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-
-
-def cmd_config(args) -> int:
-    from fastdecoder.config import show_config
-
-    sys.stdout.write(show_config(args.name, args.overrides))
-    return 0
-
-
-def _add_bench(sub) -> None:
+def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks a user runs on their own machine")
+    p.set_defaults(handler=cmd_bench)
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
     t = bsub.add_parser("train", help="fast path vs reference path, per path: batches/s, ms per step in data / "
                         "forward / backward / optimizer, host reads and (CUDA) device syncs per step, compiles, CUDA "
@@ -164,10 +169,9 @@ def _add_bench(sub) -> None:
     t.add_argument("--steps", type=int, default=None,
                    help="timed steps per path (default 50; with --members: steps per block, default 5)")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
-    t.add_argument("--data", help="dataset path (default: the config's)")
     t.add_argument("--synthetic", action="store_true",
                    help="synthetic data with the preset's real feature width instead of the config's data")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_source(t)
     t.add_argument("--json", help="also write the full result (losses included) to this file")
     t.add_argument("--members", type=int, default=None, metavar="K",
                    help="instead: K members trained as one batched model vs K separate runs, member-steps/s, "
@@ -175,53 +179,57 @@ def _add_bench(sub) -> None:
     t.add_argument("--blocks", type=int, default=6, help="with --members: interleaved blocks per path")
 
 
-def cmd_bench(args) -> int:
-    from fastdecoder.config import load_config
-    from fastdecoder.bench.train_speed import SYNTHETIC, bench_train, format_report
-
-    if args.steps is None:
-        args.steps = 5 if args.members is not None else 50
-    if args.steps < 1 or args.warmup < 0:
-        raise UserError("--steps must be >= 1 and --warmup >= 0")
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={json.dumps(args.data)}")
-    cfg = load_config(args.config, overrides)
-    if args.synthetic:
-        fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
-        cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
-    if args.members is not None:
-        from fastdecoder.bench.members_speed import bench_members, format_members_report
-
-        if args.members < 1 or args.blocks < 1:
-            raise UserError("--members and --blocks must be >= 1")
-        result = bench_members(cfg, args.members, args.steps, args.blocks, args.warmup)
-        print(format_members_report(result))
-    else:
-        result = bench_train(cfg, args.steps, args.warmup)
-        print(format_report(result))
-    if args.json:
-        with writing(args.json):
-            Path(args.json).write_text(_json_text(result))
-    return 0
+def add_lm(sub) -> None:
+    p = sub.add_parser("lm", help="language models for word decoding")
+    p.set_defaults(handler=cmd_lm)
+    lsub = p.add_subparsers(dest="lm_cmd", required=True)
+    b = lsub.add_parser("build", help="estimate a modified Kneser-Ney n-gram LM from a sentence corpus")
+    b.add_argument("--text", required=True, help="corpus: one sentence per line (plain or .gz)")
+    b.add_argument("--order", type=int, default=3, help="n-gram order, 1..10 (default 3)")
+    b.add_argument("--out", required=True, help="ARPA file to write (.gz: compressed); its folder must exist")
 
 
-def _json_text(obj) -> str:
-    """Valid JSON for a result: a non-finite number (an undefined rate) is written as null, never NaN/Infinity."""
-    import math
+def add_stream(sub) -> None:
+    p = sub.add_parser("stream", help="replay a split through the streaming decoder (latency, real-time factor, "
+                                      "PER/WER)")
+    p.set_defaults(handler=cmd_stream)
+    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
+    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
+    p.add_argument("--split", default="val", help="val | test | train")
+    p.add_argument("--data", help="data path (default: the one the run was trained on)")
+    p.add_argument("--beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=20)
+    p.add_argument("--hop", type=int_at_least(1), default=4, help="bins per push (4 = 80 ms)")
+    p.add_argument("--realtime", action="store_true", help="pace the pushes at 20 ms per bin")
+    p.add_argument("--max-trials", type=int_at_least(1), default=None, help="replay the first N trials only")
+    p.add_argument("--quiet", action="store_true", help="do not print the words as they firm up")
+    p.add_argument("--device", default="cpu")
+    add_word_decoding(p)
 
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
 
-    return json.dumps(clean(obj), indent=2, allow_nan=False)
+def add_config(sub) -> None:
+    p = sub.add_parser("config", help="inspect configs")
+    p.set_defaults(handler=cmd_config)
+    csub = p.add_subparsers(dest="config_cmd", required=True)
+    s = csub.add_parser("show", help="print a resolved config as YAML (its base: chain, --set overrides and every "
+                        "default filled in): what 'train --config NAME' would use")
+    s.add_argument("name", help="preset name (b2t25, b2t24, demo) or YAML file")
+    add_config_source(s, data=False)
 
 
+def add_parity(sub) -> None:
+    p = sub.add_parser("parity", help="every fast path against its reference on this device (table; exit 1 on a fail)")
+    p.set_defaults(handler=cmd_parity)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
+    p.add_argument("--dtype", action="append", choices=PARITY_DTYPES, default=None,
+                   help="fp32 (default) and/or bf16 (repeat the flag for both)")
+    p.add_argument("--ops", default=",".join(PARITY_OPS), help=f"comma-separated subset of {','.join(PARITY_OPS)}")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
+                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
+    p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
+
+# -- handlers ----------------------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from fastdecoder.config import apply_overrides, config_from_dict, load_config
     from fastdecoder.train import distributed
@@ -230,9 +238,7 @@ def cmd_train(args) -> int:
     from fastdecoder.train.trainer import Trainer
 
     info = distributed.env_info()
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={json.dumps(args.data)}")
+    overrides = overrides_of(args)
     if args.init_from:
         if args.resume:
             raise UserError("--init-from starts a new run from another run's weights; --resume continues this one")
@@ -348,6 +354,26 @@ def _train_members(args, out: Path | None, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Score a run's checkpoint, or the ensemble of several runs, on a split (fastdecoder.eval_report)."""
+    from fastdecoder.eval_report import EvalRequest, eval_report
+
+    check_word_options(args)
+    if args.save_weights and not args.tune_weights:
+        raise UserError("--save-weights names the file --tune-weights writes: pass --tune-weights")
+    if args.format and not args.submission:
+        raise UserError("--format is the layout of the --submission file: pass --submission FILE")
+    if args.nbest is not None and args.nbest > args.word_beam_width:
+        raise UserError(f"--nbest {args.nbest} exceeds --word-beam-width {args.word_beam_width}: the word beam holds "
+                        "at most that many sentences")
+    check_word_files(args)
+    # the request's fields are the options of the same names (--run gives runs)
+    req = EvalRequest(runs=args.run, **{f.name: getattr(args, f.name) for f in fields(EvalRequest) if f.name != "runs"})
+    report = eval_report(req, lambda ds, data_path, nbest: word_decoder(args, ds, data_path, nbest=nbest))
+    print(_json_text(report))
+    return 0
+
+
 def cmd_plot(args) -> int:
     from fastdecoder.train.plot import PlotUnavailable, plot_run
 
@@ -357,263 +383,6 @@ def cmd_plot(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {path}")
-    return 0
-
-
-def _word_lexicon(name, ds, data_path):
-    """--lexicon: 'cmudict' / None, 'train' (read off the labelled training split), or a lexicon file."""
-    from fastdecoder.decode import lexicon_from_split, load_lexicon
-
-    if name == "train":
-        tr = ds.splits.get("train")
-        if tr is None or tr.targets is None or tr.transcriptions is None:
-            raise UserError(f"--lexicon train needs a labelled training split in {data_path}")
-        return lexicon_from_split(tr.transcriptions, tr.targets)
-    return load_lexicon(None if name in (None, "cmudict") else name)
-
-
-def _add_stream(sub) -> None:
-    p = sub.add_parser("stream", help="replay a split through the streaming decoder (latency, real-time factor, "
-                                      "PER/WER)")
-    p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
-    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
-    p.add_argument("--split", default="val", help="val | test | train")
-    p.add_argument("--data", help="data path (default: the one the run was trained on)")
-    p.add_argument("--beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=20)
-    p.add_argument("--hop", type=int_at_least(1), default=4, help="bins per push (4 = 80 ms)")
-    p.add_argument("--realtime", action="store_true", help="pace the pushes at 20 ms per bin")
-    p.add_argument("--max-trials", type=int_at_least(1), default=None, help="replay the first N trials only")
-    p.add_argument("--quiet", action="store_true", help="do not print the words as they firm up")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words and report WER")
-    p.add_argument("--lexicon", default=None, help="with --lm: 'cmudict' (default), 'train', or a lexicon file")
-    p.add_argument("--lm-weight", type=float_at_least(0.0), default=0.5)
-    p.add_argument("--word-beam-width", type=int_in(1, MAX_BEAM_WIDTH), default=64)
-    _add_word_scores(p)
-
-
-def cmd_stream(args) -> int:
-    """Replay a split through the streaming decoder; the words as they firm up, latency, PER/WER."""
-    from fastdecoder.data import load_dataset
-    from fastdecoder.stream import StreamingDecoder
-    from fastdecoder.stream.replay import replay
-    from fastdecoder.data.selection import select_data
-    from fastdecoder.checkpoint import load_run, run_data_path
-    from fastdecoder.device import resolve_device
-
-    _check_word_options(args)
-    _check_word_files(args)
-    device = resolve_device(args.device, "--device")
-    cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
-    data_path = run_data_path(cfg, args.run, args.data)
-    ds = select_data(load_dataset(data_path, "auto"), cfg.data)  # the sessions and features the run trained on
-    if args.split not in ds.splits:
-        raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
-    split = ds.splits[args.split]
-    word_decoder = _word_decoder(args, ds, data_path) if args.lm else None
-    decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=word_decoder, device=device)
-    show = None if args.quiet or word_decoder is None else (
-        lambda i, words: print(f"[{split.trial_ids[i]}] {' '.join(words)}", flush=True))
-    report = replay(decoder, split, hop=args.hop, realtime=args.realtime, max_trials=args.max_trials, on_words=show)
-    out = {"run": str(args.run), "checkpoint": args.checkpoint, "split": args.split, "beam_width": args.beam_width,
-           "lookahead_ms": decoder.lookahead_bins * 20, **report.as_dict()}
-    print(_json_text(out))
-    return 0
-
-
-def _check_word_options(args) -> None:
-    """Word-decoding options need --lm (they would otherwise be ignored)."""
-    if args.lm:
-        return
-    given = [name for name, on in (("--lexicon", args.lexicon is not None),
-                                   ("--blank-penalty", args.blank_penalty != 0.0),
-                                   ("--word-bonus", args.word_bonus != 0.0),
-                                   ("--submission", getattr(args, "submission", None) is not None),
-                                   ("--save-nbest", getattr(args, "save_nbest", None) is not None),
-                                   ("--rescore-weights", getattr(args, "rescore_weights", None) is not None),
-                                   ("--rescore-lm", getattr(args, "rescore_lm", None) is not None),
-                                   ("--tune-weights", getattr(args, "tune_weights", False))) if on]
-    if given:
-        why = (" (the competitions score words: a submission holds the word decoder's sentences)"
-               if "--submission" in given else "")
-        raise UserError(f"{given[0]} is a word decoding option, and word decoding options need --lm ARPA{why}")
-
-
-def _check_word_files(args) -> None:
-    """--lm and a --lexicon file exist: checked before anything is evaluated (their contents when they are read)."""
-    for option, path in (("--lm", args.lm), ("--lexicon", args.lexicon)):
-        if path and not (option == "--lexicon" and path in ("cmudict", "train")) and not Path(path).is_file():
-            raise UserError(f"{option} {path}: no such file")
-
-
-def _check_submission_sessions(sessions, data_path, split_name: str) -> None:
-    """A submission covers every session's trials of the split: a run trained on a subset (``data.sessions``)
-    would leave sessions out, so it is refused, naming them."""
-    if sessions is None:
-        return
-    from fastdecoder.data import load_dataset
-
-    full = load_dataset(data_path, "auto")
-    split = full.splits.get(split_name)
-    having = sorted({full.day_names[d] for d in split.day}) if split is not None and len(split) else []
-    left_out = [name for name in having if name not in set(sessions)]
-    if left_out:
-        raise UserError(f"--submission: the run selects data.sessions, which leaves out {len(left_out)} session(s) "
-                        f"with {split_name} trials ({', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}); "
-                        "a submission must cover every session: evaluate a run whose data.sessions includes them")
-
-
-def _word_decoder(args, ds, data_path, nbest: int = 1):
-    """The WordDecoder of ``--lm`` / ``--lexicon`` / ``--lm-weight`` / ``--word-beam-width`` / ``--blank-penalty`` /
-    ``--word-bonus``; ``nbest`` sentences per trial."""
-    from fastdecoder.decode import WordDecoder
-
-    try:
-        return WordDecoder(lexicon=_word_lexicon(args.lexicon, ds, data_path), lm=args.lm, lm_weight=args.lm_weight,
-                           beam_width=args.word_beam_width, nbest=nbest, blank_penalty=args.blank_penalty,
-                           word_bonus=args.word_bonus)
-    except UserError:
-        raise
-    except ValueError as e:   # a lexicon or LM file, or a word decoder setting: the message names it
-        raise UserError(f"word decoder (--lm / --lexicon / --lm-weight / --word-beam-width / --nbest / "
-                        f"--blank-penalty / --word-bonus): {e}") from None
-
-
-def cmd_eval(args) -> int:
-    """Score a run's checkpoint, or the ensemble of several runs (--run A --run B), on a split through the trainer's
-    own evaluation path (same transform, same autocast): greedy, beam or words, with optional neural-LM rescoring;
-    on an unlabelled split (test) it decodes without scoring and can write a competition submission."""
-    import numpy as np
-
-    from fastdecoder.decode import error_rate
-    from fastdecoder.eval_outputs import save_logits, save_nbest
-    from fastdecoder.evaluation import beam_hypotheses, day_names_of, evaluate_runs, per_by_day
-    from fastdecoder.phonemes import ids_to_text
-    from fastdecoder.checkpoint import run_checkpoint_path
-    from fastdecoder.device import resolve_device
-
-    _check_word_options(args)
-    rescoring = bool(args.rescore_lm or args.tune_weights or args.rescore_weights)
-    if args.save_weights and not args.tune_weights:
-        raise UserError("--save-weights names the file --tune-weights writes: pass --tune-weights")
-    if args.format and not args.submission:
-        raise UserError("--format is the layout of the --submission file: pass --submission FILE")
-    if args.nbest is not None and args.nbest > args.word_beam_width:
-        raise UserError(f"--nbest {args.nbest} exceeds --word-beam-width {args.word_beam_width}: the word beam holds "
-                        "at most that many sentences")
-    _check_word_files(args)
-    for r in args.run:
-        run_checkpoint_path(r, args.checkpoint)  # a path outside the run folder is refused before any work
-    if args.rescore_lm:
-        from fastdecoder.decode.rescore import check_causal_lm
-
-        check_causal_lm(args.rescore_lm)
-    weights = None
-    if args.rescore_weights:
-        from fastdecoder.decode.rescore import load_weights
-
-        weights = load_weights(args.rescore_weights)
-    device = resolve_device(args.device, "--device")
-    runs = evaluate_runs(args.run, args.split, checkpoint=args.checkpoint, data=args.data, device=device)
-    res, ds, split = runs.result, runs.dataset, runs.split
-    data_path = args.data or runs.configs[0].data.path
-    single = len(args.run) == 1
-    run = Path(args.run[0])
-    out = {"run": str(run) if single else args.run, "checkpoint": args.checkpoint,
-           "step": runs.steps[0] if single else runs.steps, "split": args.split, "trials": res.n_trials}
-    if split.targets is None:
-        out["labelled"] = False       # no PER / WER: the split has no labels (a competition's test split)
-    refs = [split.targets[i].tolist() for i in res.indices] if split.targets is not None else None
-    if not single:
-        out["members"] = [{"run": n, "step": st, "per_greedy": m.per}
-                          for n, st, m in zip(runs.names, runs.steps, runs.members)]
-        if args.decoder == "beam" and refs is not None:
-            for rec, m in zip(out["members"], runs.members):
-                rec["per_beam"] = error_rate(beam_hypotheses(m.log_probs, args.beam_width), refs)[0]
-    if refs is not None:
-        out["per_greedy"] = res.per
-        out["per_day"] = day_names_of(res.per_day, ds.day_names)
-    beam = None
-    if args.decoder == "beam":
-        beam = beam_hypotheses(res.log_probs, args.beam_width)
-        if refs is not None:
-            out["per_beam"], out["beam_width"] = error_rate(beam, refs)[0], args.beam_width
-            for d, v in per_by_day(beam, refs, split.day[res.indices]).items():
-                out["per_day"][ds.day_names[d]].update(per_beam=v["per"], edits_beam=v["edits"])
-    if args.save_logits:
-        out["logits"] = str(save_logits(args.save_logits, res.log_probs, res.indices, split, ds.day_names,
-                                        args.split))
-    word_hyps, tag = None, args.decoder
-    if args.lm:
-        from fastdecoder.decode.rescore import RescoreWeights, decode_split_words, save_weights
-
-        if weights is None and (args.rescore_lm or args.rescore_ngram_weight is not None
-                                or args.rescore_word_bonus is not None):
-            weights = RescoreWeights(args.lm_weight if args.rescore_ngram_weight is None else args.rescore_ngram_weight,
-                                     args.rescore_weight if args.rescore_lm else 0.0,
-                                     args.word_bonus if args.rescore_word_bonus is None else args.rescore_word_bonus)
-        rescoring = rescoring or weights is not None
-        nbest = (args.nbest or args.word_beam_width) if (rescoring or args.save_nbest) else 1
-        words = _word_decoder(args, ds, data_path, nbest=nbest)
-        transcripts = ([split.transcriptions[i] for i in res.indices] if split.transcriptions is not None
-                       else None)
-        decoded = decode_split_words(words, res.log_probs, transcripts, weights=weights, rescore_lm=args.rescore_lm,
-                                     tune=args.tune_weights, batch_size=args.rescore_batch_size,
-                                     device=args.rescore_device)
-        out.update(lm=args.lm, **decoded.report)
-        if args.rescore_weights:
-            out["rescore_weights_file"] = args.rescore_weights
-        if args.tune_weights:
-            ens = "" if single else f"_ensemble{len(args.run)}"
-            wpath = Path(args.save_weights) if args.save_weights else run / f"rescore_weights{ens}.json"
-            out["weights_file"] = str(save_weights(wpath, decoded.weights, tuned_on=args.split, wer=out["wer_tuned"],
-                                                   lm=args.lm, lm_weight=args.lm_weight,
-                                                   rescore_lm=args.rescore_lm))
-        word_hyps = decoded.hypotheses
-        tag += "_rescored" if rescoring else "_words"
-        if args.save_nbest:
-            out["nbest_file"] = str(save_nbest(args.save_nbest, decoded, res.log_probs, args.beam_width, res.indices,
-                                               split, ds.day_names))
-        if args.submission:
-            from fastdecoder.decode.submission import write_submission
-
-            if not np.array_equal(res.indices, np.arange(len(split))):
-                raise RuntimeError("the evaluation did not keep the split's trial order")
-            _check_submission_sessions(runs.configs[0].data.sessions, data_path, args.split)
-            fmt = args.format or ds.format
-            out["submission"] = str(write_submission(args.submission, word_hyps, fmt))
-            out["submission_format"] = fmt
-    ensemble = "" if single else f"_ensemble{len(args.run)}"
-    pred_path = run / f"predictions_{args.split}_{args.checkpoint}{ensemble}_{tag}.jsonl"
-    with writing(pred_path), open(pred_path, "w") as f:
-        for k, i in enumerate(res.indices):
-            rec = {"trial": split.trial_ids[i], "greedy": ids_to_text(res.greedy[k])}
-            if beam is not None:
-                rec["beam"] = ids_to_text(beam[k])
-            if word_hyps is not None:
-                rec["words"] = word_hyps[k]
-                if split.transcriptions is not None:
-                    rec["transcription"] = split.transcriptions[i]
-            if split.targets is not None:
-                rec["target"] = ids_to_text(split.targets[i])
-            f.write(json.dumps(rec) + "\n")
-    out["predictions"] = str(pred_path)
-    print(_json_text(out))
-    return 0
-
-
-def cmd_lm(args) -> int:
-    from fastdecoder.decode import build_lm
-
-    from fastdecoder.limits import MAX_LM_ORDER
-
-    if not 1 <= args.order <= MAX_LM_ORDER:
-        raise UserError(f"--order must be in 1..{MAX_LM_ORDER}, got {args.order}")
-    if not Path(args.text).is_file():
-        raise UserError(f"corpus {args.text} does not exist")
-    lm = build_lm(args.text, args.order, args.out)
-    counts = ", ".join(f"{n}-grams: {c}" for n, c in enumerate(lm.counts, 1))
-    print(f"wrote {args.out}: order {args.order}, {counts}")
     return 0
 
 
@@ -641,6 +410,110 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from fastdecoder.config import load_config
+    from fastdecoder.bench.train_speed import SYNTHETIC, bench_train, format_report
+
+    if args.steps is None:
+        args.steps = 5 if args.members is not None else 50
+    if args.steps < 1 or args.warmup < 0:
+        raise UserError("--steps must be >= 1 and --warmup >= 0")
+    cfg = load_config(args.config, overrides_of(args))
+    if args.synthetic:
+        fmt = "b2t24" if cfg.model.patch_order == "channel_major" else "b2t25"
+        cfg = replace(cfg, data=replace(cfg.data, path=None, synthetic=dict(SYNTHETIC[fmt])))
+    if args.members is not None:
+        from fastdecoder.bench.members_speed import bench_members, format_members_report
+
+        if args.members < 1 or args.blocks < 1:
+            raise UserError("--members and --blocks must be >= 1")
+        result = bench_members(cfg, args.members, args.steps, args.blocks, args.warmup)
+        print(format_members_report(result))
+    else:
+        result = bench_train(cfg, args.steps, args.warmup)
+        print(format_report(result))
+    if args.json:
+        with writing(args.json):
+            Path(args.json).write_text(_json_text(result))
+    return 0
+
+
+def cmd_lm(args) -> int:
+    from fastdecoder.decode import build_lm
+    from fastdecoder.limits import MAX_LM_ORDER
+
+    if not 1 <= args.order <= MAX_LM_ORDER:
+        raise UserError(f"--order must be in 1..{MAX_LM_ORDER}, got {args.order}")
+    if not Path(args.text).is_file():
+        raise UserError(f"corpus {args.text} does not exist")
+    lm = build_lm(args.text, args.order, args.out)
+    counts = ", ".join(f"{n}-grams: {c}" for n, c in enumerate(lm.counts, 1))
+    print(f"wrote {args.out}: order {args.order}, {counts}")
+    return 0
+
+
+def cmd_stream(args) -> int:
+    """Replay a split through the streaming decoder; the words as they firm up, latency, PER/WER."""
+    from fastdecoder.data import load_dataset
+    from fastdecoder.stream import StreamingDecoder
+    from fastdecoder.stream.replay import replay
+    from fastdecoder.data.selection import select_data
+    from fastdecoder.checkpoint import load_run, run_data_path
+    from fastdecoder.device import resolve_device
+
+    check_word_options(args)
+    check_word_files(args)
+    device = resolve_device(args.device, "--device")
+    cfg, model, _ = load_run(Path(args.run), args.checkpoint, device)
+    data_path = run_data_path(cfg, args.run, args.data)
+    ds = select_data(load_dataset(data_path, "auto"), cfg.data)  # the sessions and features the run trained on
+    if args.split not in ds.splits:
+        raise UserError(f"{data_path} has no '{args.split}' split (has: {', '.join(ds.splits)})")
+    split = ds.splits[args.split]
+    words = word_decoder(args, ds, data_path) if args.lm else None
+    decoder = StreamingDecoder(model, beam_width=args.beam_width, word_decoder=words, device=device)
+    show = None if args.quiet or words is None else (
+        lambda i, said: print(f"[{split.trial_ids[i]}] {' '.join(said)}", flush=True))
+    report = replay(decoder, split, hop=args.hop, realtime=args.realtime, max_trials=args.max_trials, on_words=show)
+    out = {"run": str(args.run), "checkpoint": args.checkpoint, "split": args.split, "beam_width": args.beam_width,
+           "lookahead_ms": decoder.lookahead_bins * 20, **report.as_dict()}
+    print(_json_text(out))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from fastdecoder.config import show_config
+
+    sys.stdout.write(show_config(args.name, args.overrides))
+    return 0
+
+
+def cmd_parity(args) -> int:
+    """Every fast path against its reference on this device (fastdecoder.parity)."""
+    from fastdecoder import parity
+
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
+    return parity.check(args.device, tuple(args.dtype or ["fp32"]), ops, seed=args.seed, quick=args.quick,
+                        json_path=args.json)
+
+
+# -- output and errors -------------------------------------------------------------------------------------------------
+def _json_text(obj) -> str:
+    """Valid JSON for a result: a non-finite number (an undefined rate) is written as null, never NaN/Infinity."""
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the commands' error format: one line ``error: ...`` and exit status 2 (usage: ``--help``)."""
 
@@ -650,67 +523,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
-
-
-def _add_parity(sub) -> None:
-    p = sub.add_parser("parity", help="every fast path against its reference on this device (table; exit 1 on a fail)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
-    p.add_argument("--dtype", action="append", choices=PARITY_DTYPES, default=None,
-                   help="fp32 (default) and/or bf16 (repeat the flag for both)")
-    p.add_argument("--ops", default=",".join(PARITY_OPS), help=f"comma-separated subset of {','.join(PARITY_OPS)}")
-    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None,
-                   help="input seed, 0 .. 2**32-1 (default: a fresh one, printed)")
-    p.add_argument("--quick", action="store_true", help="one shape per op, a short train-step check (smoke tests)")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-
-
-def _cmd_parity(args) -> int:
-    from fastdecoder import parity
-
-    return parity.command(args)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="fastdecoder", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    from fastdecoder import __version__
-
-    parser.add_argument("--version", action="version", version=f"fastdecoder {__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    _add_train(sub)
-    _add_eval(sub)
-    _add_plot(sub)
-    _add_data(sub)
-    _add_bench(sub)
-    _add_lm(sub)
-    _add_stream(sub)
-    _add_config(sub)
-    _add_parity(sub)
-    from fastdecoder.serve import cli as serve_cli
-
-    serve_cli.add_parsers(sub)
-    from fastdecoder.tune import cli as tune_cli
-
-    tune_cli.add_tune(sub)
-    tune_cli.add_lr_find(sub)
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    level = logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING)
-    logging.basicConfig(level=level, format=f"%(levelname)s {'' if rank == 0 else f'[rank {rank}] '}%(message)s")
-    from fastdecoder.train.stability import NonFiniteError
-
-    try:
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "data": cmd_data,
-                "bench": cmd_bench, "lm": cmd_lm, "stream": cmd_stream, "config": cmd_config,
-                "parity": _cmd_parity, **serve_cli.COMMANDS,
-                "tune": tune_cli.cmd_tune, "lr-find": tune_cli.cmd_lr_find}[args.cmd](args)
-    except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
-        # what the user gave is wrong (the message names it); anything else is a bug and keeps its traceback
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 3
 
 
 if __name__ == "__main__":

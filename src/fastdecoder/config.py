@@ -1,10 +1,12 @@
 """Typed configuration: dataclasses <-> YAML, presets, and ``section.key=value`` overrides.
 
-A config has the sections ``data``, ``model``, ``augment``, ``ctc``, ``optim``, ``stability`` and ``train``. Unknown
-sections or keys are an error that names them; values are checked against the field's type, every numeric key
-against its range (`RANGES`: finite, sign, integer where the field is an int) and keys that depend on each other
-against each other (`validate`). Files and ``--set`` values are read with YAML 1.2 core-schema scalars
-(`yaml_load`): ``1e-4`` and ``.5`` are numbers, ``yes``/``no``/``on``/``off`` are strings, ``017`` is 17.
+A config has the sections ``data``, ``model``, ``augment``, ``ctc``, ``optim``, ``stability`` and ``train``. Each key
+is declared once, as a dataclass field whose `key` default carries its choices or range and whether it may differ on
+resume or per member. Unknown sections or keys are an error that names them; values are checked against the field's
+type and declared choices, every numeric key against its range (`RANGES`: finite, sign, integer where the field is
+an int) and keys that depend on each other against each other (`validate`). Files and ``--set`` values are read with
+YAML 1.2 core-schema scalars (`yaml_load`): ``1e-4`` and ``.5`` are numbers, ``yes``/``no``/``on``/``off`` are
+strings, ``017`` is 17.
 """
 from __future__ import annotations
 
@@ -29,201 +31,6 @@ PRESETS_PACKAGE = "fastdecoder.presets"  # the presets' YAML files, shipped as p
 
 class ConfigError(UserError):
     """A config file or override is malformed: the message names the key."""
-
-
-@dataclass
-class DataConfig:
-    path: Optional[str] = None          # b2t24 pickle file or b2t25 folder of session folders
-    format: str = "auto"                # auto | b2t24 | b2t25
-    synthetic: Optional[dict] = None    # no path: generate this synthetic set (keys: format + SynthSpec fields)
-    batching: str = "days"              # days (b2t25: days_per_batch random days x trials with replacement) |
-    #                                     random (b2t24: a fresh shuffled full batch every step) | epochs (each trial
-    #                                     once per epoch, the epoch's last batch short)
-    days_per_batch: int = 4
-    val_split: Optional[str] = "val"   # train | val | test: the split evaluated during training (null = none)
-    max_val_trials: Optional[int] = None  # evaluate on the first N validation trials only (None = all)
-    # data selection (NEJM's dataset keys; none in the presets = all of the data)
-    sessions: Optional[list] = None     # session (day) names to use, in this order (day index = position); null = all
-    must_include_days: Optional[list] = None  # day indices (negative: from the end) in every 'days' batch
-    feature_subset: Optional[list] = None     # feature (channel) indices to keep, in this order; null/[] = all
-    bad_trials_dict: Optional[dict] = None    # {session: {block_num: [trial_num, ...]}}: left out of train and val
-
-
-@dataclass
-class ModelConfig:
-    n_features: Optional[int] = None    # taken from the data when None
-    n_days: Optional[int] = None        # taken from the data when None
-    n_classes: int = 41
-    hidden_size: int = 768
-    num_layers: int = 5
-    bidirectional: bool = False
-    rnn: str = "gru"                    # gru (torch.nn.GRU / cuDNN) | ln_gru (fastdecoder.nn.LayerNormGRU)
-    rnn_dropout: float = 0.4
-    input_dropout: float = 0.2          # after the day layer
-    patch_size: int = 14
-    patch_stride: int = 4
-    patch_order: str = "time_major"     # time_major (b2t25: k*C + c) | channel_major (b2t24, nn.Unfold: c*K + k)
-    smoothing: str = "input"            # input (data transform, b2t25) | model (inside forward, b2t24) | none
-    smooth_taps: str = "b2t25"          # b2t25 (9 taps) | b2t24 (20 taps, centre 9.5)
-    learn_h0: bool = True               # b2t25: learnable (1, 1, H) initial state; b2t24: zeros
-    day_activation: str = "softsign"
-    head_init: str = "xavier"           # xavier (b2t25) | default (torch.nn.Linear's, b2t24)
-    mask_padding: bool = True           # padding beyond each trial's length stays zero through the noise, offset and
-    #                                     smoothing (data transform and in-model); false (both presets, as shipped):
-    #                                     they act on the whole zero-padded batch. Configs saved without it: true
-    rnn_trainable: bool = True          # false: the recurrence (rnn.*) is frozen (NEJM model.rnn_trainable)
-    input_trainable: bool = True        # false: the day layers are frozen (NEJM model.input_network.input_trainable)
-
-
-@dataclass
-class AugmentConfig:
-    white_noise_std: float = 0.0
-    constant_offset_std: float = 0.0
-    random_cut: int = 0                 # cut randint(0, random_cut) bins from the start of the batch (0 = off)
-    time_mask_prob: float = 0.0
-    time_mask_width: int = 0
-    time_mask_count: int = 0
-    freq_mask_prob: float = 0.0
-    freq_mask_width: int = 0
-    freq_mask_count: int = 0
-    backend: str = "auto"               # auto | reference | triton
-    noise: str = "auto"                 # auto (philox where the Triton kernel runs, else torch) | philox | torch
-
-
-@dataclass
-class CTCConfig:
-    reduction: str = "mean_batch"       # mean_batch (b2t25: per-sentence loss, plain batch mean) | mean_target (b2t24: torch 'mean')
-    zero_infinity: bool = False
-    output_lengths: str = "exact"       # exact: (T - K) // S + 1 | shipped: the b2t24 code's floor((T - K) / S)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"                 # adam (coupled L2 decay) | adamw (decoupled)
-    lr: float = 0.005
-    betas: tuple = (0.9, 0.999)
-    eps: float = 0.1
-    weight_decay: float = 0.001
-    no_decay_bias: bool = True          # weight decay 0 for biases (and norms)
-    no_decay_h0: bool = True            # with no_decay_bias, the learnable h0 undecayed too; false (the presets, as
-    #                                     NEJM): h0 decays with the main group. Configs saved without it: true
-    day_lr: Optional[float] = None      # day layers' own LR (None = lr); their decay is day_weight_decay
-    day_weight_decay: float = 0.0
-    schedule: str = "warmup_cosine"     # constant | linear | warmup_cosine | onecycle | plateau
-    warmup_steps: int = 1000            # linear and warmup_cosine: linear warmup 0 -> lr over these steps
-    decay_steps: int = 120000           # cosine/linear reach lr_min at this step; onecycle: the cycle's length
-    lr_min: float = 1e-4                # end LR of linear/warmup_cosine; floor of the plateau reductions
-    grad_clip: float = 10.0             # max grad norm; 0 = off
-    fused: bool = True                  # fused AdamW where the device supports it
-    # onecycle (torch.optim.lr_scheduler.OneCycleLR, cosine anneal, no momentum cycling): lr is max_lr
-    onecycle_pct_start: float = 0.3     # share of decay_steps spent rising from lr / div_factor to lr
-    onecycle_div_factor: float = 25.0   # start LR = lr / div_factor
-    onecycle_final_div_factor: float = 1e4  # final LR = start LR / final_div_factor
-    # plateau (ReduceLROnPlateau on the validation PER, mode min, relative threshold): constant lr until then
-    plateau_factor: float = 0.5         # LR multiplied by this at each reduction
-    plateau_patience: int = 3           # evaluations without improvement tolerated; the next one reduces
-    plateau_threshold: float = 1e-4     # relative improvement that counts (PER < best * (1 - threshold))
-    plateau_cooldown: int = 0           # evaluations after a reduction during which no reduction happens
-
-
-@dataclass
-class StabilityConfig:
-    """Guards against the common training failures: NaN/Inf updates, repeated explosions, blank collapse."""
-    abort_on_nonfinite: bool = False    # stop with an error at the first non-finite loss/gradient (default: skip it)
-    max_consecutive_skips: int = 100    # stop with an error after this many skipped updates in a row (0 = never)
-    adaptive_lr: bool = False           # reduce the LR when instability repeats
-    grad_norm_threshold: float = 10.0   # a pre-clip grad norm above this is an instability event (non-finite too)
-    instability_events: int = 3         # this many events within instability_window steps trigger a reduction
-    instability_window: int = 100
-    lr_reduction_factor: float = 0.8    # LR multiplied by this at each adaptive reduction
-    min_lr: float = 1e-5                # adaptive reductions never take the (peak) LR below this
-    max_lr_reductions: int = 5
-    monitor_after_steps: int = 1000     # collapse/diversity warnings only from this step on (CTC starts blank)
-    blank_threshold: float = 0.95       # warn when more argmax frames than this are blank (blank collapse)
-    min_distinct_phonemes: int = 10     # warn when fewer distinct phonemes than this are predicted
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 120000
-    batch_size: int = 64
-    eval_every: int = 2000
-    log_every: int = 100
-    checkpoint_every: int = 2000
-    seed: int = 0                       # init, dropout, masks, noise (and the batches when data_seed is None)
-    data_seed: Optional[int] = None     # seed of the batch order and random cut (None = train.seed, as before)
-    members: int = 1                    # train K models as one batched model (fastdecoder.members)
-    member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    amp: str = "bf16"                   # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path
-    #                                     where the CPU has native bf16 GEMMs (else, and on the reference path, fp32)
-    compile: bool = False
-    length_bucket: int = 0              # pad each batch's time axis up to a multiple of this many bins after the
-    #                                     augmentation (0 = off, as the presets ship): few distinct shapes for
-    #                                     torch.compile / cuDNN autotuning; losses unchanged (unidirectional models)
-    deterministic: bool = False         # deterministic algorithms; on the CPU a resumed run is bitwise exact
-    eval_batch_size: int = 64
-    beam_width: int = 20                # final evaluation also reports beam-search PER (0 = skip)
-    threads: int = 0                    # CPU threads for torch (0 = leave torch's default)
-    tensorboard: bool = False           # also log to DIR/tensorboard (needs the tensorboard package)
-    plot: bool = True                   # write DIR/curves.png at the end (needs matplotlib; skipped if missing)
-    train_monitor: bool = True          # blank fraction / distinct phonemes of the training batch at log steps
-    fast: Optional[bool] = None         # fast path (None = on CUDA): Triton ops, device-resident batches, fused
-    #                                     AdamW, torch.compile as configured; false = reference ops, host batching
-    fast_selfcheck: bool = True         # fast path: check each fast op against its reference at start-up; a
-    #                                     failing op warns, is logged and falls back to its reference for the run
-    fast_selfcheck_fatal: bool = False  # a failing fast-op self-check stops the run with an error instead
-    cuda_graphs: bool = False           # fast path on CUDA with length buckets: capture the model's forward and
-    #                                     backward once per bucket and replay it (train/cuda_graphs.py); off until
-    #                                     the GPU check has measured it
-    init_from: Optional[str] = None     # initialise the weights from this run folder or checkpoint file (days
-    #                                     matched by session name; train/calibration.py)
-    init_new_days: str = "identity"     # day layer of a session the init checkpoint lacks: identity (the reference
-    #                                     init: eye / zeros) | nearest (copy of the nearest earlier session's)
-    early_stopping: bool = False        # stop when the validation PER has not improved for
-    early_stopping_val_steps: int = 20  # this many evaluations in a row (NEJM's early_stopping_val_steps)
-
-
-@dataclass
-class Config:
-    name: str = "custom"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    ctc: CTCConfig = field(default_factory=CTCConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["optim"]["betas"] = list(d["optim"]["betas"])
-        return d
-
-
-_CHOICES = {
-    ("data", "format"): ("auto", "b2t24", "b2t25"),
-    ("data", "batching"): ("days", "random", "epochs"),
-    ("data", "val_split"): ("train", "val", "test", None),
-    ("model", "rnn"): ("gru", "ln_gru"),
-    ("model", "patch_order"): ("time_major", "channel_major"),
-    ("model", "smoothing"): ("input", "model", "none"),
-    ("model", "smooth_taps"): ("b2t25", "b2t24"),
-    ("model", "day_activation"): ("softsign", "none"),
-    ("model", "head_init"): ("xavier", "default"),
-    ("augment", "backend"): ("auto", "reference", "triton"),
-    ("augment", "noise"): ("auto", "philox", "torch"),
-    ("ctc", "reduction"): ("mean_batch", "mean_target"),
-    ("ctc", "output_lengths"): ("exact", "shipped"),
-    ("optim", "name"): ("adam", "adamw"),
-    ("optim", "schedule"): ("constant", "linear", "warmup_cosine", "onecycle", "plateau"),
-    ("train", "amp"): ("bf16", "fp16", "none"),
-    ("train", "init_new_days"): ("identity", "nearest"),
-}
-#: string keys with a pattern rather than a fixed set of choices: key -> (regex, what is expected)
-_PATTERNS = {
-    ("train", "device"): (r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, mps, cuda or cuda:N"),
-}
 
 
 @dataclass(frozen=True)
@@ -264,39 +71,271 @@ POSITIVE = Range(0, lo_open=True)
 PROBABILITY = Range(0, 1)                       # [0, 1]
 DROPOUT = Range(0, 1, hi_open=True)             # [0, 1): p = 1 would zero every activation
 OPEN_UNIT = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1): multiplicative factors that must shrink
+SEED = Range(0, 2**32 - 1)  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
 #: the largest integer any key may hold (int64; torch and numpy refuse more)
 INT_MAX = 2**63 - 1
 
-#: section.key -> allowed range, for every numeric (int/float) key; every value must also be finite, and int keys
-#: integers (their type). Cross-key conditions live in `validate`.
-RANGES: dict[str, Range] = {
-    "data.days_per_batch": AT_LEAST_1, "data.max_val_trials": AT_LEAST_1,
-    "model.n_features": Range(1, 2**16), "model.n_days": Range(1, 2**16),
-    "model.n_classes": Range(N_CLASSES, N_CLASSES),
-    "model.hidden_size": Range(1, 2**14), "model.num_layers": Range(1, 64), "model.rnn_dropout": DROPOUT,
-    "model.input_dropout": DROPOUT, "model.patch_size": Range(1, 2**12), "model.patch_stride": Range(1, 2**12),
-    "augment.white_noise_std": NON_NEGATIVE, "augment.constant_offset_std": NON_NEGATIVE,
-    "augment.random_cut": NON_NEGATIVE, "augment.time_mask_prob": PROBABILITY, "augment.time_mask_width": NON_NEGATIVE,
-    "augment.time_mask_count": Range(0, 2**10), "augment.freq_mask_prob": PROBABILITY,
-    "augment.freq_mask_width": NON_NEGATIVE, "augment.freq_mask_count": Range(0, 2**10),
-    "optim.lr": POSITIVE, "optim.eps": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.day_lr": POSITIVE,
-    "optim.day_weight_decay": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.decay_steps": AT_LEAST_1,
-    "optim.lr_min": NON_NEGATIVE, "optim.grad_clip": NON_NEGATIVE, "optim.onecycle_pct_start": OPEN_UNIT,
-    "optim.onecycle_div_factor": POSITIVE, "optim.onecycle_final_div_factor": POSITIVE,
-    "optim.plateau_factor": OPEN_UNIT, "optim.plateau_patience": NON_NEGATIVE,
-    "optim.plateau_threshold": Range(0, 1, hi_open=True), "optim.plateau_cooldown": NON_NEGATIVE,
-    "stability.max_consecutive_skips": NON_NEGATIVE, "stability.grad_norm_threshold": POSITIVE,
-    "stability.instability_events": AT_LEAST_1, "stability.instability_window": AT_LEAST_1,
-    "stability.lr_reduction_factor": OPEN_UNIT, "stability.min_lr": NON_NEGATIVE,
-    "stability.max_lr_reductions": NON_NEGATIVE, "stability.monitor_after_steps": NON_NEGATIVE,
-    "stability.blank_threshold": Range(0, 1, lo_open=True), "stability.min_distinct_phonemes": NON_NEGATIVE,
-    "train.steps": AT_LEAST_1, "train.batch_size": Range(1, 2**16), "train.eval_every": AT_LEAST_1,
-    "train.log_every": AT_LEAST_1, "train.checkpoint_every": AT_LEAST_1,
-    "train.seed": Range(0, 2**32 - 1),  # numpy's seed range (and the per-rank seeds derived from it stay >= 0)
-    "train.data_seed": Range(0, 2**32 - 1), "train.members": Range(1, 256),
-    "train.eval_batch_size": Range(1, 2**16), "train.beam_width": Range(0, 2**16), "train.threads": NON_NEGATIVE,
-    "train.length_bucket": Range(0, 2**16), "train.early_stopping_val_steps": AT_LEAST_1,
-}
+#: ``resume=``: the key may differ between a checkpoint's config and the config it is resumed with (the step budget
+#: and what only changes logging/reporting, never the weights); every other key must match
+MAY_DIFFER = "may_differ"
+#: ``member=``: each member of a ``train.members: K`` run may set its own value (``train.member_overrides``); every
+#: other key is shared by all members (what changes the model's shape, the batches or the data)
+PER_MEMBER = "per_member"
+
+
+def key(default: Any, *, choices: tuple = (), range: Optional[Range] = None,
+        pattern: Optional[tuple[str, str]] = None, resume: Optional[str] = None, member: Optional[str] = None):
+    """A config key: its default and, beside it, the values it takes and how runs treat it.
+
+    ``choices``: the allowed values of a string key (None among them: null allowed). ``range``: the `Range` of a
+    numeric key (every int/float key has one; values must also be finite, ints within int64). ``pattern``:
+    ``(regex, what is expected)`` for a string key with open-ended values. ``resume=MAY_DIFFER``: may change on
+    ``--resume``. ``member=PER_MEMBER``: a member of a batched run may override it. Validation
+    (`config_from_dict`), `RANGES`, `resume_may_differ` and `OVERRIDABLE` read these from the field's metadata.
+    """
+    if resume not in (None, MAY_DIFFER):
+        raise ValueError(f"resume must be None or {MAY_DIFFER!r}, got {resume!r}")
+    if member not in (None, PER_MEMBER):
+        raise ValueError(f"member must be None or {PER_MEMBER!r}, got {member!r}")
+    meta = {"choices": tuple(choices), "range": range, "pattern": pattern, "resume": resume, "member": member}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v})
+
+
+@dataclass
+class DataConfig:
+    path: Optional[str] = None          # b2t24 pickle file or b2t25 folder of session folders
+    format: str = key("auto", choices=("auto", "b2t24", "b2t25"))
+    synthetic: Optional[dict] = None    # no path: generate this synthetic set (keys: format + SynthSpec fields)
+    # days (b2t25: days_per_batch random days x trials with replacement) | random (b2t24: a fresh shuffled full batch
+    # every step) | epochs (each trial once per epoch, the epoch's last batch short)
+    batching: str = key("days", choices=("days", "random", "epochs"))
+    days_per_batch: int = key(4, range=AT_LEAST_1)
+    # the split evaluated during training (null = none)
+    val_split: Optional[str] = key("val", choices=("train", "val", "test", None))
+    # evaluate on the first N validation trials only (None = all)
+    max_val_trials: Optional[int] = key(None, range=AT_LEAST_1)
+    # data selection (NEJM's dataset keys; none in the presets = all of the data)
+    sessions: Optional[list] = None     # session (day) names to use, in this order (day index = position); null = all
+    must_include_days: Optional[list] = None  # day indices (negative: from the end) in every 'days' batch
+    feature_subset: Optional[list] = None     # feature (channel) indices to keep, in this order; null/[] = all
+    bad_trials_dict: Optional[dict] = None    # {session: {block_num: [trial_num, ...]}}: left out of train and val
+
+
+@dataclass
+class ModelConfig:
+    n_features: Optional[int] = key(None, range=Range(1, 2**16))  # taken from the data when None
+    n_days: Optional[int] = key(None, range=Range(1, 2**16))      # taken from the data when None
+    n_classes: int = key(41, range=Range(N_CLASSES, N_CLASSES))
+    hidden_size: int = key(768, range=Range(1, 2**14))
+    num_layers: int = key(5, range=Range(1, 64))
+    bidirectional: bool = False
+    # gru (torch.nn.GRU / cuDNN) | ln_gru (fastdecoder.nn.LayerNormGRU)
+    rnn: str = key("gru", choices=("gru", "ln_gru"))
+    rnn_dropout: float = key(0.4, range=DROPOUT, member=PER_MEMBER)
+    input_dropout: float = key(0.2, range=DROPOUT, member=PER_MEMBER)  # after the day layer
+    patch_size: int = key(14, range=Range(1, 2**12))
+    patch_stride: int = key(4, range=Range(1, 2**12))
+    # time_major (b2t25: k*C + c) | channel_major (b2t24, nn.Unfold: c*K + k)
+    patch_order: str = key("time_major", choices=("time_major", "channel_major"))
+    # input (data transform, b2t25) | model (inside forward, b2t24) | none
+    smoothing: str = key("input", choices=("input", "model", "none"))
+    smooth_taps: str = key("b2t25", choices=("b2t25", "b2t24"))  # b2t25 (9 taps) | b2t24 (20 taps, centre 9.5)
+    learn_h0: bool = True               # b2t25: learnable (1, 1, H) initial state; b2t24: zeros
+    day_activation: str = key("softsign", choices=("softsign", "none"))
+    head_init: str = key("xavier", choices=("xavier", "default"))  # xavier (b2t25) | default (torch.nn.Linear's, b2t24)
+    mask_padding: bool = True           # padding beyond each trial's length stays zero through the noise, offset and
+    #                                     smoothing (data transform and in-model); false (both presets, as shipped):
+    #                                     they act on the whole zero-padded batch. Configs saved without it: true
+    rnn_trainable: bool = True          # false: the recurrence (rnn.*) is frozen (NEJM model.rnn_trainable)
+    input_trainable: bool = True        # false: the day layers are frozen (NEJM model.input_network.input_trainable)
+
+
+@dataclass
+class AugmentConfig:
+    white_noise_std: float = key(0.0, range=NON_NEGATIVE, member=PER_MEMBER)
+    constant_offset_std: float = key(0.0, range=NON_NEGATIVE, member=PER_MEMBER)
+    # cut randint(0, random_cut) bins from the start of the batch (0 = off)
+    random_cut: int = key(0, range=NON_NEGATIVE)
+    time_mask_prob: float = key(0.0, range=PROBABILITY, member=PER_MEMBER)
+    time_mask_width: int = key(0, range=NON_NEGATIVE, member=PER_MEMBER)
+    time_mask_count: int = key(0, range=Range(0, 2**10), member=PER_MEMBER)
+    freq_mask_prob: float = key(0.0, range=PROBABILITY, member=PER_MEMBER)
+    freq_mask_width: int = key(0, range=NON_NEGATIVE, member=PER_MEMBER)
+    freq_mask_count: int = key(0, range=Range(0, 2**10), member=PER_MEMBER)
+    backend: str = key("auto", choices=("auto", "reference", "triton"))
+    # auto (philox where the Triton kernel runs, else torch) | philox | torch
+    noise: str = key("auto", choices=("auto", "philox", "torch"))
+
+
+@dataclass
+class CTCConfig:
+    # mean_batch (b2t25: per-sentence loss, plain batch mean) | mean_target (b2t24: torch 'mean')
+    reduction: str = key("mean_batch", choices=("mean_batch", "mean_target"))
+    zero_infinity: bool = False
+    # exact: (T - K) // S + 1 | shipped: the b2t24 code's floor((T - K) / S)
+    output_lengths: str = key("exact", choices=("exact", "shipped"))
+
+
+@dataclass
+class OptimConfig:
+    name: str = key("adamw", choices=("adam", "adamw"))  # adam (coupled L2 decay) | adamw (decoupled)
+    lr: float = key(0.005, range=POSITIVE, member=PER_MEMBER)
+    betas: tuple = (0.9, 0.999)
+    eps: float = key(0.1, range=POSITIVE, member=PER_MEMBER)
+    weight_decay: float = key(0.001, range=NON_NEGATIVE, member=PER_MEMBER)
+    no_decay_bias: bool = True          # weight decay 0 for biases (and norms)
+    no_decay_h0: bool = True            # with no_decay_bias, the learnable h0 undecayed too; false (the presets, as
+    #                                     NEJM): h0 decays with the main group. Configs saved without it: true
+    # day layers' own LR (None = lr); their decay is day_weight_decay
+    day_lr: Optional[float] = key(None, range=POSITIVE, member=PER_MEMBER)
+    day_weight_decay: float = key(0.0, range=NON_NEGATIVE, member=PER_MEMBER)
+    schedule: str = key("warmup_cosine", choices=("constant", "linear", "warmup_cosine", "onecycle", "plateau"),
+                        member=PER_MEMBER)
+    # linear and warmup_cosine: linear warmup 0 -> lr over these steps
+    warmup_steps: int = key(1000, range=NON_NEGATIVE, member=PER_MEMBER)
+    # cosine/linear reach lr_min at this step; onecycle: the cycle's length
+    decay_steps: int = key(120000, range=AT_LEAST_1, member=PER_MEMBER)
+    # end LR of linear/warmup_cosine; floor of the plateau reductions
+    lr_min: float = key(1e-4, range=NON_NEGATIVE, member=PER_MEMBER)
+    grad_clip: float = key(10.0, range=NON_NEGATIVE, member=PER_MEMBER)  # max grad norm; 0 = off
+    fused: bool = True                  # fused AdamW where the device supports it
+    # onecycle (torch.optim.lr_scheduler.OneCycleLR, cosine anneal, no momentum cycling): lr is max_lr
+    # share of decay_steps spent rising from lr / div_factor to lr
+    onecycle_pct_start: float = key(0.3, range=OPEN_UNIT, member=PER_MEMBER)
+    onecycle_div_factor: float = key(25.0, range=POSITIVE, member=PER_MEMBER)  # start LR = lr / div_factor
+    # final LR = start LR / final_div_factor
+    onecycle_final_div_factor: float = key(1e4, range=POSITIVE, member=PER_MEMBER)
+    # plateau (ReduceLROnPlateau on the validation PER, mode min, relative threshold): constant lr until then
+    plateau_factor: float = key(0.5, range=OPEN_UNIT, member=PER_MEMBER)  # LR multiplied by this at each reduction
+    # evaluations without improvement tolerated; the next one reduces
+    plateau_patience: int = key(3, range=NON_NEGATIVE, member=PER_MEMBER)
+    # relative improvement that counts (PER < best * (1 - threshold))
+    plateau_threshold: float = key(1e-4, range=Range(0, 1, hi_open=True), member=PER_MEMBER)
+    # evaluations after a reduction during which no reduction happens
+    plateau_cooldown: int = key(0, range=NON_NEGATIVE, member=PER_MEMBER)
+
+
+@dataclass
+class StabilityConfig:
+    """Guards against the common training failures: NaN/Inf updates, repeated explosions, blank collapse."""
+    # stop with an error at the first non-finite loss/gradient (default: skip it)
+    abort_on_nonfinite: bool = key(False, member=PER_MEMBER)
+    # stop with an error after this many skipped updates in a row (0 = never)
+    max_consecutive_skips: int = key(100, range=NON_NEGATIVE, member=PER_MEMBER)
+    adaptive_lr: bool = key(False, member=PER_MEMBER)  # reduce the LR when instability repeats
+    # a pre-clip grad norm above this is an instability event (non-finite too)
+    grad_norm_threshold: float = key(10.0, range=POSITIVE, member=PER_MEMBER)
+    # this many events within instability_window steps trigger a reduction
+    instability_events: int = key(3, range=AT_LEAST_1, member=PER_MEMBER)
+    instability_window: int = key(100, range=AT_LEAST_1, member=PER_MEMBER)
+    # LR multiplied by this at each adaptive reduction
+    lr_reduction_factor: float = key(0.8, range=OPEN_UNIT, member=PER_MEMBER)
+    # adaptive reductions never take the (peak) LR below this
+    min_lr: float = key(1e-5, range=NON_NEGATIVE, member=PER_MEMBER)
+    max_lr_reductions: int = key(5, range=NON_NEGATIVE, member=PER_MEMBER)
+    # collapse/diversity warnings only from this step on (CTC starts blank)
+    monitor_after_steps: int = key(1000, range=NON_NEGATIVE)
+    # warn when more argmax frames than this are blank (blank collapse)
+    blank_threshold: float = key(0.95, range=Range(0, 1, lo_open=True))
+    # warn when fewer distinct phonemes than this are predicted
+    min_distinct_phonemes: int = key(10, range=NON_NEGATIVE)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = key(120000, range=AT_LEAST_1, resume=MAY_DIFFER)
+    batch_size: int = key(64, range=Range(1, 2**16))
+    eval_every: int = key(2000, range=AT_LEAST_1)
+    log_every: int = key(100, range=AT_LEAST_1, resume=MAY_DIFFER)
+    checkpoint_every: int = key(2000, range=AT_LEAST_1)
+    # init, dropout, masks, noise (and the batches when data_seed is None)
+    seed: int = key(0, range=SEED, member=PER_MEMBER)
+    # seed of the batch order and random cut (None = train.seed, as before)
+    data_seed: Optional[int] = key(None, range=SEED)
+    members: int = key(1, range=Range(1, 256))  # train K models as one batched model (fastdecoder.members)
+    member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}
+    device: str = key("auto", pattern=(r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, mps, cuda or cuda:N"))
+    # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path where the CPU has native bf16 GEMMs (else,
+    # and on the reference path, fp32)
+    amp: str = key("bf16", choices=("bf16", "fp16", "none"))
+    compile: bool = False
+    # pad each batch's time axis up to a multiple of this many bins after the augmentation (0 = off, as the presets
+    # ship): few distinct shapes for torch.compile / cuDNN autotuning; losses unchanged (unidirectional models)
+    length_bucket: int = key(0, range=Range(0, 2**16))
+    deterministic: bool = False         # deterministic algorithms; on the CPU a resumed run is bitwise exact
+    eval_batch_size: int = key(64, range=Range(1, 2**16))
+    # final evaluation also reports beam-search PER (0 = skip)
+    beam_width: int = key(20, range=Range(0, 2**16), resume=MAY_DIFFER)
+    threads: int = key(0, range=NON_NEGATIVE, resume=MAY_DIFFER)  # CPU threads for torch (0 = leave torch's default)
+    # also log to DIR/tensorboard (needs the tensorboard package)
+    tensorboard: bool = key(False, resume=MAY_DIFFER)
+    # write DIR/curves.png at the end (needs matplotlib; skipped if missing)
+    plot: bool = key(True, resume=MAY_DIFFER)
+    # blank fraction / distinct phonemes of the training batch at log steps
+    train_monitor: bool = key(True, resume=MAY_DIFFER)
+    fast: Optional[bool] = None         # fast path (None = on CUDA): Triton ops, device-resident batches, fused
+    #                                     AdamW, torch.compile as configured; false = reference ops, host batching
+    # fast path: check each fast op against its reference at start-up; a failing op warns, is logged and falls back
+    # to its reference for the run
+    fast_selfcheck: bool = key(True, resume=MAY_DIFFER)
+    # a failing fast-op self-check stops the run with an error instead
+    fast_selfcheck_fatal: bool = key(False, resume=MAY_DIFFER)
+    cuda_graphs: bool = False           # fast path on CUDA with length buckets: capture the model's forward and
+    #                                     backward once per bucket and replay it (train/cuda_graphs.py); off until
+    #                                     the GPU check has measured it
+    init_from: Optional[str] = None     # initialise the weights from this run folder or checkpoint file (days
+    #                                     matched by session name; train/calibration.py)
+    # day layer of a session the init checkpoint lacks: identity (the reference init: eye / zeros) | nearest (copy of
+    # the nearest earlier session's)
+    init_new_days: str = key("identity", choices=("identity", "nearest"))
+    # stop when the validation PER has not improved for early_stopping_val_steps evaluations in a row (NEJM's keys)
+    early_stopping: bool = False
+    early_stopping_val_steps: int = key(20, range=AT_LEAST_1)
+
+
+@dataclass
+class Config:
+    name: str = key("custom", resume=MAY_DIFFER)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return d
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "augment": AugmentConfig, "ctc": CTCConfig,
+             "optim": OptimConfig, "stability": StabilityConfig, "train": TrainConfig}
+
+
+def _declared(what: str) -> dict[str, Any]:
+    """``section.key`` (and ``name``) -> its declared ``what`` (`key`'s metadata), for every key declaring one, in
+    declaration order."""
+    out = {f.name: f.metadata[what] for f in dataclasses.fields(Config) if what in f.metadata}
+    for sec, cls in _SECTIONS.items():
+        out.update({f"{sec}.{f.name}": f.metadata[what] for f in dataclasses.fields(cls) if what in f.metadata})
+    return out
+
+
+#: section.key -> allowed range, for every numeric (int/float) key (declared beside the field: ``key(range=...)``);
+#: every value must also be finite, and int keys integers (their type). Cross-key conditions live in `validate`.
+RANGES: dict[str, Range] = _declared("range")
+
+
+def resume_may_differ() -> tuple[str, ...]:
+    """The keys (``name`` and ``section.key``) that may differ between a checkpoint's config and the config it is
+    resumed with (``key(resume=MAY_DIFFER)``), in declaration order."""
+    return tuple(_declared("resume"))
+
+
+#: section.key that a member may override (``key(member=PER_MEMBER)``; everything else is shared by all members)
+OVERRIDABLE = frozenset(_declared("member"))
 
 #: YAML 1.2 core-schema scalars (https://yaml.org/spec/1.2.2/#1032-tag-resolution): tag, regex, possible first chars
 _YAML12_SCALARS = (
@@ -436,18 +475,16 @@ def _build_section(cls, name: str, raw: Any):
                               f"{', '.join(sorted(known))})")
     kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in raw.items()}
     obj = cls(**kwargs)
-    for (sec, key), choices in _CHOICES.items():
-        if sec == name and getattr(obj, key) not in choices:
-            raise ConfigError(f"{name}.{key} must be one of {_choice_text(choices)}, got {getattr(obj, key)!r}"
-                              f"{did_you_mean(getattr(obj, key), [c for c in choices if c is not None])}")
-    for (sec, key), (pattern, expected) in _PATTERNS.items():
-        if sec == name and not re.fullmatch(pattern, getattr(obj, key)):
-            raise ConfigError(f"{name}.{key} must be {expected}, got {getattr(obj, key)!r}")
+    fields = dataclasses.fields(cls)
+    for f in fields:  # the declared choices (`key`), then patterns
+        choices, value = f.metadata.get("choices"), getattr(obj, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{name}.{f.name} must be one of {_choice_text(choices)}, got {value!r}"
+                              f"{did_you_mean(value, [c for c in choices if c is not None])}")
+    for f in fields:
+        if "pattern" in f.metadata and not re.fullmatch(f.metadata["pattern"][0], getattr(obj, f.name)):
+            raise ConfigError(f"{name}.{f.name} must be {f.metadata['pattern'][1]}, got {getattr(obj, f.name)!r}")
     return obj
-
-
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "augment": AugmentConfig, "ctc": CTCConfig,
-             "optim": OptimConfig, "stability": StabilityConfig, "train": TrainConfig}
 
 
 def numeric_keys() -> dict[str, type]:
@@ -707,22 +744,9 @@ def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[tuple[st
 #
 # Member i is the run of the base config with ``train.members: 1``, ``train.seed: seed + i`` (unless its overrides
 # name ``train.seed``), ``train.data_seed``: the shared data seed (the base's ``data_seed``, else its ``seed``) and
-# its entry of ``train.member_overrides`` applied. Overrides may name only the keys a sweep varies (`OVERRIDABLE`):
+# its entry of ``train.member_overrides`` applied. Overrides may name only the keys a sweep varies (`OVERRIDABLE`,
+# declared with ``key(member=PER_MEMBER)``):
 # what changes the model's shape, the batches or the data is shared by construction.
-#: section.key that a member may override (everything else is shared by all members)
-OVERRIDABLE = frozenset({
-    "train.seed",
-    "model.input_dropout", "model.rnn_dropout",
-    "augment.white_noise_std", "augment.constant_offset_std", "augment.time_mask_prob", "augment.time_mask_width",
-    "augment.time_mask_count", "augment.freq_mask_prob", "augment.freq_mask_width", "augment.freq_mask_count",
-    "optim.lr", "optim.eps", "optim.weight_decay", "optim.day_lr", "optim.day_weight_decay", "optim.schedule",
-    "optim.warmup_steps", "optim.decay_steps", "optim.lr_min", "optim.grad_clip", "optim.onecycle_pct_start",
-    "optim.onecycle_div_factor", "optim.onecycle_final_div_factor", "optim.plateau_factor", "optim.plateau_patience",
-    "optim.plateau_threshold", "optim.plateau_cooldown",
-    "stability.abort_on_nonfinite", "stability.max_consecutive_skips", "stability.adaptive_lr",
-    "stability.grad_norm_threshold", "stability.instability_events", "stability.instability_window",
-    "stability.lr_reduction_factor", "stability.min_lr", "stability.max_lr_reductions",
-})
 
 
 def _error(msg: str) -> UserError:

@@ -219,21 +219,22 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def command(args) -> int:
-    """Run the checks, print the table; 0 when every row passed or was skipped, 1 otherwise."""
-    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
+def check(device: str, dtypes: tuple, ops: tuple, seed: int | None = None, quick: bool = False,
+          json_path: str | None = None) -> int:
+    """Run the checks of ``ops`` (`OPS`) in ``dtypes`` (`DTYPES`), print the table (and write its rows to
+    ``json_path``); 0 when every row passed or was skipped, 1 otherwise."""
     bad = [o for o in ops if o not in OPS]
     if bad:
         raise UserError(f"--ops: unknown {', '.join(bad)} (known: {', '.join(OPS)})")
-    if args.device in ("auto", "cpu") and not torch.cuda.is_available() and "triton" not in sys.modules:
+    if device in ("auto", "cpu") and not torch.cuda.is_available() and "triton" not in sys.modules:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # the kernels on the CPU, through Triton's interpreter
-    rows = run_parity(args.device, tuple(args.dtype or ["fp32"]), ops, args.seed, args.quick)
+    rows = run_parity(device, dtypes, ops, seed, quick)
     print(format_table(rows), flush=True)
-    if args.json:
+    if json_path:
         import json
         from dataclasses import asdict
 
-        with open(args.json, "w") as f:
+        with open(json_path, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)
     failed = [r.op + f" ({r.dtype})" for r in rows if r.status == "FAIL"]
     if failed:

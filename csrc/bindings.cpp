@@ -325,7 +325,8 @@ PYBIND11_MODULE(_native, m) {
       .def("run", &GruStep::run, py::arg("x"), py::arg("h"), py::arg("out"), py::arg("weight_ih"),
            py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"))
       .def("run_projected", &GruStep::run_projected, py::arg("gi0"), py::arg("h"), py::arg("out"),
-           py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"), py::arg("gh") = py::none())
+           py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"),
+           py::arg("gh") = py::none())
       .def("hidden_products", &GruStep::hidden_products, py::arg("h"), py::arg("gh"), py::arg("weight_hh"),
            py::arg("bias_hh"))
       .def("project", &GruStep::project, py::arg("x"), py::arg("acc"), py::arg("weight_ih_l0"), py::arg("col0"))

@@ -35,8 +35,8 @@ void gemv_scalar(const float* w, int64_t ld, const float* x, const float* b, flo
 // R rows of W (row stride ld) times x, added to b (or, b null, to y), 16 columns per vector; the last cols % 16
 // columns through a masked load.
 template <int R>
-__attribute__((target("avx512f"))) inline void rows_avx512(const float* w, int64_t ld, const float* x, const float* b, float* y,
-                                                           int64_t cols) {
+__attribute__((target("avx512f"))) inline void rows_avx512(const float* w, int64_t ld, const float* x, const float* b,
+                                                           float* y, int64_t cols) {
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   int64_t c = 0;
@@ -52,8 +52,8 @@ __attribute__((target("avx512f"))) inline void rows_avx512(const float* w, int64
   for (int i = 0; i < R; ++i) y[i] = (b ? b[i] : y[i]) + _mm512_reduce_add_ps(acc[i]);
 }
 
-__attribute__((target("avx512f"))) void gemv_avx512(const float* w, int64_t ld, const float* x, const float* b, float* y,
-                                                    int64_t rows, int64_t cols) {
+__attribute__((target("avx512f"))) void gemv_avx512(const float* w, int64_t ld, const float* x, const float* b,
+                                                    float* y, int64_t rows, int64_t cols) {
   int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) rows_avx512<kRows>(w + r * ld, ld, x, b ? b + r : b, y + r, cols);
   for (; r < rows; ++r) rows_avx512<1>(w + r * ld, ld, x, b ? b + r : b, y + r, cols);
@@ -67,8 +67,8 @@ __attribute__((target("avx2,fma"))) inline float sum_avx2(__m256 v) {
 
 // As rows_avx512 with 8 columns per vector; the tail's lanes are chosen by a mask of lane index < cols % 8.
 template <int R>
-__attribute__((target("avx2,fma"))) inline void rows_avx2(const float* w, int64_t ld, const float* x, const float* b, float* y,
-                                                          int64_t cols) {
+__attribute__((target("avx2,fma"))) inline void rows_avx2(const float* w, int64_t ld, const float* x, const float* b,
+                                                          float* y, int64_t cols) {
   __m256 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   int64_t c = 0;

@@ -2,7 +2,8 @@
 
 The streaming decoder's per-hop path: a step of b2t25's 5 x 768 GRU is memory-bound (it reads ~124 MiB of fp32
 weights), and the native step reads them at close to the core's memory bandwidth (8 weight rows per pass, AVX2+FMA
-or AVX-512F picked at run time), where ``nn.GRU`` on one frame does not. Same math and weight layout as ``nn.GRU``
+or AVX-512F picked at run time), where ``nn.GRU`` on one frame does not. :class:`StepAhead` computes the parts of a
+step that do not need the frame's last bin at the pushes before it. Same math and weight layout as ``nn.GRU``
 (gates r, z, n; h' = (1 - z) n + z h), fp32 throughout, so results agree to fp32 round-off.
 """
 from __future__ import annotations
@@ -122,8 +123,9 @@ class StepAhead:
     the products of the next N frames (from the windows themselves for whatever was not computed yet), steps the GRU
     and drops those frames. Products computed with other weights (a weight replaced, moved or updated in place
     since: torch's version counter) are computed again; an update torch does not count (writing through ``.data``
-    or a NumPy view of a weight) reaches the products computed after it, and every product from the next trial. ``counts`` says where the work was done in this object's lifetime: input blocks and
-    hidden products computed ahead, and at a step.
+    or a NumPy view of a weight) reaches the products computed after it, and every product from the next trial.
+    ``counts`` says where the work was done in this object's lifetime: input blocks and hidden products computed
+    ahead, and at a step.
     """
 
     def __init__(self, step: NativeGRUStep, patch_size: int, patch_stride: int, n_features: int):
@@ -137,7 +139,9 @@ class StepAhead:
         self._done = [0] * self.in_flight  # bins of each frame already added to its product
         self._gh = np.zeros((step.num_layers, G), np.float32)
         self._gh_ready = False  # _gh holds the hidden products of the state the next frame starts from
-        self._keys: tuple = ()  # the weights the products were computed with
+        self._order = [n for names in step._names.values() for n in names]
+        self._keys: tuple = ()  # the weights the products were computed with, and their arrays
+        self._arrays: dict | None = None
         self.counts = {"input_blocks_ahead": 0, "input_blocks_at_step": 0, "hidden_ahead": 0, "hidden_at_step": 0}
 
     def reset(self) -> None:
@@ -146,22 +150,22 @@ class StepAhead:
         self._done = [0] * self.in_flight
         self._gh_ready = False
 
-    def _check_weights(self) -> np.ndarray | None:
-        """weight_ih_l0 as an array (None, and nothing kept, when a weight is not a contiguous float32 CPU tensor);
-        forgets every product when a weight is not the tensor, version and storage they were computed with."""
+    def _check_weights(self) -> dict | None:
+        """The GRU's weights as the native call's arrays (None, and no product kept, when one is not a contiguous
+        float32 CPU tensor); forgets every product when a weight is not the tensor, version, storage and layout they
+        were computed with."""
         rnn = self.step.rnn
-        keys = []
-        for names in self.step._names.values():
-            for name in names:
-                p = getattr(rnn, name)
-                if p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous():
-                    self.reset()
-                    return None
-                keys.append((p, p._version, p.data_ptr()))
-        if len(keys) != len(self._keys) or any(a[0] is not b[0] or a[1:] != b[1:] for a, b in zip(keys, self._keys)):
-            self.reset()
-            self._keys = tuple(keys)
-        return rnn.weight_ih_l0.detach().numpy()
+        keys = tuple((p, p._version, p.data_ptr(), p.stride()) for p in (getattr(rnn, n) for n in self._order))
+        if len(keys) == len(self._keys) and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(keys, self._keys)):
+            return self._arrays
+        self.reset()
+        self._keys, self._arrays = (), None
+        if any(k[0].dtype != torch.float32 or k[0].device.type != "cpu" or not k[0].is_contiguous() for k in keys):
+            return None
+        self._keys = keys
+        arrays = iter([k[0].detach().numpy() for k in keys])
+        self._arrays = {kind: [next(arrays) for _ in names] for kind, names in self.step._names.items()}
+        return self._arrays
 
     def _add(self, frame: int, block: np.ndarray, w: np.ndarray, when: str) -> None:
         k = self._done[frame]
@@ -172,11 +176,12 @@ class StepAhead:
     def absorb(self, features: torch.Tensor, h: torch.Tensor) -> None:
         """Compute ahead: the input products' blocks of the bins in ``features`` (n, C) float32 (the bins from the
         next frame's start on), and the hidden products of ``h`` (L, H), the state the next frame starts from."""
-        w = self._check_weights()
-        if w is None:
+        weights = self._check_weights()
+        if weights is None:
             return
+        w = weights["weight_ih"][0]
         if not self._gh_ready:
-            self.step.hidden_products(h, self._gh)
+            self.step._step.hidden_products(h.numpy(), self._gh, weights["weight_hh"], weights["bias_hh"])
             self._gh_ready = True
             self.counts["hidden_ahead"] += 1
         x = features.detach().numpy()
@@ -188,9 +193,10 @@ class StepAhead:
     def run(self, windows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """windows (N, K C) float32: the next N frames' windows; h (L, H) as :meth:`NativeGRUStep.run`. Returns
         (N, H) and forgets those N frames."""
-        w = self._check_weights()
-        if w is None:  # the weights are no longer usable here: the plain step (it names the problem)
+        weights = self._check_weights()
+        if weights is None:  # the weights are no longer usable here: the plain step (it names the problem)
             return self.step.run(windows, h)
+        w = weights["weight_ih"][0]
         x = windows.detach().numpy()
         N = x.shape[0]
         if N > self.in_flight:  # frames absorb() never saw: their products from the windows alone
@@ -200,7 +206,9 @@ class StepAhead:
             while self._done[m] < self.K:
                 k = self._done[m]
                 self._add(m, x[m, k * self.C:(k + 1) * self.C], w, "at_step")
-        out = self.step.run_projected(self._acc[:N].copy(), h, self._gh if self._gh_ready else None)
+        out = torch.empty(N, self.step.hidden_size, dtype=torch.float32)
+        self.step._step.run_projected(self._acc[:N].copy(), h.numpy(), out.numpy(), **weights,
+                                      gh=self._gh if self._gh_ready else None)
         self.counts["hidden_at_step"] += N - int(self._gh_ready)
         rest = max(0, self.in_flight - N)  # the frames after these keep what they hold
         acc = np.zeros((self.in_flight, self._acc.shape[1]), np.float32)

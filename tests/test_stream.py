@@ -205,6 +205,10 @@ def test_per_bin_pushes_compute_most_of_each_step_ahead():
     assert n * K <= c["input_blocks_ahead"] + c["input_blocks_at_step"] < (n + dec.frontend.ahead.in_flight) * K
     assert c["input_blocks_at_step"] <= n + dec.lookahead_bins
     assert c["hidden_ahead"] + c["hidden_at_step"] == n and c["hidden_at_step"] <= 1
+    assert c["plain_steps"] == 0
+    final4, _ = stream(dec, x, 0, 4)  # a frame's worth of bins per push: nothing to do ahead, the plain step
+    np.testing.assert_allclose(final4.log_probs, lp_ref, rtol=1e-5, atol=2e-5)
+    assert dec.frontend.ahead.counts["plain_steps"] >= n - dec.frontend.ahead.in_flight  # all but the first few
 
 
 def test_native_gru_path_with_zero_initial_state():

@@ -115,8 +115,8 @@ class StepAhead:
 
     A frame's window holds ``patch_size`` bins of ``n_features`` in time-major order (bin k: columns
     ``[k C, (k + 1) C)``), one window every ``patch_stride`` bins. Its input product is summed bin block by bin block
-    in the order k = 0, 1, ..., so it does not depend on when the blocks were computed (how the bins were pushed);
-    it differs from one product over the whole window by fp32 round-off only.
+    in the order k = 0, 1, ..., so it does not depend on when the blocks were computed; it differs from one product
+    over the whole window by fp32 round-off only.
 
     ``absorb(features, h)`` computes what it can: ``features`` (n, C) are the bins from the next frame's first bin on
     (fewer than a frame's worth), ``h`` (L, H) the state the next frame starts from. ``run(windows, h)`` completes
@@ -124,8 +124,10 @@ class StepAhead:
     and drops those frames. Products computed with other weights (a weight replaced, moved or updated in place
     since: torch's version counter) are computed again; an update torch does not count (writing through ``.data``
     or a NumPy view of a weight) reaches the products computed after it, and every product from the next trial.
+    When nothing of the next frames was computed ahead (pushes of a frame's worth of bins or more), ``run`` is the
+    plain step (one pass over ``weight_ih_l0``, faster than block by block; the same values to fp32 round-off).
     ``counts`` says where the work was done in this object's lifetime: input blocks and hidden products computed
-    ahead, and at a step.
+    ahead, and at a step; frames run as the plain step.
     """
 
     def __init__(self, step: NativeGRUStep, patch_size: int, patch_stride: int, n_features: int):
@@ -142,7 +144,8 @@ class StepAhead:
         self._order = [n for names in step._names.values() for n in names]
         self._keys: tuple = ()  # the weights the products were computed with, and their arrays
         self._arrays: dict | None = None
-        self.counts = {"input_blocks_ahead": 0, "input_blocks_at_step": 0, "hidden_ahead": 0, "hidden_at_step": 0}
+        self.counts = {"input_blocks_ahead": 0, "input_blocks_at_step": 0, "hidden_ahead": 0, "hidden_at_step": 0,
+                       "plain_steps": 0}
 
     def reset(self) -> None:
         """Forget every product (a new trial, or the state changed elsewhere)."""
@@ -199,6 +202,14 @@ class StepAhead:
         w = weights["weight_ih"][0]
         x = windows.detach().numpy()
         N = x.shape[0]
+        out = torch.empty(N, self.step.hidden_size, dtype=torch.float32)
+        if not self._gh_ready and not any(self._done[:N]):
+            # nothing computed ahead (pushes of a frame's worth of bins or more): the plain step, which reads
+            # weight_ih_l0 in one pass (faster than block by block)
+            self.step._step.run(np.ascontiguousarray(x), h.numpy(), out.numpy(), **weights)
+            self.counts["plain_steps"] += N
+            self._drop(N)
+            return out
         if N > self.in_flight:  # frames absorb() never saw: their products from the windows alone
             self._acc = np.concatenate([self._acc, np.zeros((N - self.in_flight, self._acc.shape[1]), np.float32)])
             self._done += [0] * (N - self.in_flight)
@@ -206,13 +217,16 @@ class StepAhead:
             while self._done[m] < self.K:
                 k = self._done[m]
                 self._add(m, x[m, k * self.C:(k + 1) * self.C], w, "at_step")
-        out = torch.empty(N, self.step.hidden_size, dtype=torch.float32)
         self.step._step.run_projected(self._acc[:N].copy(), h.numpy(), out.numpy(), **weights,
                                       gh=self._gh if self._gh_ready else None)
         self.counts["hidden_at_step"] += N - int(self._gh_ready)
-        rest = max(0, self.in_flight - N)  # the frames after these keep what they hold
+        self._drop(N)
+        return out
+
+    def _drop(self, N: int) -> None:
+        """The next N frames were run: the frames after them keep what they hold; h has moved on."""
+        rest = max(0, self.in_flight - N)
         acc = np.zeros((self.in_flight, self._acc.shape[1]), np.float32)
         acc[:rest] = self._acc[N:N + rest]
         self._acc, self._done = acc, self._done[N:N + rest] + [0] * (self.in_flight - rest)
-        self._gh_ready = False  # h has moved on
-        return out
+        self._gh_ready = False

@@ -195,6 +195,60 @@ class GruStep {
   void run(const py::array& x, const py::array& h, const py::array& out, const std::vector<py::array>& weight_ih,
            const std::vector<py::array>& weight_hh, const std::vector<py::array>& bias_ih,
            const std::vector<py::array>& bias_hh) const {
+    steps(x, false, h, out, weight_ih, weight_hh, bias_ih, bias_hh, py::none());
+  }
+  // As run(), with layer 0's input products given: gi0 (frames, 3 H) float32, row t = weight_ih_l0 x_t without the
+  // bias (from project()); weight_ih_l0 is checked but not read. gh (num_layers, 3 H) or None: the first frame's
+  // W_hh h + b_hh of every layer for the h passed (from hidden_products()).
+  void run_projected(const py::array& gi0, const py::array& h, const py::array& out,
+                     const std::vector<py::array>& weight_ih, const std::vector<py::array>& weight_hh,
+                     const std::vector<py::array>& bias_ih, const std::vector<py::array>& bias_hh,
+                     const py::object& gh) const {
+    steps(gi0, true, h, out, weight_ih, weight_hh, bias_ih, bias_hh, gh);
+  }
+  // gh (num_layers, 3 H) = W_hh h + b_hh per layer, for h (num_layers, H): the next step's hidden products.
+  void hidden_products(const py::array& h, const py::array& gh, const std::vector<py::array>& weight_hh,
+                       const std::vector<py::array>& bias_hh) const {
+    const size_t L = static_cast<size_t>(layers_);
+    if (weight_hh.size() != L || bias_hh.size() != L)
+      throw std::invalid_argument("weight_hh and bias_hh must be lists of one array per layer (" + std::to_string(L) +
+                                  " layers)");
+    const int64_t G = 3 * hidden_;
+    std::vector<const float*> w(L), b(L);
+    for (size_t l = 0; l < L; ++l) {
+      const std::string sfx = "_l" + std::to_string(l);
+      w[l] = checked_f32(weight_hh[l], "weight_hh" + sfx, {G, hidden_});
+      b[l] = checked_f32(bias_hh[l], "bias_hh" + sfx, {G});
+    }
+    const float* hp = checked_f32(h, "h", {layers_, hidden_});
+    float* gp = checked_f32(gh, "gh", {layers_, G}, true);
+    py::gil_scoped_release release;
+    for (size_t l = 0; l < L; ++l) gemv_bias(w[l], hp + l * hidden_, b[l], gp + l * G, G, hidden_, isa_);
+  }
+  // acc (3 H,) += weight_ih_l0[:, col0 : col0 + n] x for x (n,): one block of columns of layer 0's input product.
+  void project(const py::array& x, const py::array& acc, const py::array& weight_ih_l0, int64_t col0) const {
+    const float* w = checked_f32(weight_ih_l0, "weight_ih_l0", {3 * hidden_, input_size_});
+    const int64_t n = x.ndim() == 1 ? x.shape(0) : -1;
+    if (n < 1 || col0 < 0 || col0 > input_size_ - n)
+      throw std::invalid_argument("project: x must be (n,) with 1 <= n and col0 + n <= " +
+                                  std::to_string(input_size_) + ", got shape " + shape_string(shape_of(x)) +
+                                  " at col0 " + std::to_string(col0));
+    const float* xp = checked_f32(x, "x", {n});
+    float* ap = checked_f32(acc, "acc", {3 * hidden_}, true);
+    py::gil_scoped_release release;
+    gemv_accumulate(w + col0, input_size_, xp, ap, 3 * hidden_, n, isa_);
+  }
+  std::string isa() const { return gru_isa_name(isa_); }
+  int64_t input_size() const { return input_size_; }
+  int64_t hidden_size() const { return hidden_; }
+  int64_t num_layers() const { return layers_; }
+
+ private:
+  // Frames of x: the step inputs (frames, input_size), or layer 0's input products (frames, 3 H) when projected.
+  void steps(const py::array& x, bool projected, const py::array& h, const py::array& out,
+             const std::vector<py::array>& weight_ih, const std::vector<py::array>& weight_hh,
+             const std::vector<py::array>& bias_ih, const std::vector<py::array>& bias_hh,
+             const py::object& gh) const {
     const size_t L = static_cast<size_t>(layers_);
     if (weight_ih.size() != L || weight_hh.size() != L || bias_ih.size() != L || bias_hh.size() != L)
       throw std::invalid_argument("weight_ih, weight_hh, bias_ih and bias_hh must be lists of one array per layer (" +
@@ -210,27 +264,27 @@ class GruStep {
                         checked_f32(bias_ih[l], "bias_ih" + sfx, {G}), checked_f32(bias_hh[l], "bias_hh" + sfx, {G}),
                         in});
     }
+    const char* name = projected ? "gi0" : "x";
+    const int64_t width = projected ? G : input_size_;
     const int64_t frames = x.ndim() == 2 ? x.shape(0) : -1;
     if (frames < 0)
-      throw std::invalid_argument("x must be (frames, " + std::to_string(input_size_) + "), got shape " +
+      throw std::invalid_argument(std::string(name) + " must be (frames, " + std::to_string(width) + "), got shape " +
                                   shape_string(shape_of(x)));
-    const float* xp = checked_f32(x, "x", {frames, input_size_});
+    const float* xp = checked_f32(x, name, {frames, width});
     float* hp = checked_f32(h, "h", {layers_, hidden_}, true);
     float* op = checked_f32(out, "out", {frames, hidden_}, true);
+    const float* ghp = gh.is_none() ? nullptr : checked_f32(py::cast<py::array>(gh), "gh", {layers_, G});
     py::gil_scoped_release release;
     std::vector<float> scratch(static_cast<size_t>(6 * hidden_));
     const float* last = hp + (layers_ - 1) * hidden_;
     for (int64_t t = 0; t < frames; ++t) {
-      gru_step(layers.data(), layers_, hidden_, xp + t * input_size_, hp, scratch.data(), isa_);
+      const float* row = xp + t * width;
+      gru_step(layers.data(), layers_, hidden_, row, hp, scratch.data(), isa_, projected ? row : nullptr,
+               t == 0 ? ghp : nullptr);
       std::memmove(op + t * hidden_, last, static_cast<size_t>(hidden_) * sizeof(float));
     }
   }
-  std::string isa() const { return gru_isa_name(isa_); }
-  int64_t input_size() const { return input_size_; }
-  int64_t hidden_size() const { return hidden_; }
-  int64_t num_layers() const { return layers_; }
 
- private:
   GruIsa isa_;
   int64_t hidden_, input_size_, layers_;
 };
@@ -270,6 +324,12 @@ PYBIND11_MODULE(_native, m) {
            py::arg("num_layers"), py::arg("isa") = "auto")
       .def("run", &GruStep::run, py::arg("x"), py::arg("h"), py::arg("out"), py::arg("weight_ih"),
            py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"))
+      .def("run_projected", &GruStep::run_projected, py::arg("gi0"), py::arg("h"), py::arg("out"),
+           py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"), py::arg("bias_hh"),
+           py::arg("gh") = py::none())
+      .def("hidden_products", &GruStep::hidden_products, py::arg("h"), py::arg("gh"), py::arg("weight_hh"),
+           py::arg("bias_hh"))
+      .def("project", &GruStep::project, py::arg("x"), py::arg("acc"), py::arg("weight_ih_l0"), py::arg("col0"))
       .def_property_readonly("isa", &GruStep::isa)
       .def_property_readonly("input_size", &GruStep::input_size)
       .def_property_readonly("hidden_size", &GruStep::hidden_size)

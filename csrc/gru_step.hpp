@@ -39,10 +39,18 @@ GruIsa parse_gru_isa(const std::string& name);
 // y = W x + b: W (rows, cols) row-major, x (cols,), b (rows,), y (rows,).
 void gemv_bias(const float* w, const float* x, const float* b, float* y, int64_t rows, int64_t cols, GruIsa isa);
 
+// y += W[:, 0:cols] x for W row-major with row stride ld (>= cols): x (cols,), y (rows,). One block of columns of a
+// larger matrix (the streaming decoder's layer-0 input projection, one input bin's columns at a time).
+void gemv_accumulate(const float* w, int64_t ld, const float* x, float* y, int64_t rows, int64_t cols, GruIsa isa);
+
 // One step of `num_layers` layers of hidden size `hidden`: x (layers[0].input_size,), h (num_layers, hidden) is
 // read and overwritten with the new states (h[num_layers - 1] is the step's output). `scratch` holds 6 * hidden
 // floats. Non-finite inputs propagate (NaN in, NaN out); nothing is checked here.
+// gi0 (3 hidden,), when not null: layer 0's input product W_ih x computed beforehand (without b_ih); then x and
+// layers[0].w_ih are not read, and layer 0's gi is b_ih + gi0.
+// gh_all (num_layers, 3 hidden), when not null: every layer's W_hh h + b_hh for the h given, computed beforehand
+// (with gemv_bias, so the same values); then no w_hh is read.
 void gru_step(const GruLayerWeights* layers, int64_t num_layers, int64_t hidden, const float* x, float* h,
-              float* scratch, GruIsa isa);
+              float* scratch, GruIsa isa, const float* gi0 = nullptr, const float* gh_all = nullptr);
 
 }  // namespace fastdecoder

@@ -196,3 +196,49 @@ def test_weights_that_are_no_longer_float32_are_refused():
     gru.double()
     with pytest.raises(ValueError, match=r"weight_ih_l0 is now torch.float64 on cpu; the native step needs float32"):
         step.step(torch.zeros(5), torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("isa", ISA_PARAMS)
+@pytest.mark.parametrize("layers,hidden,bins,features", [(1, 8, 3, 7), (3, 24, 14, 8), (2, 24, 5, 23), (5, 8, 1, 16)])
+def test_products_computed_ahead_match_nn_gru(isa, layers, hidden, bins, features, rng):
+    """run_projected with layer 0's input products summed block by block (project) and the hidden products given
+    (hidden_products) equals nn.GRU; the hidden products given are bit-identical to the ones a step computes."""
+    gru = random_gru(rng, layers, hidden, bins * features, scale=3.0)
+    x = torch.from_numpy(rng.standard_normal((2, 1, bins * features)).astype(np.float32))
+    h0 = torch.from_numpy(rng.standard_normal((layers, 1, hidden)).astype(np.float32))
+    with torch.no_grad():
+        out, h_n = gru(x, h0)
+    step = NativeGRUStep(gru, isa)
+    w = gru.weight_ih_l0.detach().numpy()
+    gi0 = np.zeros((2, 3 * hidden), np.float32)
+    for t in range(2):
+        for k in range(bins):
+            step._step.project(x[t, 0, k * features:(k + 1) * features].numpy(), gi0[t], w, k * features)
+    np.testing.assert_allclose(gi0, (x[:, 0] @ gru.weight_ih_l0.T).detach().numpy(), rtol=1e-5, atol=1e-5)
+    gh = np.full((layers, 3 * hidden), np.nan, np.float32)
+    step.hidden_products(h0[:, 0], gh)
+    h = h0[:, 0].clone()
+    got = step.run_projected(gi0, h, gh)
+    assert_close(got, out[:, 0], f"isa {isa}")
+    assert_close(h, h_n[:, 0], f"isa {isa}, final states")
+    h_own = h0[:, 0].clone()  # the same gi0 with the hidden products computed by the step itself: the same bits
+    assert torch.equal(step.run_projected(gi0, h_own), got) and torch.equal(h_own, h)
+
+
+def test_projection_arguments_are_checked(rng):
+    gru = random_gru(rng, 2, 8, 12)
+    s = NativeGRUStep(gru)._step
+    w, acc = gru.weight_ih_l0.detach().numpy(), np.zeros(24, np.float32)
+    with pytest.raises(ValueError, match="col0"):
+        s.project(np.ones(5, np.float32), acc, w, 8)  # columns 8..12 of 12
+    with pytest.raises(ValueError, match="weight_ih_l0"):
+        s.project(np.ones(4, np.float32), acc, w[:, :8].copy(), 0)
+    with pytest.raises(ValueError, match="acc"):
+        s.project(np.ones(4, np.float32), np.zeros(23, np.float32), w, 0)
+    weights = NativeGRUStep(gru).weights()
+    with pytest.raises(ValueError, match="gh"):
+        s.run_projected(np.zeros((1, 24), np.float32), np.zeros((2, 8), np.float32), np.zeros((1, 8), np.float32),
+                        **weights, gh=np.zeros((1, 24), np.float32))
+    with pytest.raises(ValueError, match="gi0"):
+        s.run_projected(np.zeros((1, 12), np.float32), np.zeros((2, 8), np.float32), np.zeros((1, 8), np.float32),
+                        **weights)

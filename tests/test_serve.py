@@ -609,3 +609,68 @@ def test_lsl_replay_equals_eval(short_run, capsys):
     assert rep["per_beam"] == pytest.approx(ev["per_beam"], abs=1e-12)
     assert rep["per_greedy"] == pytest.approx(ev["per_greedy"], abs=1e-12)
     assert 0 < rep["latency_ms"]["median"] <= rep["latency_ms"]["max"]
+
+
+def _lsl_or_skip():
+    """pylsl, or a skip naming why LSL cannot be used here (not installed, or no outlet can be opened)."""
+    pl = pytest.importorskip("pylsl", reason="pylsl (the 'lsl' extra) is not installed")
+    try:
+        probe = pl.StreamOutlet(pl.StreamInfo(f"fdprobe{os.getpid()}", "Markers", 1, pl.IRREGULAR_RATE, "string",
+                                              f"fdprobe{os.getpid()}"))
+        del probe
+    except Exception as e:  # liblsl missing or no network interface it can use
+        pytest.skip(f"pylsl cannot open an LSL outlet here: {type(e).__name__}: {e}")
+    return pl
+
+
+def test_serve_lsl_command(short_run, capsys):
+    """``fastdecoder serve --lsl`` as its own process: ``replay --lsl`` reports eval's PER through it; then, with a
+    trial open, SIGTERM ends it with exit 0, the trial recorded aborted and a final 'stopped' status."""
+    pl = _lsl_or_skip()
+    from fastdecoder.cli import main
+
+    out, trainer, _ = short_run
+    ev = _eval(out, None, capsys)
+    tag = f"fdcli{os.getpid()}_{time.time_ns()}"  # LSL names are machine-wide: unique per test run
+    names = ["--input", f"{tag}_in", "--logits-stream", f"{tag}_logits", "--output-stream", f"{tag}_out"]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "fastdecoder.cli", "serve", "--lsl", "--run", str(out),
+                             "--checkpoint", "last", "--beam-width", str(BEAM), "--status-interval", "0.2", *names],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert main(["replay", "--lsl", "--run", str(out), "--checkpoint", "last", "--fast", *names,
+                     "--timeout", "60"]) == 0
+        text = capsys.readouterr().out
+        rep = json.loads(text[text.index("{\n"):])
+        assert rep["completed"] == 10 and not rep["aborted"]
+        assert rep["per_beam"] == pytest.approx(ev["per_beam"], abs=1e-12)
+        assert rep["per_greedy"] == pytest.approx(ev["per_greedy"], abs=1e-12)
+        # a trial left open, from outlets with the replay's names and source ids (the server's inlets recover)
+        records = pl.StreamInlet(pl.resolve_byprop("name", f"{tag}_out", timeout=10)[0])
+        records.open_stream(timeout=10)
+        C = trainer.val_split.features[0].shape[1]
+        bins_out = pl.StreamOutlet(pl.StreamInfo(f"{tag}_in", "Binned", C, 50.0, "float32", f"replay-{tag}_in"))
+        marks_out = pl.StreamOutlet(pl.StreamInfo(f"{tag}_in_markers", "Markers", 1, pl.IRREGULAR_RATE, "string",
+                                                  f"replay-{tag}_in-markers"))
+        got, deadline = [], time.monotonic() + 60
+        while not any(r.get("start") and r.get("trial") == "OPEN" for r in got):
+            assert time.monotonic() < deadline, f"serve --lsl never started trial OPEN; it wrote {got[-5:]}"
+            now = pl.local_clock()
+            marks_out.push_sample(["start OPEN 0"], now)
+            bins_out.push_sample([0.0] * C, now + 0.001)
+            chunk, _ = records.pull_chunk(timeout=0.5)
+            got += [json.loads(t) for (t,) in chunk]
+        proc.terminate()
+        assert proc.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while not any(r.get("kind") == "status" and r.get("state") == "stopped" for r in got):
+            assert time.monotonic() < deadline, f"no final status; the last records: {got[-5:]}"
+            chunk, _ = records.pull_chunk(timeout=0.5)
+            got += [json.loads(t) for (t,) in chunk]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log = proc.communicate()[0]
+    assert "serve --lsl:" in log and "Traceback" not in log, log
+    aborted = [r for r in got if r.get("kind") == "error" and r.get("trial") == "OPEN"]
+    assert aborted and "SIGTERM" in aborted[-1]["reason"] and aborted[-1]["action"] == "trial aborted"

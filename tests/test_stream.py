@@ -187,6 +187,30 @@ def test_stable_prefix_is_shared_by_the_whole_beam_and_only_grows(beam, cut, wor
         lp[None], beam_width=beam, nbest=beam, token_min_logprob=cut)[0]]
 
 
+def test_per_bin_pushes_compute_most_of_each_step_ahead():
+    """Pushes of one bin (a closed-loop rig): the GRU step's products that do not need a frame's last bin are
+    computed at the pushes before it (native_gru.StepAhead), once each, and the frames still equal offline."""
+    seed = 61
+    model = tiny_model("gru", seed)
+    x = torch.randn(131, C, generator=torch.Generator().manual_seed(seed))
+    lp_ref = offline(model, x, 0)[0]
+    dec = StreamingDecoder(model, beam_width=BEAM)
+    final, _ = stream(dec, x, 0, 1)
+    np.testing.assert_allclose(final.log_probs, lp_ref, rtol=1e-5, atol=2e-5)
+    c, n, K = dec.frontend.ahead.counts, final.frames, model.cfg.patch_size
+    assert dec.frontend.gru_frames == {"native": n, "torch": 0}
+    # every frame's input product is K bin blocks, each computed once (the bins after the last frame are computed
+    # for frames the trial never completes); at a step only the blocks of the bins that completed it: one per
+    # frame, plus the lookahead's bins that finish() flushes at once
+    assert n * K <= c["input_blocks_ahead"] + c["input_blocks_at_step"] < (n + dec.frontend.ahead.in_flight) * K
+    assert c["input_blocks_at_step"] <= n + dec.lookahead_bins
+    assert c["hidden_ahead"] + c["hidden_at_step"] == n and c["hidden_at_step"] <= 1
+    assert c["plain_steps"] == 0
+    final4, _ = stream(dec, x, 0, 4)  # a frame's worth of bins per push: nothing to do ahead, the plain step
+    np.testing.assert_allclose(final4.log_probs, lp_ref, rtol=1e-5, atol=2e-5)
+    assert dec.frontend.ahead.counts["plain_steps"] >= n - dec.frontend.ahead.in_flight  # all but the first few
+
+
 def test_native_gru_path_with_zero_initial_state():
     """learn_h0 off (zeros, the state nn.GRU gets as None): the native step starts from the same state."""
     seed = 31

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from fastdecoder.errors import UserError
-from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep, unsupported_reason
+from fastdecoder.ops.gru.native_step import ISAS, NativeGRUStep, StepAhead, unsupported_reason
 
 __all__ = ["IncrementalFrontend", "NativeRecurrence", "NATIVE_MAX_FRAMES"]
 
@@ -29,20 +29,49 @@ NATIVE_MAX_FRAMES = 3
 class NativeRecurrence:
     """A ``GRUDecoder.forward_chunk`` recurrence backend: chunks of at most ``max_frames`` frames of a float32 CPU
     ``nn.GRU`` through :class:`NativeGRUStep` (made for the model's GRU at its first chunk, again if the model's GRU
-    is replaced); it declines (None) every other chunk. ``isa``: "auto" or one of ``ops.gru.native_step.ISAS``."""
+    is replaced); it declines (None) every other chunk. ``isa``: "auto" or one of ``ops.gru.native_step.ISAS``.
+
+    With time-major patches (b2t25), ``absorb(model, state)`` between chunks computes ahead the parts of the next
+    step that do not need the frame's last bin (``StepAhead``: layer 0's input product bin by bin, every layer's
+    hidden product), so that the push of the bin completing a frame reads about a quarter of the GRU's weights.
+    ``ahead`` is that object (None before the first chunk); ``reset()`` forgets what it holds (a new trial)."""
 
     def __init__(self, isa: str = "auto", max_frames: int = NATIVE_MAX_FRAMES):
         if isa != "auto" and isa not in ISAS:
             raise ValueError(f"gru_isa must be 'auto' or one of {', '.join(ISAS)} (this CPU's), got {isa!r}")
         self.isa, self.max_frames = isa, max_frames
         self._step: NativeGRUStep | None = None
+        self.ahead: StepAhead | None = None
 
-    def __call__(self, rnn, windows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
-        if windows.shape[0] > self.max_frames or unsupported_reason(rnn) is not None:
-            return None
+    def _native(self, rnn) -> NativeGRUStep:
         step = self._step
         if step is None or step.rnn is not rnn:
             step = self._step = NativeGRUStep(rnn, self.isa)
+            self.ahead = None
+        return step
+
+    def reset(self) -> None:
+        if self.ahead is not None:
+            self.ahead.reset()
+
+    def absorb(self, model, state) -> None:
+        """Between chunks (no frame pending): compute ahead what the next step can from ``state``'s features."""
+        cfg, rnn = model.cfg, model.rnn
+        if unsupported_reason(rnn) is not None or not (cfg.patch_order == "time_major" or cfg.patch_size == 1):
+            return
+        step = self._native(rnn)
+        if self.ahead is None:
+            self.ahead = StepAhead(step, cfg.patch_size, cfg.patch_stride, cfg.n_features)
+        L, _, H = state.h.shape
+        self.ahead.absorb(state.features, state.h.view(L, H))
+
+    def __call__(self, rnn, windows: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        if windows.shape[0] > self.max_frames or unsupported_reason(rnn) is not None:
+            self.reset()  # the model's GRU runs these frames: nothing computed ahead stays valid
+            return None
+        step = self._native(rnn)
+        if self.ahead is not None:
+            return self.ahead.run(windows, h)
         return step.run(windows, h)  # the weights as they are now, read for this call only
 
 
@@ -85,6 +114,11 @@ class IncrementalFrontend:
         return {"native": self._past["native"] + s.backend_frames, "torch": self._past["torch"] + s.module_frames}
 
     @property
+    def ahead(self):
+        """The native recurrence's ``StepAhead`` (what it computed ahead: ``.counts``), or None."""
+        return None if self.recurrence is None else self.recurrence.ahead
+
+    @property
     def lookahead(self) -> int:
         """Bins of future input the smoothing holds back (the current trial's; before one, the model's now)."""
         return self.model.stream_lookahead() if self.state is None else self.state.lookahead
@@ -98,12 +132,17 @@ class IncrementalFrontend:
         """Start a trial of day ``day`` (the model checks it; a refused day leaves the stream as it was)."""
         state = self.model.init_state(day)
         self._past, self.state = self.gru_frames, state
+        if self.recurrence is not None:
+            self.recurrence.reset()
 
     def push(self, bins: torch.Tensor) -> torch.Tensor:
         """bins (n, C) float32 on the device -> (m, V) float32 log-probabilities (CPU) of the frames now complete."""
         if self.state is None:
             raise RuntimeError("push before reset(day): start a trial first")
-        return self.model.forward_chunk(bins, self.state, recurrence=self.recurrence)[0].cpu()
+        lp = self.model.forward_chunk(bins, self.state, recurrence=self.recurrence)[0]
+        if self.recurrence is not None and lp.shape[0] == 0 and not self.state.finished:
+            self.recurrence.absorb(self.model, self.state)  # the idle time before the next frame's last bin
+        return lp.cpu()
 
     def finish(self) -> torch.Tensor:
         """The trial ends: the last bins are smoothed against zero padding; returns the remaining frames' log-probs."""

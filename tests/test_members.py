@@ -88,6 +88,47 @@ def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
             assert torch.equal(t, solo.state_dict()[name]), name
 
 
+@pytest.mark.parametrize("kw", [{}, {"smoothing": "model", "smooth_taps": "b2t24", "mask_padding": True},
+                                {"smoothing": "model", "smooth_taps": "b2t24"}])
+def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
+    """Own batch order: member k's own days and (trials, bins), padded to the largest; its outputs on its own
+    batch and its gradients equal the solo model's on that batch alone, dropout masks drawn at its own shapes."""
+    cfg = _solo_cfg(**kw)
+    K, C = 3, cfg.n_features
+    shapes = [(4, 17), (3, 12), (4, 9)]  # (trials, bins) per member
+    B, T = 4, 17
+    solos = []
+    for k in range(K):
+        torch.manual_seed(test_seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    gens = [torch.Generator().manual_seed(test_seed + 100 + k) for k in range(K)]
+    states = [g.get_state() for g in gens]
+    model = BatchedGRUDecoder(solos).train()
+    g = torch.Generator().manual_seed(test_seed)
+    days = np.array([[2, 0, 2, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    xs = [torch.randn(b, t, C, generator=g) for b, t in shapes]
+    lens = [torch.tensor([t, t - 2, t, t - 3][:b]) for b, t in shapes]
+    x = torch.zeros(K, B, T, C)
+    lengths = torch.full((K, B), T)
+    for k, (b, t) in enumerate(shapes):
+        x[k, :b, :t] = xs[k]
+        lengths[k, :b] = lens[k]
+    out = model(x, days, lengths, gens, member_shapes=shapes)
+    w = torch.randn(out.shape, generator=g)
+    for k, (b, t) in enumerate(shapes):  # only each member's own outputs count
+        n = (t - cfg.patch_size) // cfg.patch_stride + 1
+        w[k, b:] = 0
+        w[k, :, n:] = 0
+    (out * w).sum().backward()
+    for k, (b, t) in enumerate(shapes):
+        torch.set_rng_state(states[k])
+        o = solos[k].train()(xs[k], torch.from_numpy(days[k, :b]), lens[k])
+        (o * w[k, :b, :o.shape[1]]).sum().backward()
+        assert _rel(out[k, :b, :o.shape[1]].detach(), o.detach()) < 1e-5
+        for name, p in solos[k].named_parameters():
+            assert _rel(model.solo_parameter(name).grad[k], p.grad) < 1e-5, name
+
+
 def test_member_adam_equals_torch_adamw_and_lr_zero_or_skip_leaves_a_member(test_seed):
     g = torch.Generator().manual_seed(test_seed)
     K = 3
@@ -164,6 +205,47 @@ def test_each_member_equals_its_solo_run(members_run, tmp_path):
             if p.numel():
                 assert _rel(sd[name], p) < 2e-5, name
     assert trainer.history[0]["loss"][0] != trainer.history[0]["loss"][1]  # the members differ
+
+
+def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
+    """train.member_batch_order: own: member i draws the batches (and random cut) of data seed 11 + i, as the solo
+    run of member-i/config.yaml does; its losses over 20 steps and its weights equal that run's."""
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(member_batch_order="own", eval_every=100, checkpoint_every=100)
+    trainer = MembersTrainer(config_from_dict(raw), tmp_path / "own", progress=False)
+    trainer.fit()
+    for k in range(2):
+        cfg = load_config(tmp_path / "own" / f"member-{k}" / "config.yaml")
+        assert cfg.train.members == 1 and cfg.train.seed == 5 + k and cfg.train.data_seed == 11 + k
+        assert cfg.train.member_batch_order == "shared"  # a plain solo config
+        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
+        losses = []
+        solo.run(on_step=lambda o: losses.append(o["loss"]))
+        mine = [h["loss"][k] for h in trainer.history]
+        assert len(mine) == len(losses) == 20
+        np.testing.assert_allclose(mine, losses, rtol=2e-5)
+        sd = trainer.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+    top = json.loads((tmp_path / "own" / "summary.json").read_text())
+    assert top["member_batch_order"] == "own" and [m["data_seed"] for m in top["member"]] == [11, 12]
+
+
+def test_own_batch_order_kill_and_resume_is_bitwise(tmp_path):
+    whole = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "whole",
+                           progress=False)
+    whole.fit()
+    first = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "cut",
+                           progress=False)
+    first.fit(max_steps=2)
+    resumed = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "cut",
+                             progress=False, resume=True)
+    resumed.fit()
+    assert [h["loss"] for h in list(whole.history)[2:]] == [h["loss"] for h in resumed.history]
+    for k in range(2):
+        a, b = whole.model.member_state_dict(k), resumed.model.member_state_dict(k)
+        assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_member_folders_are_ordinary_runs(members_run):
@@ -249,6 +331,8 @@ def test_kill_and_resume_is_bitwise(tmp_path):
     ({"member_overrides": [{}, {"train.seed": 5}]}, "distinct train.seed"),
     ({"member_overrides": "lr"}, "must be a list"),
     ({"members": 1, "member_overrides": [{}]}, "needs train.members > 1"),
+    ({"member_batch_order": "mine"}, r"train.member_batch_order must be one of shared, own"),
+    ({"member_overrides": [{}, {"train.data_seed": 3}]}, "only with train.member_batch_order: own"),
 ])
 def test_bad_member_settings_are_named(change, match):
     raw = json.loads(json.dumps(RAW))

@@ -154,6 +154,8 @@ class TrainConfig:
     data_seed: Optional[int] = None     # seed of the batch order and random cut (None = train.seed, as before)
     members: int = 1                    # train K models as one batched model (fastdecoder.members)
     member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}
+    member_batch_order: str = "shared"  # shared (every member trains on the same batches) | own (member i draws
+    #                                     the batches of data seed (data_seed or seed) + i, as its solo run would)
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     amp: str = "bf16"                   # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path
     #                                     where the CPU has native bf16 GEMMs (else, and on the reference path, fp32)
@@ -219,6 +221,7 @@ _CHOICES = {
     ("optim", "schedule"): ("constant", "linear", "warmup_cosine", "onecycle", "plateau"),
     ("train", "amp"): ("bf16", "fp16", "none"),
     ("train", "init_new_days"): ("identity", "nearest"),
+    ("train", "member_batch_order"): ("shared", "own"),
 }
 #: string keys with a pattern rather than a fixed set of choices: key -> (regex, what is expected)
 _PATTERNS = {
@@ -706,12 +709,13 @@ def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[tuple[st
 # The solo config of each member of a ``train.members: K`` run.
 #
 # Member i is the run of the base config with ``train.members: 1``, ``train.seed: seed + i`` (unless its overrides
-# name ``train.seed``), ``train.data_seed``: the shared data seed (the base's ``data_seed``, else its ``seed``) and
+# name ``train.seed``), ``train.data_seed``: with ``train.member_batch_order: shared`` the shared data seed D (the
+# base's ``data_seed``, else its ``seed``), with ``own`` D + i (unless its overrides name ``train.data_seed``), and
 # its entry of ``train.member_overrides`` applied. Overrides may name only the keys a sweep varies (`OVERRIDABLE`):
-# what changes the model's shape, the batches or the data is shared by construction.
+# what changes the model's shape or the data is shared by construction (the batches too, unless the order is own).
 #: section.key that a member may override (everything else is shared by all members)
 OVERRIDABLE = frozenset({
-    "train.seed",
+    "train.seed", "train.data_seed",
     "model.input_dropout", "model.rnn_dropout",
     "augment.white_noise_std", "augment.constant_offset_std", "augment.time_mask_prob", "augment.time_mask_width",
     "augment.time_mask_count", "augment.freq_mask_prob", "augment.freq_mask_width", "augment.freq_mask_count",
@@ -761,11 +765,13 @@ def member_configs(cfg) -> list:
             if on:
                 raise _error(f"train.members > 1 does not support {key} yet: train the members as solo runs")
     data_seed = t.data_seed if t.data_seed is not None else t.seed
+    own = t.member_batch_order == "own"
     base = cfg.to_dict()
     out = []
     for i in range(k):
         d = {s: (dict(v) if isinstance(v, dict) else v) for s, v in base.items()}
-        d["train"].update(members=1, member_overrides=None, seed=t.seed + i, data_seed=data_seed)
+        d["train"].update(members=1, member_overrides=None, member_batch_order="shared", seed=t.seed + i,
+                          data_seed=data_seed + i if own else data_seed)
         entry = ov[i] if ov is not None else None
         if entry is None:
             entry = {}
@@ -776,6 +782,9 @@ def member_configs(cfg) -> list:
             if key not in OVERRIDABLE:
                 raise _error(f"train.member_overrides[{i}]: '{key}' cannot differ between members (allowed: "
                              f"{', '.join(sorted(OVERRIDABLE))})")
+            if key == "train.data_seed" and not own:
+                raise _error(f"train.member_overrides[{i}]: 'train.data_seed' differs between members only with "
+                             "train.member_batch_order: own (shared: every member trains on the same batches)")
             sec, name = key.split(".")
             d[sec][name] = value
         try:

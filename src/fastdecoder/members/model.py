@@ -35,6 +35,23 @@ def _attr(solo_name: str) -> str:
     return solo_name.replace(".", "__")
 
 
+def _day_affine(x: torch.Tensor, day: np.ndarray, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One member's day layer before its activation: x (B, T, C), day (B,) host, W (D, C, C), b (D, 1, C) ->
+    x W[day] + b[day], one GEMM per distinct day."""
+    B, T, C = x.shape
+    days, inverse = np.unique(day, return_inverse=True)
+    if days.size == 1:
+        return torch.addmm(b[int(days[0])], x.reshape(B * T, C), W[int(days[0])]).view(B, T, C)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    parts = []
+    for j, d in enumerate(days):
+        rows = torch.from_numpy(order[inverse[order] == j]).to(x.device)
+        parts.append(torch.addmm(b[int(d)], x.index_select(0, rows).reshape(-1, C), W[int(d)]).view(-1, T, C))
+    back = torch.from_numpy(np.argsort(order, kind="stable")).to(x.device)
+    return torch.cat(parts).index_select(0, back)
+
+
 class BatchedGRUDecoder(nn.Module):
     """K GRUDecoders of one shape as stacked (K, ...) parameters; build it from the solo models (``from_solo``)."""
 
@@ -76,9 +93,13 @@ class BatchedGRUDecoder(nn.Module):
 
     # -- the forward --------------------------------------------------------------------------------------------
     def day_layer(self, x: torch.Tensor, day: np.ndarray) -> torch.Tensor:
-        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member, one batched GEMM per distinct day."""
+        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member. ``day`` (B,) shared by the members: one
+        batched GEMM per distinct day; (K, B) each member's own days: per member one GEMM per distinct day."""
         K, B, T, C = x.shape
         W, b = self.solo_parameter("day_weights"), self.solo_parameter("day_biases")
+        if day.ndim == 2:
+            y = torch.stack([_day_affine(x[k], day[k], W[k], b[k]) for k in range(K)])
+            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
         days, inverse = np.unique(day, return_inverse=True)
         if days.size == 1:
             y = torch.baddbmm(b[:, int(days[0])], x.reshape(K, B * T, C), W[:, int(days[0])]).view(K, B, T, C)
@@ -103,41 +124,59 @@ class BatchedGRUDecoder(nn.Module):
             w = w.transpose(3, 4)
         return w.reshape(x.shape[0], x.shape[1], w.shape[2], -1)
 
-    def _masks(self, shape: tuple, p: list[float], generators) -> torch.Tensor | None:
+    def _masks(self, shape: tuple, p: list[float], generators, shapes: list[tuple] | None = None
+               ) -> torch.Tensor | None:
         """(K, *shape) dropout multipliers: member k's ``bernoulli_(1 - p_k)`` drawn from ``generators[k]`` and
-        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops."""
+        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops. ``shapes``: member k's own
+        (smaller) shape to draw at (its solo batch), the rest of ``shape`` filled with ones (padding)."""
         if not self.training or not any(p):
             return None
         out = []
         for k in range(self.k):
+            own = shape if shapes is None else shapes[k]
             if p[k] > 0:
-                m = torch.empty(shape).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
+                m = torch.empty(own).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
             else:
-                m = torch.ones(shape)
+                m = torch.ones(own)
+            if tuple(own) != tuple(shape):
+                full = torch.ones(shape)
+                full[tuple(slice(0, n) for n in own)] = m
+                m = full
             out.append(m)
         return torch.stack(out)
 
     def forward(self, x: torch.Tensor, day: np.ndarray, lengths: torch.Tensor | None = None,
-                generators=None) -> torch.Tensor:
-        """x (K, B, T, C), day (B,) host int64, lengths (B,) -> logits (K, B, N, n_classes). In training mode with
-        dropout, ``generators`` holds one CPU torch.Generator per member (its solo dropout stream)."""
+                generators=None, member_shapes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """x (K, B, T, C), day host int64 (B,) shared or (K, B) per member, lengths (B,) or (K, B) -> logits
+        (K, B, N, n_classes). In training mode with dropout, ``generators`` holds one CPU torch.Generator per member
+        (its solo dropout stream). ``member_shapes``: member k's own (trials, bins) when the members' batches were
+        padded to (B, T) (``train.member_batch_order: own``): its dropout masks are drawn at its own shapes, as its
+        solo run draws them; None: every member's batch is (B, T)."""
         cfg = self.cfg
         K, B, T, C = x.shape
         if K != self.k or C != cfg.n_features:
             raise ValueError(f"x must be ({self.k}, batch, time, {cfg.n_features}), got {tuple(x.shape)}")
-        day = np.asarray(day, dtype=np.int64).reshape(-1)
-        if day.shape != (B,):
-            raise ValueError(f"day must be ({B},), got {day.shape}")
+        day = np.asarray(day, dtype=np.int64)
+        if day.ndim != 2:
+            day = day.reshape(-1)
+        if day.shape not in ((B,), (K, B)):
+            raise ValueError(f"day must be ({B},) or ({K}, {B}), got {day.shape}")
+        if member_shapes is not None and (len(member_shapes) != K or any(
+                not (1 <= b <= B and 1 <= t <= T) for b, t in member_shapes)):
+            raise ValueError(f"member_shapes must be {K} (trials, bins) within ({B}, {T}), got {member_shapes}")
         if self.training and generators is None and (any(self.input_dropout) or any(self.rnn_dropout)):
             raise ValueError("training with dropout needs one generator per member")
         if cfg.smoothing == "model":
             from fastdecoder.ops import augment
 
-            lens = lengths.repeat(K) if (cfg.mask_padding and lengths is not None) else None
+            lens = None
+            if cfg.mask_padding and lengths is not None:
+                lens = lengths.reshape(-1) if lengths.dim() == 2 else lengths.repeat(K)
             x = augment(x.reshape(K * B, T, C), lens, smooth_taps=self.smooth_taps,
                         backend=self.smoothing_backend).view(K, B, T, C)
         x = self.day_layer(x, day)
-        m = self._masks((B, T, C), self.input_dropout, generators)
+        m = self._masks((B, T, C), self.input_dropout, generators,
+                        None if member_shapes is None else [(b, t, C) for b, t in member_shapes])
         if m is not None:
             x = x * m.to(x.device)
         x = self.patch(x)
@@ -147,7 +186,10 @@ class BatchedGRUDecoder(nn.Module):
                          ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for layer in range(cfg.num_layers)]
         masks = None
         if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
-            masks = [self._masks((N, B, H), self.rnn_dropout, generators).transpose(0, 1).to(x.device)
+            own = None
+            if member_shapes is not None:  # each member's own patch count
+                own = [((t - cfg.patch_size) // cfg.patch_stride + 1, b, H) for b, t in member_shapes]
+            masks = [self._masks((N, B, H), self.rnn_dropout, generators, own).transpose(0, 1).to(x.device)
                      for _ in range(cfg.num_layers - 1)]
         h0 = None
         if cfg.learn_h0:

@@ -1,9 +1,11 @@
 """Training K members as one batched model (``train.members: K``): member i is the run ``fastdecoder train`` gives
 alone with member i's config (fastdecoder.config.member_configs).
 
-Per step: one batch from the sampler of the shared data seed (and its random cut); per member its own augmentation
-noise and masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream), its LR
-from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC losses, one backward of
+Per step: one batch from the sampler of the shared data seed (and its random cut), or with
+``train.member_batch_order: own`` one batch per member from its own sampler and cut (its data seed), gathered from
+the one stored training split and padded to a common (trials, bins); per member its own augmentation noise and
+masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream, drawn at its own
+batch's shapes), its LR from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC losses, one backward of
 their sum (members share no parameter, so each member's gradients are its own loss's); per-member pre-clip grad
 norms, one host read, each member's InstabilityGuard decides its update; per-member clipping and one per-member
 AdamW step (fastdecoder.members.optim) that leaves skipped members exactly as they were. A member that its guard
@@ -111,7 +113,11 @@ class MembersTrainer:
         self.infeasible_trials = len(bad)
         self._need_frames = target_min_frames(self.train_split)
         data_seed = cfgs[0].train.data_seed
-        self.sampler = make_sampler(cfg, self.train_split, data_seed)
+        self.own_batches = cfg.train.member_batch_order == "own"
+        # one sampler of the shared data seed, or each member's own (its data seed: its solo run's batches)
+        self.samplers = [make_sampler(c, self.train_split, c.train.data_seed)
+                         for c in (cfgs if self.own_batches else cfgs[:1])]
+        self.sampler = self.samplers[0]
         self.cut = np.random.default_rng(data_seed + CUT_STREAM)  # the shared random cut (as the solo runs draw it)
 
         # each member built as its solo Trainer builds it: seeded, then the model (the init draws from the global
@@ -130,11 +136,14 @@ class MembersTrainer:
             m.schedule = LRSchedule(m.groups, c.optim)
             m.guard = InstabilityGuard(c.stability, m.schedule)
             m.monitor = CollapseMonitor(c.stability)
-            m.streams = RunStreams(c.train.seed, self.device, cut_seed=data_seed)
-            m.streams.cut = self.cut
+            m.streams = RunStreams(c.train.seed, self.device, cut_seed=c.train.data_seed)
             backend = ops_backend(c, self.device)
-            no_cut = replace(c, augment=replace(c.augment, random_cut=0))  # the cut is drawn once, for all
-            m.augment = TrainAugmentation(no_cut, EvalTransform(c, self.device, backend), m.streams)
+            if self.own_batches:  # the member draws its own cut from its own stream, as its solo run does
+                m.augment = TrainAugmentation(c, EvalTransform(c, self.device, backend), m.streams)
+            else:
+                m.streams.cut = self.cut
+                no_cut = replace(c, augment=replace(c.augment, random_cut=0))  # the cut is drawn once, for all
+                m.augment = TrainAugmentation(no_cut, EvalTransform(c, self.device, backend), m.streams)
             m.eval_settings = EvalSettings.from_config(c, self.device)
             self.members.append(m)
         self.model = BatchedGRUDecoder([m.solo for m in self.members]).to(self.device)
@@ -166,9 +175,11 @@ class MembersTrainer:
 
     # -- one step ---------------------------------------------------------------------------------------------
     def next_batch(self):
+        """The step's batch; with ``train.member_batch_order: own`` a list of K batches (member k's own)."""
         from fastdecoder.data import collate
 
-        return collate(self.train_split, next(self.sampler)).to(self.device)
+        batches = [collate(self.train_split, next(s)).to(self.device) for s in self.samplers]
+        return batches if self.own_batches else batches[0]
 
     def _weights(self, k: int) -> dict[str, list[float]]:
         """Member k's LR and weight decay per parameter group, as its solo optimizer holds them now."""
@@ -184,6 +195,8 @@ class MembersTrainer:
         self.model.train()
         step_no = self.step + 1
         lrs = [m.schedule.apply(self.step) for m in self.members]
+        if isinstance(batch, (list, tuple)):
+            return self._finish_step(step_no, lrs, *self._own_batches(batch))
         x, lens = batch.x, batch.x_lens
         cut = 0
         if cfg.augment.random_cut > 0:
@@ -217,6 +230,75 @@ class MembersTrainer:
         if cfg.ctc.reduction == "mean_target":
             per = per / batch.y_lens.clamp(min=1).to(per.dtype)
         losses = per.mean(1)
+        return self._finish_step(step_no, lrs, logits, n.expand(K, -1), losses, [infeasible] * K)
+
+    def _own_batches(self, batches) -> tuple:
+        """Each member's own batch (``train.member_batch_order: own``): augmented at its own shape as its solo run
+        augments it, padded to the members' largest (trials, bins), one batched forward and per-member CTC losses
+        over its own trials. Returns (logits, frames (K, B), losses (K,), infeasible per member)."""
+        K, cfg, mdl = self.k, self.cfg, self.cfg.model
+        from fastdecoder.train.trainer import host_output_lengths
+
+        xs, lens, frames_dev, infeasible = [], [], [], []
+        for m, batch in zip(self.members, batches):
+            x, ln = m.augment(batch.x, batch.x_lens, self.step)
+            cut = m.augment.last_cut
+            max_frames = (x.shape[1] - mdl.patch_size) // mdl.patch_stride + 1
+            host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
+            frames = host_output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
+                                         max_frames)
+            bad = self._need_frames[batch.index] > frames
+            infeasible.append(bool(bad.any()))
+            for b in np.flatnonzero(bad):
+                tid = self.train_split.trial_ids[int(batch.index[b])]
+                if tid not in self.reported_infeasible:
+                    self.reported_infeasible.add(tid)
+                    log.warning("trial %s: target cannot fit its %d output frames", tid, int(frames[b]))
+            xs.append(x)
+            lens.append(ln)
+            frames_dev.append(output_lengths(ln, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
+                                             max_frames))
+        shapes = [tuple(x.shape[:2]) for x in xs]
+        B = max(b for b, _ in shapes)
+        T = max(t for _, t in shapes)
+        S = max(int(b.y.shape[1]) for b in batches)
+        dev = xs[0].device
+        # padding: bins past a batch's end (a unidirectional model's valid outputs do not see them) and, where a
+        # sampler gave fewer trials, placeholder trials (one bin-long target) left out of that member's loss
+        x_all = xs[0].new_zeros(K, B, T, xs[0].shape[2])
+        lens_all = torch.full((K, B), T, dtype=torch.int64, device=dev)
+        n_all = torch.ones((K, B), dtype=torch.int64, device=dev)
+        y_all = torch.ones((K, B, S), dtype=torch.int64, device=dev)
+        y_lens = torch.ones((K, B), dtype=torch.int64, device=dev)
+        day = np.zeros((K, B), dtype=np.int64)
+        for k, (batch, (b, t)) in enumerate(zip(batches, shapes)):
+            x_all[k, :b, :t] = xs[k]
+            lens_all[k, :b] = lens[k]
+            n_all[k, :b] = frames_dev[k]
+            y_all[k, :b, :batch.y.shape[1]] = batch.y
+            y_lens[k, :b] = batch.y_lens
+            day[k, :b] = batch.day.cpu().numpy()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(x_all, day, lens_all, self.dropout, member_shapes=shapes)
+        N, V = logits.shape[2:]
+        log_probs = logits.float().log_softmax(-1).reshape(K * B, N, V).transpose(0, 1)
+        per = F.ctc_loss(log_probs, y_all.view(K * B, S), n_all.view(-1), y_lens.view(-1), blank=0,
+                         reduction="none", zero_infinity=cfg.ctc.zero_infinity).view(K, B)
+        if cfg.ctc.reduction == "mean_target":
+            per = per / y_lens.clamp(min=1).to(per.dtype)
+        if all(b == B for b, _ in shapes):
+            losses = per.mean(1)
+        else:
+            losses = torch.stack([per[k, :b].mean() for k, (b, _) in enumerate(shapes)])
+        valid_frames = n_all.clone()  # the monitor's frames: none in the placeholder trials
+        for k, (b, _) in enumerate(shapes):
+            valid_frames[k, b:] = 0
+        return logits, valid_frames, losses, infeasible
+
+    def _finish_step(self, step_no: int, lrs: list, logits: torch.Tensor, n: torch.Tensor, losses: torch.Tensor,
+                     infeasible: list[bool]) -> dict:
+        """Backward of the members' summed losses, per-member guard, clipping and update (see ``train_step``)."""
+        K = self.k
         self.model.zero_grad(set_to_none=True)
         losses.sum().backward()
         params = [p for p in self.optimizer.params if p.grad is not None]
@@ -231,7 +313,8 @@ class MembersTrainer:
             try:
                 apply[k], events[k] = m.guard.observe(step_no, loss_h[k], gn_h[k],
                                                       loss_finite=math.isfinite(loss_h[k]),
-                                                      grad_finite=math.isfinite(gn_h[k]), infeasible=infeasible,
+                                                      grad_finite=math.isfinite(gn_h[k]),
+                                                      infeasible=infeasible[k],
                                                       bad_params=lambda k=k: self._nonfinite_grads(k))
             except NonFiniteError as e:
                 events[k] = [self._stop_member(m, str(e), step_no)]
@@ -337,7 +420,7 @@ class MembersTrainer:
                 rec["lr_scale"] = m.schedule.scale
             if m.cfg.train.train_monitor:
                 rec["train_blank_fraction"], rec["train_distinct_phonemes"] = prediction_stats(out["logits"][k],
-                                                                                              out["n"])
+                                                                                              out["n"][k])
             m.outputs.log(rec)
             m.interval = Interval()
 
@@ -382,7 +465,7 @@ class MembersTrainer:
         rng["torch"] = self.dropout[k].get_state()  # the solo run's dropout stream is torch's global generator
         return {"model": self.model.member_state_dict(k), "step": self.step, "config": m.cfg.to_dict(),
                 "optimizer": opt, "schedule": m.schedule.state_dict(), "scaler": None,
-                "sampler": self.sampler.state_dict(), "rng": rng, "world_size": 1,
+                "sampler": self.samplers[k if self.own_batches else 0].state_dict(), "rng": rng, "world_size": 1,
                 "stability": m.guard.state_dict(), "monitor": m.monitor.state_dict(), "best_per": m.best_per,
                 "best_step": m.best_step, "last_val_per": m.last_val_per, "train_seconds": self._elapsed(),
                 "reported_infeasible": sorted(self.reported_infeasible), "member_stopped": m.stopped}
@@ -439,7 +522,11 @@ class MembersTrainer:
                 m.saved = {"last.pt": int(state["step"])}
             except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
                 raise CheckpointError(f"checkpoint {where} cannot resume this run: {e}") from None
-        self.sampler.load_state_dict(states[0][1]["sampler"])
+        for s, (where, state) in zip(self.samplers, states):
+            try:
+                s.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {where} cannot resume this run: {e}") from None
         self.step = steps.pop()
         self.train_seconds = float(states[0][1].get("train_seconds", 0.0))
         self.resumed_from = self.step
@@ -459,8 +546,10 @@ class MembersTrainer:
                "train_seconds": round(self.train_seconds, 3),
                "member_steps_per_second": (round(self.k * self.step / self.train_seconds, 3)
                                            if self.train_seconds else None),
-               "device": str(self.device), "data_seed": self.members[0].cfg.train.data_seed,
-               "member": [{"folder": f"member-{m.k}", "seed": m.cfg.train.seed, "best_step": m.best_step,
+               "device": str(self.device), "member_batch_order": self.cfg.train.member_batch_order,
+               "data_seed": None if self.own_batches else self.members[0].cfg.train.data_seed,
+               "member": [{"folder": f"member-{m.k}", "seed": m.cfg.train.seed, "data_seed": m.cfg.train.data_seed,
+                           "best_step": m.best_step,
                            "skipped_updates": m.guard.skipped, "stopped": m.stopped} for m in self.members]}
         if interrupted is not None:
             top["interrupted"] = interrupted

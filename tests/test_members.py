@@ -232,6 +232,29 @@ def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
     assert top["member_batch_order"] == "own" and [m["data_seed"] for m in top["member"]] == [11, 12]
 
 
+def test_own_batch_order_with_fewer_trials_in_one_member(tmp_path):
+    """A member whose sampler gives fewer trials (padded with placeholder trials left out of its loss) steps as
+    its solo run steps on that batch alone."""
+    from fastdecoder.data import collate
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(member_batch_order="own", steps=1, eval_every=100, checkpoint_every=100)
+    tr = MembersTrainer(config_from_dict(raw), None, progress=False)
+    idx = [next(s) for s in tr.samplers]
+    short = collate(tr.train_split, idx[1][:4])
+    out = tr.train_step([collate(tr.train_split, idx[0]), short])
+    cfg = config_from_dict(raw)
+    from fastdecoder.config import member_configs
+
+    solo = Trainer(member_configs(cfg)[1], tmp_path / "solo", progress=False)
+    ref = solo.train_step(short)
+    assert out["loss"][1] == pytest.approx(ref["loss"], rel=2e-5)
+    sd = tr.model.member_state_dict(1)
+    for name, p in solo.model.state_dict().items():
+        if p.numel():
+            assert _rel(sd[name], p) < 2e-5, name
+
+
 def test_own_batch_order_kill_and_resume_is_bitwise(tmp_path):
     whole = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "whole",
                            progress=False)
@@ -339,6 +362,19 @@ def test_bad_member_settings_are_named(change, match):
     raw["train"].update(change)
     with pytest.raises(ConfigError, match=match):
         config_from_dict(raw)
+
+
+def test_member_data_seeds():
+    """shared: every member D; own: D + i (D = data_seed, else seed), or the member's own train.data_seed."""
+    from fastdecoder.config import member_configs
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(members=3, member_overrides=None)
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [11, 11, 11]
+    raw["train"].update(member_batch_order="own")
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [11, 12, 13]
+    raw["train"].update(data_seed=None, member_overrides=[{}, {"train.data_seed": 40}, {}])
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [5, 40, 7]
 
 
 def test_ln_gru_members_are_refused_clearly():

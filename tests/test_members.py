@@ -51,6 +51,56 @@ def test_members_gru_equals_torch_gru_per_member(rng, K, B, N, I, H, L):
             assert _rel(a, b) < 1e-5
 
 
+def _ln_params(g, K, I, H, L, bias=True):
+    out = []
+    for layer in range(L):
+        i = I if layer == 0 else H
+        ps = [torch.randn(K, 3 * H, i, generator=g) * 0.5, torch.randn(K, 3 * H, H, generator=g) * 0.5]
+        ps += [torch.randn(K, 3 * H, generator=g) * 0.3 if bias else None for _ in range(2)]
+        ps += [1 + 0.3 * torch.randn(K, 3 * H, generator=g) for _ in range(2)]
+        out.append(tuple(p.requires_grad_() if p is not None else None for p in ps))
+    return out
+
+
+def _ln_members_case(rng, K, B, T, I, H, L, bias, backends):
+    from fastdecoder.ops.ln_gru.members import members_ln_gru
+
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    params = _ln_params(g, K, I, H, L, bias)
+    x = torch.randn(K, B, T, I, generator=g, requires_grad=True)
+    h0 = torch.randn(L, K, B, H, generator=g, requires_grad=True)
+    masks = [(torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7 for _ in range(L - 1)]
+    leaves = [x, h0] + [p for ps in params for p in ps if p is not None]
+    w_out = torch.randn(K, B, T, H, generator=g)
+    res = {}
+    for backend in backends:
+        y = members_ln_gru(x, params, h0, masks, backend=backend)
+        res[backend] = (y, torch.autograd.grad((y * w_out).sum(), leaves))
+    y_ref, g_ref = res.pop("per_member")
+    for backend, (y, grads) in res.items():
+        assert y.shape == (K, B, T, H)
+        assert _rel(y, y_ref) < 1e-5, backend
+        for i, (a, b) in enumerate(zip(grads, g_ref)):
+            assert _rel(a, b) < 1e-5, (backend, i)
+
+
+@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(1, 3, 5, 4, 6, 1, True), (3, 2, 7, 5, 8, 2, True),
+                                              (4, 5, 3, 9, 4, 3, False)])
+def test_members_ln_gru_equals_solo_ln_gru_per_member(rng, K, B, T, I, H, L, bias):
+    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers."""
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"])
+
+
+@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(2, 3, 4, 5, 4, 2, True), (3, 2, 3, 3, 6, 1, False)])
+def test_members_ln_gru_triton_interpreter_equals_solo(rng, K, B, T, I, H, L, bias):
+    """The Triton path with the member dimension in its kernels (CPU: Triton's interpreter, tiny shapes)."""
+    from fastdecoder.ops.triton_support import triton_usable
+
+    if not triton_usable("cpu"):
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["triton", "per_member"])
+
+
 def _solo_cfg(**kw):
     cfg = load_config("demo").model
     base = dict(n_features=6, n_days=3, hidden_size=10, num_layers=2, rnn_dropout=0.3, input_dropout=0.2,

@@ -109,7 +109,8 @@ def _solo_cfg(**kw):
 
 
 @pytest.mark.parametrize("kw", [{}, {"patch_order": "channel_major", "learn_h0": False, "num_layers": 3},
-                                {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"}])
+                                {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"},
+                                {"rnn": "ln_gru"}, {"rnn": "ln_gru", "learn_h0": False, "num_layers": 3}])
 def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
     """Member k: the solo GRUDecoder (torch's nn.GRU) with the dropout masks its own global RNG stream draws."""
     cfg = _solo_cfg(**kw)
@@ -139,7 +140,7 @@ def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
 
 
 @pytest.mark.parametrize("kw", [{}, {"smoothing": "model", "smooth_taps": "b2t24", "mask_padding": True},
-                                {"smoothing": "model", "smooth_taps": "b2t24"}])
+                                {"smoothing": "model", "smooth_taps": "b2t24"}, {"rnn": "ln_gru"}])
 def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
     """Own batch order: member k's own days and (trials, bins), padded to the largest; its outputs on its own
     batch and its gradients equal the solo model's on that batch alone, dropout masks drawn at its own shapes."""
@@ -280,6 +281,31 @@ def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
                 assert _rel(sd[name], p) < 2e-5, name
     top = json.loads((tmp_path / "own" / "summary.json").read_text())
     assert top["member_batch_order"] == "own" and [m["data_seed"] for m in top["member"]] == [11, 12]
+
+
+@pytest.mark.parametrize("order", ["shared", "own"])
+def test_each_ln_gru_member_equals_its_solo_run(tmp_path, order):
+    """model.rnn: ln_gru (the batched LayerNorm-GRU): member i's losses over 20 steps and its weights equal the solo
+    run of member-i/config.yaml, with the shared and with each member's own batch order."""
+    raw = json.loads(json.dumps(RAW))
+    raw["model"].update(rnn="ln_gru", hidden_size=12)
+    raw["train"].update(member_batch_order=order, eval_every=100, checkpoint_every=100)
+    trainer = MembersTrainer(config_from_dict(raw), tmp_path / "run", progress=False)
+    trainer.fit()
+    assert "rnn.ln_hh_weight_l1" in trainer.model.member_state_dict(0)
+    for k in range(2):
+        cfg = load_config(tmp_path / "run" / f"member-{k}" / "config.yaml")
+        assert cfg.model.rnn == "ln_gru" and cfg.train.data_seed == (11 + k if order == "own" else 11)
+        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
+        losses = []
+        solo.run(on_step=lambda o: losses.append(o["loss"]))
+        mine = [h["loss"][k] for h in trainer.history]
+        assert len(mine) == len(losses) == 20
+        np.testing.assert_allclose(mine, losses, rtol=2e-5)
+        sd = trainer.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
 
 
 def test_own_batch_order_with_fewer_trials_in_one_member(tmp_path):
@@ -427,10 +453,10 @@ def test_member_data_seeds():
     assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [5, 40, 7]
 
 
-def test_ln_gru_members_are_refused_clearly():
+def test_bidirectional_members_are_refused_clearly():
     raw = json.loads(json.dumps(RAW))
-    raw["model"]["rnn"] = "ln_gru"
-    with pytest.raises(ConfigError, match="model.rnn: gru"):
+    raw["model"]["bidirectional"] = True
+    with pytest.raises(ConfigError, match="model.bidirectional: false"):
         config_from_dict(raw)
 
 
@@ -472,9 +498,9 @@ def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--members", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--members must be >= 1" in capsys.readouterr().err
-    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.rnn=ln_gru",
+    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.bidirectional=true",
                  "--out", str(tmp_path / "y")]) == 2
-    assert "model.rnn: gru" in capsys.readouterr().err
+    assert "model.bidirectional: false" in capsys.readouterr().err
 
 
 def test_checkpoints_from_before_data_seed_still_resume(tmp_path):

@@ -753,8 +753,6 @@ def member_configs(cfg) -> list:
         if len(ov) != k:
             raise _error(f"train.member_overrides has {len(ov)} entries but train.members is {k}: give one mapping "
                          "per member ({} for none)")
-    if k > 1 and cfg.model.rnn != "gru":
-        raise _error(f"train.members > 1 needs model.rnn: gru (the batched model has no {cfg.model.rnn} yet)")
     if k > 1 and cfg.model.bidirectional:
         raise _error("train.members > 1 needs model.bidirectional: false")
     if k > 1:  # calibration keys the batched trainer does not apply yet: refused rather than silently ignored

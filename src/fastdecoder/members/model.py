@@ -1,14 +1,16 @@
-"""The batched GRUDecoder of a ``train.members: K`` run: K GRUDecoders (model.rnn: gru) with their parameters
-stacked along a leading member dimension, computed together.
+"""The batched GRUDecoder of a ``train.members: K`` run: K GRUDecoders (model.rnn: gru or ln_gru, unidirectional)
+with their parameters stacked along a leading member dimension, computed together.
 
 Forward: x (K, B, T, C) each member's augmented features, day (B,) host int64 days, lengths (B,) ->
 logits (K, B, N, 41). Per member the solo forward: [in-model smoothing] -> day layer softsign(x W[day] + b[day])
 (one batched GEMM per distinct day of the batch) -> input dropout -> patching -> GRU (ops.gru_members: one batched
-input projection per layer, one batched product per time step) -> head (one batched GEMM).
+input projection per layer, one batched product per time step) or LayerNorm-GRU (ops.ln_gru.members: the same with
+the member dimension in its Triton kernels, or its batched reference off CUDA) -> head (one batched GEMM).
 
 Dropout is drawn per member from its own generator (``generators``), each mask with the op and shape the solo
 run draws it with (``torch.empty(shape).bernoulli_(1 - p)``: input dropout (B, T, C), then between layers
-(N, B, H)), so member k draws exactly the masks of its solo run, whose dropout stream is torch's global generator.
+(N, B, H) for nn.GRU, (B, N, H) for the LayerNorm-GRU's F.dropout; none at p = 1, which zeroes), so member k draws
+exactly the masks of its solo run, whose dropout stream is torch's global generator.
 
 Parameters are named after the solo model's (``SOLO``), so each member's weights go to and from a GRUDecoder state
 dict (``member_state_dict`` / ``load_member``).
@@ -21,13 +23,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdecoder.ops.gru_members import members_gru
+from fastdecoder.ops.ln_gru.members import members_ln_gru
 
 
-def _solo_names(num_layers: int, learn_h0: bool) -> list[str]:
+#: the recurrent parameters of one layer, per model.rnn, in the order the batched ops take them
+RNN_PARAMS = {"gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+              "ln_gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")}
+
+
+def _solo_names(num_layers: int, learn_h0: bool, rnn: str = "gru") -> list[str]:
     """The solo GRUDecoder's parameter names in its own order (``named_parameters``)."""
     names = ["day_weights", "day_biases"]
     for layer in range(num_layers):
-        names += [f"rnn.{k}_l{layer}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        names += [f"rnn.{k}_l{layer}" for k in RNN_PARAMS[rnn]]
     return names + (["h0"] if learn_h0 else []) + ["head.weight", "head.bias"]
 
 
@@ -58,13 +66,16 @@ class BatchedGRUDecoder(nn.Module):
     def __init__(self, solos: list[nn.Module]):
         super().__init__()
         cfg = solos[0].cfg
-        if cfg.rnn != "gru" or cfg.bidirectional:
-            raise ValueError("BatchedGRUDecoder takes unidirectional model.rnn: gru models")
+        if cfg.rnn not in RNN_PARAMS or cfg.bidirectional:
+            raise ValueError("BatchedGRUDecoder takes unidirectional model.rnn: gru or ln_gru models")
         self.cfg = cfg
         self.k = len(solos)
         self.input_dropout = [float(s.cfg.input_dropout) for s in solos]  # p per member
         self.rnn_dropout = [float(s.cfg.rnn_dropout) if cfg.num_layers > 1 else 0.0 for s in solos]
-        self.solo_names = _solo_names(cfg.num_layers, cfg.learn_h0)
+        self.solo_names = _solo_names(cfg.num_layers, cfg.learn_h0, cfg.rnn)
+        # the LayerNorm-GRU's implementation and eps as the solo model has them
+        self.ln_backend = solos[0].rnn.backend if cfg.rnn == "ln_gru" else None
+        self.ln_eps = solos[0].rnn.eps if cfg.rnn == "ln_gru" else None
         sds = [s.state_dict() for s in solos]
         for name in self.solo_names:
             self.register_parameter(_attr(name), nn.Parameter(torch.stack([sd[name].detach() for sd in sds])))
@@ -74,6 +85,18 @@ class BatchedGRUDecoder(nn.Module):
     @classmethod
     def from_solo(cls, solos: list[nn.Module]) -> "BatchedGRUDecoder":
         return cls(solos)
+
+    def _ln_backend(self, device: torch.device) -> str:
+        """The batched LayerNorm-GRU's implementation where the solo model's would be Triton: the Triton kernels
+        with the member dimension; else the batched reference (its definition with a member dimension)."""
+        from fastdecoder.ops.triton_support import require_triton, triton_usable
+
+        if self.ln_backend == "reference":
+            return "reference"
+        if self.ln_backend == "auto":
+            return "triton" if device.type == "cuda" and triton_usable(device) else "reference"
+        require_triton(device, "LayerNormGRU(backend='triton')")
+        return "triton"
 
     def solo_parameter(self, name: str) -> nn.Parameter:
         """The stacked (K, ...) parameter of the solo model's parameter ``name``."""
@@ -134,7 +157,9 @@ class BatchedGRUDecoder(nn.Module):
         out = []
         for k in range(self.k):
             own = shape if shapes is None else shapes[k]
-            if p[k] > 0:
+            if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
+                m = torch.zeros(own)
+            elif p[k] > 0:
                 m = torch.empty(own).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
             else:
                 m = torch.ones(own)
@@ -182,18 +207,26 @@ class BatchedGRUDecoder(nn.Module):
         x = self.patch(x)
         N = x.shape[2]
         H = cfg.hidden_size
-        weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in
-                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for layer in range(cfg.num_layers)]
+        weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in RNN_PARAMS[cfg.rnn])
+                   for layer in range(cfg.num_layers)]
+        ln = cfg.rnn == "ln_gru"
         masks = None
         if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
+            # each member's mask at its own (patches, trials): nn.GRU draws (N, B, H), F.dropout (B, N, H)
             own = None
-            if member_shapes is not None:  # each member's own patch count
-                own = [((t - cfg.patch_size) // cfg.patch_stride + 1, b, H) for b, t in member_shapes]
-            masks = [self._masks((N, B, H), self.rnn_dropout, generators, own).transpose(0, 1).to(x.device)
+            if member_shapes is not None:
+                own = [((t - cfg.patch_size) // cfg.patch_stride + 1, b) for b, t in member_shapes]
+                own = [(b, n, H) if ln else (n, b, H) for n, b in own]
+            masks = [self._masks((B, N, H) if ln else (N, B, H), self.rnn_dropout, generators, own).to(x.device)
                      for _ in range(cfg.num_layers - 1)]
+            if not ln:
+                masks = [m.transpose(0, 1) for m in masks]
         h0 = None
         if cfg.learn_h0:
             h0 = self.solo_parameter("h0").view(K, 1, H).expand(cfg.num_layers, K, B, H)
-        y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
+        if ln:
+            y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(x.device))
+        else:
+            y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
         w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
         return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

@@ -91,8 +91,8 @@ class MembersTrainer:
 
         if distributed.env_info().enabled:
             raise UserError("train.members > 1 runs in one process; start it without torchrun")
-        if cfg.model.rnn != "gru" or cfg.model.bidirectional:
-            raise UserError("train.members > 1 needs model.rnn: gru and model.bidirectional: false")
+        if cfg.model.bidirectional:
+            raise UserError("train.members > 1 needs model.bidirectional: false")
         if cfg.train.amp == "fp16" or cfg.train.cuda_graphs or cfg.train.compile:
             raise UserError("train.members > 1 runs without train.amp: fp16, train.cuda_graphs and train.compile")
         self.out_dir = Path(out_dir) if out_dir is not None else None

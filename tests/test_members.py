@@ -110,7 +110,8 @@ def _solo_cfg(**kw):
 
 @pytest.mark.parametrize("kw", [{}, {"patch_order": "channel_major", "learn_h0": False, "num_layers": 3},
                                 {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"},
-                                {"rnn": "ln_gru"}, {"rnn": "ln_gru", "learn_h0": False, "num_layers": 3}])
+                                {"rnn": "ln_gru"}, {"rnn": "ln_gru", "learn_h0": False, "num_layers": 3},
+                                {"rnn_dropout": 1.0}, {"rnn": "ln_gru", "rnn_dropout": 1.0}])
 def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
     """Member k: the solo GRUDecoder (torch's nn.GRU) with the dropout masks its own global RNG stream draws."""
     cfg = _solo_cfg(**kw)

@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastdecoder.config import ConfigError, config_from_dict, load_config
 from fastdecoder.members.model import BatchedGRUDecoder
@@ -179,6 +180,34 @@ def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
         assert _rel(out[k, :b, :o.shape[1]].detach(), o.detach()) < 1e-5
         for name, p in solos[k].named_parameters():
             assert _rel(model.solo_parameter(name).grad[k], p.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("day", [[2, 0, 2, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2],
+                                 [[0, 0, 1, 1], [2, 2, 0, 0]], [[0, 1, 1, 1], [2, 2, 0, 0]], [[1, 1, 1, 1], [0, 0, 0, 0]]])
+def test_day_layer_every_grouping_equals_per_trial(test_seed, day):
+    """The batched day layer (one GEMM over equal day runs; per distinct day; per member) against x W_k[d] + b_k[d]
+    trial by trial, values and gradients."""
+    cfg = _solo_cfg()
+    K = 2
+    solos = []
+    for k in range(K):
+        torch.manual_seed(test_seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    model = BatchedGRUDecoder(solos)
+    g = torch.Generator().manual_seed(test_seed)
+    with torch.no_grad():
+        model.solo_parameter("day_biases").normal_(generator=g)
+    day = np.array(day)
+    x = torch.randn(K, 4, 5, cfg.n_features, generator=g)
+    y = model.day_layer(x, day)
+    w = torch.randn(y.shape, generator=g)
+    (y * w).sum().backward()
+    W, b = model.solo_parameter("day_weights"), model.solo_parameter("day_biases")
+    d2 = np.broadcast_to(day, (K, 4))
+    ref = torch.stack([torch.stack([F.softsign(x[k, i] @ W[k, d2[k, i]] + b[k, d2[k, i]]) for i in range(4)])
+                       for k in range(K)])
+    gW, gb = torch.autograd.grad((ref * w).sum(), [W, b])
+    assert _rel(y, ref) < 1e-5 and _rel(W.grad, gW) < 1e-5 and _rel(b.grad, gb) < 1e-5
 
 
 def test_member_adam_equals_torch_adamw_and_lr_zero_or_skip_leaves_a_member(test_seed):

@@ -60,6 +60,24 @@ def _day_affine(x: torch.Tensor, day: np.ndarray, W: torch.Tensor, b: torch.Tens
     return torch.cat(parts).index_select(0, back)
 
 
+def _equal_day_runs(day: np.ndarray, n_days: int) -> tuple[np.ndarray, int] | None:
+    """day (K, B) host -> (flat indices k * n_days + day of each run (K * R,), run length L) where every member's
+    batch is R runs of L trials of one day each (the day sampler's batches, whose trials come day by day); None
+    otherwise (or where one run is the whole batch: one day, one GEMM per member already)."""
+    K, B = day.shape
+    starts = np.flatnonzero(np.diff(day, axis=1).any(axis=0)) + 1  # where some member's day changes
+    if starts.size == 0:
+        return None
+    edges = np.concatenate([[0], starts, [B]])
+    L = int(edges[1] - edges[0])
+    if not np.all(np.diff(edges) == L):
+        return None
+    run_day = day[:, edges[:-1]]  # (K, R)
+    if not np.array_equal(np.repeat(run_day, L, axis=1), day):
+        return None
+    return (np.arange(K)[:, None] * n_days + run_day).reshape(-1).astype(np.int64), L
+
+
 class BatchedGRUDecoder(nn.Module):
     """K GRUDecoders of one shape as stacked (K, ...) parameters; build it from the solo models (``from_solo``)."""
 
@@ -120,6 +138,14 @@ class BatchedGRUDecoder(nn.Module):
         batched GEMM per distinct day; (K, B) each member's own days: per member one GEMM per distinct day."""
         K, B, T, C = x.shape
         W, b = self.solo_parameter("day_weights"), self.solo_parameter("day_biases")
+        runs = _equal_day_runs(np.broadcast_to(day, (K, B)), W.shape[1])
+        if runs is not None:  # each member's trials in runs of one day, all runs alike long: one batched GEMM
+            flat, L = runs
+            idx = torch.from_numpy(flat).to(x.device)
+            D = W.shape[1]
+            y = torch.baddbmm(b.reshape(K * D, 1, C).index_select(0, idx), x.reshape(K * (B // L), L * T, C),
+                              W.reshape(K * D, C, C).index_select(0, idx)).view(K, B, T, C)
+            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
         if day.ndim == 2:
             y = torch.stack([_day_affine(x[k], day[k], W[k], b[k]) for k in range(K)])
             return F.softsign(y) if self.cfg.day_activation == "softsign" else y
@@ -154,6 +180,16 @@ class BatchedGRUDecoder(nn.Module):
         (smaller) shape to draw at (its solo batch), the rest of ``shape`` filled with ones (padding)."""
         if not self.training or not any(p):
             return None
+        if shapes is None:  # each member's mask drawn in place into its (contiguous) slice: no stacking copy
+            out = torch.empty(self.k, *shape)
+            for k in range(self.k):
+                if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
+                    out[k].zero_()
+                elif p[k] > 0:
+                    out[k].bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
+                else:
+                    out[k].fill_(1.0)
+            return out
         out = []
         for k in range(self.k):
             own = shape if shapes is None else shapes[k]

@@ -292,6 +292,7 @@ def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
     """train.member_batch_order: own: member i draws the batches (and random cut) of data seed 11 + i, as the solo
     run of member-i/config.yaml does; its losses over 20 steps and its weights equal that run's."""
     raw = json.loads(json.dumps(RAW))
+    raw["data"]["val_split"] = None  # no evaluations: the steps are what is compared
     raw["train"].update(member_batch_order="own", eval_every=100, checkpoint_every=100)
     trainer = MembersTrainer(config_from_dict(raw), tmp_path / "own", progress=False)
     trainer.fit()
@@ -318,7 +319,8 @@ def test_each_ln_gru_member_equals_its_solo_run(tmp_path, order):
     """model.rnn: ln_gru (the batched LayerNorm-GRU): member i's losses over 20 steps and its weights equal the solo
     run of member-i/config.yaml, with the shared and with each member's own batch order."""
     raw = json.loads(json.dumps(RAW))
-    raw["model"].update(rnn="ln_gru", hidden_size=12)
+    raw["model"].update(rnn="ln_gru", hidden_size=8)
+    raw["data"]["val_split"] = None  # no evaluations: the steps are what is compared
     raw["train"].update(member_batch_order=order, eval_every=100, checkpoint_every=100)
     trainer = MembersTrainer(config_from_dict(raw), tmp_path / "run", progress=False)
     trainer.fit()

@@ -363,6 +363,27 @@ def test_own_batch_order_with_fewer_trials_in_one_member(tmp_path):
             assert _rel(sd[name], p) < 2e-5, name
 
 
+@pytest.mark.parametrize("order", ["shared", "own"])
+def test_length_bucket_pads_as_the_solo_run_does(tmp_path, order):
+    """train.length_bucket pads after the augmentation, so the input dropout masks are drawn at the padded shape:
+    a member's first step equals its solo run's first step."""
+    from fastdecoder.config import member_configs
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(member_batch_order=order, length_bucket=16, steps=1)
+    cfg = config_from_dict(raw)
+    tr = MembersTrainer(cfg, None, progress=False)
+    out = tr.train_step(tr.next_batch())
+    for k, c in enumerate(member_configs(cfg)):
+        solo = Trainer(c, tmp_path / f"solo-{k}", progress=False)
+        ref = solo.train_step(solo.next_batch())
+        assert out["loss"][k] == pytest.approx(ref["loss"], rel=2e-5)
+        sd = tr.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+
+
 def test_own_batch_order_kill_and_resume_is_bitwise(tmp_path):
     whole = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "whole",
                            progress=False)

@@ -204,7 +204,10 @@ class MembersTrainer:
             if cut:
                 x = x[:, cut:]
                 lens = (lens - cut).clamp(min=1)
-        xs = torch.stack([m.augment(x, lens, self.step)[0] for m in self.members])
+        from fastdecoder.train.trainer import pad_to_bucket  # train.length_bucket, after the augmentation (as solo)
+
+        xs = torch.stack([pad_to_bucket(m.augment(x, lens, self.step)[0], cfg.train.length_bucket)
+                          for m in self.members])
         mdl = cfg.model
         max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
         host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
@@ -237,11 +240,12 @@ class MembersTrainer:
         augments it, padded to the members' largest (trials, bins), one batched forward and per-member CTC losses
         over its own trials. Returns (logits, frames (K, B), losses (K,), infeasible per member)."""
         K, cfg, mdl = self.k, self.cfg, self.cfg.model
-        from fastdecoder.train.trainer import host_output_lengths
+        from fastdecoder.train.trainer import host_output_lengths, pad_to_bucket
 
         xs, lens, frames_dev, infeasible = [], [], [], []
         for m, batch in zip(self.members, batches):
             x, ln = m.augment(batch.x, batch.x_lens, self.step)
+            x = pad_to_bucket(x, cfg.train.length_bucket)  # as the solo run pads (its dropout masks' shape)
             cut = m.augment.last_cut
             max_frames = (x.shape[1] - mdl.patch_size) // mdl.patch_stride + 1
             host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)

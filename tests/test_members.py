@@ -63,16 +63,17 @@ def _ln_params(g, K, I, H, L, bias=True):
     return out
 
 
-def _ln_members_case(rng, K, B, T, I, H, L, bias, backends):
+def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e-5):
     from fastdecoder.ops.ln_gru.members import members_ln_gru
 
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    params = _ln_params(g, K, I, H, L, bias)
-    x = torch.randn(K, B, T, I, generator=g, requires_grad=True)
-    h0 = torch.randn(L, K, B, H, generator=g, requires_grad=True)
-    masks = [(torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7 for _ in range(L - 1)]
+    params = [tuple(p.detach().to(device).requires_grad_() if p is not None else None for p in ps)
+              for ps in _ln_params(g, K, I, H, L, bias)]
+    x = torch.randn(K, B, T, I, generator=g).to(device).requires_grad_()
+    h0 = torch.randn(L, K, B, H, generator=g).to(device).requires_grad_()
+    masks = [((torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7).to(device) for _ in range(L - 1)]
     leaves = [x, h0] + [p for ps in params for p in ps if p is not None]
-    w_out = torch.randn(K, B, T, H, generator=g)
+    w_out = torch.randn(K, B, T, H, generator=g).to(device)
     res = {}
     for backend in backends:
         y = members_ln_gru(x, params, h0, masks, backend=backend)
@@ -80,9 +81,9 @@ def _ln_members_case(rng, K, B, T, I, H, L, bias, backends):
     y_ref, g_ref = res.pop("per_member")
     for backend, (y, grads) in res.items():
         assert y.shape == (K, B, T, H)
-        assert _rel(y, y_ref) < 1e-5, backend
+        assert _rel(y, y_ref) < tol, backend
         for i, (a, b) in enumerate(zip(grads, g_ref)):
-            assert _rel(a, b) < 1e-5, (backend, i)
+            assert _rel(a, b) < tol, (backend, i)
 
 
 @pytest.mark.parametrize("K,B,T,I,H,L,bias", [(1, 3, 5, 4, 6, 1, True), (3, 2, 7, 5, 8, 2, True),
@@ -100,6 +101,18 @@ def test_members_ln_gru_triton_interpreter_equals_solo(rng, K, B, T, I, H, L, bi
     if not triton_usable("cpu"):
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
     _ln_members_case(rng, K, B, T, I, H, L, bias, ["triton", "per_member"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_members_ln_gru_triton_on_gpu_equals_solo(rng):
+    """The member-dimension kernels on CUDA at a larger shape, fp32 (TF32 off), against K solo reference layers."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _ln_members_case(rng, 4, 16, 40, 96, 80, 2, True, ["triton", "per_member"], device="cuda", tol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _solo_cfg(**kw):

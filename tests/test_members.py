@@ -196,7 +196,8 @@ def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
 
 
 @pytest.mark.parametrize("day", [[2, 0, 2, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2],
-                                 [[0, 0, 1, 1], [2, 2, 0, 0]], [[0, 1, 1, 1], [2, 2, 0, 0]], [[1, 1, 1, 1], [0, 0, 0, 0]]])
+                                 [[0, 0, 1, 1], [2, 2, 0, 0]], [[0, 1, 1, 1], [2, 2, 0, 0]],
+                                 [[1, 1, 1, 1], [0, 0, 0, 0]]])
 def test_day_layer_every_grouping_equals_per_trial(test_seed, day):
     """The batched day layer (one GEMM over equal day runs; per distinct day; per member) against x W_k[d] + b_k[d]
     trial by trial, values and gradients."""

@@ -5,8 +5,9 @@ Per step: one batch from the sampler of the shared data seed (and its random cut
 ``train.member_batch_order: own`` one batch per member from its own sampler and cut (its data seed), gathered from
 the one stored training split and padded to a common (trials, bins); per member its own augmentation noise and
 masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream, drawn at its own
-batch's shapes), its LR from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC losses, one backward of
-their sum (members share no parameter, so each member's gradients are its own loss's); per-member pre-clip grad
+batch's shapes), its LR from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC
+losses, one backward of their sum (members share no parameter, so each member's gradients are its own loss's);
+per-member pre-clip grad
 norms, one host read, each member's InstabilityGuard decides its update; per-member clipping and one per-member
 AdamW step (fastdecoder.members.optim) that leaves skipped members exactly as they were. A member that its guard
 stops (abort_on_nonfinite, max_consecutive_skips, non-finite weights at an evaluation) is stopped and reported;

@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastdecoder.config import ConfigError, config_from_dict, load_config
 from fastdecoder.members.model import BatchedGRUDecoder
@@ -51,6 +52,69 @@ def test_members_gru_equals_torch_gru_per_member(rng, K, B, N, I, H, L):
             assert _rel(a, b) < 1e-5
 
 
+def _ln_params(g, K, I, H, L, bias=True):
+    out = []
+    for layer in range(L):
+        i = I if layer == 0 else H
+        ps = [torch.randn(K, 3 * H, i, generator=g) * 0.5, torch.randn(K, 3 * H, H, generator=g) * 0.5]
+        ps += [torch.randn(K, 3 * H, generator=g) * 0.3 if bias else None for _ in range(2)]
+        ps += [1 + 0.3 * torch.randn(K, 3 * H, generator=g) for _ in range(2)]
+        out.append(tuple(p.requires_grad_() if p is not None else None for p in ps))
+    return out
+
+
+def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e-5):
+    from fastdecoder.ops.ln_gru.members import members_ln_gru
+
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    params = [tuple(p.detach().to(device).requires_grad_() if p is not None else None for p in ps)
+              for ps in _ln_params(g, K, I, H, L, bias)]
+    x = torch.randn(K, B, T, I, generator=g).to(device).requires_grad_()
+    h0 = torch.randn(L, K, B, H, generator=g).to(device).requires_grad_()
+    masks = [((torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7).to(device) for _ in range(L - 1)]
+    leaves = [x, h0] + [p for ps in params for p in ps if p is not None]
+    w_out = torch.randn(K, B, T, H, generator=g).to(device)
+    res = {}
+    for backend in backends:
+        y = members_ln_gru(x, params, h0, masks, backend=backend)
+        res[backend] = (y, torch.autograd.grad((y * w_out).sum(), leaves))
+    y_ref, g_ref = res.pop("per_member")
+    for backend, (y, grads) in res.items():
+        assert y.shape == (K, B, T, H)
+        assert _rel(y, y_ref) < tol, backend
+        for i, (a, b) in enumerate(zip(grads, g_ref)):
+            assert _rel(a, b) < tol, (backend, i)
+
+
+@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(1, 3, 5, 4, 6, 1, True), (3, 2, 7, 5, 8, 2, True),
+                                              (4, 5, 3, 9, 4, 3, False)])
+def test_members_ln_gru_equals_solo_ln_gru_per_member(rng, K, B, T, I, H, L, bias):
+    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers."""
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"])
+
+
+@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(2, 3, 4, 5, 4, 2, True), (3, 2, 3, 3, 6, 1, False)])
+def test_members_ln_gru_triton_interpreter_equals_solo(rng, K, B, T, I, H, L, bias):
+    """The Triton path with the member dimension in its kernels (CPU: Triton's interpreter, tiny shapes)."""
+    from fastdecoder.ops.triton_support import triton_usable
+
+    if not triton_usable("cpu"):
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["triton", "per_member"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_members_ln_gru_triton_on_gpu_equals_solo(rng):
+    """The member-dimension kernels on CUDA at a larger shape, fp32 (TF32 off), against K solo reference layers."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _ln_members_case(rng, 4, 16, 40, 96, 80, 2, True, ["triton", "per_member"], device="cuda", tol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def _solo_cfg(**kw):
     cfg = load_config("demo").model
     base = dict(n_features=6, n_days=3, hidden_size=10, num_layers=2, rnn_dropout=0.3, input_dropout=0.2,
@@ -59,7 +123,9 @@ def _solo_cfg(**kw):
 
 
 @pytest.mark.parametrize("kw", [{}, {"patch_order": "channel_major", "learn_h0": False, "num_layers": 3},
-                                {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"}])
+                                {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"},
+                                {"rnn": "ln_gru"}, {"rnn": "ln_gru", "learn_h0": False, "num_layers": 3},
+                                {"rnn_dropout": 1.0}, {"rnn": "ln_gru", "rnn_dropout": 1.0}])
 def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
     """Member k: the solo GRUDecoder (torch's nn.GRU) with the dropout masks its own global RNG stream draws."""
     cfg = _solo_cfg(**kw)
@@ -86,6 +152,76 @@ def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
             assert _rel(model.solo_parameter(name).grad[k], p.grad) < 1e-5, name
         for name, t in model.member_state_dict(k).items():
             assert torch.equal(t, solo.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("kw", [{}, {"smoothing": "model", "smooth_taps": "b2t24", "mask_padding": True},
+                                {"smoothing": "model", "smooth_taps": "b2t24"}, {"rnn": "ln_gru"}])
+def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
+    """Own batch order: member k's own days and (trials, bins), padded to the largest; its outputs on its own
+    batch and its gradients equal the solo model's on that batch alone, dropout masks drawn at its own shapes."""
+    cfg = _solo_cfg(**kw)
+    K, C = 3, cfg.n_features
+    shapes = [(4, 17), (3, 12), (4, 9)]  # (trials, bins) per member
+    B, T = 4, 17
+    solos = []
+    for k in range(K):
+        torch.manual_seed(test_seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    gens = [torch.Generator().manual_seed(test_seed + 100 + k) for k in range(K)]
+    states = [g.get_state() for g in gens]
+    model = BatchedGRUDecoder(solos).train()
+    g = torch.Generator().manual_seed(test_seed)
+    days = np.array([[2, 0, 2, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
+    xs = [torch.randn(b, t, C, generator=g) for b, t in shapes]
+    lens = [torch.tensor([t, t - 2, t, t - 3][:b]) for b, t in shapes]
+    x = torch.zeros(K, B, T, C)
+    lengths = torch.full((K, B), T)
+    for k, (b, t) in enumerate(shapes):
+        x[k, :b, :t] = xs[k]
+        lengths[k, :b] = lens[k]
+    out = model(x, days, lengths, gens, member_shapes=shapes)
+    w = torch.randn(out.shape, generator=g)
+    for k, (b, t) in enumerate(shapes):  # only each member's own outputs count
+        n = (t - cfg.patch_size) // cfg.patch_stride + 1
+        w[k, b:] = 0
+        w[k, :, n:] = 0
+    (out * w).sum().backward()
+    for k, (b, t) in enumerate(shapes):
+        torch.set_rng_state(states[k])
+        o = solos[k].train()(xs[k], torch.from_numpy(days[k, :b]), lens[k])
+        (o * w[k, :b, :o.shape[1]]).sum().backward()
+        assert _rel(out[k, :b, :o.shape[1]].detach(), o.detach()) < 1e-5
+        for name, p in solos[k].named_parameters():
+            assert _rel(model.solo_parameter(name).grad[k], p.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("day", [[2, 0, 2, 1], [0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2],
+                                 [[0, 0, 1, 1], [2, 2, 0, 0]], [[0, 1, 1, 1], [2, 2, 0, 0]],
+                                 [[1, 1, 1, 1], [0, 0, 0, 0]]])
+def test_day_layer_every_grouping_equals_per_trial(test_seed, day):
+    """The batched day layer (one GEMM over equal day runs; per distinct day; per member) against x W_k[d] + b_k[d]
+    trial by trial, values and gradients."""
+    cfg = _solo_cfg()
+    K = 2
+    solos = []
+    for k in range(K):
+        torch.manual_seed(test_seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    model = BatchedGRUDecoder(solos)
+    g = torch.Generator().manual_seed(test_seed)
+    with torch.no_grad():
+        model.solo_parameter("day_biases").normal_(generator=g)
+    day = np.array(day)
+    x = torch.randn(K, 4, 5, cfg.n_features, generator=g)
+    y = model.day_layer(x, day)
+    w = torch.randn(y.shape, generator=g)
+    (y * w).sum().backward()
+    W, b = model.solo_parameter("day_weights"), model.solo_parameter("day_biases")
+    d2 = np.broadcast_to(day, (K, 4))
+    ref = torch.stack([torch.stack([F.softsign(x[k, i] @ W[k, d2[k, i]] + b[k, d2[k, i]]) for i in range(4)])
+                       for k in range(K)])
+    gW, gb = torch.autograd.grad((ref * w).sum(), [W, b])
+    assert _rel(y, ref) < 1e-5 and _rel(W.grad, gW) < 1e-5 and _rel(b.grad, gb) < 1e-5
 
 
 def test_member_adam_equals_torch_adamw_and_lr_zero_or_skip_leaves_a_member(test_seed):
@@ -164,6 +300,118 @@ def test_each_member_equals_its_solo_run(members_run, tmp_path):
             if p.numel():
                 assert _rel(sd[name], p) < 2e-5, name
     assert trainer.history[0]["loss"][0] != trainer.history[0]["loss"][1]  # the members differ
+
+
+def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
+    """train.member_batch_order: own: member i draws the batches (and random cut) of data seed 11 + i, as the solo
+    run of member-i/config.yaml does; its losses over 20 steps and its weights equal that run's."""
+    raw = json.loads(json.dumps(RAW))
+    raw["data"]["val_split"] = None  # no evaluations: the steps are what is compared
+    raw["train"].update(member_batch_order="own", eval_every=100, checkpoint_every=100)
+    trainer = MembersTrainer(config_from_dict(raw), tmp_path / "own", progress=False)
+    trainer.fit()
+    for k in range(2):
+        cfg = load_config(tmp_path / "own" / f"member-{k}" / "config.yaml")
+        assert cfg.train.members == 1 and cfg.train.seed == 5 + k and cfg.train.data_seed == 11 + k
+        assert cfg.train.member_batch_order == "shared"  # a plain solo config
+        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
+        losses = []
+        solo.run(on_step=lambda o: losses.append(o["loss"]))
+        mine = [h["loss"][k] for h in trainer.history]
+        assert len(mine) == len(losses) == 20
+        np.testing.assert_allclose(mine, losses, rtol=2e-5)
+        sd = trainer.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+    top = json.loads((tmp_path / "own" / "summary.json").read_text())
+    assert top["member_batch_order"] == "own" and [m["data_seed"] for m in top["member"]] == [11, 12]
+
+
+@pytest.mark.parametrize("order", ["shared", "own"])
+def test_each_ln_gru_member_equals_its_solo_run(tmp_path, order):
+    """model.rnn: ln_gru (the batched LayerNorm-GRU): member i's losses over 20 steps and its weights equal the solo
+    run of member-i/config.yaml, with the shared and with each member's own batch order."""
+    raw = json.loads(json.dumps(RAW))
+    raw["model"].update(rnn="ln_gru", hidden_size=8)
+    raw["data"]["val_split"] = None  # no evaluations: the steps are what is compared
+    raw["train"].update(member_batch_order=order, eval_every=100, checkpoint_every=100)
+    trainer = MembersTrainer(config_from_dict(raw), tmp_path / "run", progress=False)
+    trainer.fit()
+    assert "rnn.ln_hh_weight_l1" in trainer.model.member_state_dict(0)
+    for k in range(2):
+        cfg = load_config(tmp_path / "run" / f"member-{k}" / "config.yaml")
+        assert cfg.model.rnn == "ln_gru" and cfg.train.data_seed == (11 + k if order == "own" else 11)
+        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
+        losses = []
+        solo.run(on_step=lambda o: losses.append(o["loss"]))
+        mine = [h["loss"][k] for h in trainer.history]
+        assert len(mine) == len(losses) == 20
+        np.testing.assert_allclose(mine, losses, rtol=2e-5)
+        sd = trainer.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+
+
+def test_own_batch_order_with_fewer_trials_in_one_member(tmp_path):
+    """A member whose sampler gives fewer trials (padded with placeholder trials left out of its loss) steps as
+    its solo run steps on that batch alone."""
+    from fastdecoder.data import collate
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(member_batch_order="own", steps=1, eval_every=100, checkpoint_every=100)
+    tr = MembersTrainer(config_from_dict(raw), None, progress=False)
+    idx = [next(s) for s in tr.samplers]
+    short = collate(tr.train_split, idx[1][:4])
+    out = tr.train_step([collate(tr.train_split, idx[0]), short])
+    cfg = config_from_dict(raw)
+    from fastdecoder.config import member_configs
+
+    solo = Trainer(member_configs(cfg)[1], tmp_path / "solo", progress=False)
+    ref = solo.train_step(short)
+    assert out["loss"][1] == pytest.approx(ref["loss"], rel=2e-5)
+    sd = tr.model.member_state_dict(1)
+    for name, p in solo.model.state_dict().items():
+        if p.numel():
+            assert _rel(sd[name], p) < 2e-5, name
+
+
+@pytest.mark.parametrize("order", ["shared", "own"])
+def test_length_bucket_pads_as_the_solo_run_does(tmp_path, order):
+    """train.length_bucket pads after the augmentation, so the input dropout masks are drawn at the padded shape:
+    a member's first step equals its solo run's first step."""
+    from fastdecoder.config import member_configs
+
+    raw = json.loads(json.dumps(RAW))
+    raw["train"].update(member_batch_order=order, length_bucket=16, steps=1)
+    cfg = config_from_dict(raw)
+    tr = MembersTrainer(cfg, None, progress=False)
+    out = tr.train_step(tr.next_batch())
+    for k, c in enumerate(member_configs(cfg)):
+        solo = Trainer(c, tmp_path / f"solo-{k}", progress=False)
+        ref = solo.train_step(solo.next_batch())
+        assert out["loss"][k] == pytest.approx(ref["loss"], rel=2e-5)
+        sd = tr.model.member_state_dict(k)
+        for name, p in solo.model.state_dict().items():
+            if p.numel():
+                assert _rel(sd[name], p) < 2e-5, name
+
+
+def test_own_batch_order_kill_and_resume_is_bitwise(tmp_path):
+    whole = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "whole",
+                           progress=False)
+    whole.fit()
+    first = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "cut",
+                           progress=False)
+    first.fit(max_steps=2)
+    resumed = MembersTrainer(_short(tmp_path, checkpoint_every=2, member_batch_order="own"), tmp_path / "cut",
+                             progress=False, resume=True)
+    resumed.fit()
+    assert [h["loss"] for h in list(whole.history)[2:]] == [h["loss"] for h in resumed.history]
+    for k in range(2):
+        a, b = whole.model.member_state_dict(k), resumed.model.member_state_dict(k)
+        assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_member_folders_are_ordinary_runs(members_run):
@@ -249,6 +497,8 @@ def test_kill_and_resume_is_bitwise(tmp_path):
     ({"member_overrides": [{}, {"train.seed": 5}]}, "distinct train.seed"),
     ({"member_overrides": "lr"}, "must be a list"),
     ({"members": 1, "member_overrides": [{}]}, "needs train.members > 1"),
+    ({"member_batch_order": "mine"}, r"train.member_batch_order must be one of shared, own"),
+    ({"member_overrides": [{}, {"train.data_seed": 3}]}, "only with train.member_batch_order: own"),
 ])
 def test_bad_member_settings_are_named(change, match):
     raw = json.loads(json.dumps(RAW))
@@ -257,10 +507,23 @@ def test_bad_member_settings_are_named(change, match):
         config_from_dict(raw)
 
 
-def test_ln_gru_members_are_refused_clearly():
+def test_member_data_seeds():
+    """shared: every member D; own: D + i (D = data_seed, else seed), or the member's own train.data_seed."""
+    from fastdecoder.config import member_configs
+
     raw = json.loads(json.dumps(RAW))
-    raw["model"]["rnn"] = "ln_gru"
-    with pytest.raises(ConfigError, match="model.rnn: gru"):
+    raw["train"].update(members=3, member_overrides=None)
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [11, 11, 11]
+    raw["train"].update(member_batch_order="own")
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [11, 12, 13]
+    raw["train"].update(data_seed=None, member_overrides=[{}, {"train.data_seed": 40}, {}])
+    assert [c.train.data_seed for c in member_configs(config_from_dict(raw))] == [5, 40, 7]
+
+
+def test_bidirectional_members_are_refused_clearly():
+    raw = json.loads(json.dumps(RAW))
+    raw["model"]["bidirectional"] = True
+    with pytest.raises(ConfigError, match="model.bidirectional: false"):
         config_from_dict(raw)
 
 
@@ -302,9 +565,9 @@ def test_cli_trains_resumes_and_refuses_members(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--config", str(path), "--members", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--members must be >= 1" in capsys.readouterr().err
-    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.rnn=ln_gru",
+    assert main(["train", "--config", str(path), "--members", "2", "--set", "model.bidirectional=true",
                  "--out", str(tmp_path / "y")]) == 2
-    assert "model.rnn: gru" in capsys.readouterr().err
+    assert "model.bidirectional: false" in capsys.readouterr().err
 
 
 def test_checkpoints_from_before_data_seed_still_resume(tmp_path):

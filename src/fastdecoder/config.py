@@ -251,9 +251,12 @@ class TrainConfig:
     # init, dropout, masks, noise (and the batches when data_seed is None)
     seed: int = key(0, range=SEED, member=PER_MEMBER)
     # seed of the batch order and random cut (None = train.seed, as before)
-    data_seed: Optional[int] = key(None, range=SEED)
+    data_seed: Optional[int] = key(None, range=SEED, member=PER_MEMBER)
     members: int = key(1, range=Range(1, 256))  # train K models as one batched model (fastdecoder.members)
     member_overrides: Optional[list] = None  # per-member values: a list of K mappings {section.key: value}
+    # shared (every member trains on the same batches) | own (member i draws the batches of data seed
+    # (data_seed or seed) + i, as its solo run would)
+    member_batch_order: str = key("shared", choices=("shared", "own"))
     device: str = key("auto", pattern=(r"auto|cpu|mps|cuda(:[0-9]+)?", "auto, cpu, mps, cuda or cuda:N"))
     # bf16 | none: bf16 autocast on CUDA; on the CPU only on the fast path where the CPU has native bf16 GEMMs (else,
     # and on the reference path, fp32)
@@ -743,10 +746,11 @@ def config_diff(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[tuple[st
 # The solo config of each member of a ``train.members: K`` run.
 #
 # Member i is the run of the base config with ``train.members: 1``, ``train.seed: seed + i`` (unless its overrides
-# name ``train.seed``), ``train.data_seed``: the shared data seed (the base's ``data_seed``, else its ``seed``) and
+# name ``train.seed``), ``train.data_seed``: with ``train.member_batch_order: shared`` the shared data seed D (the
+# base's ``data_seed``, else its ``seed``), with ``own`` D + i (unless its overrides name ``train.data_seed``), and
 # its entry of ``train.member_overrides`` applied. Overrides may name only the keys a sweep varies (`OVERRIDABLE`,
-# declared with ``key(member=PER_MEMBER)``):
-# what changes the model's shape, the batches or the data is shared by construction.
+# declared with ``key(member=PER_MEMBER)``): what changes the model's shape or the data is shared by construction
+# (the batches too, unless the order is own).
 
 
 def _error(msg: str) -> UserError:
@@ -773,8 +777,6 @@ def member_configs(cfg) -> list:
         if len(ov) != k:
             raise _error(f"train.member_overrides has {len(ov)} entries but train.members is {k}: give one mapping "
                          "per member ({} for none)")
-    if k > 1 and cfg.model.rnn != "gru":
-        raise _error(f"train.members > 1 needs model.rnn: gru (the batched model has no {cfg.model.rnn} yet)")
     if k > 1 and cfg.model.bidirectional:
         raise _error("train.members > 1 needs model.bidirectional: false")
     if k > 1:  # calibration keys the batched trainer does not apply yet: refused rather than silently ignored
@@ -785,11 +787,13 @@ def member_configs(cfg) -> list:
             if on:
                 raise _error(f"train.members > 1 does not support {key} yet: train the members as solo runs")
     data_seed = t.data_seed if t.data_seed is not None else t.seed
+    own = t.member_batch_order == "own"
     base = cfg.to_dict()
     out = []
     for i in range(k):
         d = {s: (dict(v) if isinstance(v, dict) else v) for s, v in base.items()}
-        d["train"].update(members=1, member_overrides=None, seed=t.seed + i, data_seed=data_seed)
+        d["train"].update(members=1, member_overrides=None, member_batch_order="shared", seed=t.seed + i,
+                          data_seed=data_seed + i if own else data_seed)
         entry = ov[i] if ov is not None else None
         if entry is None:
             entry = {}
@@ -800,6 +804,9 @@ def member_configs(cfg) -> list:
             if key not in OVERRIDABLE:
                 raise _error(f"train.member_overrides[{i}]: '{key}' cannot differ between members (allowed: "
                              f"{', '.join(sorted(OVERRIDABLE))})")
+            if key == "train.data_seed" and not own:
+                raise _error(f"train.member_overrides[{i}]: 'train.data_seed' differs between members only with "
+                             "train.member_batch_order: own (shared: every member trains on the same batches)")
             sec, name = key.split(".")
             d[sec][name] = value
         try:

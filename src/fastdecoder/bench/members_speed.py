@@ -6,8 +6,8 @@ the K separate runs' steps (each run ``steps`` steps, one run after the other), 
 to block, so a load that comes and goes on a shared machine falls on both. Reported: member-steps per second of
 each (K * steps per second of the batched run; steps per second of the separate runs together), their ratio over
 all blocks and its spread over the blocks (median, min, max), and the agreement of the members' losses with the
-separate runs' (they draw the same batches from the shared data seed, and each separate run keeps its own dropout
-stream, as it would alone).
+separate runs' (they draw the batches of their data seeds, and each separate run keeps its own dropout stream, as
+it would alone).
 """
 from __future__ import annotations
 

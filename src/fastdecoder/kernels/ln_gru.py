@@ -26,6 +26,10 @@ backward (reverse time)
     6. ``ln_rows_bwd``: LN backward of every input row in one launch -> dP, and per-program partial sums of
        dg_ih, db_ih; then ``dW_ih = dP^T x`` and ``dx = dP W_ih``: two GEMMs.
 
+Members (K independent layers of one shape, ``ops.ln_gru.members``): the rows of the forward kernels and the
+step kernels are the K*B rows of all members, member-major; row b reads its member's (b // b_per_m) LN gains and
+biases at ``s_g_m`` elements per member (solo: b_per_m = B, s_g_m = 0).
+
 All arithmetic is fp32 whatever the storage dtypes (bf16 GEMM operands under autocast). Only the Triton API common
 to triton 3.6 .. 3.9+ is used: plain pointer arithmetic and masks, no block pointers, no libdevice.
 """
@@ -60,7 +64,7 @@ def _tanh(x):
 @triton.jit
 def ln_rows_fwd_kernel(
     P, AX, G, BIAS, MEAN, RSTD,
-    T, B, N, eps,
+    T, B, N, eps, b_per_m, s_g_m,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # one program per row of P (B*T rows of N = 3H, batch-major: row = b*T + t)
@@ -76,10 +80,11 @@ def ln_rows_fwd_kernel(
     d = tl.where(mask, p - mean, 0.0)
     var = tl.sum(d * d, axis=0) / N
     rstd = 1.0 / tl.sqrt(var + eps)
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    g_off = (b // b_per_m).to(tl.int64) * s_g_m               # this row's member's gain / bias
+    g = tl.load(G + g_off + offs, mask=mask, other=0.0).to(tl.float32)
     a = d * rstd * g
     if HAS_BIAS:
-        a += tl.load(BIAS + offs, mask=mask, other=0.0).to(tl.float32)
+        a += tl.load(BIAS + g_off + offs, mask=mask, other=0.0).to(tl.float32)
     out_row = t.to(tl.int64) * B + b
     tl.store(AX + out_row * N + offs, a.to(AX.dtype.element_ty), mask=mask)
     tl.store(MEAN + row, mean)
@@ -138,7 +143,7 @@ def gru_step_fwd_kernel(
     HC,                          # (B, H) contiguous copy of h_t in the GEMM dtype (WRITE_CAST)
     G, BIAS,                     # (3H,) LN gain and bias of the recurrent side
     MEAN, RSTD, st_off,          # LN statistics of HH at step t: MEAN + st_off + b
-    H, eps,
+    H, eps, b_per_m, s_g_m,      # rows per member, gain / bias elements per member (solo: B, 0)
     HAS_BIAS: tl.constexpr, WRITE_CAST: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     # one program per batch row; the 3H row is handled as three H-vectors (r, z, n)
@@ -146,6 +151,9 @@ def gru_step_fwd_kernel(
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
     N = 3 * H
+    g_off = (b // b_per_m) * s_g_m
+    G += g_off
+    BIAS += g_off
 
     hh_row = HH + hh_off + b * s_hh_b
     hr = tl.load(hh_row + offs, mask=mask, other=0.0).to(tl.float32)
@@ -203,13 +211,18 @@ def gru_step_bwd_kernel(
     DA, da_off, s_da_b,          # out: d a_x at step t (fp32)
     DHH, dhh_off, s_dhh_b,       # out: d HH_t (pre-LN), the GEMM dtype
     DG, DB,                      # (B, 3H) fp32 accumulators of dg_hh, db_hh (one row per program: no atomics)
-    H,
+    H, b_per_m, s_g_m,           # rows per member, gain / bias elements per member (solo: B, 0)
     HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
     N = 3 * H
+    g_off = (b // b_per_m) * s_g_m
+    GI += g_off
+    BI += g_off
+    GH += g_off
+    BH += g_off
 
     # --- recompute a_x = (p - mx) * rx * g_ih + b_ih
     p_row = P + p_off + b * s_p_b

@@ -1,14 +1,16 @@
-"""The batched GRUDecoder of a ``train.members: K`` run: K GRUDecoders (model.rnn: gru) with their parameters
-stacked along a leading member dimension, computed together.
+"""The batched GRUDecoder of a ``train.members: K`` run: K GRUDecoders (model.rnn: gru or ln_gru, unidirectional)
+with their parameters stacked along a leading member dimension, computed together.
 
 Forward: x (K, B, T, C) each member's augmented features, day (B,) host int64 days, lengths (B,) ->
 logits (K, B, N, 41). Per member the solo forward: [in-model smoothing] -> day layer softsign(x W[day] + b[day])
 (one batched GEMM per distinct day of the batch) -> input dropout -> patching -> GRU (ops.gru.members: one batched
-input projection per layer, one batched product per time step) -> head (one batched GEMM).
+input projection per layer, one batched product per time step) or LayerNorm-GRU (ops.ln_gru.members: the same with
+the member dimension in its Triton kernels, or its batched reference off CUDA) -> head (one batched GEMM).
 
 Dropout is drawn per member from its own generator (``generators``), each mask with the op and shape the solo
 run draws it with (``torch.empty(shape).bernoulli_(1 - p)``: input dropout (B, T, C), then between layers
-(N, B, H)), so member k draws exactly the masks of its solo run, whose dropout stream is torch's global generator.
+(N, B, H) for nn.GRU, (B, N, H) for the LayerNorm-GRU's F.dropout; none at p = 1, which zeroes), so member k draws
+exactly the masks of its solo run, whose dropout stream is torch's global generator.
 
 Parameters are named after the solo model's (``SOLO``), so each member's weights go to and from a GRUDecoder state
 dict (``member_state_dict`` / ``load_member``).
@@ -21,18 +23,59 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdecoder.ops.gru.members import members_gru
+from fastdecoder.ops.ln_gru.members import members_ln_gru
 
 
-def _solo_names(num_layers: int, learn_h0: bool) -> list[str]:
+#: the recurrent parameters of one layer, per model.rnn, in the order the batched ops take them
+RNN_PARAMS = {"gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
+              "ln_gru": ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight", "ln_hh_weight")}
+
+
+def _solo_names(num_layers: int, learn_h0: bool, rnn: str = "gru") -> list[str]:
     """The solo GRUDecoder's parameter names in its own order (``named_parameters``)."""
     names = ["day_weights", "day_biases"]
     for layer in range(num_layers):
-        names += [f"rnn.{k}_l{layer}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        names += [f"rnn.{k}_l{layer}" for k in RNN_PARAMS[rnn]]
     return names + (["h0"] if learn_h0 else []) + ["head.weight", "head.bias"]
 
 
 def _attr(solo_name: str) -> str:
     return solo_name.replace(".", "__")
+
+
+def _day_affine(x: torch.Tensor, day: np.ndarray, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One member's day layer before its activation: x (B, T, C), day (B,) host, W (D, C, C), b (D, 1, C) ->
+    x W[day] + b[day], one GEMM per distinct day."""
+    B, T, C = x.shape
+    days, inverse = np.unique(day, return_inverse=True)
+    if days.size == 1:
+        return torch.addmm(b[int(days[0])], x.reshape(B * T, C), W[int(days[0])]).view(B, T, C)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    parts = []
+    for j, d in enumerate(days):
+        rows = torch.from_numpy(order[inverse[order] == j]).to(x.device)
+        parts.append(torch.addmm(b[int(d)], x.index_select(0, rows).reshape(-1, C), W[int(d)]).view(-1, T, C))
+    back = torch.from_numpy(np.argsort(order, kind="stable")).to(x.device)
+    return torch.cat(parts).index_select(0, back)
+
+
+def _equal_day_runs(day: np.ndarray, n_days: int) -> tuple[np.ndarray, int] | None:
+    """day (K, B) host -> (flat indices k * n_days + day of each run (K * R,), run length L) where every member's
+    batch is R runs of L trials of one day each (the day sampler's batches, whose trials come day by day); None
+    otherwise (or where one run is the whole batch: one day, one GEMM per member already)."""
+    K, B = day.shape
+    starts = np.flatnonzero(np.diff(day, axis=1).any(axis=0)) + 1  # where some member's day changes
+    if starts.size == 0:
+        return None
+    edges = np.concatenate([[0], starts, [B]])
+    L = int(edges[1] - edges[0])
+    if not np.all(np.diff(edges) == L):
+        return None
+    run_day = day[:, edges[:-1]]  # (K, R)
+    if not np.array_equal(np.repeat(run_day, L, axis=1), day):
+        return None
+    return (np.arange(K)[:, None] * n_days + run_day).reshape(-1).astype(np.int64), L
 
 
 class BatchedGRUDecoder(nn.Module):
@@ -41,13 +84,16 @@ class BatchedGRUDecoder(nn.Module):
     def __init__(self, solos: list[nn.Module]):
         super().__init__()
         cfg = solos[0].cfg
-        if cfg.rnn != "gru" or cfg.bidirectional:
-            raise ValueError("BatchedGRUDecoder takes unidirectional model.rnn: gru models")
+        if cfg.rnn not in RNN_PARAMS or cfg.bidirectional:
+            raise ValueError("BatchedGRUDecoder takes unidirectional model.rnn: gru or ln_gru models")
         self.cfg = cfg
         self.k = len(solos)
         self.input_dropout = [float(s.cfg.input_dropout) for s in solos]  # p per member
         self.rnn_dropout = [float(s.cfg.rnn_dropout) if cfg.num_layers > 1 else 0.0 for s in solos]
-        self.solo_names = _solo_names(cfg.num_layers, cfg.learn_h0)
+        self.solo_names = _solo_names(cfg.num_layers, cfg.learn_h0, cfg.rnn)
+        # the LayerNorm-GRU's implementation and eps as the solo model has them
+        self.ln_backend = solos[0].rnn.backend if cfg.rnn == "ln_gru" else None
+        self.ln_eps = solos[0].rnn.eps if cfg.rnn == "ln_gru" else None
         sds = [s.state_dict() for s in solos]
         for name in self.solo_names:
             self.register_parameter(_attr(name), nn.Parameter(torch.stack([sd[name].detach() for sd in sds])))
@@ -57,6 +103,13 @@ class BatchedGRUDecoder(nn.Module):
     @classmethod
     def from_solo(cls, solos: list[nn.Module]) -> "BatchedGRUDecoder":
         return cls(solos)
+
+    def _ln_backend(self, device: torch.device) -> str:
+        """The batched LayerNorm-GRU's implementation where the solo model's would be Triton: the Triton kernels
+        with the member dimension; else the batched reference (its definition with a member dimension)."""
+        from fastdecoder.ops.ln_gru import LayerNormGRU
+
+        return LayerNormGRU.backend_for(self.ln_backend, device)
 
     def solo_parameter(self, name: str) -> nn.Parameter:
         """The stacked (K, ...) parameter of the solo model's parameter ``name``."""
@@ -76,9 +129,21 @@ class BatchedGRUDecoder(nn.Module):
 
     # -- the forward --------------------------------------------------------------------------------------------
     def day_layer(self, x: torch.Tensor, day: np.ndarray) -> torch.Tensor:
-        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member, one batched GEMM per distinct day."""
+        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member. ``day`` (B,) shared by the members: one
+        batched GEMM per distinct day; (K, B) each member's own days: per member one GEMM per distinct day."""
         K, B, T, C = x.shape
         W, b = self.solo_parameter("day_weights"), self.solo_parameter("day_biases")
+        runs = _equal_day_runs(np.broadcast_to(day, (K, B)), W.shape[1])
+        if runs is not None:  # each member's trials in runs of one day, all runs alike long: one batched GEMM
+            flat, L = runs
+            idx = torch.from_numpy(flat).to(x.device)
+            D = W.shape[1]
+            y = torch.baddbmm(b.reshape(K * D, 1, C).index_select(0, idx), x.reshape(K * (B // L), L * T, C),
+                              W.reshape(K * D, C, C).index_select(0, idx)).view(K, B, T, C)
+            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+        if day.ndim == 2:
+            y = torch.stack([_day_affine(x[k], day[k], W[k], b[k]) for k in range(K)])
+            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
         days, inverse = np.unique(day, return_inverse=True)
         if days.size == 1:
             y = torch.baddbmm(b[:, int(days[0])], x.reshape(K, B * T, C), W[:, int(days[0])]).view(K, B, T, C)
@@ -103,55 +168,96 @@ class BatchedGRUDecoder(nn.Module):
             w = w.transpose(3, 4)
         return w.reshape(x.shape[0], x.shape[1], w.shape[2], -1)
 
-    def _masks(self, shape: tuple, p: list[float], generators) -> torch.Tensor | None:
+    def _masks(self, shape: tuple, p: list[float], generators, shapes: list[tuple] | None = None
+               ) -> torch.Tensor | None:
         """(K, *shape) dropout multipliers: member k's ``bernoulli_(1 - p_k)`` drawn from ``generators[k]`` and
-        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops."""
+        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops. ``shapes``: member k's own
+        (smaller) shape to draw at (its solo batch), the rest of ``shape`` filled with ones (padding)."""
         if not self.training or not any(p):
             return None
+        if shapes is None:  # each member's mask drawn in place into its (contiguous) slice: no stacking copy
+            out = torch.empty(self.k, *shape)
+            for k in range(self.k):
+                if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
+                    out[k].zero_()
+                elif p[k] > 0:
+                    out[k].bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
+                else:
+                    out[k].fill_(1.0)
+            return out
         out = []
         for k in range(self.k):
-            if p[k] > 0:
-                m = torch.empty(shape).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
+            own = shape if shapes is None else shapes[k]
+            if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
+                m = torch.zeros(own)
+            elif p[k] > 0:
+                m = torch.empty(own).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
             else:
-                m = torch.ones(shape)
+                m = torch.ones(own)
+            if tuple(own) != tuple(shape):
+                full = torch.ones(shape)
+                full[tuple(slice(0, n) for n in own)] = m
+                m = full
             out.append(m)
         return torch.stack(out)
 
     def forward(self, x: torch.Tensor, day: np.ndarray, lengths: torch.Tensor | None = None,
-                generators=None) -> torch.Tensor:
-        """x (K, B, T, C), day (B,) host int64, lengths (B,) -> logits (K, B, N, n_classes). In training mode with
-        dropout, ``generators`` holds one CPU torch.Generator per member (its solo dropout stream)."""
+                generators=None, member_shapes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """x (K, B, T, C), day host int64 (B,) shared or (K, B) per member, lengths (B,) or (K, B) -> logits
+        (K, B, N, n_classes). In training mode with dropout, ``generators`` holds one CPU torch.Generator per member
+        (its solo dropout stream). ``member_shapes``: member k's own (trials, bins) when the members' batches were
+        padded to (B, T) (``train.member_batch_order: own``): its dropout masks are drawn at its own shapes, as its
+        solo run draws them; None: every member's batch is (B, T)."""
         cfg = self.cfg
         K, B, T, C = x.shape
         if K != self.k or C != cfg.n_features:
             raise ValueError(f"x must be ({self.k}, batch, time, {cfg.n_features}), got {tuple(x.shape)}")
-        day = np.asarray(day, dtype=np.int64).reshape(-1)
-        if day.shape != (B,):
-            raise ValueError(f"day must be ({B},), got {day.shape}")
+        day = np.asarray(day, dtype=np.int64)
+        if day.ndim != 2:
+            day = day.reshape(-1)
+        if day.shape not in ((B,), (K, B)):
+            raise ValueError(f"day must be ({B},) or ({K}, {B}), got {day.shape}")
+        if member_shapes is not None and (len(member_shapes) != K or any(
+                not (1 <= b <= B and 1 <= t <= T) for b, t in member_shapes)):
+            raise ValueError(f"member_shapes must be {K} (trials, bins) within ({B}, {T}), got {member_shapes}")
         if self.training and generators is None and (any(self.input_dropout) or any(self.rnn_dropout)):
             raise ValueError("training with dropout needs one generator per member")
         if cfg.smoothing == "model":
             from fastdecoder.ops import augment
 
-            lens = lengths.repeat(K) if (cfg.mask_padding and lengths is not None) else None
+            lens = None
+            if cfg.mask_padding and lengths is not None:
+                lens = lengths.reshape(-1) if lengths.dim() == 2 else lengths.repeat(K)
             x = augment(x.reshape(K * B, T, C), lens, smooth_taps=self.smooth_taps,
                         backend=self.smoothing_backend).view(K, B, T, C)
         x = self.day_layer(x, day)
-        m = self._masks((B, T, C), self.input_dropout, generators)
+        m = self._masks((B, T, C), self.input_dropout, generators,
+                        None if member_shapes is None else [(b, t, C) for b, t in member_shapes])
         if m is not None:
             x = x * m.to(x.device)
         x = self.patch(x)
         N = x.shape[2]
         H = cfg.hidden_size
-        weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in
-                         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")) for layer in range(cfg.num_layers)]
+        weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in RNN_PARAMS[cfg.rnn])
+                   for layer in range(cfg.num_layers)]
+        ln = cfg.rnn == "ln_gru"
         masks = None
         if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
-            masks = [self._masks((N, B, H), self.rnn_dropout, generators).transpose(0, 1).to(x.device)
+            # each member's mask at its own (patches, trials): nn.GRU draws (N, B, H), F.dropout (B, N, H)
+            own = None
+            if member_shapes is not None:
+                own = [((t - cfg.patch_size) // cfg.patch_stride + 1, b) for b, t in member_shapes]
+                own = [(b, n, H) if ln else (n, b, H) for n, b in own]
+            masks = [self._masks((B, N, H) if ln else (N, B, H), self.rnn_dropout, generators, own).to(x.device)
                      for _ in range(cfg.num_layers - 1)]
+            if not ln:
+                masks = [m.transpose(0, 1) for m in masks]
         h0 = None
         if cfg.learn_h0:
             h0 = self.solo_parameter("h0").view(K, 1, H).expand(cfg.num_layers, K, B, H)
-        y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
+        if ln:
+            y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(x.device))
+        else:
+            y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
         w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
         return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

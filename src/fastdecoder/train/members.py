@@ -1,10 +1,13 @@
 """Training K members as one batched model (``train.members: K``): member i is the run ``fastdecoder train`` gives
 alone with member i's config (fastdecoder.config.member_configs).
 
-Per step: one batch from the sampler of the shared data seed (and its random cut); per member its own augmentation
-noise and masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream), its LR
-from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC losses, one backward of
-their sum (members share no parameter, so each member's gradients are its own loss's); per-member pre-clip grad
+Per step: one batch from the sampler of the shared data seed (and its random cut), or with
+``train.member_batch_order: own`` one batch per member from its own sampler and cut (its data seed), gathered from
+the one stored training split and padded to a common (trials, bins); per member its own augmentation noise and
+masks (its RunStreams), its dropout masks (its own generator: the solo run's torch global stream, drawn at its own
+batch's shapes), its LR from its own schedule; one batched forward (fastdecoder.members.model), per-member CTC
+losses, one backward of their sum (members share no parameter, so each member's gradients are its own loss's);
+per-member pre-clip grad
 norms, one host read, each member's InstabilityGuard decides its update; per-member clipping and one per-member
 AdamW step (fastdecoder.members.optim) that leaves skipped members exactly as they were. A member that its guard
 stops (abort_on_nonfinite, max_consecutive_skips, non-finite weights at an evaluation) is stopped and reported;
@@ -48,6 +51,7 @@ from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
 from fastdecoder.train.outputs import Interval, RunOutputs, final_eval_fields, prepare_run_folder
 from fastdecoder.train.rng import CUT_STREAM, RunStreams, seed_everything
 from fastdecoder.train.signals import StopRequest
+from fastdecoder.train.step import TargetFeasibility, pad_to_bucket
 from fastdecoder.train.stability import InstabilityGuard, NonFiniteError
 from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
 
@@ -85,13 +89,13 @@ class MembersTrainer:
     CUDA device, one process. ``resume=True`` continues from DIR/member-i/last.pt."""
 
     def __init__(self, cfg: Config, out_dir: str | Path | None = None, *, progress: bool = True,
-                 resume: bool = False):
+                 resume: bool = False, eval_hook=None):
         from fastdecoder.train import distributed
 
         if distributed.env_info().enabled:
             raise UserError("train.members > 1 runs in one process; start it without torchrun")
-        if cfg.model.rnn != "gru" or cfg.model.bidirectional:
-            raise UserError("train.members > 1 needs model.rnn: gru and model.bidirectional: false")
+        if cfg.model.bidirectional:
+            raise UserError("train.members > 1 needs model.bidirectional: false")
         if cfg.train.amp == "fp16" or cfg.train.cuda_graphs or cfg.train.compile:
             raise UserError("train.members > 1 runs without train.amp: fp16, train.cuda_graphs and train.compile")
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -110,9 +114,12 @@ class MembersTrainer:
         self.train_split, self.val_split = training_splits(self.dataset, cfg.data.val_split, cfg.model.n_classes)
         bad = warn_short_and_infeasible(cfg, self.train_split, self.val_split, say=True)
         self.infeasible_trials = len(bad)
-        self._need_frames = target_min_frames(self.train_split)
         data_seed = cfgs[0].train.data_seed
-        self.sampler = config_sampler(cfg, self.train_split, data_seed)
+        self.own_batches = cfg.train.member_batch_order == "own"
+        # one sampler of the shared data seed, or each member's own (its data seed: its solo run's batches)
+        self.samplers = [config_sampler(c, self.train_split, c.train.data_seed)
+                         for c in (cfgs if self.own_batches else cfgs[:1])]
+        self.sampler = self.samplers[0]
         self.cut = np.random.default_rng(data_seed + CUT_STREAM)  # the shared random cut (as the solo runs draw it)
 
         # each member built as its solo Trainer builds it: seeded, then the model (the init draws from the global
@@ -131,10 +138,13 @@ class MembersTrainer:
             m.schedule = LRSchedule(m.groups, c.optim)
             m.guard = InstabilityGuard(c.stability, m.schedule)
             m.monitor = CollapseMonitor(c.stability)
-            m.streams = RunStreams(c.train.seed, self.device, cut_seed=data_seed)
-            m.streams.cut = self.cut
-            no_cut = replace(c, augment=replace(c.augment, random_cut=0))  # the cut is drawn once, for all
-            m.augment = TrainAugmentation(no_cut, EvalTransform(solo), m.streams)
+            m.streams = RunStreams(c.train.seed, self.device, cut_seed=c.train.data_seed)
+            if self.own_batches:  # the member draws its own cut from its own stream, as its solo run does
+                m.augment = TrainAugmentation(c, EvalTransform(solo), m.streams)
+            else:
+                m.streams.cut = self.cut
+                no_cut = replace(c, augment=replace(c.augment, random_cut=0))  # the cut is drawn once, for all
+                m.augment = TrainAugmentation(no_cut, EvalTransform(solo), m.streams)
             m.eval_settings = EvalSettings.from_config(c, self.device)
             self.members.append(m)
         self.model = BatchedGRUDecoder([m.solo for m in self.members]).to(self.device)
@@ -157,21 +167,26 @@ class MembersTrainer:
         self.train_seconds = 0.0
         self.resumed_from: int | None = None
         self.reported_infeasible: set[str] = set(bad)
+        self.feasibility = TargetFeasibility(cfg, target_min_frames(self.train_split),
+                                             np.asarray(self.train_split.target_lengths, dtype=np.int64),
+                                             self.train_split.trial_ids, self.reported_infeasible)
         self._session: tuple[float, float] | None = None
         self._stop: StopRequest | None = None
         # the last HISTORY steps: the members' losses, grad norms, lrs and skips (metrics.jsonl holds the records)
         self.history: deque[dict] = deque(maxlen=HISTORY)
         #: eval_hook(k, step, result) -> reason or None, after member k's evaluation (members[k].solo holds the
         #: evaluated weights during the call); a reason stops member k as its guard would (tune: pruning)
-        self.eval_hook = None
+        self.eval_hook = eval_hook
         if resume:
             self._resume()
 
     # -- one step ---------------------------------------------------------------------------------------------
     def next_batch(self):
+        """The step's batch; with ``train.member_batch_order: own`` a list of K batches (member k's own)."""
         from fastdecoder.data import collate
 
-        return collate(self.train_split, next(self.sampler)).to(self.device)
+        batches = [collate(self.train_split, next(s)).to(self.device) for s in self.samplers]
+        return batches if self.own_batches else batches[0]
 
     def _weights(self, k: int) -> dict[str, list[float]]:
         """Member k's LR and weight decay per parameter group, as its solo optimizer holds them now."""
@@ -187,6 +202,8 @@ class MembersTrainer:
         self.model.train()
         step_no = self.step + 1
         lrs = [m.schedule.apply(self.step) for m in self.members]
+        if isinstance(batch, (list, tuple)):
+            return self._finish_step(step_no, lrs, *self._own_batches(batch))
         x, lens = batch.x, batch.x_lens
         cut = 0
         if cfg.augment.random_cut > 0:
@@ -194,21 +211,13 @@ class MembersTrainer:
             if cut:
                 x = x[:, cut:]
                 lens = (lens - cut).clamp(min=1)
-        xs = torch.stack([m.augment(x, lens, self.step)[0] for m in self.members])
+        xs = torch.stack([pad_to_bucket(m.augment(x, lens, self.step)[0], cfg.train.length_bucket)
+                          for m in self.members])
         mdl = cfg.model
         max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
-        host_lens = np.maximum(np.asarray(self.train_split.lengths[batch.index], dtype=np.int64) - cut, 1)
-
-        frames = output_lengths(host_lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
-                                max_frames)
-        bad = self._need_frames[batch.index] > frames
+        host_lens = np.maximum(batch.host_lens - cut, 1)  # the batch's host lengths, cut as on the device
+        bad, _ = self.feasibility.check(replace(batch, host_lens=host_lens, cut=cut), max_frames)
         infeasible = bool(bad.any())
-        if infeasible:
-            for b in np.flatnonzero(bad):
-                tid = self.train_split.trial_ids[int(batch.index[b])]
-                if tid not in self.reported_infeasible:
-                    self.reported_infeasible.add(tid)
-                    log.warning("trial %s: target cannot fit its %d output frames", tid, int(frames[b]))
         n = output_lengths(lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths, max_frames)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(xs, batch.day.cpu().numpy(), lens, self.dropout)
@@ -219,6 +228,65 @@ class MembersTrainer:
         if cfg.ctc.reduction == "mean_target":
             per = per / batch.y_lens.clamp(min=1).to(per.dtype)
         losses = per.mean(1)
+        return self._finish_step(step_no, lrs, logits, n.expand(K, -1), losses, [infeasible] * K)
+
+    def _own_batches(self, batches) -> tuple:
+        """Each member's own batch (``train.member_batch_order: own``): augmented at its own shape as its solo run
+        augments it, padded to the members' largest (trials, bins), one batched forward and per-member CTC losses
+        over its own trials. Returns (logits, frames (K, B), losses (K,), infeasible per member)."""
+        K, cfg, mdl = self.k, self.cfg, self.cfg.model
+        xs, lens, frames_dev, infeasible = [], [], [], []
+        for m, batch in zip(self.members, batches):
+            batch = m.augment.batch(batch, self.step)  # x, x_lens and host_lens after this member's own cut
+            x, ln = pad_to_bucket(batch.x, cfg.train.length_bucket), batch.x_lens  # as the solo run pads
+            max_frames = (x.shape[1] - mdl.patch_size) // mdl.patch_stride + 1
+            bad, _ = self.feasibility.check(batch, max_frames)
+            infeasible.append(bool(bad.any()))
+            xs.append(x)
+            lens.append(ln)
+            frames_dev.append(output_lengths(ln, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths,
+                                             max_frames))
+        shapes = [tuple(x.shape[:2]) for x in xs]
+        B = max(b for b, _ in shapes)
+        T = max(t for _, t in shapes)
+        S = max(int(b.y.shape[1]) for b in batches)
+        dev = xs[0].device
+        # padding: bins past a batch's end (a unidirectional model's valid outputs do not see them) and, where a
+        # sampler gave fewer trials, placeholder trials (one bin-long target) left out of that member's loss
+        x_all = xs[0].new_zeros(K, B, T, xs[0].shape[2])
+        lens_all = torch.full((K, B), T, dtype=torch.int64, device=dev)
+        n_all = torch.ones((K, B), dtype=torch.int64, device=dev)
+        y_all = torch.ones((K, B, S), dtype=torch.int64, device=dev)
+        y_lens = torch.ones((K, B), dtype=torch.int64, device=dev)
+        day = np.zeros((K, B), dtype=np.int64)
+        for k, (batch, (b, t)) in enumerate(zip(batches, shapes)):
+            x_all[k, :b, :t] = xs[k]
+            lens_all[k, :b] = lens[k]
+            n_all[k, :b] = frames_dev[k]
+            y_all[k, :b, :batch.y.shape[1]] = batch.y
+            y_lens[k, :b] = batch.y_lens
+            day[k, :b] = batch.day.cpu().numpy()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(x_all, day, lens_all, self.dropout, member_shapes=shapes)
+        N, V = logits.shape[2:]
+        log_probs = logits.float().log_softmax(-1).reshape(K * B, N, V).transpose(0, 1)
+        per = F.ctc_loss(log_probs, y_all.view(K * B, S), n_all.view(-1), y_lens.view(-1), blank=0,
+                         reduction="none", zero_infinity=cfg.ctc.zero_infinity).view(K, B)
+        if cfg.ctc.reduction == "mean_target":
+            per = per / y_lens.clamp(min=1).to(per.dtype)
+        if all(b == B for b, _ in shapes):
+            losses = per.mean(1)
+        else:
+            losses = torch.stack([per[k, :b].mean() for k, (b, _) in enumerate(shapes)])
+        valid_frames = n_all.clone()  # the monitor's frames: none in the placeholder trials
+        for k, (b, _) in enumerate(shapes):
+            valid_frames[k, b:] = 0
+        return logits, valid_frames, losses, infeasible
+
+    def _finish_step(self, step_no: int, lrs: list, logits: torch.Tensor, n: torch.Tensor, losses: torch.Tensor,
+                     infeasible: list[bool]) -> dict:
+        """Backward of the members' summed losses, per-member guard, clipping and update (see ``train_step``)."""
+        K = self.k
         self.model.zero_grad(set_to_none=True)
         losses.sum().backward()
         params = [p for p in self.optimizer.params if p.grad is not None]
@@ -233,7 +301,8 @@ class MembersTrainer:
             try:
                 apply[k], events[k] = m.guard.observe(step_no, loss_h[k], gn_h[k],
                                                       loss_finite=math.isfinite(loss_h[k]),
-                                                      grad_finite=math.isfinite(gn_h[k]), infeasible=infeasible,
+                                                      grad_finite=math.isfinite(gn_h[k]),
+                                                      infeasible=infeasible[k],
                                                       bad_params=lambda k=k: self._nonfinite_grads(k))
             except NonFiniteError as e:
                 events[k] = [self._stop_member(m, str(e), step_no)]
@@ -339,7 +408,7 @@ class MembersTrainer:
                 rec["lr_scale"] = m.schedule.scale
             if m.cfg.train.train_monitor:
                 rec["train_blank_fraction"], rec["train_distinct_phonemes"] = prediction_stats(out["logits"][k],
-                                                                                              out["n"])
+                                                                                              out["n"][k])
             m.outputs.log(rec)
             m.interval = Interval()
 
@@ -387,7 +456,7 @@ class MembersTrainer:
         rng["torch"] = self.dropout[k].get_state()  # the solo run's dropout stream is torch's global generator
         return {"model": self.model.member_state_dict(k), "step": self.step, "config": m.cfg.to_dict(),
                 "optimizer": opt, "schedule": m.schedule.state_dict(), "scaler": None,
-                "sampler": self.sampler.state_dict(), "rng": rng, "world_size": 1,
+                "sampler": self.samplers[k if self.own_batches else 0].state_dict(), "rng": rng, "world_size": 1,
                 "stability": m.guard.state_dict(), "monitor": m.monitor.state_dict(), "best_per": m.best_per,
                 "best_step": m.best_step, "last_val_per": m.last_val_per, "train_seconds": self._elapsed(),
                 "reported_infeasible": sorted(self.reported_infeasible), "member_stopped": m.stopped}
@@ -444,7 +513,11 @@ class MembersTrainer:
                 m.saved = {"last.pt": int(state["step"])}
             except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
                 raise CheckpointError(f"checkpoint {where} cannot resume this run: {e}") from None
-        self.sampler.load_state_dict(states[0][1]["sampler"])
+        for s, (where, state) in zip(self.samplers, states):
+            try:
+                s.load_state_dict(state["sampler"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {where} cannot resume this run: {e}") from None
         self.step = steps.pop()
         self.train_seconds = float(states[0][1].get("train_seconds", 0.0))
         self.resumed_from = self.step
@@ -464,8 +537,10 @@ class MembersTrainer:
                "train_seconds": round(self.train_seconds, 3),
                "member_steps_per_second": (round(self.k * self.step / self.train_seconds, 3)
                                            if self.train_seconds else None),
-               "device": str(self.device), "data_seed": self.members[0].cfg.train.data_seed,
-               "member": [{"folder": f"member-{m.k}", "seed": m.cfg.train.seed, "best_step": m.best_step,
+               "device": str(self.device), "member_batch_order": self.cfg.train.member_batch_order,
+               "data_seed": None if self.own_batches else self.members[0].cfg.train.data_seed,
+               "member": [{"folder": f"member-{m.k}", "seed": m.cfg.train.seed, "data_seed": m.cfg.train.data_seed,
+                           "best_step": m.best_step,
                            "skipped_updates": m.guard.skipped, "stopped": m.stopped} for m in self.members]}
         if interrupted is not None:
             top["interrupted"] = interrupted

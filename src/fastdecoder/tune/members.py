@@ -84,16 +84,6 @@ def run_members(trials: list, cfg, batch_dir: Path, trial_dirs: list[Path], *, o
     from fastdecoder.train.members import MembersTrainer, member_dir
 
     K = len(trials)
-    try:
-        mt = MembersTrainer(cfg, batch_dir, progress=progress)
-    except UserError as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001 - as a solo trial whose trainer cannot be built: failed, the study goes on
-        batch_dir.mkdir(parents=True, exist_ok=True)
-        (batch_dir / "error.txt").write_text(traceback.format_exc())
-        return [TrialOutcome("failed", None, f"the batched run raised {_first_line(e)}", 0)] * K
-    for k in range(K):
-        link_member(trial_dirs[k], member_dir(batch_dir, k))
     reported: list[list[float]] = [[] for _ in range(K)]
     verdicts: dict[int, tuple[str, str]] = {}  # member -> (state, reason) decided at an evaluation
     untrained: list[float | None] = [None] * K  # the divergence rule's reference, per member
@@ -118,11 +108,20 @@ def run_members(trials: list, cfg, batch_dir: Path, trial_dirs: list[Path], *, o
         return None
 
     try:
+        mt = MembersTrainer(cfg, batch_dir, progress=progress, eval_hook=on_eval)
+    except UserError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - as a solo trial whose trainer cannot be built: failed, the study goes on
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        (batch_dir / "error.txt").write_text(traceback.format_exc())
+        return [TrialOutcome("failed", None, f"the batched run raised {_first_line(e)}", 0)] * K
+    for k in range(K):
+        link_member(trial_dirs[k], member_dir(batch_dir, k))
+    try:
         if diverge and mt.val_split is not None:
             for k, m in enumerate(mt.members):
                 untrained[k] = evaluate(m.solo, mt.val_split, m.eval_settings,
                                         max_trials=m.cfg.data.max_val_trials).loss
-        mt.eval_hook = on_eval
         summary = mt.fit()
     except Exception as e:  # noqa: BLE001 - the batched run raised: every trial of it fails; the study goes on
         text = traceback.format_exc()

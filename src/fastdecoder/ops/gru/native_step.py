@@ -13,7 +13,7 @@ import torch
 
 from fastdecoder import _native
 
-__all__ = ["NativeGRUStep", "PatchProjection", "ISAS", "unsupported_reason"]
+__all__ = ["NativeGRUStep", "StepAhead", "ISAS", "unsupported_reason"]
 
 # The paths this CPU supports, in the order isa="auto" prefers (csrc/gru_step.hpp: AVX2+FMA, AVX-512F, scalar).
 ISAS: tuple[str, ...] = tuple(_native.gru_isas())

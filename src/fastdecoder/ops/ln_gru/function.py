@@ -203,3 +203,133 @@ def ln_gru_layer_triton(x: torch.Tensor, h0: torch.Tensor, params, eps: float):
         cdt = sdt = x.dtype
     with torch.autocast(dev_type, enabled=False):
         return LNGRULayerFunction.apply(x, h0, float(eps), cdt, sdt, *params)
+
+
+class MembersLNGRULayerFunction(torch.autograd.Function):
+    """One unidirectional LayerNorm-GRU layer of K members (``ops.ln_gru.members``): ``(x (K,B,T,I), h0 (K,B,H),
+    w_ih (K,N,I), w_hh (K,N,H), b_ih, b_hh (K,N) or None, g_ih, g_hh (K,N)) -> out (K,B,T,H)``.
+
+    The solo layer's scheme with the members' K*B rows in the kernels (each row reads its member's gains and
+    biases); the GEMMs are batched over members: the input projection, per step (K,B,H) @ (K,H,N), dW_hh, dW_ih
+    and dx. Buffers as in ``LNGRULayerFunction`` with B -> K*B (member-major rows).
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, eps, cdt, sdt, *params):
+        Kn = _kernels()
+        K, B, T, I = x.shape
+        w_ih, w_hh, b_ih, b_hh, g_ih, g_hh = params
+        H = w_hh.shape[2]
+        N, R = 3 * H, K * B
+        dev, f32 = x.device, torch.float32
+        ctx.x_dtype, ctx.h0_dtype = x.dtype, h0.dtype
+        x_c = x.to(cdt).contiguous()
+        h0 = h0.to(sdt).contiguous().view(R, H)
+        out = torch.empty(R, T, H, device=dev, dtype=sdt)
+        s_out_b, s_out_t = out.stride(0), out.stride(1)
+        cast = cdt != sdt
+        hc = torch.empty(R, H, device=dev, dtype=cdt) if cast else None
+        # input side for all steps and members: one batched GEMM + one LN kernel over the K*B*T rows
+        p = torch.bmm(x_c.view(K, B * T, I), w_ih.to(cdt).transpose(1, 2)).view(R, T, N)
+        ax = torch.empty(T, R, N, device=dev, dtype=f32)
+        mean_x = torch.empty(R * T, device=dev, dtype=f32)
+        rstd_x = torch.empty(R * T, device=dev, dtype=f32)
+        g_ih, g_hh = g_ih.contiguous(), g_hh.contiguous()
+        b_ih = b_ih.contiguous() if b_ih is not None else None
+        b_hh = b_hh.contiguous() if b_hh is not None else None
+        Kn.ln_rows_fwd(p, g_ih, b_ih, eps, ax, mean_x, rstd_x, b_per_m=B)
+        hh = torch.empty(T, R, N, device=dev, dtype=cdt)
+        mean_h = torch.empty(T, R, device=dev, dtype=f32)
+        rstd_h = torch.empty(T, R, device=dev, dtype=f32)
+        w_hh_t = w_hh.to(cdt).transpose(1, 2)                                  # (K, H, N)
+        h0_c = h0.to(cdt)
+        out_steps = out.unbind(1)                                               # T views (R, H)
+        for t in range(T):
+            if t == 0:
+                hp, hp_off, s_hp_b, hp_c = h0, 0, H, h0_c
+            else:
+                hp, hp_off, s_hp_b = out, (t - 1) * s_out_t, s_out_b
+                hp_c = hc if cast else out_steps[t - 1]
+            torch.bmm(hp_c.view(K, B, H), w_hh_t, out=hh[t].view(K, B, N))     # HH_t = h_{t-1} W_hh^T
+            Kn.gru_step_fwd(ax, t * R * N, hh, t * R * N, hp, hp_off, s_hp_b, out, t * s_out_t, s_out_b, hc,
+                            g_hh, b_hh, mean_h, rstd_h, t * R, R, H, eps, b_per_m=B)
+        del ax
+        ctx.save_for_backward(x_c, h0, out, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, p, mean_x, rstd_x, hh, mean_h,
+                              rstd_h)
+        ctx.dims = (K, B, T, I, H)
+        ctx.cdt = cdt
+        return out.view(K, B, T, H)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        Kn = _kernels()
+        K, B, T, I, H = ctx.dims
+        N, R = 3 * H, K * B
+        cdt, f32 = ctx.cdt, torch.float32
+        x_c, h0, out, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, p, mean_x, rstd_x, hh, mean_h, rstd_h = ctx.saved_tensors
+        dev = out.device
+        dout = dout.contiguous().view(R, T, H)
+        s_do_b, s_do_t = dout.stride(0), dout.stride(1)
+        s_out_b, s_out_t = out.stride(0), out.stride(1)
+        need = ctx.needs_input_grad
+        has_bias = b_ih is not None
+        da = torch.empty(R, T, N, device=dev, dtype=f32)
+        dhh = torch.empty(T, R, N, device=dev, dtype=cdt)
+        dcarry = torch.zeros(R, H, device=dev, dtype=f32)
+        gmm = torch.zeros(R, H, device=dev, dtype=cdt)
+        dg_acc = torch.zeros(R, N, device=dev, dtype=f32)
+        db_acc = torch.zeros(R, N, device=dev, dtype=f32) if has_bias else None
+        w_hh_c = w_hh.to(cdt)
+        for t in range(T - 1, -1, -1):
+            if t == 0:
+                hp, hp_off, s_hp_b = h0, 0, H
+            else:
+                hp, hp_off, s_hp_b = out, (t - 1) * s_out_t, s_out_b
+            Kn.gru_step_bwd(p, t * N, T * N, mean_x, rstd_x, t, T, g_ih, b_ih,
+                            hh, t * R * N, mean_h, rstd_h, t * R, g_hh, b_hh,
+                            hp, hp_off, s_hp_b, dout, t * s_do_t, s_do_b, dcarry, gmm,
+                            da, t * N, T * N, dhh, t * R * N, dg_acc, db_acc, R, H, b_per_m=B)
+            torch.bmm(dhh[t].view(K, B, N), w_hh_c, out=gmm.view(K, B, H))     # dHH_t W_hh -> dh_{t-1}
+        dh0 = (dcarry + gmm).view(K, B, H)
+        grads = [None] * 6
+        if need[6]:  # dW_hh = sum_t dHH_t^T h_{t-1} per member: one batched GEMM over the stacked steps
+            hprev = torch.cat([h0.view(1, R, H), out.transpose(0, 1)[:-1]]).to(cdt)          # (T, R, H)
+            hprev = hprev.view(T, K, B, H).transpose(0, 1).reshape(K, T * B, H)
+            g_rows = dhh.view(T, K, B, N).transpose(0, 1).reshape(K, T * B, N)
+            grads[1] = torch.bmm(g_rows.transpose(1, 2), hprev).to(w_hh.dtype)
+        grads[5] = dg_acc.view(K, B, N).sum(1).to(g_hh.dtype)
+        if has_bias:
+            grads[3] = db_acc.view(K, B, N).sum(1).to(b_hh.dtype)
+        del dhh, dg_acc, db_acc
+        # input side: the LN backward per member (its gains; its own partial sums), then dW_ih and dx batched
+        dp = da if cdt == f32 else torch.empty(R, T, N, device=dev, dtype=cdt)
+        da_m, p_m, dp_m = (t.view(K, B * T, N) for t in (da, p, dp))
+        mx_m, rx_m = mean_x.view(K, B * T), rstd_x.view(K, B * T)
+        dg_ih, db_ih = [], []
+        for k in range(K):
+            dg, db = Kn.ln_rows_bwd(da_m[k], p_m[k], mx_m[k], rx_m[k], g_ih[k], dp_m[k], _ln_bwd_programs(dev))
+            dg_ih.append(dg)
+            db_ih.append(db)
+        grads[4] = torch.stack(dg_ih).to(g_ih.dtype)
+        if has_bias:
+            grads[2] = torch.stack(db_ih).to(b_ih.dtype)
+        if need[5]:
+            grads[0] = torch.bmm(dp_m.transpose(1, 2), x_c.view(K, B * T, I)).to(w_ih.dtype)
+        dx = None
+        if need[0]:
+            dx = torch.bmm(dp_m, w_ih.to(cdt)).view(K, B, T, I).to(ctx.x_dtype)
+        return (dx, dh0.to(ctx.h0_dtype) if need[1] else None, None, None, None, *grads)
+
+
+@torch.compiler.disable
+def members_ln_gru_layer_triton(x: torch.Tensor, h0: torch.Tensor, params, eps: float) -> torch.Tensor:
+    """K members' unidirectional layer on the Triton path: x (K, B, T, I), h0 (K, B, H), ``params`` the 6
+    member-stacked tensors -> out (K, B, T, H). Dtypes and autocast as ``ln_gru_layer_triton``."""
+    dev_type = x.device.type
+    if torch.is_autocast_enabled(dev_type):
+        cdt, sdt = torch.get_autocast_dtype(dev_type), torch.float32
+    else:
+        cdt = sdt = x.dtype
+    with torch.autocast(dev_type, enabled=False):
+        return MembersLNGRULayerFunction.apply(x, h0, float(eps), cdt, sdt, *params)

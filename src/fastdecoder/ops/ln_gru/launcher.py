@@ -32,14 +32,15 @@ def _step_settings(H: int) -> tuple[int, int]:
     return triton.next_power_of_2(H), block_and_warps(3 * H)[1]
 
 
-def ln_rows_fwd(p, g, bias, eps, ax, mean, rstd):
-    """LN + gain + bias of every row of ``p`` (B, T, N) contiguous -> ``ax`` (T, B, N) and ``mean``/``rstd`` (B*T,)."""
+def ln_rows_fwd(p, g, bias, eps, ax, mean, rstd, b_per_m=None):
+    """LN + gain + bias of every row of ``p`` (B, T, N) contiguous -> ``ax`` (T, B, N) and ``mean``/``rstd`` (B*T,).
+    ``b_per_m``: members' rows (B = K * b_per_m; g, bias (K, N)); None: one member."""
     B, T, N = p.shape
     assert p.is_contiguous() and ax.is_contiguous() and ax.shape == (T, B, N)
     block, warps = block_and_warps(N)
     K.ln_rows_fwd_kernel[(B * T,)](
         p, ax, g, bias if bias is not None else g, mean, rstd,
-        T, B, N, eps,
+        T, B, N, eps, *_members(b_per_m, B, N),
         HAS_BIAS=bias is not None, BLOCK_N=block, num_warps=warps,
     )
 
@@ -62,8 +63,13 @@ def ln_rows_bwd(da, p, mean, rstd, g, dp, n_programs: int):
     return dg_part.sum(0), db_part.sum(0)
 
 
+def _members(b_per_m, B: int, N: int) -> tuple[int, int]:
+    """The kernels' (rows per member, gain elements per member): (B, 0) for one member."""
+    return (B, 0) if b_per_m is None else (int(b_per_m), N)
+
+
 def gru_step_fwd(ax, ax_off, hh, hh_off, hp, hp_off, s_hp_b, out, out_off, s_out_b, hc, g, bias,
-                 mean, rstd, st_off, B, H, eps):
+                 mean, rstd, st_off, B, H, eps, b_per_m=None):
     """One forward step for all B rows (see ``kernels.ln_gru.gru_step_fwd_kernel``; ``*_off`` are element offsets into the
     base tensors, rows of ``ax`` / ``hh`` are 3H apart)."""
     block, warps = _step_settings(H)
@@ -75,7 +81,7 @@ def gru_step_fwd(ax, ax_off, hh, hh_off, hp, hp_off, s_hp_b, out, out_off, s_out
         hc if hc is not None else out,
         g, bias if bias is not None else g,
         mean, rstd, st_off,
-        H, eps,
+        H, eps, *_members(b_per_m, B, 3 * H),
         HAS_BIAS=bias is not None, WRITE_CAST=hc is not None, BLOCK_H=block, num_warps=warps,
     )
 
@@ -83,8 +89,9 @@ def gru_step_fwd(ax, ax_off, hh, hh_off, hp, hp_off, s_hp_b, out, out_off, s_out
 def gru_step_bwd(p, p_off, s_p_b, mx, rx, sx_off, s_sx_b, gi, bi,
                  hh, hh_off, mh, rh, st_off, gh, bh,
                  hp, hp_off, s_hp_b, dout, do_off, s_do_b, dcarry, gmm,
-                 da, da_off, s_da_b, dhh, dhh_off, dg_acc, db_acc, B, H):
-    """One backward step for all B rows (see ``kernels.ln_gru.gru_step_bwd_kernel``)."""
+                 da, da_off, s_da_b, dhh, dhh_off, dg_acc, db_acc, B, H, b_per_m=None):
+    """One backward step for all B rows (see ``kernels.ln_gru.gru_step_bwd_kernel``; ``b_per_m`` as in
+    ``ln_rows_fwd``)."""
     block, warps = _step_settings(H)
     has_bias = bi is not None
     K.gru_step_bwd_kernel[(B,)](
@@ -100,6 +107,6 @@ def gru_step_bwd(p, p_off, s_p_b, mx, rx, sx_off, s_sx_b, gi, bi,
         da, da_off, s_da_b,
         dhh, dhh_off, 3 * H,
         dg_acc, db_acc if has_bias else dg_acc,
-        H,
+        H, *_members(b_per_m, B, 3 * H),
         HAS_BIAS=has_bias, BLOCK_H=block, num_warps=warps,
     )

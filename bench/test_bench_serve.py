@@ -33,7 +33,8 @@ SEED = 20261207
 TRIAL_BINS = int(os.environ.get("FASTDECODER_SERVE_TRIAL_BINS", "250"))
 TRIALS = int(os.environ.get("FASTDECODER_SERVE_TRIALS", "3"))
 HOP_MS = 80.0
-CONFIGS = [("no LM", 1), ("10k-word 3-gram", 1), ("no LM", 2), ("no LM", 3), ("no LM", 4), ("10k-word 3-gram", 2)]
+CONFIGS = [("no LM", 1), ("10k-word 3-gram", 1), ("no LM", 2), ("no LM", 3), ("no LM", 4), ("10k-word 3-gram", 2),
+           ("no LM", 6), ("no LM", 8)]
 ROWS: dict = {}
 
 

@@ -1,12 +1,9 @@
 """Benchmark set-up: the test suite's own (tests/conftest.py: Triton interpreter without CUDA, GPU skips,
 reproducible seeds), loaded from there rather than copied."""
 import importlib.util
-import sys
 from pathlib import Path
 
 _TESTS = Path(__file__).resolve().parents[1] / "tests"
-if str(_TESTS) not in sys.path:
-    sys.path.insert(0, str(_TESTS))
 _spec = importlib.util.spec_from_file_location("fastdecoder_tests_conftest", _TESTS / "conftest.py")
 _shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shared)

@@ -432,7 +432,7 @@ def plan(smoke: bool, tmp: Path) -> list[dict]:
                       "kind": "train",
                       "json": js, "cmd": cli + ["bench", "train", "--config", preset, "--synthetic", "--json", str(js)]
                       + train_args})
-    no_gpu = "no GPU (--smoke): CUDA graphs capture only on CUDA (tests/test_cuda_graphs.py: the CPU side)"
+    no_gpu = "no GPU (--smoke): CUDA graphs capture only on CUDA (tests/train/test_cuda_graphs.py: the CPU side)"
     steps += [{"name": "sync", "log": "sync", "cmd": own("sync"), "limit": 40},
               {"name": "graphs", "log": "train", "cmd": own("graphs"), "limit": 60,
                "skip": no_gpu if smoke else None},

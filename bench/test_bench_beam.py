@@ -16,14 +16,11 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fastdecoder.testing.ctc_oracle import peaky_log_probs, prefix_beam_search  # noqa: E402
 
 from fastdecoder.decode import beam_search, greedy_decode, num_cpu_threads  # noqa: E402

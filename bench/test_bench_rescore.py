@@ -10,7 +10,6 @@ tokens/s follow from it. The LM's weights do not change the time, only its shape
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ pytest.importorskip("transformers", reason="rescoring needs transformers (pip in
 from fastdecoder.decode import WordHypothesis  # noqa: E402
 from fastdecoder.decode.rescore import NBestList, NeuralLM, RescoreWeights  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fastdecoder.testing.tiny_lm import save_tiny_lm  # noqa: E402
 
 SEED = 20261201

@@ -31,8 +31,7 @@ from fastdecoder.decode import (Lexicon, WordDecoder, build_lm, cmudict_lexicon,
                                 num_cpu_threads, word_error_rate)
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_words import make_posteriors  # noqa: E402  (the tests' generator of peaky word posteriors)
+from fastdecoder.testing.word_oracle import make_posteriors  # noqa: E402
 
 SEED = 20261121
 N_VOCAB = 10_000

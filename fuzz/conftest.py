@@ -3,14 +3,12 @@ in place of the normal build (they are found first on the package path), and the
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import fastdecoder
 
 ROOT = Path(__file__).resolve().parent.parent
 SANITIZED = ROOT / "build" / "fuzz" / "fastdecoder"
-sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 if os.environ.get("FASTDECODER_FUZZ_SANITIZED", "1") == "1":

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastdecoder.testing.ctc_oracle import prefix_beam_search
-from test_words_oracle import PRON_IDS, word_beam_oracle
+from fastdecoder.testing.word_oracle import PRON_IDS, word_beam_oracle
 from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, beam_search, edit_distances, greedy_decode
 
 EXAMPLES = int(__import__("os").environ.get("FUZZ_EXAMPLES", "150"))

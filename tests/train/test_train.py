@@ -11,17 +11,9 @@ from fastdecoder.decode import normalize_text, word_error_rate
 from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import TINY_RUN
 
-TINY = {
-    "name": "tiny",
-    "data": tiny_data(3, trials_per_day=48, val_trials_per_day=12, test_trials_per_day=4, n_features=24, words_per_sentence=(1, 3)),
-    "model": {"hidden_size": 48, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
-    "optim": {"lr": 0.02, "warmup_steps": 5, "decay_steps": 160, "lr_min": 0.001},
-    "train": {"steps": 160, "batch_size": 16, "eval_every": 80, "log_every": 20, "checkpoint_every": 80,
-              "amp": "none", "beam_width": 4},
-}
+TINY = TINY_RUN
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,7 @@ def test_plans_refuse_bad_days_and_wrong_batches():
 def test_planned_groups_compile_once_for_every_batch_of_the_same_structure(test_seed):
     """Under dynamo the plan's tensors are graph inputs and its ints guards: new days, same structure, no
     recompile (the 'days' batching's batches differ only in which days they hold)."""
-    from test_fast_step import CompilesPerFrame
+    from fastdecoder.testing.compiles import CompilesPerFrame
 
     g = torch.Generator().manual_seed(test_seed)
     W, b = torch.randn(6, 8, 8, generator=g), torch.randn(6, 1, 8, generator=g)
@@ -155,26 +155,6 @@ def test_strided_input_as_after_the_random_cut(test_seed):
     W, b = torch.randn(4, 8, 8, generator=g), torch.randn(4, 1, 8, generator=g)
     for day in (torch.tensor([2, 2, 0, 0, 3, 3]), torch.tensor([1, 3, 1, 0, 3, 1])):
         _close(day_affine(x, day, W, b), day_affine_gather(x, day, W, b), f"strided x, days {day.tolist()}")
-
-
-def test_the_fast_step_groups_by_the_batch_host_days(monkeypatch, tmp_path):
-    """The resident batch carries its days' host copy; the fast step plans the groups from it (no read of the
-    day tensor, so on a GPU too) and never runs the (B, C, C) gather."""
-    from fastdecoder.ops import day_affine as op
-    from fastdecoder.bench.host_reads import HostReads
-    from test_fast_step import make
-
-    tr = make(monkeypatch, tmp_path)
-    batch = tr.next_batch()
-    assert batch.host_day is not None and (torch.from_numpy(batch.host_day) == batch.day).all()
-
-    def no_gather(*a):
-        raise AssertionError("the fast step ran the (B, C, C) gather")
-    monkeypatch.setattr(op, "day_affine_gather", no_gather)
-    with HostReads() as reads:
-        tr.train_step(batch)
-        tr.train_step(tr.next_batch())
-    assert not [s for _, s in reads.reads if "day_affine" in s], reads.reads
 
 
 @pytest.mark.parametrize("grouping", ["equal groups sorted", "trimmed runs", "ragged unsorted"])

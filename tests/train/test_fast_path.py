@@ -15,7 +15,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.bench.train_speed import bench_train, format_report
 from fastdecoder.train.trainer import Trainer
 
-from test_train import TINY
+from fastdecoder.testing.tiny import TINY_RUN as TINY
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from fastdecoder.ops.gru.cpu import gru_forward
 from fastdecoder import device as device_mod
 from fastdecoder.device import autocast_dtype, cpu_bf16_gemms
 
-from test_train import TINY
+from fastdecoder.testing.tiny import TINY_RUN as TINY
 
 CPU = torch.device("cpu")
 BF16_REL = 2e-2  # bf16 (8 mantissa bits) through a few GEMMs: losses and outputs relative to their magnitude

@@ -19,6 +19,7 @@ from fastdecoder.decode import (ArpaLM, Lexicon, WordDecoder, WordHypothesis, bu
                                 error_rate, evaluate_words, greedy_decode, greedy_words,
                                 word_error_rate)
 from fastdecoder.phonemes import PHONEME_TO_ID, SIL
+from fastdecoder.testing.word_oracle import make_posteriors
 
 DET = "the a this that my your his her".split()
 ADJ = "big small red green old young happy sad good bad new tall short warm cold dark".split()
@@ -50,38 +51,6 @@ def grammar_sentence(rng) -> list[str]:
 def first_prons(words) -> dict[str, list[int]]:
     prons = cmudict_lexicon().pronunciations()
     return {w: [PHONEME_TO_ID[p] for p in prons[w][0]] for w in words}
-
-
-def make_posteriors(rng, sentences, prons, *, confuse=0.3, peak=4.0, noise=0.8, final_sil=True):
-    """(B, T, 41) float32 log-posteriors and lengths for word sentences (first pronunciation of each word)."""
-    rows_all = []
-    for s in sentences:
-        phones = []
-        for i, w in enumerate(s):
-            phones += prons[w]
-            if final_sil or i + 1 < len(s):
-                phones.append(SIL)
-        rows = []
-        for p in phones:
-            c = int(rng.integers(1, 40)) if rng.random() < confuse else None
-            for _ in range(int(rng.integers(2, 5))):
-                z = rng.normal(0.0, noise, 41)
-                z[p] += peak
-                z[0] += 1.5
-                if c is not None:
-                    z[c] += peak + rng.normal(0.0, 1.0)
-                rows.append(z)
-            for _ in range(int(rng.integers(0, 3))):
-                z = rng.normal(0.0, noise, 41)
-                z[0] += peak + 1.0
-                rows.append(z)
-        rows_all.append(np.array(rows))
-    T = max(len(r) for r in rows_all)
-    x = np.zeros((len(rows_all), T, 41))
-    for i, r in enumerate(rows_all):
-        x[i, : len(r)] = r
-    x = torch.from_numpy(x).log_softmax(-1).numpy().astype(np.float32)
-    return x, np.array([len(r) for r in rows_all], dtype=np.int64)
 
 
 @pytest.fixture(scope="module")

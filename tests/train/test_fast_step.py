@@ -2,7 +2,6 @@
 at the log read, length buckets that leave the losses unchanged and bound the compiles."""
 import copy
 import math
-from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -13,10 +12,11 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.losses import output_lengths
 from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
 from fastdecoder.train.stability import NonFiniteError
+from fastdecoder.testing.compiles import CompilesPerFrame
 from fastdecoder.train.step import compile_step, pad_to_bucket
 from fastdecoder.train.trainer import Trainer
 
-from test_train import TINY
+from fastdecoder.testing.tiny import TINY_RUN as TINY
 
 #: the host reads of one log interval on the deferred path with train.train_monitor off and no eval / checkpoint
 #: in it: the one tolist() of the waiting losses and grad norms
@@ -177,17 +177,6 @@ def test_buckets_leave_the_losses_unchanged_on_both_paths(monkeypatch, tmp_path)
     np.testing.assert_allclose(fast, ref, rtol=1e-5)
 
 
-class CompilesPerFrame:
-    """A dynamo backend (runs the graphs eagerly) counting the compiles of each frame (code object) it is given."""
-
-    def __init__(self):
-        self.compiles = Counter()
-
-    def __call__(self, gm, example_inputs):
-        self.compiles[torch._guards.CompileContext.current_compile_id().frame_id] += 1
-        return gm.forward
-
-
 def test_compiles_stay_within_the_buckets(monkeypatch, tmp_path):
     def compiles(bucket, dynamic=None, steps=50):
         torch._dynamo.reset()
@@ -210,3 +199,22 @@ def test_compiles_stay_within_the_buckets(monkeypatch, tmp_path):
     # without buckets and without dynamic shapes the same count exceeds it: the lengths do vary
     per_frame_off, shapes_off, _ = compiles(0, dynamic=False, steps=12)
     assert len(shapes_off) > len(shapes) and max(per_frame_off.values()) > len(shapes), per_frame_off
+
+
+def test_the_fast_step_groups_by_the_batch_host_days(monkeypatch, tmp_path):
+    """The resident batch carries its days' host copy; the fast step plans the groups from it (no read of the
+    day tensor, so on a GPU too) and never runs the (B, C, C) gather."""
+    from fastdecoder.ops import day_affine as op
+    from fastdecoder.bench.host_reads import HostReads
+
+    tr = make(monkeypatch, tmp_path)
+    batch = tr.next_batch()
+    assert batch.host_day is not None and (torch.from_numpy(batch.host_day) == batch.day).all()
+
+    def no_gather(*a):
+        raise AssertionError("the fast step ran the (B, C, C) gather")
+    monkeypatch.setattr(op, "day_affine_gather", no_gather)
+    with HostReads() as reads:
+        tr.train_step(batch)
+        tr.train_step(tr.next_batch())
+    assert not [s for _, s in reads.reads if "day_affine" in s], reads.reads

@@ -279,7 +279,7 @@ def test_mask_padding_changes_only_the_padding_and_what_smoothing_reads_from_it(
         trainer = Trainer(cfg, None, progress=False)
         trainer.sampler = iter([np.arange(8)] * 2)
         batch = trainer.next_batch()
-        out[mask], lens = trainer.train_transform(batch.x, batch.x_lens)[0], batch.x_lens
+        out[mask], lens = trainer.augment(batch.x, batch.x_lens, trainer.step)[0], batch.x_lens
     T = out[True].shape[1]
     pad = torch.arange(T)[None, :] >= lens[:, None]
     assert pad.any(), "the batch needs padded trials"

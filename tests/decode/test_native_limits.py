@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastdecoder.testing.ctc_oracle import peaky_log_probs
-from test_words_oracle import word_beam_oracle
+from fastdecoder.testing.word_oracle import word_beam_oracle
 from fastdecoder.decode import ArpaLM, Lexicon, WordDecoder, beam_search, greedy_decode
 from fastdecoder.decode.beam import MAX_BEAM_WIDTH, MAX_THREADS_PER_CORE, num_cpu_threads
 from fastdecoder.phonemes import PHONEME_TO_ID

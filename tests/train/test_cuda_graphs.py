@@ -158,7 +158,7 @@ def test_real_capture_on_cuda_equals_the_eager_model(test_seed):
 
 
 def test_bench_train_applies_graphs_to_the_fast_path_only(monkeypatch, tmp_path):
-    from fastdecoder.train import bench
+    from fastdecoder.bench import train_speed as bench
 
     tr = make(monkeypatch, tmp_path)
     cfg = replace(tr.cfg, train=replace(tr.cfg.train, length_bucket=16, cuda_graphs=True))

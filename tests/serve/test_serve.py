@@ -19,7 +19,7 @@ from fastdecoder.serve import DecodeSession, RollingZScore, parse_samples
 from fastdecoder.stream import StreamingDecoder
 
 BEAM = 4
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # ---------------------------------------------------------------------------------------------------------------

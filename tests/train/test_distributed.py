@@ -22,7 +22,7 @@ from fastdecoder.testing.tiny import tiny_data
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this torch build")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAW = {
     "name": "tiny-ddp",
     "data": tiny_data(9),
@@ -88,5 +88,5 @@ def test_single_process_is_unchanged_by_the_distributed_code(tmp_path, monkeypat
     raw = copy.deepcopy(RAW)
     raw["train"]["steps"] = 2
     t = Trainer(config_from_dict(raw), tmp_path, progress=False)
-    assert t.ddp is None and not t.dist.enabled and t.forward is t.model
+    assert not t.dist.enabled and t.step_fn.forward is t.model
     assert t.fit()["world_size"] == 1 and not dist.is_initialized()

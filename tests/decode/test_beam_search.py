@@ -1,4 +1,4 @@
-"""Native CTC prefix beam search against the plain-Python textbook oracle (tests/ctc_oracle.py)."""
+"""Native CTC prefix beam search against the plain-Python textbook oracle (fastdecoder.testing.ctc_oracle)."""
 from __future__ import annotations
 
 import math

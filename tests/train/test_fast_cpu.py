@@ -12,7 +12,7 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.device import use_fast_path
 from fastdecoder.train.trainer import Trainer
 
-from test_train import TINY
+from fastdecoder.testing.tiny import TINY_RUN as TINY
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from fastdecoder.decode.words import Lexicon
 from fastdecoder.limits import (GZIP_MAX_RATIO, MAX_LM_ORDER, MAX_MODEL_PARAMETERS, LimitError, expanded_size,
                                 short_repr)
 from fastdecoder.model import GRUDecoder, parameter_count, state_shapes
-from fastdecoder.train import checkpoint as ckpt
+from fastdecoder import checkpoint as ckpt
 
 
 def _shared_bomb(depth: int):
@@ -92,7 +92,7 @@ def test_load_run_compares_sizes_before_building(tmp_path, monkeypatch, section,
         d[section][key] = value
     run = _write_run(tmp_path, change)
     built = []
-    from fastdecoder.train import device
+    from fastdecoder import device
 
     monkeypatch.setattr(device, "build_model", lambda *a, **k: built.append(1) or pytest.fail("model was built"))
     with pytest.raises(ckpt.CheckpointError, match=match):
@@ -347,6 +347,7 @@ def test_lm_order_beyond_the_corpus_writes_no_empty_order(tmp_path):
 
 def test_resume_compares_sizes_before_building(tmp_path, monkeypatch, capsys):
     from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.train import build as build_mod
     from fastdecoder.train import trainer as trainer_mod
 
     raw = {"name": "tiny", "data": tiny_data(3, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=0),
@@ -358,7 +359,7 @@ def test_resume_compares_sizes_before_building(tmp_path, monkeypatch, capsys):
     state = ckpt.load_checkpoint(out / "last.pt")
     state["config"]["model"]["hidden_size"] = 8192
     ckpt.save_checkpoint({k: v for k, v in state.items() if k != "format"}, out / "last.pt")
-    monkeypatch.setattr(trainer_mod, "build_model", lambda *a, **k: pytest.fail("model was built"))
+    monkeypatch.setattr(build_mod, "build_model", lambda *a, **k: pytest.fail("model was built"))
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "does not match its own config" in err and "hidden_size=8192" in err
@@ -419,7 +420,7 @@ def test_checkpoint_of_stride0_views_matching_a_huge_config_is_refused(tmp_path,
     run = tmp_path / "run"
     ckpt.save_checkpoint({"model": state, "step": 1, "config": big.to_dict()}, run / "best.pt")
     assert (run / "best.pt").stat().st_size < 100_000
-    from fastdecoder.train import device
+    from fastdecoder import device
 
     monkeypatch.setattr(device, "build_model", lambda *a, **k: pytest.fail("model was built"))
     with pytest.raises(ckpt.CheckpointError, match="expands to more than"):

@@ -1,7 +1,7 @@
 """The native objects that outlive a call own what they read: BeamStream and WordStream keep no view of a pushed
 block, and the word decoder's lexicon and LM are copies of their text (held by the native decoder, which the stream
 holds), so nothing a stream reads later can be freed or changed under it by Python. (The GRU step, which reads the
-model's weights, takes them per call: tests/test_native_gru.py and tests/test_stream_model_state.py.)"""
+model's weights, takes them per call: tests/ops/test_native_gru.py and tests/stream/test_stream_model_state.py.)"""
 from __future__ import annotations
 
 import gc

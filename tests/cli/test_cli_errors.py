@@ -19,7 +19,7 @@ from fastdecoder.errors import UserError
 from fastdecoder.testing.tiny import tiny_data
 from fastdecoder.train.trainer import Trainer
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ BASE = {
     "train": {"steps": 30, "batch_size": 8, "eval_every": 10, "log_every": 5, "checkpoint_every": 10,
               "amp": "none", "beam_width": 0, "deterministic": True, "plot": False},
 }
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

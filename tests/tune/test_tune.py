@@ -20,7 +20,7 @@ import yaml
 import fastdecoder
 from fastdecoder.cli import main
 from fastdecoder.config import ConfigError, config_from_dict, load_config
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 from fastdecoder.train.trainer import Trainer
 from fastdecoder.tune.report import collect, write_report
 from fastdecoder.tune.space import apply_params, load_space, parse_space
@@ -37,18 +37,9 @@ needs_optuna = pytest.mark.skipif(optuna is None, reason="the [tune] extra (optu
 SRC = str(Path(fastdecoder.__file__).resolve().parents[1])
 
 #: learns within tens of steps on 2 CPU cores (the trainer tests' tiny model, shortened)
-TINY = {
-    "name": "tiny",
-    "data": tiny_data(3, trials_per_day=48, val_trials_per_day=12, test_trials_per_day=4, n_features=24,
-                      words_per_sentence=(1, 3)),
-    "model": {"hidden_size": 48, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
-    "optim": {"lr": 0.02, "warmup_steps": 5, "decay_steps": 40, "lr_min": 0.001},
-    "stability": {"monitor_after_steps": 20},
-    "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "log_every": 10, "checkpoint_every": 40,
-              "amp": "none", "beam_width": 0, "plot": False, "train_monitor": False, "device": "cpu",
-              "threads": 1},
-}
+TINY = tiny_config(optim={"decay_steps": 40}, stability={"monitor_after_steps": 20},
+                   train={"steps": 40, "eval_every": 10, "log_every": 10, "checkpoint_every": 40, "beam_width": 0,
+                          "plot": False, "train_monitor": False, "device": "cpu", "threads": 1})
 
 
 #: smaller still, for the studies with worker processes (each trial a few seconds on a busy machine)

@@ -196,13 +196,19 @@ def ln_gru_layer_triton(x: torch.Tensor, h0: torch.Tensor, params, eps: float):
     stay in fp32 (as the reference under autocast: ``layer_norm`` autocasts to fp32). ``torch.compile`` sees a
     graph break here (a Python loop of kernel launches is not worth tracing).
     """
+    return _apply_outside_autocast(LNGRULayerFunction, x, h0, params, eps)
+
+
+def _apply_outside_autocast(fn, x, h0, params, eps: float):
+    """``fn.apply`` with autocast off and the compute / state dtypes it would have chosen: under autocast the GEMMs
+    in the autocast dtype and the state, LN and gate arithmetic in fp32; else both ``x``'s dtype."""
     dev_type = x.device.type
     if torch.is_autocast_enabled(dev_type):
         cdt, sdt = torch.get_autocast_dtype(dev_type), torch.float32
     else:
         cdt = sdt = x.dtype
     with torch.autocast(dev_type, enabled=False):
-        return LNGRULayerFunction.apply(x, h0, float(eps), cdt, sdt, *params)
+        return fn.apply(x, h0, float(eps), cdt, sdt, *params)
 
 
 class MembersLNGRULayerFunction(torch.autograd.Function):
@@ -326,10 +332,4 @@ class MembersLNGRULayerFunction(torch.autograd.Function):
 def members_ln_gru_layer_triton(x: torch.Tensor, h0: torch.Tensor, params, eps: float) -> torch.Tensor:
     """K members' unidirectional layer on the Triton path: x (K, B, T, I), h0 (K, B, H), ``params`` the 6
     member-stacked tensors -> out (K, B, T, H). Dtypes and autocast as ``ln_gru_layer_triton``."""
-    dev_type = x.device.type
-    if torch.is_autocast_enabled(dev_type):
-        cdt, sdt = torch.get_autocast_dtype(dev_type), torch.float32
-    else:
-        cdt = sdt = x.dtype
-    with torch.autocast(dev_type, enabled=False):
-        return MembersLNGRULayerFunction.apply(x, h0, float(eps), cdt, sdt, *params)
+    return _apply_outside_autocast(MembersLNGRULayerFunction, x, h0, params, eps)

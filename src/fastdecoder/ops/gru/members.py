@@ -74,22 +74,51 @@ class _Recurrence(torch.autograd.Function):
         return d_gi, dh, d_w, flat_g.sum(1)
 
 
+def _valid_rows(frames: torch.Tensor, K: int, B: int, N: int) -> list[torch.Tensor | None]:
+    """frames (B,) or (K, B) valid steps per trial -> per member the flat (b * N + n) indices of its steps
+    n < frames[b] (host int64), or None where every step is valid."""
+    f = frames.to("cpu", torch.int64).clamp(0, N)
+    f = f.expand(K, B) if f.dim() == 1 else f
+    valid = torch.arange(N) < f.unsqueeze(-1)  # (K, B, N)
+    return [None if bool(v.all()) else v.reshape(-1).nonzero().squeeze(1) for v in valid]
+
+
+def _projection_rows(x: torch.Tensor, rows: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One member's layer-0 input projection: x (B, N, I) (a view: the patches need not be materialised), rows the
+    flat (b * N + n) steps to compute or None (all) -> (B * N, 3H), zeros at the steps left out."""
+    B, N, I = x.shape
+    if rows is None:
+        return F.linear(x.reshape(B * N, I), w, b)
+    src = F.linear(x[rows // N, rows % N], w, b)  # only the chosen rows are gathered
+    return src.new_zeros(B * N, src.shape[1]).index_copy(0, rows, src)
+
+
 def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: torch.Tensor | None = None,
                 dropout_masks: list[torch.Tensor] | None = None,
-                batched_projection: bool | None = None) -> torch.Tensor:
+                batched_projection: bool | None = None, frames: torch.Tensor | None = None) -> torch.Tensor:
     """K GRUs over their own inputs: x (K, B, N, I) batch-first per member, ``weights`` one (w_ih, w_hh, b_ih, b_hh)
     per layer, h0 (layers, K, B, H) or None (zeros), ``dropout_masks``: per layer but the last a (N, K, B, H) mask
     already scaled by 1 / (1 - p) that multiplies the layer's output (None: no inter-layer dropout).
     ``batched_projection``: each layer's input projection as one ``baddbmm`` over the members (True) or one GEMM per
-    member (False); None: batched except on the CPU. Returns (K, B, N, H)."""
+    member (False); None: batched except on the CPU. ``frames``: (B,) or (K, B) the steps per trial whose outputs
+    are used (a CTC loss's input lengths); with the per-member projection, layer 0's input projection computes only
+    those steps (the rest of a trial, the batch's padding, gets zero input gates), so outputs at later steps are
+    not the GRU's, while the outputs at the steps kept and every gradient of a loss that ignores the later steps
+    equal the full computation's to fp32 round-off (a unidirectional GRU's step depends only on earlier steps).
+    None: every step. Returns (K, B, N, H)."""
     K, B, N, _ = x.shape
     H = weights[0][1].shape[2]
-    inp = x.reshape(K, B * N, -1)
+    batched = batched_projection if batched_projection is not None else x.device.type != "cpu"
+    rows = _valid_rows(frames, K, B, N) if frames is not None and not batched else [None] * K
+    inp = x if not batched else x.reshape(K, B * N, -1)
     time_major = False  # layer 0's rows are (b, n); later layers' (n, b)
     out = None
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        if batched_projection if batched_projection is not None else x.device.type != "cpu":
+        if batched:
             gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        elif layer == 0:  # one GEMM per member over its (kept) steps, gathered from the patch view
+            gi = torch.stack([_projection_rows(i, r, w, b)
+                              for i, r, w, b in zip(inp.unbind(0), rows, w_ih.unbind(0), b_ih.unbind(0))])
         else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
             gi = torch.stack([F.linear(i, w, b) for i, w, b in zip(inp.unbind(0), w_ih.unbind(0), b_ih.unbind(0))])
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)

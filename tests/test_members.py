@@ -74,17 +74,50 @@ def test_members_gru_over_the_loss_frames_equals_the_full_gru(rng, K, B, T, C, P
     w_out = torch.randn(K, B, N, H, generator=g)
     leaves = [feats, h0] + [t for w in weights for t in w]
     results = []
-    for kw in ({"frames": frames, "batched_projection": False}, {"batched_projection": False}, None):
+    for kw in ({"frames": frames, "batched_projection": False}, {"batched_projection": False},
+               {"frames": frames, "batched_projection": False, "patch": (P, S, True)},
+               {"batched_projection": True, "patch": (P, S, True)}, None):
         x = feats.unfold(2, P, S).transpose(3, 4).reshape(K, B, N, P * C)  # the patches, as the model makes them
-        y = members_gru_reference(x, weights, h0) if kw is None else members_gru(x, weights, h0, **kw)
+        if kw is None:
+            y = members_gru_reference(x, weights, h0)
+        else:
+            y = members_gru(feats if "patch" in kw else x, weights, h0, **kw)
         y = y * keep
         results.append((y, torch.autograd.grad((y * w_out).sum(), leaves)))
-    (y, grads), ref = results[0], results[2]
+    (y, grads), ref = results[0], results[-1]
     assert y.shape == (K, B, N, H)
-    for y_, g_ in results[:2]:
+    for y_, g_ in results[:-1]:
         assert _rel(y_, ref[0]) < 1e-5
         for i, (a, b) in enumerate(zip(g_, ref[1])):
             assert _rel(a, b) < 1e-5, i
+
+
+@pytest.mark.parametrize("K,B,T,C,P,S,time_major,subset", [
+    (1, 2, 6, 3, 1, 1, True, False), (3, 4, 20, 5, 6, 2, True, True), (2, 3, 17, 4, 2, 5, False, True),
+    (2, 2, 30, 8, 14, 4, True, True), (3, 3, 12, 2, 4, 3, False, False)])
+def test_patch_projection_equals_the_unfold_form(rng, K, B, T, C, P, S, time_major, subset):
+    """members_patch_projection (no patch tensor) against unfold + linear, forward and every gradient, over all
+    steps or a subset per member (the rest zero); patch size 1, stride > size, both patch orders."""
+    from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    N, G = (T - P) // S + 1, 9
+    feats = torch.randn(K, B, T, C, generator=g, requires_grad=True)
+    w = torch.randn(K, G, P * C, generator=g, requires_grad=True)
+    b = torch.randn(K, G, generator=g, requires_grad=True)
+    rows = [torch.from_numpy(np.sort(rng.choice(B * N, size=int(rng.integers(0, B * N + 1)), replace=False)))
+            if subset and k > 0 else None for k in range(K)]
+    keep = torch.stack([torch.ones(B * N) if r is None else torch.zeros(B * N).index_fill(0, r, 1.0) for r in rows])
+    w_out = torch.randn(K, B * N, G, generator=g)
+    out = members_patch_projection(feats, w, b, rows, P, S, time_major)
+    ref = (torch.baddbmm(b.unsqueeze(1), patch_view(feats, P, S, time_major).reshape(K, B * N, P * C),
+                         w.transpose(1, 2)) * keep.unsqueeze(-1))
+    assert out.shape == (K, B * N, G)
+    assert _rel(out, ref) < 1e-5
+    assert bool((out[keep == 0] == 0).all())
+    for a, r in zip(torch.autograd.grad((out * w_out).sum(), (feats, w, b)),
+                    torch.autograd.grad((ref * w_out).sum(), (feats, w, b))):
+        assert _rel(a, r) < 1e-5
 
 
 def test_fused_softsign_equals_f_softsign(rng):

@@ -258,12 +258,15 @@ class BatchedGRUDecoder(nn.Module):
                         None if member_shapes is None else [(b, t, C) for b, t in member_shapes])
         if m is not None:
             x = x * m.to(x.device)
-        x = self.patch(x)
-        N = x.shape[2]
+        if T < cfg.patch_size:
+            raise ValueError(f"input has {T} time bins, fewer than one patch of {cfg.patch_size}")
+        N = (T - cfg.patch_size) // cfg.patch_stride + 1
+        ln = cfg.rnn == "ln_gru"
+        if ln:  # model.rnn: gru makes its patches inside members_gru
+            x = self.patch(x)
         H = cfg.hidden_size
         weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in RNN_PARAMS[cfg.rnn])
                    for layer in range(cfg.num_layers)]
-        ln = cfg.rnn == "ln_gru"
         masks = None
         if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
             # each member's mask at its own (patches, trials): nn.GRU draws (N, B, H), F.dropout (B, N, H)
@@ -281,6 +284,7 @@ class BatchedGRUDecoder(nn.Module):
         if ln:
             y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(x.device))
         else:
-            y = members_gru(x, weights, h0, masks, frames=frames)  # (K, B, N, H)
+            y = members_gru(x, weights, h0, masks, frames=frames,  # (K, B, N, H); patches made by the op
+                            patch=(cfg.patch_size, cfg.patch_stride, cfg.patch_order == "time_major"))
         w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
         return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

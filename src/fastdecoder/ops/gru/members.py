@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
 __all__ = ["members_gru", "members_gru_reference"]
 
 
@@ -95,7 +97,8 @@ def _projection_rows(x: torch.Tensor, rows: torch.Tensor | None, w: torch.Tensor
 
 def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: torch.Tensor | None = None,
                 dropout_masks: list[torch.Tensor] | None = None,
-                batched_projection: bool | None = None, frames: torch.Tensor | None = None) -> torch.Tensor:
+                batched_projection: bool | None = None, frames: torch.Tensor | None = None,
+                patch: tuple[int, int, bool] | None = None) -> torch.Tensor:
     """K GRUs over their own inputs: x (K, B, N, I) batch-first per member, ``weights`` one (w_ih, w_hh, b_ih, b_hh)
     per layer, h0 (layers, K, B, H) or None (zeros), ``dropout_masks``: per layer but the last a (N, K, B, H) mask
     already scaled by 1 / (1 - p) that multiplies the layer's output (None: no inter-layer dropout).
@@ -105,8 +108,17 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
     those steps (the rest of a trial, the batch's padding, gets zero input gates), so outputs at later steps are
     not the GRU's, while the outputs at the steps kept and every gradient of a loss that ignores the later steps
     equal the full computation's to fp32 round-off (a unidirectional GRU's step depends only on earlier steps).
-    None: every step. Returns (K, B, N, H)."""
-    K, B, N, _ = x.shape
+    None: every step. ``patch``: (size, stride, time_major): x is (K, B, T, C) features whose patches
+    (ops.gru.patch_projection.patch_view) are layer 0's inputs; with the per-member projection in fp32 they are
+    never materialised (members_patch_projection). Returns (K, B, N, H)."""
+    if patch is not None:
+        size, stride, time_major_patch = patch
+        fused = not (batched_projection if batched_projection is not None else x.device.type != "cpu") and \
+            x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        if not fused:
+            x = patch_view(x, size, stride, time_major_patch)
+    K, B = x.shape[:2]
+    N = x.shape[2] if patch is None or not fused else (x.shape[2] - size) // stride + 1
     H = weights[0][1].shape[2]
     batched = batched_projection if batched_projection is not None else x.device.type != "cpu"
     rows = _valid_rows(frames, K, B, N) if frames is not None and not batched else [None] * K
@@ -116,6 +128,8 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
         if batched:
             gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        elif layer == 0 and patch is not None and fused:  # from the features, no patch tensor
+            gi = members_patch_projection(x, w_ih, b_ih, rows, size, stride, time_major_patch)
         elif layer == 0:  # one GEMM per member over its (kept) steps, gathered from the patch view
             gi = torch.stack([_projection_rows(i, r, w, b)
                               for i, r, w, b in zip(inp.unbind(0), rows, w_ih.unbind(0), b_ih.unbind(0))])

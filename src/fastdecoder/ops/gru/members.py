@@ -31,21 +31,17 @@ class _Recurrence(torch.autograd.Function):
         H = H3 // 3
         out = gi.new_empty(N, K, B, H)
         gates = gi.new_empty(N, K, B, H3)  # r, z, n after their nonlinearities
-        hn = gi.new_empty(N, K, B, H)  # the hidden part of n's pre-activation
+        gh_all = gi.new_empty(N, K, B, H3)  # the hidden products; n's hidden part is read back in the backward
         h = h0
         w_t = w_hh.transpose(1, 2)  # (K, H, 3H)
         bias = b_hh.unsqueeze(1)  # (K, 1, 3H)
-        for t in range(N):
-            gh = torch.baddbmm(bias, h, w_t)  # (K, B, 3H)
-            rz = torch.sigmoid(gi[t, :, :, :2 * H] + gh[..., :2 * H])
+        for t in range(N):  # each result written in place into its step's slot (no per-step copies)
+            gh = torch.baddbmm(bias, h, w_t, out=gh_all[t])  # (K, B, 3H)
+            rz = torch.add(gi[t, :, :, :2 * H], gh[..., :2 * H], out=gates[t, ..., :2 * H]).sigmoid_()
             r, z = rz[..., :H], rz[..., H:]
-            n = torch.tanh(torch.addcmul(gi[t, :, :, 2 * H:], r, gh[..., 2 * H:]))
-            h = torch.lerp(n, h, z)
-            gates[t, ..., :2 * H] = rz
-            gates[t, ..., 2 * H:] = n
-            hn[t] = gh[..., 2 * H:]
-            out[t] = h
-        ctx.save_for_backward(h0, w_hh, out, gates, hn)
+            n = torch.addcmul(gi[t, :, :, 2 * H:], r, gh[..., 2 * H:], out=gates[t, ..., 2 * H:]).tanh_()
+            h = torch.lerp(n, h, z, out=out[t])
+        ctx.save_for_backward(h0, w_hh, out, gates, gh_all[..., 2 * H:])
         return out
 
     @staticmethod
@@ -60,14 +56,12 @@ class _Recurrence(torch.autograd.Function):
         for t in range(N - 1, -1, -1):
             dh = dh + d_out[t]
             r, z, n = gates[t, ..., :H], gates[t, ..., H:2 * H], gates[t, ..., 2 * H:]
-            dn = dh * (1 - z) * (1 - n * n)
-            dz = dh * (h_prev[t] - n) * z * (1 - z)
-            dr = dn * hn[t] * r * (1 - r)
-            d_gi[t, ..., :H] = dr
-            d_gi[t, ..., H:2 * H] = dz
-            d_gi[t, ..., 2 * H:] = dn
+            # dn, dz, dr computed in place into their slots of d_gi (the same products in the same order)
+            dn = torch.mul(dh, 1 - z, out=d_gi[t, ..., 2 * H:]).mul_(1 - n * n)
+            torch.mul(dh, h_prev[t] - n, out=d_gi[t, ..., H:2 * H]).mul_(z).mul_(1 - z)
+            torch.mul(dn, hn[t], out=d_gi[t, ..., :H]).mul_(r).mul_(1 - r)
             d_gh[t, ..., :2 * H] = d_gi[t, ..., :2 * H]
-            d_gh[t, ..., 2 * H:] = dn * r
+            torch.mul(dn, r, out=d_gh[t, ..., 2 * H:])
             dh = torch.baddbmm(dh * z, d_gh[t], w_hh)  # (K, B, 3H) @ (K, 3H, H)
         # one batched product over all steps: (K, 3H, N*B) @ (K, N*B, H)
         flat_g = d_gh.permute(1, 0, 2, 3).reshape(K, N * B, 3 * H)

@@ -52,6 +52,85 @@ def test_members_gru_equals_torch_gru_per_member(rng, K, B, N, I, H, L):
             assert _rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize("K,B,T,C,P,S,L,own", [(1, 3, 9, 4, 1, 1, 1, False), (3, 4, 20, 5, 6, 2, 2, True),
+                                                 (2, 5, 17, 3, 2, 5, 2, False), (4, 2, 14, 6, 14, 4, 1, True)])
+def test_members_gru_over_the_loss_frames_equals_the_full_gru(rng, K, B, T, C, P, S, L, own):
+    """``frames``: layer 0 projects only the steps a loss reads, gathered from the patch view; those steps' outputs
+    and every gradient equal the full GRU's (patch size 1, stride > size, per-member and shared frames, 0 and all)."""
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    N = (T - P) // S + 1
+    H = 5
+    weights = []
+    for layer in range(L):
+        i = P * C if layer == 0 else H
+        weights.append(tuple((torch.randn(s, generator=g) * 0.5).requires_grad_()
+                             for s in ((K, 3 * H, i), (K, 3 * H, H), (K, 3 * H), (K, 3 * H))))
+    feats = torch.randn(K, B, T, C, generator=g, requires_grad=True)
+    h0 = torch.randn(L, K, B, H, generator=g, requires_grad=True)
+    frames = torch.from_numpy(rng.integers(0, N + 1, size=(K, B) if own else (B,)))
+    frames.view(-1)[0] = N  # one trial with every step, one with none
+    frames.view(-1)[-1] = 0
+    keep = (torch.arange(N) < frames.unsqueeze(-1)).expand(K, B, N).unsqueeze(-1)  # (K, B, N, 1)
+    w_out = torch.randn(K, B, N, H, generator=g)
+    leaves = [feats, h0] + [t for w in weights for t in w]
+    results = []
+    for kw in ({"frames": frames, "batched_projection": False}, {"batched_projection": False},
+               {"frames": frames, "batched_projection": False, "patch": (P, S, True)},
+               {"batched_projection": True, "patch": (P, S, True)}, None):
+        x = feats.unfold(2, P, S).transpose(3, 4).reshape(K, B, N, P * C)  # the patches, as the model makes them
+        if kw is None:
+            y = members_gru_reference(x, weights, h0)
+        else:
+            y = members_gru(feats if "patch" in kw else x, weights, h0, **kw)
+        y = y * keep
+        results.append((y, torch.autograd.grad((y * w_out).sum(), leaves)))
+    (y, grads), ref = results[0], results[-1]
+    assert y.shape == (K, B, N, H)
+    for y_, g_ in results[:-1]:
+        assert _rel(y_, ref[0]) < 1e-5
+        for i, (a, b) in enumerate(zip(g_, ref[1])):
+            assert _rel(a, b) < 1e-5, i
+
+
+@pytest.mark.parametrize("K,B,T,C,P,S,time_major,subset", [
+    (1, 2, 6, 3, 1, 1, True, False), (3, 4, 20, 5, 6, 2, True, True), (2, 3, 17, 4, 2, 5, False, True),
+    (2, 2, 30, 8, 14, 4, True, True), (3, 3, 12, 2, 4, 3, False, False)])
+def test_patch_projection_equals_the_unfold_form(rng, K, B, T, C, P, S, time_major, subset):
+    """members_patch_projection (no patch tensor) against unfold + linear, forward and every gradient, over all
+    steps or a subset per member (the rest zero); patch size 1, stride > size, both patch orders."""
+    from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    N, G = (T - P) // S + 1, 9
+    feats = torch.randn(K, B, T, C, generator=g, requires_grad=True)
+    w = torch.randn(K, G, P * C, generator=g, requires_grad=True)
+    b = torch.randn(K, G, generator=g, requires_grad=True)
+    rows = [torch.from_numpy(np.sort(rng.choice(B * N, size=int(rng.integers(0, B * N + 1)), replace=False)))
+            if subset and k > 0 else None for k in range(K)]
+    keep = torch.stack([torch.ones(B * N) if r is None else torch.zeros(B * N).index_fill(0, r, 1.0) for r in rows])
+    w_out = torch.randn(K, B * N, G, generator=g)
+    out = members_patch_projection(feats, w, b, rows, P, S, time_major)
+    ref = (torch.baddbmm(b.unsqueeze(1), patch_view(feats, P, S, time_major).reshape(K, B * N, P * C),
+                         w.transpose(1, 2)) * keep.unsqueeze(-1))
+    assert out.shape == (K, B * N, G)
+    assert _rel(out, ref) < 1e-5
+    assert bool((out[keep == 0] == 0).all())
+    for a, r in zip(torch.autograd.grad((out * w_out).sum(), (feats, w, b)),
+                    torch.autograd.grad((ref * w_out).sum(), (feats, w, b))):
+        assert _rel(a, r) < 1e-5
+
+
+def test_fused_softsign_equals_f_softsign(rng):
+    from fastdecoder.members.model import _softsign
+
+    g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    y = (torch.randn(3, 50, 7, generator=g) * torch.logspace(-3, 3, 7)).requires_grad_()
+    w = torch.randn(3, 50, 7, generator=g)
+    out, ref = _softsign(y), F.softsign(y)
+    assert _rel(out, ref) < 1e-6
+    assert _rel(torch.autograd.grad((out * w).sum(), y)[0], torch.autograd.grad((ref * w).sum(), y)[0]) < 1e-6
+
+
 def _ln_params(g, K, I, H, L, bias=True):
     out = []
     for layer in range(L):

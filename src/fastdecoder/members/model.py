@@ -78,6 +78,26 @@ def _equal_day_runs(day: np.ndarray, n_days: int) -> tuple[np.ndarray, int] | No
     return (np.arange(K)[:, None] * n_days + run_day).reshape(-1).astype(np.int64), L
 
 
+class _Softsign(torch.autograd.Function):
+    """softsign(y) = y / (1 + |y|) with one fused backward, dy / (1 + |y|)^2 (autograd's through the division is
+    several passes over the (K, B, T, C) tensor); equal to F.softsign's forward and its gradient to fp32 round-off."""
+
+    @staticmethod
+    def forward(ctx, y):
+        ctx.save_for_backward(y)
+        return y / (1 + y.abs())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        d = y.abs().add_(1)
+        return grad / d.mul_(d)
+
+
+def _softsign(y: torch.Tensor) -> torch.Tensor:
+    return _Softsign.apply(y) if y.dtype == torch.float32 and y.requires_grad else F.softsign(y)
+
+
 class BatchedGRUDecoder(nn.Module):
     """K GRUDecoders of one shape as stacked (K, ...) parameters; build it from the solo models (``from_solo``)."""
 
@@ -140,10 +160,10 @@ class BatchedGRUDecoder(nn.Module):
             D = W.shape[1]
             y = torch.baddbmm(b.reshape(K * D, 1, C).index_select(0, idx), x.reshape(K * (B // L), L * T, C),
                               W.reshape(K * D, C, C).index_select(0, idx)).view(K, B, T, C)
-            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+            return _softsign(y) if self.cfg.day_activation == "softsign" else y
         if day.ndim == 2:
             y = torch.stack([_day_affine(x[k], day[k], W[k], b[k]) for k in range(K)])
-            return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+            return _softsign(y) if self.cfg.day_activation == "softsign" else y
         days, inverse = np.unique(day, return_inverse=True)
         if days.size == 1:
             y = torch.baddbmm(b[:, int(days[0])], x.reshape(K, B * T, C), W[:, int(days[0])]).view(K, B, T, C)
@@ -156,7 +176,7 @@ class BatchedGRUDecoder(nn.Module):
                 parts.append(torch.baddbmm(b[:, int(d)], xd.reshape(K, -1, C), W[:, int(d)]).view(K, -1, T, C))
             back = torch.from_numpy(np.argsort(order, kind="stable")).to(x.device)
             y = torch.cat(parts, 1).index_select(1, back)
-        return F.softsign(y) if self.cfg.day_activation == "softsign" else y
+        return _softsign(y) if self.cfg.day_activation == "softsign" else y
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, T, C) -> (K, B, N, K*C) as GRUDecoder.patch does per member."""
@@ -202,12 +222,15 @@ class BatchedGRUDecoder(nn.Module):
         return torch.stack(out)
 
     def forward(self, x: torch.Tensor, day: np.ndarray, lengths: torch.Tensor | None = None,
-                generators=None, member_shapes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+                generators=None, member_shapes: list[tuple[int, int]] | None = None,
+                frames: torch.Tensor | None = None) -> torch.Tensor:
         """x (K, B, T, C), day host int64 (B,) shared or (K, B) per member, lengths (B,) or (K, B) -> logits
         (K, B, N, n_classes). In training mode with dropout, ``generators`` holds one CPU torch.Generator per member
         (its solo dropout stream). ``member_shapes``: member k's own (trials, bins) when the members' batches were
         padded to (B, T) (``train.member_batch_order: own``): its dropout masks are drawn at its own shapes, as its
-        solo run draws them; None: every member's batch is (B, T)."""
+        solo run draws them; None: every member's batch is (B, T). ``frames``: (B,) or (K, B) the output frames per
+        trial a loss reads (the CTC input lengths): with model.rnn: gru on the CPU, frames past them are not computed
+        (their logits are not the model's; see ops.gru.members.members_gru); None: all."""
         cfg = self.cfg
         K, B, T, C = x.shape
         if K != self.k or C != cfg.n_features:
@@ -235,12 +258,15 @@ class BatchedGRUDecoder(nn.Module):
                         None if member_shapes is None else [(b, t, C) for b, t in member_shapes])
         if m is not None:
             x = x * m.to(x.device)
-        x = self.patch(x)
-        N = x.shape[2]
+        if T < cfg.patch_size:
+            raise ValueError(f"input has {T} time bins, fewer than one patch of {cfg.patch_size}")
+        N = (T - cfg.patch_size) // cfg.patch_stride + 1
+        ln = cfg.rnn == "ln_gru"
+        if ln:  # model.rnn: gru makes its patches inside members_gru
+            x = self.patch(x)
         H = cfg.hidden_size
         weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in RNN_PARAMS[cfg.rnn])
                    for layer in range(cfg.num_layers)]
-        ln = cfg.rnn == "ln_gru"
         masks = None
         if self.training and any(self.rnn_dropout) and cfg.num_layers > 1:
             # each member's mask at its own (patches, trials): nn.GRU draws (N, B, H), F.dropout (B, N, H)
@@ -258,6 +284,7 @@ class BatchedGRUDecoder(nn.Module):
         if ln:
             y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(x.device))
         else:
-            y = members_gru(x, weights, h0, masks)  # (K, B, N, H)
+            y = members_gru(x, weights, h0, masks, frames=frames,  # (K, B, N, H); patches made by the op
+                            patch=(cfg.patch_size, cfg.patch_stride, cfg.patch_order == "time_major"))
         w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
         return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

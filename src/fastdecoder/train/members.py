@@ -220,7 +220,7 @@ class MembersTrainer:
         infeasible = bool(bad.any())
         n = output_lengths(lens, mdl.patch_size, mdl.patch_stride, cfg.ctc.output_lengths, max_frames)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(xs, batch.day.cpu().numpy(), lens, self.dropout)
+            logits = self.model(xs, batch.day.cpu().numpy(), lens, self.dropout, frames=n)
         B, N, V = logits.shape[1:]
         log_probs = logits.float().log_softmax(-1).reshape(K * B, N, V).transpose(0, 1)
         per = F.ctc_loss(log_probs, batch.y.repeat(K, 1), n.repeat(K), batch.y_lens.repeat(K), blank=0,
@@ -267,7 +267,7 @@ class MembersTrainer:
             y_lens[k, :b] = batch.y_lens
             day[k, :b] = batch.day.cpu().numpy()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(x_all, day, lens_all, self.dropout, member_shapes=shapes)
+            logits = self.model(x_all, day, lens_all, self.dropout, member_shapes=shapes, frames=n_all)
         N, V = logits.shape[2:]
         log_probs = logits.float().log_softmax(-1).reshape(K * B, N, V).transpose(0, 1)
         per = F.ctc_loss(log_probs, y_all.view(K * B, S), n_all.view(-1), y_lens.view(-1), blank=0,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
 __all__ = ["members_gru", "members_gru_reference"]
 
 
@@ -29,21 +31,17 @@ class _Recurrence(torch.autograd.Function):
         H = H3 // 3
         out = gi.new_empty(N, K, B, H)
         gates = gi.new_empty(N, K, B, H3)  # r, z, n after their nonlinearities
-        hn = gi.new_empty(N, K, B, H)  # the hidden part of n's pre-activation
+        gh_all = gi.new_empty(N, K, B, H3)  # the hidden products; n's hidden part is read back in the backward
         h = h0
         w_t = w_hh.transpose(1, 2)  # (K, H, 3H)
         bias = b_hh.unsqueeze(1)  # (K, 1, 3H)
-        for t in range(N):
-            gh = torch.baddbmm(bias, h, w_t)  # (K, B, 3H)
-            rz = torch.sigmoid(gi[t, :, :, :2 * H] + gh[..., :2 * H])
+        for t in range(N):  # each result written in place into its step's slot (no per-step copies)
+            gh = torch.baddbmm(bias, h, w_t, out=gh_all[t])  # (K, B, 3H)
+            rz = torch.add(gi[t, :, :, :2 * H], gh[..., :2 * H], out=gates[t, ..., :2 * H]).sigmoid_()
             r, z = rz[..., :H], rz[..., H:]
-            n = torch.tanh(torch.addcmul(gi[t, :, :, 2 * H:], r, gh[..., 2 * H:]))
-            h = torch.lerp(n, h, z)
-            gates[t, ..., :2 * H] = rz
-            gates[t, ..., 2 * H:] = n
-            hn[t] = gh[..., 2 * H:]
-            out[t] = h
-        ctx.save_for_backward(h0, w_hh, out, gates, hn)
+            n = torch.addcmul(gi[t, :, :, 2 * H:], r, gh[..., 2 * H:], out=gates[t, ..., 2 * H:]).tanh_()
+            h = torch.lerp(n, h, z, out=out[t])
+        ctx.save_for_backward(h0, w_hh, out, gates, gh_all[..., 2 * H:])
         return out
 
     @staticmethod
@@ -58,14 +56,12 @@ class _Recurrence(torch.autograd.Function):
         for t in range(N - 1, -1, -1):
             dh = dh + d_out[t]
             r, z, n = gates[t, ..., :H], gates[t, ..., H:2 * H], gates[t, ..., 2 * H:]
-            dn = dh * (1 - z) * (1 - n * n)
-            dz = dh * (h_prev[t] - n) * z * (1 - z)
-            dr = dn * hn[t] * r * (1 - r)
-            d_gi[t, ..., :H] = dr
-            d_gi[t, ..., H:2 * H] = dz
-            d_gi[t, ..., 2 * H:] = dn
+            # dn, dz, dr computed in place into their slots of d_gi (the same products in the same order)
+            dn = torch.mul(dh, 1 - z, out=d_gi[t, ..., 2 * H:]).mul_(1 - n * n)
+            torch.mul(dh, h_prev[t] - n, out=d_gi[t, ..., H:2 * H]).mul_(z).mul_(1 - z)
+            torch.mul(dn, hn[t], out=d_gi[t, ..., :H]).mul_(r).mul_(1 - r)
             d_gh[t, ..., :2 * H] = d_gi[t, ..., :2 * H]
-            d_gh[t, ..., 2 * H:] = dn * r
+            torch.mul(dn, r, out=d_gh[t, ..., 2 * H:])
             dh = torch.baddbmm(dh * z, d_gh[t], w_hh)  # (K, B, 3H) @ (K, 3H, H)
         # one batched product over all steps: (K, 3H, N*B) @ (K, N*B, H)
         flat_g = d_gh.permute(1, 0, 2, 3).reshape(K, N * B, 3 * H)
@@ -74,22 +70,63 @@ class _Recurrence(torch.autograd.Function):
         return d_gi, dh, d_w, flat_g.sum(1)
 
 
+def _valid_rows(frames: torch.Tensor, K: int, B: int, N: int) -> list[torch.Tensor | None]:
+    """frames (B,) or (K, B) valid steps per trial -> per member the flat (b * N + n) indices of its steps
+    n < frames[b] (host int64), or None where every step is valid."""
+    f = frames.to("cpu", torch.int64).clamp(0, N)
+    f = f.expand(K, B) if f.dim() == 1 else f
+    valid = torch.arange(N) < f.unsqueeze(-1)  # (K, B, N)
+    return [None if bool(v.all()) else v.reshape(-1).nonzero().squeeze(1) for v in valid]
+
+
+def _projection_rows(x: torch.Tensor, rows: torch.Tensor | None, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One member's layer-0 input projection: x (B, N, I) (a view: the patches need not be materialised), rows the
+    flat (b * N + n) steps to compute or None (all) -> (B * N, 3H), zeros at the steps left out."""
+    B, N, I = x.shape
+    if rows is None:
+        return F.linear(x.reshape(B * N, I), w, b)
+    src = F.linear(x[rows // N, rows % N], w, b)  # only the chosen rows are gathered
+    return src.new_zeros(B * N, src.shape[1]).index_copy(0, rows, src)
+
+
 def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: torch.Tensor | None = None,
                 dropout_masks: list[torch.Tensor] | None = None,
-                batched_projection: bool | None = None) -> torch.Tensor:
+                batched_projection: bool | None = None, frames: torch.Tensor | None = None,
+                patch: tuple[int, int, bool] | None = None) -> torch.Tensor:
     """K GRUs over their own inputs: x (K, B, N, I) batch-first per member, ``weights`` one (w_ih, w_hh, b_ih, b_hh)
     per layer, h0 (layers, K, B, H) or None (zeros), ``dropout_masks``: per layer but the last a (N, K, B, H) mask
     already scaled by 1 / (1 - p) that multiplies the layer's output (None: no inter-layer dropout).
     ``batched_projection``: each layer's input projection as one ``baddbmm`` over the members (True) or one GEMM per
-    member (False); None: batched except on the CPU. Returns (K, B, N, H)."""
-    K, B, N, _ = x.shape
+    member (False); None: batched except on the CPU. ``frames``: (B,) or (K, B) the steps per trial whose outputs
+    are used (a CTC loss's input lengths); with the per-member projection, layer 0's input projection computes only
+    those steps (the rest of a trial, the batch's padding, gets zero input gates), so outputs at later steps are
+    not the GRU's, while the outputs at the steps kept and every gradient of a loss that ignores the later steps
+    equal the full computation's to fp32 round-off (a unidirectional GRU's step depends only on earlier steps).
+    None: every step. ``patch``: (size, stride, time_major): x is (K, B, T, C) features whose patches
+    (ops.gru.patch_projection.patch_view) are layer 0's inputs; with the per-member projection in fp32 they are
+    never materialised (members_patch_projection). Returns (K, B, N, H)."""
+    if patch is not None:
+        size, stride, time_major_patch = patch
+        fused = not (batched_projection if batched_projection is not None else x.device.type != "cpu") and \
+            x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        if not fused:
+            x = patch_view(x, size, stride, time_major_patch)
+    K, B = x.shape[:2]
+    N = x.shape[2] if patch is None or not fused else (x.shape[2] - size) // stride + 1
     H = weights[0][1].shape[2]
-    inp = x.reshape(K, B * N, -1)
+    batched = batched_projection if batched_projection is not None else x.device.type != "cpu"
+    rows = _valid_rows(frames, K, B, N) if frames is not None and not batched else [None] * K
+    inp = x if not batched else x.reshape(K, B * N, -1)
     time_major = False  # layer 0's rows are (b, n); later layers' (n, b)
     out = None
     for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
-        if batched_projection if batched_projection is not None else x.device.type != "cpu":
+        if batched:
             gi = torch.baddbmm(b_ih.unsqueeze(1), inp, w_ih.transpose(1, 2))  # one batched GEMM over all steps
+        elif layer == 0 and patch is not None and fused:  # from the features, no patch tensor
+            gi = members_patch_projection(x, w_ih, b_ih, rows, size, stride, time_major_patch)
+        elif layer == 0:  # one GEMM per member over its (kept) steps, gathered from the patch view
+            gi = torch.stack([_projection_rows(i, r, w, b)
+                              for i, r, w, b in zip(inp.unbind(0), rows, w_ih.unbind(0), b_ih.unbind(0))])
         else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
             gi = torch.stack([F.linear(i, w, b) for i, w, b in zip(inp.unbind(0), w_ih.unbind(0), b_ih.unbind(0))])
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)

@@ -168,8 +168,9 @@ def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e
 @pytest.mark.parametrize("K,B,T,I,H,L,bias", [(1, 3, 5, 4, 6, 1, True), (3, 2, 7, 5, 8, 2, True),
                                               (4, 5, 3, 9, 4, 3, False)])
 def test_members_ln_gru_equals_solo_ln_gru_per_member(rng, K, B, T, I, H, L, bias):
-    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers."""
-    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"])
+    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers (fp32 round-off: the
+    gradients through 3 layers of LayerNorm reach 1.0e-5 relative on some seeds, hence 3e-5)."""
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"], tol=3e-5)
 
 
 @pytest.mark.parametrize("K,B,T,I,H,L,bias", [(2, 3, 4, 5, 4, 2, True), (3, 2, 3, 3, 6, 1, False)])

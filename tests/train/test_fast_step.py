@@ -10,7 +10,7 @@ import torch
 
 from fastdecoder.config import config_from_dict
 from fastdecoder.losses import output_lengths
-from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReadError, HostReads
+from fastdecoder.bench.host_reads import HostReadError, HostReads
 from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.testing.compiles import CompilesPerFrame
 from fastdecoder.train.step import compile_step, pad_to_bucket
@@ -45,11 +45,11 @@ def losses_of(tr, steps):
 def test_fast_step_makes_no_host_read(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path)
     assert tr.deferred
-    with HostReads(raise_on_read=True, allow=CPU_ONLY_SITES) as guard:
+    with HostReads(raise_on_read=True) as guard:
         for _ in range(3):
             out = tr.train_step(tr.next_batch())
     assert out["deferred"] and out["loss"] is None
-    assert set(site for _, site in guard.reads) <= CPU_ONLY_SITES, guard.reads
+    assert not guard.disallowed, guard.reads
     assert tr.step == 3 and len(tr.step_fn.pending) == 3
     assert [o["step"] for o in tr.read_steps()] == [1, 2, 3]
 
@@ -86,7 +86,7 @@ def test_the_guard_catches_the_reference_steps_read(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path, fast=False)
     assert not tr.deferred
     with pytest.raises(HostReadError, match="tolist.*train/step.py:_synced_update"):
-        with HostReads(raise_on_read=True, allow=CPU_ONLY_SITES):
+        with HostReads(raise_on_read=True):
             tr.train_step(tr.next_batch())
 
 
@@ -94,7 +94,7 @@ def test_reads_per_log_interval_are_the_listed_ones(monkeypatch, tmp_path):
     tr = make(monkeypatch, tmp_path, steps=15, log_every=5)
     with HostReads() as guard:
         tr.run()
-    reads = {k: v for k, v in guard.reads.items() if k[1] not in CPU_ONLY_SITES}
+    reads = dict(guard.disallowed)
     assert reads == {k: 3 * v for k, v in READS_PER_LOG_INTERVAL.items()}, guard.reads
     assert [r["step"] for r in tr.history if "loss" in r] == [5, 10, 15]
 

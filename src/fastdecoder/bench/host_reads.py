@@ -2,11 +2,13 @@
 
 On a GPU every ``item()``, ``tolist()``, ``bool(t)``, ``float(t)``, ``int(t)``, ``cpu()``, ``numpy()`` or
 ``to("cpu")`` of a device tensor waits for the device. On the CPU device and host are one, so the guard watches the
-*call sites* instead: inside ``HostReads()`` each such call on any tensor is recorded with the innermost fastdecoder
-function that made it, ``path.py:function`` (``raise_on_read=True``: raises HostReadError there, except at the
-``allow``-ed sites). Not seen here: ``to(device)`` copies (on the CPU a ``to(x.device)`` and a ``to("cpu")`` look
-alike) and reads made in C++ (F.ctc_loss copying device length tensors); the GPU check's
-``set_sync_debug_mode("error")`` covers those.
+*calls* instead: inside ``HostReads()`` each such call on any tensor is recorded with the innermost fastdecoder
+function that made it, ``path.py:function``. Reads of CPU tensors made inside the marker
+``fastdecoder.ops.host_read_marker.cpu_host_read()`` (the host checks that run only when the tensor is on the CPU and
+are skipped on a device) are counted apart as allowed; a read of a non-CPU tensor inside the marker is not.
+``raise_on_read=True`` raises HostReadError at every read that is not allowed. Not seen here: ``to(device)`` copies
+(on the CPU a ``to(x.device)`` and a ``to("cpu")`` look alike) and reads made in C++ (F.ctc_loss copying device
+length tensors); the GPU check's ``set_sync_debug_mode("error")`` covers those.
 """
 from __future__ import annotations
 
@@ -15,16 +17,10 @@ from collections import Counter
 
 import torch
 
+from fastdecoder.ops.host_read_marker import inside_cpu_host_read
+
 #: the tensor methods that read a value back to the host
 READ_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
-
-#: reads that run only when the tensor is on the CPU (free there, skipped on a device): the augmentation's host
-#: checks of its taps and lengths (ops/augment/dispatch.py)
-CPU_ONLY_SITES = frozenset({"ops/augment/dispatch.py:_taps_finite", "ops/augment/dispatch.py:_host_range_check",
-                            # the day layer groups trials by day from CPU day indices only (a device keeps the gather)
-                            "ops/day_affine/grouped.py:_host_days",
-                            # the masks' range check of CPU lengths (ops/augment/masks.py; skipped on a device)
-                            "ops/augment/masks.py:sample_masks"})
 
 
 class HostReadError(RuntimeError):
@@ -44,12 +40,13 @@ def _call_site() -> str:
 
 
 class HostReads:
-    """Context manager: ``reads`` counts (method, call site) of every host read made inside it."""
+    """Context manager: ``reads`` counts (method, call site) of every host read made inside it; ``allowed`` those of
+    CPU tensors inside ``cpu_host_read()``; ``disallowed`` the rest (the reads that would sync on a device)."""
 
-    def __init__(self, raise_on_read: bool = False, allow=frozenset()):
+    def __init__(self, raise_on_read: bool = False):
         self.raise_on_read = raise_on_read
-        self.allow = frozenset(allow)
         self.reads: Counter = Counter()
+        self.allowed: Counter = Counter()
         self._saved: dict = {}
 
     @property
@@ -61,14 +58,23 @@ class HostReads:
     def total(self) -> int:
         return sum(self.reads.values())
 
+    @property
+    def disallowed(self) -> Counter:
+        """(method, call site) -> count of the reads not allowed by the marker."""
+        return self.reads - self.allowed
+
     def _wrap(self, name: str, method):
         guard = self
 
         def watched(t, *args, **kwargs):
             site = _call_site()
             guard.reads[(name, site)] += 1
-            if guard.raise_on_read and site not in guard.allow:
-                raise HostReadError(f"host read Tensor.{name}() at {site} inside a no-sync region")
+            if inside_cpu_host_read() and t.device.type == "cpu":
+                guard.allowed[(name, site)] += 1
+            elif guard.raise_on_read:
+                marked = " (cpu_host_read() allows CPU tensors only)" if inside_cpu_host_read() else ""
+                raise HostReadError(f"host read Tensor.{name}() of a {t.device.type} tensor at {site} inside a "
+                                    f"no-sync region{marked}")
             return method(t, *args, **kwargs)
 
         return watched

@@ -3,8 +3,9 @@
 Both trainers start from the same seed, so they build the same model and draw the same batches; the loss curves of
 their first steps must agree (to fused-vs-foreach Adam round-off on the CPU; to bf16/Triton rounding on a GPU).
 Each path runs ``warmup`` steps, ``steps`` plainly timed steps (batches/s; host reads counted by host_reads.HostReads:
-Python-level calls but the CPU-only checks; on the reference path they include the unfused Adam's step.item() of
-its step counters, which are host tensors on CUDA too; the deferred path's one read comes at the end; on CUDA also
+Python-level calls but the CPU-only checks marked ``cpu_host_read()``; on the reference path they include the
+unfused Adam's step.item() of its step counters, which are host tensors on CUDA too; the deferred path's one read
+comes at the end; on CUDA also
 every synchronisation the device reports, C++ ones included, counted under ``torch.cuda.set_sync_debug_mode("warn")``),
 then ``steps`` more with a synchronising phase timer (ms per step in data: the sampler, the batch gather and the LR
 schedule; forward: augmentation, padding, model and loss; backward; optimizer: grad norm, clipping, the guard and the
@@ -113,7 +114,7 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
     reads per step (counted, see host_reads), dynamo compiles, peak memory."""
     from torch._dynamo.utils import counters
 
-    from fastdecoder.bench.host_reads import CPU_ONLY_SITES, HostReads
+    from fastdecoder.bench.host_reads import HostReads
     from fastdecoder.train.trainer import Trainer
 
     never = 10**9
@@ -164,8 +165,8 @@ def run_path(cfg: Config, fast: bool, steps: int, warmup: int) -> dict:
     return {"fast": fast, "device": str(dev), "batches_per_second": steps / seconds if seconds > 0 else float("nan"),
             "seconds": seconds, "losses": losses[: warmup + steps],
             "ms_per_step": {k: 1e3 * v / steps for k, v in timer.seconds.items()},
-            "host_reads_per_step": sum(n for (_, s), n in reads.reads.items() if s not in CPU_ONLY_SITES) / steps,
-            "host_read_sites": sorted(f"{m} {s}" for m, s in reads.reads if s not in CPU_ONLY_SITES),
+            "host_reads_per_step": sum(reads.disallowed.values()) / steps,
+            "host_read_sites": sorted(f"{m} {s}" for m, s in reads.disallowed),
             "device_syncs_per_step": syncs.total / steps if syncs.on else None,
             "device_sync_sites": dict(syncs.where),
             "compiles": counters["stats"]["unique_graphs"] - graphs0, "deferred": tr.deferred,

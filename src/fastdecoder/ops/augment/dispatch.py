@@ -15,6 +15,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from fastdecoder.ops.augment.philox import check_seed
 from fastdecoder.ops.augment.reference import NOISE_SOURCES, augment_reference
 from fastdecoder.ops.augment.taps import MAX_TAPS, PRESET_TAPS, preset_taps_on
+from fastdecoder.ops.host_read_marker import cpu_host_read
 from fastdecoder.ops.triton_support import require_triton, triton_usable
 
 __all__ = ["augment", "BACKENDS", "NOISES"]
@@ -48,7 +49,8 @@ def _check_int_tensor(name: str, t: torch.Tensor) -> None:
 def _taps_finite(taps: torch.Tensor) -> bool:
     """Finiteness of float32 taps: a host check on the CPU; on a device one read per tensor version."""
     if taps.device.type == "cpu":
-        return bool(torch.isfinite(taps).all())
+        with cpu_host_read():
+            return bool(torch.isfinite(taps).all())
     if _FINITE_TAPS.get(taps) == taps._version:
         return True
     ok = bool(torch.isfinite(taps).all())  # the one device read, cached below
@@ -84,7 +86,11 @@ def _check_taps(smooth_taps, x) -> Optional[torch.Tensor]:
 
 def _host_range_check(name: str, bad: torch.Tensor, msg: str) -> None:
     """Raise ``msg`` if any of ``bad`` is set, where that costs no device read (CPU tensors only)."""
-    if bad.device.type == "cpu" and bool(bad.any()):
+    if bad.device.type != "cpu":
+        return
+    with cpu_host_read():
+        found = bool(bad.any())
+    if found:
         raise ValueError(f"{name}: {msg}")
 
 

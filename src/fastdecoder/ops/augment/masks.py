@@ -6,6 +6,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from fastdecoder.ops.host_read_marker import cpu_host_read
+
 __all__ = ["sample_masks"]
 
 
@@ -38,7 +40,8 @@ def sample_masks(batch_size: int, num_steps: int, num_channels: int, *, lengths:
         span_t = torch.as_tensor(lengths).detach().to(torch.int64).reshape(-1)
         bad = span_t.numel() != batch_size
         if not bad and span_t.device.type == "cpu":
-            bad = bool(((span_t < 0) | (span_t > num_steps)).any())
+            with cpu_host_read():
+                bad = bool(((span_t < 0) | (span_t > num_steps)).any())
         if bad:
             raise ValueError(f"lengths must be {batch_size} values in [0, num_steps={num_steps}]")
     span_c = torch.full((batch_size,), int(num_channels), dtype=torch.int64, device=span_t.device)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fastdecoder.ops.day_affine.reference import day_affine_gather
+from fastdecoder.ops.host_read_marker import cpu_host_read
 
 __all__ = ["DayGroups", "MAX_PADDING", "check_days", "day_affine", "plan_day_groups"]
 
@@ -134,5 +135,7 @@ def day_affine(x: torch.Tensor, day_idx: torch.Tensor, weights: torch.Tensor, bi
 
 
 def _host_days(day_idx: torch.Tensor, n_days: int) -> np.ndarray:
-    """A CPU ``day_idx`` read on the host (free there: host_reads lists this site as CPU-only)."""
-    return check_days(day_idx.numpy(), n_days)
+    """A CPU ``day_idx`` read on the host (free there; a device ``day_idx`` keeps the gather instead)."""
+    with cpu_host_read():
+        days = day_idx.numpy()
+    return check_days(days, n_days)

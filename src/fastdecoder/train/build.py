@@ -1,6 +1,6 @@
-"""Assemble a training run from its config and the backends decided for it (``selfcheck.decide_backends``): data,
-model, optimizer, schedule, stability machinery, sampler, augmentation and the step. Everything is decided before it
-is built; nothing here is changed afterwards.
+"""Assemble a training run from its config and the backends decided for it (``selfcheck.decide_backends``): data
+and its splits, model, optimizer, schedule, stability machinery, sampler, augmentation and the step. Everything is
+decided before it is built; nothing here is changed afterwards.
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalSettings
 from fastdecoder.train import distributed
 from fastdecoder.train.calibration import EarlyStopping, freeze, init_from_checkpoint
-from fastdecoder.train.run_data import (config_sampler, make_resident, prepare_dataset, target_min_frames,
-                                   warn_family_mismatch)
+from fastdecoder.train.run_data import (check_days_per_batch, config_sampler, make_resident, prepare_dataset,
+                                        target_min_frames, warn_family_mismatch, warn_short_and_infeasible)
 from fastdecoder.device import build_model
 from fastdecoder.train.monitors import CollapseMonitor
 from fastdecoder.train.optim import LRSchedule, build_optimizer
@@ -29,7 +30,7 @@ from fastdecoder.train.transforms import EvalTransform, TrainAugmentation
 
 log = logging.getLogger("fastdecoder.train")
 
-__all__ = ["RunParts", "build_run", "load_training_data"]
+__all__ = ["RunParts", "build_run", "load_training_data", "split_training_data"]
 
 
 def load_training_data(cfg, out_dir: Path | None, dist, outputs, *, overwrite: bool, resume: bool):
@@ -52,6 +53,15 @@ def load_training_data(cfg, out_dir: Path | None, dist, outputs, *, overwrite: b
     cfg = replace(cfg, data=replace(cfg.data, path=str(Path(data_path).resolve()), format=dataset.format))
     cfg = replace(cfg, model=replace(cfg.model, n_features=dataset.n_features, n_days=dataset.n_days))
     return dataset, cfg
+
+
+def split_training_data(cfg, dataset, *, say: bool):
+    """(training split, validation split or None, ids of the training trials whose targets cannot fit their output
+    frames) of the loaded ``dataset``: UserError where data.days_per_batch cannot be met, warnings (``say``) about
+    short and infeasible trials."""
+    train_split, val_split = training_splits(dataset, cfg.data.val_split, cfg.model.n_classes)
+    check_days_per_batch(cfg, train_split)
+    return train_split, val_split, warn_short_and_infeasible(cfg, train_split, val_split, say=say)
 
 
 @dataclass

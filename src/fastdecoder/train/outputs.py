@@ -1,4 +1,5 @@
-"""What a run writes and shows: DIR/metrics.jsonl, TensorBoard, the progress bar / log lines, summary.json, plots.
+"""What a run writes and shows: DIR/metrics.jsonl (its records), TensorBoard, the progress bar / log lines,
+summary.json (finished, interrupted or aborted), plots.
 
 Only the main rank writes. Every write that fails for a reason of the machine (disk full, read-only, a file where
 the folder should be) becomes a UserError naming the file.
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from fastdecoder.config import save_config
 from fastdecoder.errors import UserError, writing
+from fastdecoder.train import distributed
+from fastdecoder.train.stability import NonFiniteError
 
 log = logging.getLogger("fastdecoder.train")
 #: the lines that go to DIR/train.log only (what the progress bar shows in their place on the terminal)
@@ -91,6 +94,45 @@ class Interval:
                 "grad_norm": (sum(self.gnorms) / len(self.gnorms)) if self.gnorms else None,
                 "grad_norm_max": max(self.gnorms) if self.gnorms else None,
                 "lr": lr, "elapsed": round(elapsed, 3), "steps_per_second": round(rate, 3)}
+
+
+class TrainClock:
+    """A run's training time over its sessions: ``seconds`` of the sessions that ended (a resumed run's count from
+    its checkpoint's), ``elapsed()`` with the running one."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.t0: float | None = None  # perf_counter at the running session's start
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds, self.t0 = self.elapsed(), None
+
+    def elapsed(self) -> float:
+        """Training seconds over all sessions of the run, up to now."""
+        return self.seconds if self.t0 is None else self.seconds + time.perf_counter() - self.t0
+
+
+def train_record(iv: Interval, out: dict, step: int, elapsed: float, skipped: int, lr_scale: float) -> dict:
+    """The metrics.jsonl record of the log step ``step`` (``out``: its result): the statistics of the interval
+    ``iv`` ending there, the skipped updates so far, the LR scale where reductions lowered it, and with
+    train.train_monitor the training batch's blank fraction and distinct phonemes."""
+    rec = iv.record(step, out["lr"], elapsed) | {"skipped": skipped}
+    if lr_scale != 1.0:
+        rec["lr_scale"] = lr_scale
+    if "blank_fraction" in out:
+        rec["train_blank_fraction"] = out["blank_fraction"]
+        rec["train_distinct_phonemes"] = out["distinct_phonemes"]
+    return rec
+
+
+def val_record(step: int, res, day_names) -> dict:
+    """The metrics.jsonl record of the evaluation ``res`` at ``step``: PER, loss, output statistics, PER per day."""
+    return {"step": step, "val_per": res.per, "val_loss": res.loss, "blank_fraction": res.blank_fraction,
+            "distinct_phonemes": res.distinct_phonemes,
+            "val_per_day": {day_names[d]: v["per"] for d, v in res.per_day.items()}}
 
 
 def hms(seconds: float) -> str:
@@ -245,6 +287,14 @@ class RunOutputs:
                  rec["steps_per_second"], hms(eta), f"  skipped {skipped}" if skipped else "")
 
     # -- the end ------------------------------------------------------------------------------------------------
+    def interrupted(self, step: int, steps: int, reason: str) -> None:
+        """Training stopped early at ``step`` of ``steps`` (``reason``): the record, and where last.pt is and how
+        to continue."""
+        self.log({"step": step, "event": "interrupted", "reason": reason})
+        where = f"saved {self.out_dir / 'last.pt'}" if self.out_dir is not None else "no out_dir: nothing saved"
+        self.say(f"stopped at step {step} of {steps} ({reason}); {where}; "
+                 "continue with: fastdecoder train --out DIR --resume")
+
     def write_summary(self, summary: dict) -> None:
         """DIR/summary.json, atomically."""
         if not self.writes:
@@ -309,6 +359,37 @@ def base_summary(tr) -> dict:
             **({"early_stopped_at": tr.stopped_early} if tr.stopped_early is not None else {}),
             **({"init_from": tr.init_report.as_dict()} if tr.init_report is not None else {}),
             **({"frozen": tr.frozen} if tr.frozen else {})}
+
+
+def final_summary(tr, interrupted: str | None = None) -> dict:
+    """The summary of a Trainer ``tr`` whose training ended: ``base_summary``, under torchrun every rank's weight
+    digest, and the final evaluation (greedy and native beam search on the validation split). An interrupted run
+    (``interrupted``: why) skips the final evaluation (it should exit promptly) and reports its last one."""
+    summary = base_summary(tr)
+    if tr.dist.enabled:
+        summary.update(distributed.rank_digests(tr.model, tr.dist))
+    if interrupted is not None:
+        summary["interrupted"] = interrupted
+        if tr.val_split is not None:
+            summary.update(val_per=tr.last_val_per, best_val_per=(tr.best_per if tr.best_step >= 0 else None),
+                           best_step=tr.best_step)
+    elif tr.val_split is not None and tr.is_main:
+        bw = tr.cfg.train.beam_width
+        res = tr.evaluate(decoder="beam" if bw > 0 else "greedy", beam_width=bw)
+        summary.update(final_eval_fields(res, tr.best_per, tr.best_step, tr.step, bw))
+    return summary
+
+
+def record_abort(tr, error: BaseException) -> None:
+    """Training of the Trainer ``tr`` stopped on ``error``: the ``aborted`` record and DIR/summary.json with the
+    reason, then the outputs closed (best effort: the error is what counts)."""
+    reason = str(error) if isinstance(error, (NonFiniteError, UserError)) else f"{type(error).__name__}: {error}"
+    try:
+        tr.outputs.log({"step": tr.step, "event": "aborted", "reason": reason})
+        tr.outputs.write_summary(base_summary(tr) | {"aborted": reason})
+        tr.outputs.close()
+    except Exception as e:  # noqa: BLE001 - e.g. the disk that is full
+        log.warning("could not write the summary of the aborted run: %s", e)
 
 
 def say_start(cfg, step: int, schedule, resumed: bool) -> None:

@@ -15,29 +15,25 @@ monitors.py, optim.py, distributed.py; evaluation is fastdecoder.evaluation.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
 
 
 from fastdecoder.config import Config
-from fastdecoder.data.dataset import training_splits
 from fastdecoder.errors import UserError
 from fastdecoder.evaluation import EvalResult, evaluate
 from fastdecoder.train import distributed
-from fastdecoder.train.build import build_run, load_training_data
+from fastdecoder.train.build import build_run, load_training_data, split_training_data
 from fastdecoder.checkpoint import restoring, resume_state, save_checkpoint
-from fastdecoder.train.run_data import check_days_per_batch, warn_short_and_infeasible
 from fastdecoder.device import autocast_dtype, configure_runtime
 from fastdecoder.train.monitors import prediction_stats
-from fastdecoder.train.outputs import Interval, RunOutputs, base_summary, final_eval_fields, say_start
+from fastdecoder.train.outputs import (Interval, RunOutputs, TrainClock, final_summary, record_abort, say_start,
+                                       train_record, val_record)
 from fastdecoder.train.rng import seed_everything
 from fastdecoder.train.selfcheck import decide_backends
 from fastdecoder.train.signals import StopRequest
 from fastdecoder.train.stability import NonFiniteError, weights_finite
-
-log = logging.getLogger("fastdecoder.train")
 
 __all__ = ["Trainer"]
 
@@ -67,9 +63,7 @@ class Trainer:
                                                resume=bool(resume))
         state, where = resume_state(resume, cfg, self.out_dir)
         self.cfg = cfg
-        self.train_split, self.val_split = training_splits(self.dataset, cfg.data.val_split, cfg.model.n_classes)
-        check_days_per_batch(cfg, self.train_split)
-        bad = warn_short_and_infeasible(cfg, self.train_split, self.val_split, say=self.is_main)
+        self.train_split, self.val_split, bad = split_training_data(cfg, self.dataset, say=self.is_main)
         self.infeasible_trials = len(bad)
         self.reported_infeasible: set[str] = set(bad)
 
@@ -93,10 +87,9 @@ class Trainer:
         self.last_val_per: float | None = None
         self.last_eval: EvalResult | None = None
         self.stopped_early: int | None = None  # the step at which train.early_stopping stopped the run
-        self.train_seconds = 0.0
+        self.clock = TrainClock()  # training seconds over the run's sessions
         self.resumed_from: int | None = None
         self._saved: dict[str, int] = {}
-        self._session: tuple[float, float] | None = None  # (perf_counter at fit start, train_seconds before)
         self._stop: StopRequest | None = None
         if state is not None:
             with restoring(where):
@@ -106,6 +99,11 @@ class Trainer:
     def history(self) -> list[dict]:
         """Every record written to metrics.jsonl (main rank)."""
         return self.outputs.history
+
+    @property
+    def train_seconds(self) -> float:
+        """Training seconds of this run's sessions that ended (``clock.elapsed()``: up to now)."""
+        return self.clock.seconds
 
     @property
     def deferred(self) -> bool:
@@ -158,10 +156,10 @@ class Trainer:
         cfg = self.cfg
         self.outputs.open(cfg, self.resumed_from)
         if self.resumed_from is not None:
-            self._log_metrics({"step": self.step, "event": "resume", "lr": self.schedule.current_lr(),
-                               "skipped": self.guard.skipped})
+            self.outputs.log({"step": self.step, "event": "resume", "lr": self.schedule.current_lr(),
+                              "skipped": self.guard.skipped})
         for ev in self.selfcheck_events:  # the start-up self-check's results, into metrics.jsonl
-            self._log_metrics({**ev, "step": self.step})
+            self.outputs.log({**ev, "step": self.step})
         self.selfcheck_events = []
         if self.is_main:
             say_start(cfg, self.step, self.schedule, self.resumed_from is not None)
@@ -169,11 +167,11 @@ class Trainer:
         self._stop.install()
         try:  # the handlers stay until the end, so a signal during the final save/summary cannot tear anything
             self.outputs.start_progress(cfg.train.steps, self.step)
-            self._session = (time.perf_counter(), self.train_seconds)
+            self.clock.start()
             try:
                 interrupted = self.run(max_steps)
                 self.outputs.stop_progress()
-                self.train_seconds, self._session = self._elapsed(), None
+                self.clock.stop()
                 return self._finish(interrupted)
             except BaseException as e:
                 self._abort(e)
@@ -209,7 +207,7 @@ class Trainer:
             for o in reads:
                 iv.add(o)
                 for ev in o["events"]:
-                    self._log_metrics(ev)
+                    self.outputs.log(ev)
             if on_read is not None and reads:
                 on_read(reads)
             if will_log:
@@ -235,10 +233,7 @@ class Trainer:
         if self._saved.get("last.pt") != self.step:
             self.save("last.pt")
         if interrupted is not None:
-            self._log_metrics({"step": self.step, "event": "interrupted", "reason": interrupted})
-            where = f"saved {self.out_dir / 'last.pt'}" if self.out_dir is not None else "no out_dir: nothing saved"
-            self.outputs.say(f"stopped at step {self.step} of {self.cfg.train.steps} ({interrupted}); {where}; "
-                             "continue with: fastdecoder train --out DIR --resume")
+            self.outputs.interrupted(self.step, self.cfg.train.steps, interrupted)
         summary = self.summarize(self.last_eval, interrupted=interrupted)
         self.outputs.close()
         return summary
@@ -246,32 +241,16 @@ class Trainer:
     def _abort(self, error: BaseException) -> None:
         """Training stopped on ``error``: record it and write the summary (best effort: the error is what counts)."""
         self.outputs.stop_progress()
-        if self._session is not None:
-            self.train_seconds, self._session = self._elapsed(), None
-        reason = str(error) if isinstance(error, (NonFiniteError, UserError)) else f"{type(error).__name__}: {error}"
-        try:
-            self._log_metrics({"step": self.step, "event": "aborted", "reason": reason})
-            self.outputs.write_summary(base_summary(self) | {"aborted": reason})
-            self.outputs.close()
-        except Exception as e:  # noqa: BLE001 - e.g. the disk that is full
-            log.warning("could not write the summary of the aborted run: %s", e)
-
-    def _log_metrics(self, rec: dict) -> None:
-        self.outputs.log(rec)
+        self.clock.stop()
+        record_abort(self, error)
 
     def _log_train(self, iv: Interval, out: dict, session_step0: int) -> None:
-        rec = iv.record(self.step, out["lr"], self._elapsed()) | {"skipped": self.guard.skipped}
-        if self.schedule.scale != 1.0:
-            rec["lr_scale"] = self.schedule.scale
-        if "blank_fraction" in out:
-            rec["train_blank_fraction"] = out["blank_fraction"]
-            rec["train_distinct_phonemes"] = out["distinct_phonemes"]
-            if self.val_split is None:
-                for ev in self.monitor.check(self.step, out["blank_fraction"], out["distinct_phonemes"],
-                                             "training-batch"):
-                    self._log_metrics(ev)
-        self._log_metrics(rec)
-        t0 = self._session[0] if self._session is not None else iv.t0
+        rec = train_record(iv, out, self.step, self.clock.elapsed(), self.guard.skipped, self.schedule.scale)
+        if "blank_fraction" in out and self.val_split is None:  # no validation: the training batch is watched
+            for ev in self.monitor.check(self.step, out["blank_fraction"], out["distinct_phonemes"], "training-batch"):
+                self.outputs.log(ev)
+        self.outputs.log(rec)
+        t0 = self.clock.t0 if self.clock.t0 is not None else iv.t0
         overall = (self.step - session_step0) / max(time.perf_counter() - t0, 1e-9)
         self.outputs.show_train(rec, self.guard.skipped, steps=self.cfg.train.steps, overall_rate=overall)
 
@@ -301,20 +280,18 @@ class Trainer:
         ev = self.schedule.on_eval(self.step, per)
         if self.is_main:
             self.last_eval = res
-            self._log_metrics({"step": self.step, "val_per": res.per, "val_loss": res.loss,
-                               "blank_fraction": res.blank_fraction, "distinct_phonemes": res.distinct_phonemes,
-                               "val_per_day": {self.dataset.day_names[d]: v["per"] for d, v in res.per_day.items()}})
+            self.outputs.log(val_record(self.step, res, self.dataset.day_names))
             if ev is not None:
-                self._log_metrics(ev)
+                self.outputs.log(ev)
             for e in self.monitor.check(self.step, res.blank_fraction, res.distinct_phonemes, "validation"):
-                self._log_metrics(e)
+                self.outputs.log(e)
         if per < self.best_per:  # the real PER of this evaluation, not a moving average
             self.best_per, self.best_step = per, self.step
             self.save("best.pt", val_per=per)
         self.outputs.say(f"step {self.step}: val PER {per:.4f} (best {self.best_per:.4f} @ {self.best_step})")
         if self.stopped_early == self.step:
             rec, text = self.early.stop_record(self.step)
-            self._log_metrics(rec)
+            self.outputs.log(rec)
             self.outputs.say(text)
         if self.eval_hook is not None:
             self.eval_hook(self, res)
@@ -326,7 +303,7 @@ class Trainer:
             self.step_fn.replayed = self.step_fn.read_steps()
         return self.parts.state_dict(self.dist) | {
             "step": self.step, "config": self.cfg.to_dict(), "best_per": self.best_per, "best_step": self.best_step,
-            "last_val_per": self.last_val_per, "train_seconds": self._elapsed(),
+            "last_val_per": self.last_val_per, "train_seconds": self.clock.elapsed(),
             "reported_infeasible": sorted(self.reported_infeasible), "day_names": list(self.dataset.day_names)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -336,17 +313,10 @@ class Trainer:
         self.best_per = float(state.get("best_per", math.inf))
         self.best_step = int(state.get("best_step", -1))
         self.last_val_per = state.get("last_val_per")
-        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.clock.seconds = float(state.get("train_seconds", 0.0))
         self.reported_infeasible.update(state.get("reported_infeasible", []))
         self.resumed_from = self.step
         self._saved = {"last.pt": self.step}
-
-    def _elapsed(self) -> float:
-        """Training seconds over all sessions of this run, up to now."""
-        if self._session is None:
-            return self.train_seconds
-        t0, before = self._session
-        return before + time.perf_counter() - t0
 
     def save(self, name: str, **extra) -> None:
         """Write ``out_dir/name`` atomically (main rank). A collective under torchrun: every rank calls it."""
@@ -357,21 +327,9 @@ class Trainer:
 
     # -- the summary ------------------------------------------------------------------------------------------------
     def summarize(self, last_eval: EvalResult | None, interrupted: str | None = None) -> dict:
-        """Final evaluation (greedy and native beam search on the validation split) and DIR/summary.json.
-
-        An interrupted run skips the final evaluation (it should exit promptly) and reports its last one.
-        """
-        summary = base_summary(self)
-        if self.dist.enabled:
-            summary.update(distributed.rank_digests(self.model, self.dist))
-        if interrupted is not None:
-            summary["interrupted"] = interrupted
-            if self.val_split is not None:
-                summary.update(val_per=self.last_val_per, best_val_per=(self.best_per if self.best_step >= 0
-                                                                        else None), best_step=self.best_step)
-        elif self.val_split is not None and self.is_main:
-            bw = self.cfg.train.beam_width
-            res = self.evaluate(decoder="beam" if bw > 0 else "greedy", beam_width=bw)
-            summary.update(final_eval_fields(res, self.best_per, self.best_step, self.step, bw))
+        """Final evaluation (greedy and native beam search on the validation split) and DIR/summary.json
+        (``outputs.final_summary``). An interrupted run skips the final evaluation (it should exit promptly) and
+        reports its last one."""
+        summary = final_summary(self, interrupted)
         self.outputs.write_summary(summary)
         return summary

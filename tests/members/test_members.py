@@ -95,10 +95,16 @@ def test_members_gru_over_the_loss_frames_equals_the_full_gru(rng, K, B, T, C, P
 @pytest.mark.parametrize("K,B,T,C,P,S,time_major,subset", [
     (1, 2, 6, 3, 1, 1, True, False), (3, 4, 20, 5, 6, 2, True, True), (2, 3, 17, 4, 2, 5, False, True),
     (2, 2, 30, 8, 14, 4, True, True), (3, 3, 12, 2, 4, 3, False, False)])
-def test_patch_projection_equals_the_unfold_form(rng, K, B, T, C, P, S, time_major, subset):
+@pytest.mark.parametrize("block_rows", [None, 1, 2])
+def test_patch_projection_equals_the_unfold_form(rng, monkeypatch, K, B, T, C, P, S, time_major, subset, block_rows):
     """members_patch_projection (no patch tensor) against unfold + linear, forward and every gradient, over all
-    steps or a subset per member (the rest zero); patch size 1, stride > size, both patch orders."""
+    steps or a subset per member (the rest zero); patch size 1, stride > size, both patch orders; the rows in one
+    block or in blocks of 1 or 2 rows; the members' features as one tensor (odd K) or K tensors (even K)."""
+    from fastdecoder.ops.gru import patch_projection
     from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
+    if block_rows is not None:
+        monkeypatch.setattr(patch_projection, "BLOCK_BYTES", block_rows * P * C * 4)
 
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
     N, G = (T - P) // S + 1, 9
@@ -109,7 +115,7 @@ def test_patch_projection_equals_the_unfold_form(rng, K, B, T, C, P, S, time_maj
             if subset and k > 0 else None for k in range(K)]
     keep = torch.stack([torch.ones(B * N) if r is None else torch.zeros(B * N).index_fill(0, r, 1.0) for r in rows])
     w_out = torch.randn(K, B * N, G, generator=g)
-    out = members_patch_projection(feats, w, b, rows, P, S, time_major)
+    out = members_patch_projection(feats if K % 2 else list(feats.unbind(0)), w, b, rows, P, S, time_major)
     ref = (torch.baddbmm(b.unsqueeze(1), patch_view(feats, P, S, time_major).reshape(K, B * N, P * C),
                          w.transpose(1, 2)) * keep.unsqueeze(-1))
     assert out.shape == (K, B * N, G)
@@ -120,13 +126,19 @@ def test_patch_projection_equals_the_unfold_form(rng, K, B, T, C, P, S, time_maj
         assert _rel(a, r) < 1e-5
 
 
-def test_fused_softsign_equals_f_softsign(rng):
-    from fastdecoder.members.model import _softsign
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_fused_softsign_dropout_equals_f_softsign_then_the_dropout_product(rng, p):
+    """softsign and the input-dropout product in one Function against F.softsign(y) * m, values and gradient (no
+    mask, a mask, an all-zero mask)."""
+    from fastdecoder.members.model import _activate
 
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
     y = (torch.randn(3, 50, 7, generator=g) * torch.logspace(-3, 3, 7)).requires_grad_()
     w = torch.randn(3, 50, 7, generator=g)
-    out, ref = _softsign(y), F.softsign(y)
+    m = None if p == 0 else torch.empty(3, 50, 7).bernoulli_(1 - p, generator=g).div_(1 - p) if p < 1 else \
+        torch.zeros(3, 50, 7)
+    out = _activate(y, "softsign", m)
+    ref = F.softsign(y) if m is None else F.softsign(y) * m
     assert _rel(out, ref) < 1e-6
     assert _rel(torch.autograd.grad((out * w).sum(), y)[0], torch.autograd.grad((ref * w).sum(), y)[0]) < 1e-6
 
@@ -279,8 +291,8 @@ def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
                                  [[0, 0, 1, 1], [2, 2, 0, 0]], [[0, 1, 1, 1], [2, 2, 0, 0]],
                                  [[1, 1, 1, 1], [0, 0, 0, 0]]])
 def test_day_layer_every_grouping_equals_per_trial(test_seed, day):
-    """The batched day layer (one GEMM over equal day runs; per distinct day; per member) against x W_k[d] + b_k[d]
-    trial by trial, values and gradients."""
+    """The batched day layer before its activation (one GEMM per member over equal day runs, else per distinct
+    day) against x W_k[d] + b_k[d] trial by trial, values and gradients; x as one tensor and as K tensors."""
     cfg = _solo_cfg()
     K = 2
     solos = []
@@ -293,12 +305,12 @@ def test_day_layer_every_grouping_equals_per_trial(test_seed, day):
         model.solo_parameter("day_biases").normal_(generator=g)
     day = np.array(day)
     x = torch.randn(K, 4, 5, cfg.n_features, generator=g)
-    y = model.day_layer(x, day)
+    y = torch.stack(model.day_layer(x if day.ndim == 1 else list(x.unbind(0)), day))
     w = torch.randn(y.shape, generator=g)
     (y * w).sum().backward()
     W, b = model.solo_parameter("day_weights"), model.solo_parameter("day_biases")
     d2 = np.broadcast_to(day, (K, 4))
-    ref = torch.stack([torch.stack([F.softsign(x[k, i] @ W[k, d2[k, i]] + b[k, d2[k, i]]) for i in range(4)])
+    ref = torch.stack([torch.stack([x[k, i] @ W[k, d2[k, i]] + b[k, d2[k, i]] for i in range(4)])
                        for k in range(K)])
     gW, gb = torch.autograd.grad((ref * w).sum(), [W, b])
     assert _rel(y, ref) < 1e-5 and _rel(W.grad, gW) < 1e-5 and _rel(b.grad, gb) < 1e-5

@@ -60,10 +60,10 @@ def _day_affine(x: torch.Tensor, day: np.ndarray, W: torch.Tensor, b: torch.Tens
     return torch.cat(parts).index_select(0, back)
 
 
-def _equal_day_runs(day: np.ndarray, n_days: int) -> tuple[np.ndarray, int] | None:
-    """day (K, B) host -> (flat indices k * n_days + day of each run (K * R,), run length L) where every member's
-    batch is R runs of L trials of one day each (the day sampler's batches, whose trials come day by day); None
-    otherwise (or where one run is the whole batch: one day, one GEMM per member already)."""
+def _equal_day_runs(day: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """day (K, B) host -> (the day of each run (K, R), run length L) where every member's batch is R runs of L
+    trials of one day each (the day sampler's batches, whose trials come day by day); None otherwise (or where one
+    run is the whole batch: one day, one GEMM per member already)."""
     K, B = day.shape
     starts = np.flatnonzero(np.diff(day, axis=1).any(axis=0)) + 1  # where some member's day changes
     if starts.size == 0:
@@ -75,27 +75,37 @@ def _equal_day_runs(day: np.ndarray, n_days: int) -> tuple[np.ndarray, int] | No
     run_day = day[:, edges[:-1]]  # (K, R)
     if not np.array_equal(np.repeat(run_day, L, axis=1), day):
         return None
-    return (np.arange(K)[:, None] * n_days + run_day).reshape(-1).astype(np.int64), L
+    return np.ascontiguousarray(run_day, dtype=np.int64), L
 
 
-class _Softsign(torch.autograd.Function):
-    """softsign(y) = y / (1 + |y|) with one fused backward, dy / (1 + |y|)^2 (autograd's through the division is
-    several passes over the (K, B, T, C) tensor); equal to F.softsign's forward and its gradient to fp32 round-off."""
+class _SoftsignDropout(torch.autograd.Function):
+    """softsign(y) * m = y / (1 + |y|) * m, the day layer's activation and the input dropout in one pass, with one
+    fused backward, dy = (g * m) / (1 + |y|)^2 (autograd's through the division and the product is several passes
+    and allocations over each (B, T, C) tensor). ``m``: the dropout multiplier (already divided by 1 - p) or None.
+    The same ops in the same order as F.softsign and F.dropout's product: equal to them to fp32 round-off."""
 
     @staticmethod
-    def forward(ctx, y):
-        ctx.save_for_backward(y)
-        return y / (1 + y.abs())
+    def forward(ctx, y, m):
+        ctx.save_for_backward(y, m)
+        out = y.abs().add_(1)
+        torch.div(y, out, out=out)
+        return out if m is None else out.mul_(m)
 
     @staticmethod
     def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
+        y, m = ctx.saved_tensors
         d = y.abs().add_(1)
-        return grad / d.mul_(d)
+        g = grad if m is None else grad * m
+        return g / d.mul_(d), None
 
 
-def _softsign(y: torch.Tensor) -> torch.Tensor:
-    return _Softsign.apply(y) if y.dtype == torch.float32 and y.requires_grad else F.softsign(y)
+def _activate(y: torch.Tensor, activation: str, m: torch.Tensor | None) -> torch.Tensor:
+    """One member's day-layer activation (``model.day_activation``) times its input-dropout multiplier ``m``."""
+    if activation == "softsign":
+        if y.dtype == torch.float32 and y.requires_grad:
+            return _SoftsignDropout.apply(y, m)
+        y = F.softsign(y)
+    return y if m is None else y * m
 
 
 class BatchedGRUDecoder(nn.Module):
@@ -148,35 +158,25 @@ class BatchedGRUDecoder(nn.Module):
             self.solo_parameter(name)[k].copy_(state[name])
 
     # -- the forward --------------------------------------------------------------------------------------------
-    def day_layer(self, x: torch.Tensor, day: np.ndarray) -> torch.Tensor:
-        """(K, B, T, C) -> (K, B, T, C): x W_k[day] + b_k[day] per member. ``day`` (B,) shared by the members: one
-        batched GEMM per distinct day; (K, B) each member's own days: per member one GEMM per distinct day."""
-        K, B, T, C = x.shape
+    def day_layer(self, x, day: np.ndarray) -> list[torch.Tensor]:
+        """x (K, B, T, C) or K (B, T, C) tensors, day (B,) shared or (K, B) per member -> K (B, T, C) tensors,
+        x W_k[day] + b_k[day] per member before the activation: where each member's trials come in runs of one
+        day all alike long (the day sampler's batches), one batched GEMM per member over its runs; else one GEMM
+        per distinct day. Per member, so no tensor holds more than one member's batch."""
+        xs = list(x.unbind(0)) if isinstance(x, torch.Tensor) else list(x)
+        K = len(xs)
+        B, T, C = xs[0].shape
         W, b = self.solo_parameter("day_weights"), self.solo_parameter("day_biases")
-        runs = _equal_day_runs(np.broadcast_to(day, (K, B)), W.shape[1])
-        if runs is not None:  # each member's trials in runs of one day, all runs alike long: one batched GEMM
-            flat, L = runs
-            idx = torch.from_numpy(flat).to(x.device)
-            D = W.shape[1]
-            y = torch.baddbmm(b.reshape(K * D, 1, C).index_select(0, idx), x.reshape(K * (B // L), L * T, C),
-                              W.reshape(K * D, C, C).index_select(0, idx)).view(K, B, T, C)
-            return _softsign(y) if self.cfg.day_activation == "softsign" else y
-        if day.ndim == 2:
-            y = torch.stack([_day_affine(x[k], day[k], W[k], b[k]) for k in range(K)])
-            return _softsign(y) if self.cfg.day_activation == "softsign" else y
-        days, inverse = np.unique(day, return_inverse=True)
-        if days.size == 1:
-            y = torch.baddbmm(b[:, int(days[0])], x.reshape(K, B * T, C), W[:, int(days[0])]).view(K, B, T, C)
-        else:
-            order = np.argsort(inverse.reshape(-1), kind="stable")
-            parts = []
-            for j, d in enumerate(days):
-                rows = torch.from_numpy(order[inverse.reshape(-1)[order] == j]).to(x.device)
-                xd = x.index_select(1, rows)
-                parts.append(torch.baddbmm(b[:, int(d)], xd.reshape(K, -1, C), W[:, int(d)]).view(K, -1, T, C))
-            back = torch.from_numpy(np.argsort(order, kind="stable")).to(x.device)
-            y = torch.cat(parts, 1).index_select(1, back)
-        return _softsign(y) if self.cfg.day_activation == "softsign" else y
+        days = np.broadcast_to(day, (K, B))
+        runs = _equal_day_runs(days)
+        Ws, bs = W.unbind(0), b.unbind(0)
+        if runs is None:
+            return [_day_affine(xs[k], days[k], Ws[k], bs[k]) for k in range(K)]
+        run_day, L = runs
+        R = B // L
+        run_day = torch.from_numpy(run_day).to(xs[0].device)  # (K, R) each run's day
+        return [torch.baddbmm(bs[k].index_select(0, run_day[k]), xs[k].reshape(R, L * T, C),
+                              Ws[k].index_select(0, run_day[k])).view(B, T, C) for k in range(K)]
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
         """(K, B, T, C) -> (K, B, N, K*C) as GRUDecoder.patch does per member."""
@@ -189,42 +189,34 @@ class BatchedGRUDecoder(nn.Module):
         return w.reshape(x.shape[0], x.shape[1], w.shape[2], -1)
 
     def _masks(self, shape: tuple, p: list[float], generators, shapes: list[tuple] | None = None
-               ) -> torch.Tensor | None:
-        """(K, *shape) dropout multipliers: member k's ``bernoulli_(1 - p_k)`` drawn from ``generators[k]`` and
-        divided by 1 - p_k, as F.dropout does on the CPU; None when no member drops. ``shapes``: member k's own
-        (smaller) shape to draw at (its solo batch), the rest of ``shape`` filled with ones (padding)."""
+               ) -> list[torch.Tensor | None] | None:
+        """Per member its dropout multiplier of ``shape``: ``bernoulli_(1 - p_k)`` drawn from ``generators[k]`` and
+        divided by 1 - p_k, as F.dropout does on the CPU (zeros without drawing at p_k >= 1; None at p_k = 0, no
+        dropout); None when no member drops. ``shapes``: member k's own (smaller) shape to draw at (its solo batch),
+        the rest of ``shape`` filled with ones (padding)."""
         if not self.training or not any(p):
             return None
-        if shapes is None:  # each member's mask drawn in place into its (contiguous) slice: no stacking copy
-            out = torch.empty(self.k, *shape)
-            for k in range(self.k):
-                if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
-                    out[k].zero_()
-                elif p[k] > 0:
-                    out[k].bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
-                else:
-                    out[k].fill_(1.0)
-            return out
         out = []
         for k in range(self.k):
-            own = shape if shapes is None else shapes[k]
+            own = tuple(shape) if shapes is None else tuple(shapes[k])
             if p[k] >= 1:  # F.dropout and nn.GRU zero the values without drawing
                 m = torch.zeros(own)
             elif p[k] > 0:
                 m = torch.empty(own).bernoulli_(1 - p[k], generator=generators[k]).div_(1 - p[k])
             else:
-                m = torch.ones(own)
-            if tuple(own) != tuple(shape):
+                m = None
+            if m is not None and own != tuple(shape):
                 full = torch.ones(shape)
                 full[tuple(slice(0, n) for n in own)] = m
                 m = full
             out.append(m)
-        return torch.stack(out)
+        return out
 
-    def forward(self, x: torch.Tensor, day: np.ndarray, lengths: torch.Tensor | None = None,
+    def forward(self, x, day: np.ndarray, lengths: torch.Tensor | None = None,
                 generators=None, member_shapes: list[tuple[int, int]] | None = None,
                 frames: torch.Tensor | None = None) -> torch.Tensor:
-        """x (K, B, T, C), day host int64 (B,) shared or (K, B) per member, lengths (B,) or (K, B) -> logits
+        """x (K, B, T, C) (or K (B, T, C) tensors, one per member: no stacking copy), day host int64 (B,) shared
+        or (K, B) per member, lengths (B,) or (K, B) -> logits
         (K, B, N, n_classes). In training mode with dropout, ``generators`` holds one CPU torch.Generator per member
         (its solo dropout stream). ``member_shapes``: member k's own (trials, bins) when the members' batches were
         padded to (B, T) (``train.member_batch_order: own``): its dropout masks are drawn at its own shapes, as its
@@ -232,9 +224,17 @@ class BatchedGRUDecoder(nn.Module):
         trial a loss reads (the CTC input lengths): with model.rnn: gru on the CPU, frames past them are not computed
         (their logits are not the model's; see ops.gru.members.members_gru); None: all."""
         cfg = self.cfg
-        K, B, T, C = x.shape
+        if not isinstance(x, torch.Tensor):
+            shapes = {tuple(t.shape) for t in x}
+            if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+                raise ValueError(f"x as a sequence must hold {self.k} (batch, time, {cfg.n_features}) tensors of one "
+                                 f"shape, got shapes {sorted(shapes)}")
+            x = list(x)
+            K, (B, T, C) = len(x), x[0].shape
+        else:
+            K, B, T, C = x.shape
         if K != self.k or C != cfg.n_features:
-            raise ValueError(f"x must be ({self.k}, batch, time, {cfg.n_features}), got {tuple(x.shape)}")
+            raise ValueError(f"x must be ({self.k}, batch, time, {cfg.n_features}), got {(K, B, T, C)}")
         day = np.asarray(day, dtype=np.int64)
         if day.ndim != 2:
             day = day.reshape(-1)
@@ -251,19 +251,20 @@ class BatchedGRUDecoder(nn.Module):
             lens = None
             if cfg.mask_padding and lengths is not None:
                 lens = lengths.reshape(-1) if lengths.dim() == 2 else lengths.repeat(K)
+            x = x if isinstance(x, torch.Tensor) else torch.stack(x)
             x = augment(x.reshape(K * B, T, C), lens, smooth_taps=self.smooth_taps,
                         backend=self.smoothing_backend).view(K, B, T, C)
-        x = self.day_layer(x, day)
-        m = self._masks((B, T, C), self.input_dropout, generators,
-                        None if member_shapes is None else [(b, t, C) for b, t in member_shapes])
-        if m is not None:
-            x = x * m.to(x.device)
+        xs = self.day_layer(x, day)  # K (B, T, C): per member from here to the GRU's input projection
+        device = xs[0].device
+        ms = self._masks((B, T, C), self.input_dropout, generators,
+                         None if member_shapes is None else [(b, t, C) for b, t in member_shapes]) or [None] * K
+        xs = [_activate(y, cfg.day_activation, None if m is None else m.to(device)) for y, m in zip(xs, ms)]
         if T < cfg.patch_size:
             raise ValueError(f"input has {T} time bins, fewer than one patch of {cfg.patch_size}")
         N = (T - cfg.patch_size) // cfg.patch_stride + 1
         ln = cfg.rnn == "ln_gru"
         if ln:  # model.rnn: gru makes its patches inside members_gru
-            x = self.patch(x)
+            x = self.patch(torch.stack(xs))
         H = cfg.hidden_size
         weights = [tuple(self.solo_parameter(f"rnn.{w}_l{layer}") for w in RNN_PARAMS[cfg.rnn])
                    for layer in range(cfg.num_layers)]
@@ -274,7 +275,9 @@ class BatchedGRUDecoder(nn.Module):
             if member_shapes is not None:
                 own = [((t - cfg.patch_size) // cfg.patch_stride + 1, b) for b, t in member_shapes]
                 own = [(b, n, H) if ln else (n, b, H) for n, b in own]
-            masks = [self._masks((B, N, H) if ln else (N, B, H), self.rnn_dropout, generators, own).to(x.device)
+            shape = (B, N, H) if ln else (N, B, H)
+            masks = [torch.stack([torch.ones(shape) if m is None else m
+                                  for m in self._masks(shape, self.rnn_dropout, generators, own)]).to(device)
                      for _ in range(cfg.num_layers - 1)]
             if not ln:
                 masks = [m.transpose(0, 1) for m in masks]
@@ -282,9 +285,9 @@ class BatchedGRUDecoder(nn.Module):
         if cfg.learn_h0:
             h0 = self.solo_parameter("h0").view(K, 1, H).expand(cfg.num_layers, K, B, H)
         if ln:
-            y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(x.device))
+            y = members_ln_gru(x, weights, h0, masks, eps=self.ln_eps, backend=self._ln_backend(device))
         else:
-            y = members_gru(x, weights, h0, masks, frames=frames,  # (K, B, N, H); patches made by the op
+            y = members_gru(xs, weights, h0, masks, frames=frames,  # (K, B, N, H); patches made by the op
                             patch=(cfg.patch_size, cfg.patch_stride, cfg.patch_order == "time_major"))
         w, b = self.solo_parameter("head.weight"), self.solo_parameter("head.bias")
         return torch.baddbmm(b.unsqueeze(1), y.reshape(K, B * N, H), w.transpose(1, 2)).view(K, B, N, -1)

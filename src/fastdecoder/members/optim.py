@@ -25,6 +25,15 @@ class MemberAdam:
         self.steps = [0] * k  # Adam's step count per member
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # two scratch buffers the size of the largest parameter, reused by every step (the update's temporaries
+        # would otherwise be fresh allocations of K members' worth each step)
+        n = max((p.numel() for p in self.params), default=0)
+        like = dict(device=self.params[0].device, dtype=self.params[0].dtype) if self.params else {}
+        self._scratch = (torch.empty(n, **like), torch.empty(n, **like))
+
+    def _temporaries(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two scratch tensors shaped like ``p`` (views of the step's reused buffers)."""
+        return tuple(b[:p.numel()].view(p.shape) for b in self._scratch)
 
     def _col(self, values: list[float], p: torch.Tensor) -> torch.Tensor:
         """(K,) host values -> a (K, 1, ...) float32 tensor broadcasting over a member's slice of ``p``."""
@@ -57,8 +66,9 @@ class MemberAdam:
                 grad = grad.add(p * self._col(wd_g, p))
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / self._col(bc2_sqrt, p)).add_(self._col(eps, p))
-            p.addcdiv_(m * self._col([-(lr_g[k] / bc1[k]) for k in range(K)], p), denom)
+            denom, step = self._temporaries(p)
+            torch.sqrt(v, out=denom).div_(self._col(bc2_sqrt, p)).add_(self._col(eps, p))
+            p.addcdiv_(torch.mul(m, self._col([-(lr_g[k] / bc1[k]) for k in range(K)], p), out=step), denom)
             for k, p_k, m_k, v_k in keep:  # skipped members: exactly as before (their grads may be NaN)
                 p[k].copy_(p_k)
                 m[k].copy_(m_k)

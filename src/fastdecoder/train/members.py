@@ -211,10 +211,10 @@ class MembersTrainer:
             if cut:
                 x = x[:, cut:]
                 lens = (lens - cut).clamp(min=1)
-        xs = torch.stack([pad_to_bucket(m.augment(x, lens, self.step)[0], cfg.train.length_bucket)
-                          for m in self.members])
+        xs = [pad_to_bucket(m.augment(x, lens, self.step)[0], cfg.train.length_bucket)  # K (B, T, C): not stacked
+              for m in self.members]
         mdl = cfg.model
-        max_frames = (xs.shape[2] - mdl.patch_size) // mdl.patch_stride + 1
+        max_frames = (xs[0].shape[1] - mdl.patch_size) // mdl.patch_stride + 1
         host_lens = np.maximum(batch.host_lens - cut, 1)  # the batch's host lengths, cut as on the device
         bad, _ = self.feasibility.check(replace(batch, host_lens=host_lens, cut=cut), max_frames)
         infeasible = bool(bad.any())

@@ -102,19 +102,22 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
     those steps (the rest of a trial, the batch's padding, gets zero input gates), so outputs at later steps are
     not the GRU's, while the outputs at the steps kept and every gradient of a loss that ignores the later steps
     equal the full computation's to fp32 round-off (a unidirectional GRU's step depends only on earlier steps).
-    None: every step. ``patch``: (size, stride, time_major): x is (K, B, T, C) features whose patches
-    (ops.gru.patch_projection.patch_view) are layer 0's inputs; with the per-member projection in fp32 they are
-    never materialised (members_patch_projection). Returns (K, B, N, H)."""
+    None: every step. ``patch``: (size, stride, time_major): x is (K, B, T, C) features, or K per-member (B, T, C)
+    feature tensors, whose patches (ops.gru.patch_projection.patch_view) are layer 0's inputs; with the per-member
+    projection in fp32 they are never materialised (members_patch_projection). Returns (K, B, N, H)."""
+    ref = x if isinstance(x, torch.Tensor) else x[0]  # x: one tensor, or K per-member feature tensors (patch)
+    batched = batched_projection if batched_projection is not None else ref.device.type != "cpu"
+    fused = False
     if patch is not None:
         size, stride, time_major_patch = patch
-        fused = not (batched_projection if batched_projection is not None else x.device.type != "cpu") and \
-            x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+        fused = not batched and ref.dtype == torch.float32 and not torch.is_autocast_enabled(ref.device.type)
         if not fused:
-            x = patch_view(x, size, stride, time_major_patch)
-    K, B = x.shape[:2]
-    N = x.shape[2] if patch is None or not fused else (x.shape[2] - size) // stride + 1
+            x = patch_view(x if isinstance(x, torch.Tensor) else torch.stack(list(x)), size, stride, time_major_patch)
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError("members_gru: per-member input tensors are taken with patch= only")
+    K, B = (len(x), ref.shape[0]) if fused and not isinstance(x, torch.Tensor) else x.shape[:2]
+    N = (ref.shape[-2] - size) // stride + 1 if fused else x.shape[2]
     H = weights[0][1].shape[2]
-    batched = batched_projection if batched_projection is not None else x.device.type != "cpu"
     rows = _valid_rows(frames, K, B, N) if frames is not None and not batched else [None] * K
     inp = x if not batched else x.reshape(K, B * N, -1)
     time_major = False  # layer 0's rows are (b, n); later layers' (n, b)
@@ -130,8 +133,8 @@ def members_gru(x: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], h0: to
         else:  # the CPU: one GEMM per member (BLAS's own best form for these large products, backward included)
             gi = torch.stack([F.linear(i, w, b) for i, w, b in zip(inp.unbind(0), w_ih.unbind(0), b_ih.unbind(0))])
         gi = (gi.view(K, N, B, 3 * H) if time_major else gi.view(K, B, N, 3 * H).transpose(1, 2)).transpose(0, 1)
-        h = x.new_zeros(K, B, H) if h0 is None else h0[layer]
-        with torch.autocast(x.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)
+        h = ref.new_zeros(K, B, H) if h0 is None else h0[layer]
+        with torch.autocast(ref.device.type, enabled=False):  # the recurrence in fp32 (state, gates, per-step GEMMs)
             out = _Recurrence.apply(gi.float(), h.float(), w_hh.float(), b_hh.float())  # (N, K, B, H)
         if dropout_masks is not None and layer < len(weights) - 1:
             out = out * dropout_masks[layer]

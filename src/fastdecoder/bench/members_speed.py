@@ -38,7 +38,6 @@ def bench_members(cfg: Config, k: int, steps: int = 5, blocks: int = 6, warmup: 
     base = replace(cfg, train=replace(cfg.train, members=k, member_overrides=None, steps=never, eval_every=never,
                                       log_every=never, checkpoint_every=never, beam_width=0, plot=False))
     batched = MembersTrainer(base, None, progress=False)
-    batched.val_split = None
     separate, dropout = [], []  # each separate run's dropout stream (torch's global generator when it runs alone)
     for c in member_configs(batched.cfg):
         separate.append(Trainer(c, None, progress=False))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from fastdecoder.train.run_data import config_sampler, prepare_dataset, target_m
 from fastdecoder.device import autocast_dtype, build_model, configure_runtime, resolve_device
 from fastdecoder.train.monitors import CollapseMonitor, prediction_stats
 from fastdecoder.train.optim import LRSchedule, build_optimizer, param_groups
-from fastdecoder.train.outputs import Interval, RunOutputs, final_eval_fields, prepare_run_folder
+from fastdecoder.train.outputs import Interval, RunOutputs, TrainClock, final_eval_fields, prepare_run_folder
 from fastdecoder.train.rng import CUT_STREAM, RunStreams, seed_everything
 from fastdecoder.train.signals import StopRequest
 from fastdecoder.train.step import TargetFeasibility, pad_to_bucket
@@ -164,13 +163,12 @@ class MembersTrainer:
         self.template_names = [names[id(p)] for g in self.members[0].template.param_groups for p in g["params"]]
         self.amp_dtype = autocast_dtype(self.members[0].cfg, self.device)
         self.step = 0
-        self.train_seconds = 0.0
+        self.clock = TrainClock()  # training seconds over the run's sessions
         self.resumed_from: int | None = None
         self.reported_infeasible: set[str] = set(bad)
         self.feasibility = TargetFeasibility(cfg, target_min_frames(self.train_split),
                                              np.asarray(self.train_split.target_lengths, dtype=np.int64),
                                              self.train_split.trial_ids, self.reported_infeasible)
-        self._session: tuple[float, float] | None = None
         self._stop: StopRequest | None = None
         # the last HISTORY steps: the members' losses, grad norms, lrs and skips (metrics.jsonl holds the records)
         self.history: deque[dict] = deque(maxlen=HISTORY)
@@ -353,7 +351,7 @@ class MembersTrainer:
 
             bar = tqdm(total=cfg.train.steps, initial=self.step, desc=f"train x{self.k}", unit="step",
                        dynamic_ncols=True)
-        self._session = (time.perf_counter(), self.train_seconds)
+        self.clock.start()
         interrupted = None
         try:
             while self.step < cfg.train.steps:
@@ -388,22 +386,21 @@ class MembersTrainer:
                     break
             if bar is not None:
                 bar.close()
-            self.train_seconds, self._session = self._elapsed(), None
+            self.clock.stop()
             return self._finish(interrupted)
         finally:
             self._stop.restore()
 
-    def _elapsed(self) -> float:
-        if self._session is None:
-            return self.train_seconds
-        t0, before = self._session
-        return before + time.perf_counter() - t0
+    @property
+    def train_seconds(self) -> float:
+        """Training seconds of this run's sessions that ended (``clock.elapsed()``: up to now)."""
+        return self.clock.seconds
 
     def _log_train(self, out: dict) -> None:
         for k, m in enumerate(self.members):
             if m.stopped is not None and not m.interval.steps:
                 continue
-            rec = m.interval.record(self.step, out["lr"][k], self._elapsed()) | {"skipped": m.guard.skipped}
+            rec = m.interval.record(self.step, out["lr"][k], self.clock.elapsed()) | {"skipped": m.guard.skipped}
             if m.schedule.scale != 1.0:
                 rec["lr_scale"] = m.schedule.scale
             if m.cfg.train.train_monitor:
@@ -458,7 +455,7 @@ class MembersTrainer:
                 "optimizer": opt, "schedule": m.schedule.state_dict(), "scaler": None,
                 "sampler": self.samplers[k if self.own_batches else 0].state_dict(), "rng": rng, "world_size": 1,
                 "stability": m.guard.state_dict(), "monitor": m.monitor.state_dict(), "best_per": m.best_per,
-                "best_step": m.best_step, "last_val_per": m.last_val_per, "train_seconds": self._elapsed(),
+                "best_step": m.best_step, "last_val_per": m.last_val_per, "train_seconds": self.clock.elapsed(),
                 "reported_infeasible": sorted(self.reported_infeasible), "member_stopped": m.stopped}
 
     def _save_member(self, m: _Member, name: str, **extra) -> None:
@@ -519,7 +516,7 @@ class MembersTrainer:
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"checkpoint {where} cannot resume this run: {e}") from None
         self.step = steps.pop()
-        self.train_seconds = float(states[0][1].get("train_seconds", 0.0))
+        self.clock.seconds = float(states[0][1].get("train_seconds", 0.0))
         self.resumed_from = self.step
 
     # -- the end --------------------------------------------------------------------------------------------------

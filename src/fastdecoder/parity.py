@@ -61,7 +61,7 @@ def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
     test suite's tiny run (``fastdecoder.testing.tiny``) at 2 x 32 units on 2 days of 16 features, the default
     optimizer and step counts (``bench_train`` sets the steps)."""
     from fastdecoder.config import config_from_dict
-    from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
+    from fastdecoder.testing.tiny import TRAIN_DEFAULTS, tiny_config, tiny_data
 
     triton_ok = triton_usable(torch.device(device))[0]
     return config_from_dict(tiny_config(
@@ -72,9 +72,8 @@ def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
                  # both paths draw the oracle's counter-based noise, so their losses must agree
                  "noise": "philox", "backend": "triton" if triton_ok else "reference"},
         optim=None,
-        train={"batch_size": 8, "device": str(device), "amp": "bf16" if dtype == torch.bfloat16 else "none",
-               "seed": seed, "fast_selfcheck": False, "steps": DEFAULT, "eval_every": DEFAULT, "log_every": DEFAULT,
-               "checkpoint_every": DEFAULT, "beam_width": DEFAULT},
+        train={**TRAIN_DEFAULTS, "batch_size": 8, "device": str(device),
+               "amp": "bf16" if dtype == torch.bfloat16 else "none", "seed": seed, "fast_selfcheck": False},
     ))
 
 

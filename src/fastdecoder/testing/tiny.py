@@ -34,6 +34,10 @@ class _Default:
 #: a key given this value in ``tiny_config`` is left out of the run, so the config's own default applies
 DEFAULT = _Default()
 
+#: TINY_RUN's train keys but ``amp`` at the config's defaults (steps, batch size, intervals, beam width), for runs
+#: saved untrained or stepped by hand: ``tiny_config(train={**TRAIN_DEFAULTS, ...})``
+TRAIN_DEFAULTS = {key: DEFAULT for key in TINY_RUN["train"] if key != "amp"}
+
 
 def tiny_config(name: str | None = None, *, data: dict | None = None, **sections) -> dict:
     """A deep copy of TINY_RUN (a plain config dict) changed by:
@@ -72,9 +76,9 @@ def tiny_causal_run(out, name: str = "tiny-causal", *, seed: int = 4, head_gain:
     from fastdecoder.config import config_from_dict
     from fastdecoder.train.trainer import Trainer
 
-    cfg = {"name": name, "data": tiny_data(seed, trials_per_day=12, val_trials_per_day=5, n_features=12),
-           "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.0, "input_dropout": 0.0},
-           "train": {"amp": "none"}}
+    cfg = tiny_config(name, data=tiny_data(seed, trials_per_day=12, val_trials_per_day=5, n_features=12),
+                      model={"hidden_size": 24, "num_layers": 2}, augment=None, optim=None,
+                      train=TRAIN_DEFAULTS)
     trainer = Trainer(config_from_dict(cfg), out, progress=False)
     with torch.no_grad():
         trainer.model.head.weight.mul_(head_gain)

@@ -37,7 +37,8 @@ def test_data_replaces_the_whole_section():
 
 
 def test_default_and_none_give_the_config_defaults():
-    cfg = tiny_config(augment=None, optim={"lr": DEFAULT, "schedule": "constant"}, train=TRAIN_DEFAULTS)
+    cfg = tiny_config(augment=None, optim={"lr": DEFAULT, "schedule": "constant"},
+                      train=copy.deepcopy(TRAIN_DEFAULTS))  # a copied DEFAULT is still DEFAULT
     assert "augment" not in cfg and "lr" not in cfg["optim"] and cfg["optim"]["schedule"] == "constant"
     assert cfg["train"] == {"amp": "none"}
     defaults = Config()

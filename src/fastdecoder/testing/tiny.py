@@ -27,8 +27,16 @@ TINY_RUN = {
 
 
 class _Default:
+    """The type of ``DEFAULT``: one instance, kept by copies."""
+
     def __repr__(self):
         return "DEFAULT"
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 #: a key given this value in ``tiny_config`` is left out of the run, so the config's own default applies

@@ -57,24 +57,24 @@ def triton_usable(device: torch.device) -> tuple[bool, str]:
 
 
 def tiny_train_config(device, dtype: torch.dtype, rnn: str, seed: int = 0):
-    """A small synthetic b2t25-style run (the fast path's every op on), for the train-step parity and self-tests."""
+    """A small synthetic b2t25-style run (the fast path's every op on), for the train-step parity and self-tests: the
+    test suite's tiny run (``fastdecoder.testing.tiny``) at 2 x 32 units on 2 days of 16 features, the default
+    optimizer and step counts (``bench_train`` sets the steps)."""
     from fastdecoder.config import config_from_dict
+    from fastdecoder.testing.tiny import TRAIN_DEFAULTS, tiny_config, tiny_data
 
     triton_ok = triton_usable(torch.device(device))[0]
-    return config_from_dict({
-        "name": f"parity-{rnn}",
-        "data": {"synthetic": {"format": "b2t25", "n_days": 2, "trials_per_day": 16, "val_trials_per_day": 2,
-                               "test_trials_per_day": 1, "n_features": 16, "words_per_sentence": [1, 2],
-                               "seed": seed},
-                 "days_per_batch": 2},
-        "model": {"hidden_size": 32, "num_layers": 2, "rnn": rnn, "rnn_dropout": 0.0, "input_dropout": 0.0},
-        "augment": {"white_noise_std": 0.5, "constant_offset_std": 0.1, "random_cut": 3,
-                    "time_mask_prob": 0.5, "time_mask_width": 4, "time_mask_count": 1,
-                    # both paths draw the oracle's counter-based noise, so their losses must agree
-                    "noise": "philox", "backend": "triton" if triton_ok else "reference"},
-        "train": {"batch_size": 8, "device": str(device), "amp": "bf16" if dtype == torch.bfloat16 else "none",
-                  "seed": seed, "fast_selfcheck": False},
-    })
+    return config_from_dict(tiny_config(
+        f"parity-{rnn}", data=tiny_data(seed, trials_per_day=16, val_trials_per_day=2, test_trials_per_day=1),
+        model={"hidden_size": 32, "num_layers": 2, "rnn": rnn},
+        augment={"white_noise_std": 0.5, "constant_offset_std": 0.1, "time_mask_prob": 0.5, "time_mask_width": 4,
+                 "time_mask_count": 1,
+                 # both paths draw the oracle's counter-based noise, so their losses must agree
+                 "noise": "philox", "backend": "triton" if triton_ok else "reference"},
+        optim=None,
+        train={**TRAIN_DEFAULTS, "batch_size": 8, "device": str(device),
+               "amp": "bf16" if dtype == torch.bfloat16 else "none", "seed": seed, "fast_selfcheck": False},
+    ))
 
 
 def train_step_error(device, dtype: torch.dtype, rnn: str, steps: int, seed: int) -> float:

@@ -16,7 +16,7 @@ import yaml
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.errors import UserError
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
 from fastdecoder.train.trainer import Trainer
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -28,11 +28,11 @@ def env(tmp_path_factory):
     from fastdecoder.decode import build_lm
 
     root = tmp_path_factory.mktemp("cli_errors")
-    cfg = {"name": "cli-errors", "data": tiny_data(11, trials_per_day=6, val_trials_per_day=2, test_trials_per_day=1,
-                                                  n_features=8),
-           "model": {"hidden_size": 16, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-           "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2, "amp": "none",
-                     "plot": False, "beam_width": 4}}
+    cfg = tiny_config("cli-errors", data=tiny_data(11, trials_per_day=6, val_trials_per_day=2, test_trials_per_day=1,
+                                                   n_features=8),
+                      model={"hidden_size": 16}, augment=None, optim=None,
+                      train={"steps": 2, "batch_size": 4, "eval_every": 2, "log_every": DEFAULT, "checkpoint_every": 2,
+                             "plot": False})
     run = root / "run"
     trainer = Trainer(config_from_dict(cfg), run, progress=False)
     trainer.fit()

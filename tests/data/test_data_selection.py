@@ -9,7 +9,7 @@ from fastdecoder.data.batching import DayBatchSampler
 from fastdecoder.data.dataset import DataFormatError
 from fastdecoder.data.selection import drop_bad_trials, select_data, select_features, select_sessions
 from fastdecoder.errors import UserError
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +109,11 @@ def test_training_and_eval_apply_the_same_selection(tmp_path, capsys):
     from fastdecoder.train.trainer import Trainer
 
     names = ["t15.2023.08.11", "t15.2023.08.18", "t15.2023.08.25"]
-    raw = {"name": "tiny", "data": {**tiny_data(2, trials_per_day=8, val_trials_per_day=3, n_days=3),
-                                    "sessions": [names[2], names[0]], "feature_subset": [0, 2, 4, 6, 8, 10]},
-           "model": {"hidden_size": 16, "num_layers": 1},
-           "train": {"steps": 4, "eval_every": 4, "log_every": 2, "batch_size": 4, "amp": "none", "beam_width": 0,
-                     "plot": False}}
+    raw = tiny_config(data={**tiny_data(2, trials_per_day=8, val_trials_per_day=3, n_days=3),
+                            "sessions": [names[2], names[0]], "feature_subset": [0, 2, 4, 6, 8, 10]},
+                      model={"hidden_size": 16, "rnn_dropout": DEFAULT, "input_dropout": DEFAULT}, augment=None,
+                      optim=None, train={"steps": 4, "eval_every": 4, "log_every": 2, "checkpoint_every": DEFAULT,
+                                         "batch_size": 4, "beam_width": 0, "plot": False})
     trainer = Trainer(config_from_dict(raw), tmp_path / "run", progress=False)
     assert trainer.cfg.model.n_features == 6 and trainer.cfg.model.n_days == 2
     assert trainer.dataset.day_names == [names[2], names[0]]

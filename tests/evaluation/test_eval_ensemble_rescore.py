@@ -13,17 +13,15 @@ from fastdecoder.evaluation import evaluate_runs
 from fastdecoder.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 
 
 def _config(seed, steps=12, **model):
-    return config_from_dict({
-        "name": "tiny", "data": tiny_data(5, trials_per_day=24, val_trials_per_day=6, n_features=16),
-        "model": {"hidden_size": 32, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0, **model},
-        "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 0},
-        "optim": {"lr": 0.02, "warmup_steps": 2, "decay_steps": 12, "lr_min": 0.001},
-        "train": {"steps": steps, "batch_size": 8, "eval_every": 12, "log_every": 4, "checkpoint_every": 12,
-                  "amp": "none", "beam_width": 4, "seed": seed}})
+    return config_from_dict(tiny_config(
+        data=tiny_data(5, trials_per_day=24, val_trials_per_day=6, n_features=16),
+        model={"hidden_size": 32, **model}, augment={"random_cut": 0}, optim={"warmup_steps": 2, "decay_steps": 12},
+        train={"steps": steps, "batch_size": 8, "eval_every": 12, "log_every": 4, "checkpoint_every": 12,
+               "seed": seed}))
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,18 @@ from fastdecoder.decode import (WordDecoder, error_rate, greedy_decode, lexicon_
 from fastdecoder.decode.submission import format_submission, submission_text
 from fastdecoder.eval_outputs import load_logits
 from fastdecoder.evaluation import evaluate_runs, per_by_day
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import TRAIN_DEFAULTS, tiny_config, tiny_data
 from fastdecoder.train.trainer import Trainer
 
 WORDS = re.compile(r"[a-z0-9']+( [a-z0-9']+)*")
 
 
 def _config(seed, **train):
-    data = tiny_data(7, trials_per_day=16, val_trials_per_day=5, test_trials_per_day=3, n_features=12)
-    data["synthetic"]["n_days"] = 3
-    return config_from_dict({
-        "name": "tiny-out", "data": data,
-        "model": {"hidden_size": 24, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-        "train": {"amp": "none", "seed": seed, **train}})
+    return config_from_dict(tiny_config(
+        "tiny-out", data=tiny_data(7, trials_per_day=16, val_trials_per_day=5, test_trials_per_day=3, n_features=12,
+                                   n_days=3),
+        model={"hidden_size": 24}, augment=None, optim=None,
+        train={**TRAIN_DEFAULTS, "seed": seed, **train}))
 
 
 @pytest.fixture(scope="module")

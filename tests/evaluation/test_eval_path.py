@@ -16,18 +16,15 @@ from fastdecoder.checkpoint import load_checkpoint, save_checkpoint
 from fastdecoder.train.stability import NonFiniteError
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 
 STEPS = 30
-RUN = {
-    "name": "evalpath",
-    "data": tiny_data(5, trials_per_day=24, val_trials_per_day=10, n_features=16),
-    "model": {"hidden_size": 32, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
-    "optim": {"lr": 0.02, "warmup_steps": 3, "decay_steps": STEPS, "lr_min": 0.001},
-    "train": {"steps": STEPS, "batch_size": 8, "eval_every": STEPS, "log_every": 10, "checkpoint_every": STEPS,
-              "amp": "none", "beam_width": 4, "eval_batch_size": 7, "plot": False},
-}
+RUN = tiny_config(
+    "evalpath", data=tiny_data(5, trials_per_day=24, val_trials_per_day=10, n_features=16),
+    model={"hidden_size": 32}, optim={"warmup_steps": 3, "decay_steps": STEPS},
+    train={"steps": STEPS, "batch_size": 8, "eval_every": STEPS, "log_every": 10, "checkpoint_every": STEPS,
+           "eval_batch_size": 7, "plot": False},
+)
 
 
 def _cfg(**train):

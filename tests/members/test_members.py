@@ -13,7 +13,7 @@ from fastdecoder.members.model import BatchedGRUDecoder
 from fastdecoder.members.optim import MemberAdam
 from fastdecoder.model import GRUDecoder
 from fastdecoder.ops.gru.members import members_gru, members_gru_reference
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 from fastdecoder.checkpoint import load_run
 from fastdecoder.train.members import MembersTrainer
 from fastdecoder.train.trainer import Trainer
@@ -350,21 +350,18 @@ def test_member_adam_equals_torch_adamw_and_lr_zero_or_skip_leaves_a_member(test
 
 
 # -- runs ------------------------------------------------------------------------------------------------------------
-RAW = {
-    "name": "tiny-members",
-    "data": tiny_data(3, trials_per_day=16, val_trials_per_day=4, test_trials_per_day=2, n_features=12),
-    "model": {"hidden_size": 16, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1, "patch_size": 6,
-              "patch_stride": 3},
-    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3, "time_mask_prob": 0.5,
-                "time_mask_width": 3, "time_mask_count": 1},
-    "optim": {"lr": 0.02, "warmup_steps": 3, "decay_steps": 40, "lr_min": 0.001, "grad_clip": 1.0},
-    "train": {"steps": 20, "batch_size": 6, "eval_every": 10, "log_every": 5, "checkpoint_every": 10,
-              "amp": "none", "beam_width": 0, "deterministic": True, "plot": False, "seed": 5, "data_seed": 11,
-              "members": 2,
-              "member_overrides": [{"model.input_dropout": 0.3},
-                                   {"optim.lr": 0.005, "optim.eps": 0.01, "optim.grad_clip": 0.0,
-                                    "augment.white_noise_std": 0.4}]},
-}
+RAW = tiny_config(
+    "tiny-members", data=tiny_data(3, trials_per_day=16, val_trials_per_day=4, test_trials_per_day=2, n_features=12),
+    model={"hidden_size": 16, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1, "patch_size": 6,
+           "patch_stride": 3},
+    augment={"time_mask_prob": 0.5, "time_mask_width": 3, "time_mask_count": 1},
+    optim={"warmup_steps": 3, "decay_steps": 40, "grad_clip": 1.0},
+    train={"steps": 20, "batch_size": 6, "eval_every": 10, "log_every": 5, "checkpoint_every": 10, "beam_width": 0,
+           "deterministic": True, "plot": False, "seed": 5, "data_seed": 11, "members": 2,
+           "member_overrides": [{"model.input_dropout": 0.3},
+                                {"optim.lr": 0.005, "optim.eps": 0.01, "optim.grad_clip": 0.0,
+                                 "augment.white_noise_std": 0.4}]},
+)
 
 
 @pytest.fixture(scope="module")

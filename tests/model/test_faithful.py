@@ -265,17 +265,17 @@ def test_an_old_runs_config_keeps_its_values(tmp_path):
 # ---- model.mask_padding in the trainer's augmentation -------------------------------------------------------------
 
 def test_mask_padding_changes_only_the_padding_and_what_smoothing_reads_from_it():
-    from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.testing.tiny import DEFAULT, TRAIN_DEFAULTS, tiny_config, tiny_data
 
     from fastdecoder.train.trainer import Trainer
 
-    raw = {"data": tiny_data(5, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=1, n_features=8),
-           "model": {"hidden_size": 8, "num_layers": 1},
-           "augment": {"white_noise_std": 1.0, "constant_offset_std": 0.2, "random_cut": 0},
-           "train": {"batch_size": 8, "amp": "none", "fast": False}}
     out = {}
     for mask in (False, True):
-        cfg = config_from_dict({**raw, "model": {**raw["model"], "mask_padding": mask}})
+        cfg = config_from_dict(tiny_config(
+            "custom", data=tiny_data(5, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=1, n_features=8),
+            model={"hidden_size": 8, "rnn_dropout": DEFAULT, "input_dropout": DEFAULT, "mask_padding": mask},
+            augment={"white_noise_std": 1.0, "constant_offset_std": 0.2, "random_cut": 0}, optim=None,
+            train={**TRAIN_DEFAULTS, "batch_size": 8, "fast": False}))
         trainer = Trainer(cfg, None, progress=False)
         trainer.sampler = iter([np.arange(8)] * 2)
         batch = trainer.next_batch()

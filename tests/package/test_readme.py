@@ -202,16 +202,15 @@ def workspace(tmp_path_factory):
     LM is added for the pages that load one)."""
     from fastdecoder.config import config_from_dict
     from fastdecoder.decode import build_lm
-    from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.testing.tiny import TRAIN_DEFAULTS, tiny_config, tiny_data
     from fastdecoder import Trainer
 
     root = tmp_path_factory.mktemp("docs")
     torch.manual_seed(0)
     _reference_checkpoints(root, C, D, H)
-    cfg = config_from_dict({"name": "readme", "data": tiny_data(3, trials_per_day=8, val_trials_per_day=3,
-                                                                n_features=C),
-                            "model": {"hidden_size": H, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-                            "train": {"amp": "none"}})
+    cfg = config_from_dict(tiny_config(
+        "readme", data=tiny_data(3, trials_per_day=8, val_trials_per_day=3, n_features=C), model={"hidden_size": H},
+        augment=None, optim=None, train=TRAIN_DEFAULTS))
     trainer = Trainer(cfg, root / "runs/b2t25", progress=False)
     trainer.save("best.pt")
     for name in ("a", "b", "demo"):

@@ -346,14 +346,14 @@ def test_lm_order_beyond_the_corpus_writes_no_empty_order(tmp_path):
 
 
 def test_resume_compares_sizes_before_building(tmp_path, monkeypatch, capsys):
-    from fastdecoder.testing.tiny import tiny_data
+    from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
     from fastdecoder.train import build as build_mod
     from fastdecoder.train import trainer as trainer_mod
 
-    raw = {"name": "tiny", "data": tiny_data(3, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=0),
-           "model": {"hidden_size": 8, "num_layers": 1},
-           "train": {"steps": 1, "batch_size": 4, "eval_every": 1, "checkpoint_every": 1, "amp": "none",
-                     "beam_width": 0, "plot": False}}
+    raw = tiny_config(data=tiny_data(3, trials_per_day=8, val_trials_per_day=2, test_trials_per_day=0),
+                      model={"hidden_size": 8, "rnn_dropout": DEFAULT, "input_dropout": DEFAULT}, augment=None,
+                      optim=None, train={"steps": 1, "batch_size": 4, "eval_every": 1, "log_every": DEFAULT,
+                                         "checkpoint_every": 1, "beam_width": 0, "plot": False})
     out = tmp_path / "run"
     trainer_mod.Trainer(config_from_dict(raw), out, progress=False).fit()
     state = ckpt.load_checkpoint(out / "last.pt")

@@ -10,23 +10,19 @@ import torch
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.errors import UserError
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 from fastdecoder.train.calibration import EarlyStopping, init_from_checkpoint, nearest_earlier
 from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.trainer import Trainer
 
 SESSIONS = ["t15.2023.08.11", "t15.2023.08.18", "t15.2023.08.25", "t15.2023.09.01"]  # the synthetic b2t25 names
 
-BASE = {
-    "name": "tiny",
-    "data": tiny_data(5, trials_per_day=24, val_trials_per_day=8, test_trials_per_day=1, n_features=16,
-                      words_per_sentence=(1, 2), n_days=4),
-    "model": {"hidden_size": 40, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "augment": {"white_noise_std": 0.2, "constant_offset_std": 0.05, "random_cut": 3},
-    "optim": {"lr": 0.025, "warmup_steps": 5, "decay_steps": 80, "lr_min": 0.001},
-    "train": {"steps": 80, "batch_size": 12, "eval_every": 80, "log_every": 20, "checkpoint_every": 80,
-              "amp": "none", "beam_width": 0, "plot": False},
-}
+BASE = tiny_config(
+    data=tiny_data(5, trials_per_day=24, val_trials_per_day=8, test_trials_per_day=1, n_features=16,
+                   words_per_sentence=(1, 2), n_days=4),
+    model={"hidden_size": 40}, optim={"lr": 0.025, "decay_steps": 80},
+    train={"steps": 80, "batch_size": 12, "beam_width": 0, "plot": False},
+)
 
 
 def cfg_with(**sections):

@@ -23,19 +23,17 @@ from fastdecoder.checkpoint import ResumeError
 from fastdecoder.train.run_data import prepare_dataset
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 
-BASE = {
-    "name": "tiny-ckpt",
-    "data": tiny_data(7),
-    "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
-    "augment": {"white_noise_std": 0.3, "constant_offset_std": 0.1, "random_cut": 3, "time_mask_prob": 0.5,
-                "time_mask_width": 4, "time_mask_count": 2, "freq_mask_prob": 0.5, "freq_mask_width": 3,
-                "freq_mask_count": 1},
-    "optim": {"lr": 0.01, "warmup_steps": 5, "decay_steps": 40, "lr_min": 0.001},
-    "train": {"steps": 30, "batch_size": 8, "eval_every": 10, "log_every": 5, "checkpoint_every": 10,
-              "amp": "none", "beam_width": 0, "deterministic": True, "plot": False},
-}
+BASE = tiny_config(
+    "tiny-ckpt", data=tiny_data(7),
+    model={"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
+    augment={"white_noise_std": 0.3, "constant_offset_std": 0.1, "time_mask_prob": 0.5, "time_mask_width": 4,
+             "time_mask_count": 2, "freq_mask_prob": 0.5, "freq_mask_width": 3, "freq_mask_count": 1},
+    optim={"lr": 0.01, "decay_steps": 40},
+    train={"steps": 30, "batch_size": 8, "eval_every": 10, "log_every": 5, "checkpoint_every": 10, "beam_width": 0,
+           "deterministic": True, "plot": False},
+)
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -2,7 +2,6 @@
 native bf16 GEMMs (+ an ``nn.GRU`` model), off on the reference path; training and evaluation follow the one rule;
 under it ops.gru.cpu's recurrence stays fp32 while its input projection runs in bf16; a fast bf16 step trains like
 the fp32 reference within bf16 tolerance (2e-2 relative over the first steps)."""
-import copy
 import logging
 import math
 from collections import Counter
@@ -18,14 +17,14 @@ from fastdecoder.ops.gru.cpu import gru_forward
 from fastdecoder import device as device_mod
 from fastdecoder.device import autocast_dtype, cpu_bf16_gemms
 
-from fastdecoder.testing.tiny import TINY_RUN as TINY
+from fastdecoder.testing.tiny import tiny_config
 
 CPU = torch.device("cpu")
 BF16_REL = 2e-2  # bf16 (8 mantissa bits) through a few GEMMs: losses and outputs relative to their magnitude
 
 
 def cfg_with(fast, amp, rnn="gru"):
-    cfg = config_from_dict(copy.deepcopy(TINY))
+    cfg = config_from_dict(tiny_config())
     return replace(cfg, model=replace(cfg.model, rnn=rnn), train=replace(cfg.train, fast=fast, amp=amp))
 
 

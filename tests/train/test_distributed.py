@@ -17,21 +17,20 @@ from fastdecoder.model import GRUDecoder
 from fastdecoder.checkpoint import load_checkpoint
 from fastdecoder.train.distributed import weights_digest
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available in this torch build")
 
 REPO = Path(__file__).resolve().parents[2]
-RAW = {
-    "name": "tiny-ddp",
-    "data": tiny_data(9),
-    "model": {"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
-    "augment": {"white_noise_std": 0.3, "constant_offset_std": 0.1, "random_cut": 3},
-    "optim": {"lr": 0.01, "warmup_steps": 2, "decay_steps": 20, "lr_min": 0.001},
-    "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4, "amp": "none",
-              "beam_width": 0, "deterministic": True, "threads": 1, "plot": False, "device": "cpu"},
-}
+RAW = tiny_config(
+    "tiny-ddp", data=tiny_data(9),
+    model={"hidden_size": 24, "num_layers": 2, "rnn_dropout": 0.2, "input_dropout": 0.1},
+    augment={"white_noise_std": 0.3, "constant_offset_std": 0.1},
+    optim={"lr": 0.01, "warmup_steps": 2, "decay_steps": 20},
+    train={"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4, "beam_width": 0,
+           "deterministic": True, "threads": 1, "plot": False, "device": "cpu"},
+)
 
 
 def torchrun(*args, timeout=240):

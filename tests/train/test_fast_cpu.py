@@ -1,7 +1,6 @@
 """``train.fast: true`` on the CPU is a working configuration: the fast step (resident batches, the grouped day layer,
 ops.gru.cpu's recurrence; Triton augmentation through the interpreter when ``augment.backend: triton``), and the
 ``train.fast`` default rule (auto = on CUDA only; see docs/fast-path.md)."""
-import copy
 import math
 from dataclasses import replace
 
@@ -12,13 +11,13 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.device import use_fast_path
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import TINY_RUN as TINY
+from fastdecoder.testing.tiny import tiny_config
 
 
 @pytest.fixture()
 def tiny_cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # synthetic data of out_dir-less trainers goes to ./runs/synthetic
-    return config_from_dict(copy.deepcopy(TINY))
+    return config_from_dict(tiny_config())
 
 
 def test_default_rule_is_cuda_only(tiny_cfg):

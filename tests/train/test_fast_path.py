@@ -4,7 +4,6 @@ On the CPU both paths run the reference ops (Triton runs only for CUDA tensors) 
 resident gathers vs host padding + copy. They share every other line, so their losses must be equal; the stated
 tolerance is 1e-6 relative.
 """
-import copy
 import json
 
 import pytest
@@ -15,15 +14,13 @@ from fastdecoder.config import config_from_dict
 from fastdecoder.bench.train_speed import bench_train, format_report
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import TINY_RUN as TINY
+from fastdecoder.testing.tiny import tiny_config
 
 
 @pytest.fixture()
 def tiny_cfg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # synthetic data of out_dir-less trainers goes to ./runs/synthetic
-    raw = copy.deepcopy(TINY)
-    raw["augment"].update(time_mask_prob=0.5, time_mask_width=5, time_mask_count=1)
-    return config_from_dict(raw)
+    return config_from_dict(tiny_config(augment={"time_mask_prob": 0.5, "time_mask_width": 5, "time_mask_count": 1}))
 
 
 def test_fast_and_reference_paths_give_the_same_losses(tiny_cfg):

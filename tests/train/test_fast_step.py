@@ -1,6 +1,5 @@
 """The fast training step: no host read inside a step, the NaN guard decided on the device and accounted
 at the log read, length buckets that leave the losses unchanged and bound the compiles."""
-import copy
 import math
 from dataclasses import replace
 
@@ -16,7 +15,7 @@ from fastdecoder.testing.compiles import CompilesPerFrame
 from fastdecoder.train.step import compile_step, pad_to_bucket
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import TINY_RUN as TINY
+from fastdecoder.testing.tiny import tiny_config
 
 #: the host reads of one log interval on the deferred path with train.train_monitor off and no eval / checkpoint
 #: in it: the one tolist() of the waiting losses and grad norms
@@ -25,9 +24,8 @@ READS_PER_LOG_INTERVAL = {("tolist", "train/stability.py:read"): 1}
 
 def make(monkeypatch, tmp_path, fast=True, **train):
     monkeypatch.chdir(tmp_path)
-    raw = copy.deepcopy(TINY)
-    raw["augment"]["noise"] = "philox"  # the same noise on both paths, independent of the padded length
-    cfg = config_from_dict(raw)
+    # the same noise on both paths, independent of the padded length
+    cfg = config_from_dict(tiny_config(augment={"noise": "philox"}))
     t = dict(fast=fast, steps=50, log_every=5, eval_every=10**6, checkpoint_every=10**6, train_monitor=False,
              fast_selfcheck=False)
     t.update(train)

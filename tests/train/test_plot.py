@@ -11,16 +11,14 @@ from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
 from fastdecoder.train.trainer import Trainer
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
 
-RAW = {
-    "name": "tiny-plot",
-    "data": tiny_data(11, trials_per_day=16, val_trials_per_day=4),
-    "model": {"hidden_size": 16, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "optim": {"lr": 0.01, "schedule": "constant"},
-    "train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4, "amp": "none",
-              "beam_width": 0},
-}
+RAW = tiny_config(
+    "tiny-plot", data=tiny_data(11, trials_per_day=16, val_trials_per_day=4), model={"hidden_size": 16},
+    augment=None, optim={"lr": 0.01, "schedule": "constant", "warmup_steps": DEFAULT, "decay_steps": DEFAULT,
+                         "lr_min": DEFAULT},
+    train={"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 2, "checkpoint_every": 4, "beam_width": 0},
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 HAS_TB = importlib.util.find_spec("tensorboard") is not None

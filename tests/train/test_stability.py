@@ -16,17 +16,16 @@ from fastdecoder.train.run_data import prepare_dataset
 from fastdecoder.train.trainer import Trainer
 from fastdecoder.config import StabilityConfig
 
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import DEFAULT, tiny_config, tiny_data
 
-BASE = {
-    "name": "tiny-stability",
-    "data": tiny_data(5),
-    "model": {"hidden_size": 24, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-    "augment": {"white_noise_std": 0.1, "random_cut": 2},
-    "optim": {"lr": 0.01, "schedule": "constant", "grad_clip": 10.0},
-    "train": {"steps": 12, "batch_size": 8, "eval_every": 1000, "log_every": 4, "checkpoint_every": 1000,
-              "amp": "none", "beam_width": 0, "plot": False},
-}
+BASE = tiny_config(
+    "tiny-stability", data=tiny_data(5), model={"hidden_size": 24},
+    augment={"white_noise_std": 0.1, "constant_offset_std": DEFAULT, "random_cut": 2},
+    optim={"lr": 0.01, "schedule": "constant", "grad_clip": 10.0, "warmup_steps": DEFAULT, "decay_steps": DEFAULT,
+           "lr_min": DEFAULT},
+    train={"steps": 12, "batch_size": 8, "eval_every": 1000, "log_every": 4, "checkpoint_every": 1000,
+           "beam_width": 0, "plot": False},
+)
 
 
 @pytest.fixture(scope="module")

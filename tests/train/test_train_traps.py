@@ -12,14 +12,13 @@ import yaml
 
 from fastdecoder.cli import main
 from fastdecoder.config import config_from_dict
-from fastdecoder.testing.tiny import tiny_data
+from fastdecoder.testing.tiny import tiny_config, tiny_data
 from fastdecoder.train.outputs import RunOutputs
 from fastdecoder.train.trainer import Trainer
 
-TINY = {"name": "tiny", "data": {"days_per_batch": 2},
-        "model": {"hidden_size": 16, "num_layers": 1, "rnn_dropout": 0.0, "input_dropout": 0.0},
-        "train": {"steps": 2, "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "batch_size": 4,
-                  "amp": "none", "beam_width": 0, "plot": False}}
+TINY = tiny_config(data={"days_per_batch": 2}, model={"hidden_size": 16}, augment=None, optim=None,
+                   train={"steps": 2, "eval_every": 2, "log_every": 1, "checkpoint_every": 2, "batch_size": 4,
+                          "beam_width": 0, "plot": False})
 
 
 @pytest.fixture(scope="module")

@@ -36,16 +36,19 @@ needs_optuna = pytest.mark.skipif(optuna is None, reason="the [tune] extra (optu
 
 SRC = str(Path(fastdecoder.__file__).resolve().parents[1])
 
-#: learns within tens of steps on 2 CPU cores (the trainer tests' tiny model, shortened)
-TINY = tiny_config(optim={"decay_steps": 40}, stability={"monitor_after_steps": 20},
-                   train={"steps": 40, "eval_every": 10, "log_every": 10, "checkpoint_every": 40, "beam_width": 0,
-                          "plot": False, "train_monitor": False, "device": "cpu", "threads": 1})
+#: the trainer tests' tiny run shortened: 40 steps, CPU, one thread
+SHORT = {"optim": {"decay_steps": 40}, "stability": {"monitor_after_steps": 20},
+         "train": {"steps": 40, "eval_every": 10, "log_every": 10, "checkpoint_every": 40, "beam_width": 0,
+                   "plot": False, "train_monitor": False, "device": "cpu", "threads": 1}}
+
+#: learns within tens of steps on 2 CPU cores
+TINY = tiny_config(**SHORT)
 
 
 #: smaller still, for the studies with worker processes (each trial a few seconds on a busy machine)
-SMALL = {**TINY, "data": tiny_data(3, trials_per_day=24, val_trials_per_day=6, test_trials_per_day=2, n_features=16,
+SMALL = tiny_config(data=tiny_data(3, trials_per_day=24, val_trials_per_day=6, test_trials_per_day=2, n_features=16,
                                    words_per_sentence=(1, 2)),
-         "model": {**TINY["model"], "hidden_size": 32}}
+                    model={"hidden_size": 32}, **SHORT)
 
 
 def _write(path: Path, data) -> Path:

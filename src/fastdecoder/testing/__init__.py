@@ -1,3 +1,4 @@
 """Shared test support (as ``numpy.testing``): the plain-Python CTC oracles, reproducible seeds for random tests,
 the tiny synthetic data section and the tiny causal LM that the test suite, the fuzz run and the benchmarks use.
-Nothing here is imported by the rest of the package."""
+Nothing else in the package imports it, except ``fastdecoder.parity`` (its layer-mate), whose tiny training run is
+built from the suite's (``tiny.tiny_config``)."""

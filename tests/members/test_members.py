@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fastdecoder.config import ConfigError, config_from_dict, load_config
 from fastdecoder.members.model import BatchedGRUDecoder
@@ -124,6 +125,50 @@ def test_patch_projection_equals_the_unfold_form(rng, monkeypatch, K, B, T, C, P
     for a, r in zip(torch.autograd.grad((out * w_out).sum(), (feats, w, b)),
                     torch.autograd.grad((ref * w_out).sum(), (feats, w, b))):
         assert _rel(a, r) < 1e-5
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(K=st.integers(1, 3), B=st.integers(1, 4), C=st.integers(1, 5), P=st.integers(1, 6), S=st.integers(1, 7),
+       extra=st.integers(0, 12), block_rows=st.integers(1, 9), time_major=st.booleans(), data=st.data())
+def test_patch_projection_blocks_hypothesis(monkeypatch, K, B, C, P, S, extra, block_rows, time_major, data):
+    """Any shape, any subset of rows per member (empty, all, or a random set), any block size: the blocked
+    projection equals unfold + linear, forward and every gradient, and the rows left out are exactly zero."""
+    from fastdecoder.ops.gru import patch_projection
+    from fastdecoder.ops.gru.patch_projection import members_patch_projection, patch_view
+
+    monkeypatch.setattr(patch_projection, "BLOCK_BYTES", block_rows * P * C * 4)
+    T = P + extra
+    N = (T - P) // S + 1
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for k in range(K):
+        picked = data.draw(st.one_of(st.none(), st.sets(st.integers(0, B * N - 1))), label=f"rows{k}")
+        rows.append(None if picked is None else torch.tensor(sorted(picked), dtype=torch.int64))
+    feats = torch.randn(K, B, T, C, generator=g, requires_grad=True)
+    w = torch.randn(K, 5, P * C, generator=g, requires_grad=True)
+    b = torch.randn(K, 5, generator=g, requires_grad=True)
+    keep = torch.stack([torch.ones(B * N) if r is None else torch.zeros(B * N).index_fill(0, r, 1.0) for r in rows])
+    out = members_patch_projection(list(feats.unbind(0)), w, b, rows, P, S, time_major)
+    ref = torch.baddbmm(b.unsqueeze(1), patch_view(feats, P, S, time_major).reshape(K, B * N, P * C),
+                        w.transpose(1, 2)) * keep.unsqueeze(-1)
+    assert bool((out[keep == 0] == 0).all())
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max().clamp(min=1.0)
+    w_out = torch.randn(K, B * N, 5, generator=g)
+    for a, r in zip(torch.autograd.grad((out * w_out).sum(), (feats, w, b)),
+                    torch.autograd.grad((ref * w_out).sum(), (feats, w, b))):
+        assert torch.isfinite(a).all()
+        assert (a - r).abs().max() <= 1e-5 * r.abs().max().clamp(min=1.0)
+
+
+def test_patch_projection_refuses_mismatched_members():
+    from fastdecoder.ops.gru.patch_projection import members_patch_projection
+
+    w, b = torch.zeros(2, 3, 4), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="2 members' weights, 1 feature tensors"):
+        members_patch_projection([torch.zeros(1, 5, 2)], w, b, [None], 2, 1, True)
+    with pytest.raises(ValueError, match="shapes"):
+        members_patch_projection([torch.zeros(1, 5, 2), torch.zeros(1, 6, 2)], w, b, [None, None], 2, 1, True)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])

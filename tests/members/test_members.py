@@ -417,22 +417,27 @@ def members_run(tmp_path_factory):
     return out, trainer, summary
 
 
+def _assert_member_is_its_solo_run(trainer, k: int, cfg, out, steps: int = 20) -> None:
+    """Member k's losses over ``steps`` steps and its weights after them equal the solo run of ``cfg`` in ``out``."""
+    solo = Trainer(cfg, out, progress=False)
+    losses = []
+    solo.run(on_step=lambda o: losses.append(o["loss"]))
+    mine = [h["loss"][k] for h in trainer.history]
+    assert len(mine) == len(losses) == steps
+    np.testing.assert_allclose(mine, losses, rtol=2e-5)
+    sd = trainer.model.member_state_dict(k)
+    for name, p in solo.model.state_dict().items():
+        if p.numel():
+            assert _rel(sd[name], p) < 2e-5, name
+
+
 def test_each_member_equals_its_solo_run(members_run, tmp_path):
     """Member i's losses over 20 steps and its weights after them equal `train --config member-i/config.yaml`."""
     out, trainer, _ = members_run
     for k in range(2):
         cfg = load_config(out / f"member-{k}" / "config.yaml")
         assert cfg.train.members == 1 and cfg.train.seed == 5 + k and cfg.train.data_seed == 11
-        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
-        losses = []
-        solo.run(on_step=lambda o: losses.append(o["loss"]))
-        mine = [h["loss"][k] for h in trainer.history]
-        assert len(mine) == len(losses) == 20
-        np.testing.assert_allclose(mine, losses, rtol=2e-5)
-        sd = trainer.model.member_state_dict(k)
-        for name, p in solo.model.state_dict().items():
-            if p.numel():
-                assert _rel(sd[name], p) < 2e-5, name
+        _assert_member_is_its_solo_run(trainer, k, cfg, tmp_path / f"solo-{k}")
     assert trainer.history[0]["loss"][0] != trainer.history[0]["loss"][1]  # the members differ
 
 
@@ -448,16 +453,7 @@ def test_each_member_with_its_own_batch_order_equals_its_solo_run(tmp_path):
         cfg = load_config(tmp_path / "own" / f"member-{k}" / "config.yaml")
         assert cfg.train.members == 1 and cfg.train.seed == 5 + k and cfg.train.data_seed == 11 + k
         assert cfg.train.member_batch_order == "shared"  # a plain solo config
-        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
-        losses = []
-        solo.run(on_step=lambda o: losses.append(o["loss"]))
-        mine = [h["loss"][k] for h in trainer.history]
-        assert len(mine) == len(losses) == 20
-        np.testing.assert_allclose(mine, losses, rtol=2e-5)
-        sd = trainer.model.member_state_dict(k)
-        for name, p in solo.model.state_dict().items():
-            if p.numel():
-                assert _rel(sd[name], p) < 2e-5, name
+        _assert_member_is_its_solo_run(trainer, k, cfg, tmp_path / f"solo-{k}")
     top = json.loads((tmp_path / "own" / "summary.json").read_text())
     assert top["member_batch_order"] == "own" and [m["data_seed"] for m in top["member"]] == [11, 12]
 
@@ -476,16 +472,7 @@ def test_each_ln_gru_member_equals_its_solo_run(tmp_path, order):
     for k in range(2):
         cfg = load_config(tmp_path / "run" / f"member-{k}" / "config.yaml")
         assert cfg.model.rnn == "ln_gru" and cfg.train.data_seed == (11 + k if order == "own" else 11)
-        solo = Trainer(cfg, tmp_path / f"solo-{k}", progress=False)
-        losses = []
-        solo.run(on_step=lambda o: losses.append(o["loss"]))
-        mine = [h["loss"][k] for h in trainer.history]
-        assert len(mine) == len(losses) == 20
-        np.testing.assert_allclose(mine, losses, rtol=2e-5)
-        sd = trainer.model.member_state_dict(k)
-        for name, p in solo.model.state_dict().items():
-            if p.numel():
-                assert _rel(sd[name], p) < 2e-5, name
+        _assert_member_is_its_solo_run(trainer, k, cfg, tmp_path / f"solo-{k}")
 
 
 def test_own_batch_order_with_fewer_trials_in_one_member(tmp_path):

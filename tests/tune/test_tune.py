@@ -188,6 +188,15 @@ def test_wild_space_prunes_collapsed_and_diverged_trials(tmp_path):
     assert main(["eval", "--run", by_number[1]["run_dir"]]) == 0
 
 
+def _assert_eval_gives_the_trial_value(trial: dict, capsys) -> None:
+    """`fastdecoder eval` of a 10-step trial's run folder gives the beam PER the study recorded for it."""
+    capsys.readouterr()
+    assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
+    printed = capsys.readouterr().out
+    evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
+    assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+
+
 @needs_optuna
 def test_beam_objective_is_the_beam_search_per_that_eval_reports(tmp_path, capsys):
     base = apply_params(SMALL, {"train.steps": 10, "optim.decay_steps": 10, "train.eval_every": 10})
@@ -199,11 +208,7 @@ def test_beam_objective_is_the_beam_search_per_that_eval_reports(tmp_path, capsy
     (trial,) = collect(open_study(open_storage(None, out, heartbeat_interval=5, grace=30), "tune",
                                   create=False))["trials"]
     assert trial["state"] == "COMPLETE"
-    capsys.readouterr()
-    assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
-    printed = capsys.readouterr().out
-    evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
-    assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+    _assert_eval_gives_the_trial_value(trial, capsys)
 
 
 # -- a study with two worker processes on the journal file -------------------------------------------------------
@@ -592,11 +597,7 @@ def test_members_beam_objective_is_what_eval_reports_for_each_trial(tmp_path, ca
     assert [t["state"] for t in trials] == ["COMPLETE"] * 2
     assert (out / "trials" / "batch_0000" / "member-1").is_dir()  # trained as members
     for trial in trials:
-        capsys.readouterr()
-        assert main(["eval", "--run", trial["run_dir"], "--decoder", "beam", "--beam-width", "4"]) == 0
-        printed = capsys.readouterr().out
-        evaluated = json.loads(printed[printed.index("{"): printed.rindex("}") + 1])
-        assert evaluated["step"] == 10 and evaluated["per_beam"] == pytest.approx(trial["value"], abs=1e-12)
+        _assert_eval_gives_the_trial_value(trial, capsys)
 
 
 @needs_optuna

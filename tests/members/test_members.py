@@ -259,6 +259,17 @@ def _solo_cfg(**kw):
     return replace(cfg, **(base | kw))
 
 
+def _solos_and_members(cfg, K: int, seed: int):
+    """K solo GRUDecoders (reference backends, seeds seed + k), one dropout generator per member (seeds
+    seed + 100 + k) with its start state, and the BatchedGRUDecoder of the solos in training mode."""
+    solos = []
+    for k in range(K):
+        torch.manual_seed(seed + k)
+        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
+    gens = [torch.Generator().manual_seed(seed + 100 + k) for k in range(K)]
+    return solos, gens, [g.get_state() for g in gens], BatchedGRUDecoder(solos).train()
+
+
 @pytest.mark.parametrize("kw", [{}, {"patch_order": "channel_major", "learn_h0": False, "num_layers": 3},
                                 {"smoothing": "model", "smooth_taps": "b2t24", "day_activation": "none"},
                                 {"rnn": "ln_gru"}, {"rnn": "ln_gru", "learn_h0": False, "num_layers": 3},
@@ -267,13 +278,7 @@ def test_batched_decoder_equals_solo_models_with_their_dropout(test_seed, kw):
     """Member k: the solo GRUDecoder (torch's nn.GRU) with the dropout masks its own global RNG stream draws."""
     cfg = _solo_cfg(**kw)
     K, B, T = 3, 4, 17
-    solos = []
-    for k in range(K):
-        torch.manual_seed(test_seed + k)
-        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
-    gens = [torch.Generator().manual_seed(test_seed + 100 + k) for k in range(K)]
-    states = [g.get_state() for g in gens]
-    model = BatchedGRUDecoder(solos).train()
+    solos, gens, states, model = _solos_and_members(cfg, K, test_seed)
     g = torch.Generator().manual_seed(test_seed)
     x = torch.randn(K, B, T, cfg.n_features, generator=g)
     day = np.array([2, 0, 2, 1])
@@ -300,13 +305,7 @@ def test_batched_decoder_with_each_members_own_batch(test_seed, kw):
     K, C = 3, cfg.n_features
     shapes = [(4, 17), (3, 12), (4, 9)]  # (trials, bins) per member
     B, T = 4, 17
-    solos = []
-    for k in range(K):
-        torch.manual_seed(test_seed + k)
-        solos.append(GRUDecoder(cfg, rnn_backend="reference", smoothing_backend="reference"))
-    gens = [torch.Generator().manual_seed(test_seed + 100 + k) for k in range(K)]
-    states = [g.get_state() for g in gens]
-    model = BatchedGRUDecoder(solos).train()
+    solos, gens, states, model = _solos_and_members(cfg, K, test_seed)
     g = torch.Generator().manual_seed(test_seed)
     days = np.array([[2, 0, 2, 1], [1, 1, 0, 0], [0, 0, 0, 0]])
     xs = [torch.randn(b, t, C, generator=g) for b, t in shapes]

@@ -199,17 +199,17 @@ def _ln_params(g, K, I, H, L, bias=True):
     return out
 
 
-def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e-5):
+def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e-5, dtype=torch.float32):
     from fastdecoder.ops.ln_gru.members import members_ln_gru
 
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    params = [tuple(p.detach().to(device).requires_grad_() if p is not None else None for p in ps)
+    params = [tuple(p.detach().to(device, dtype).requires_grad_() if p is not None else None for p in ps)
               for ps in _ln_params(g, K, I, H, L, bias)]
-    x = torch.randn(K, B, T, I, generator=g).to(device).requires_grad_()
-    h0 = torch.randn(L, K, B, H, generator=g).to(device).requires_grad_()
-    masks = [((torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7).to(device) for _ in range(L - 1)]
+    x = torch.randn(K, B, T, I, generator=g).to(device, dtype).requires_grad_()
+    h0 = torch.randn(L, K, B, H, generator=g).to(device, dtype).requires_grad_()
+    masks = [((torch.rand(K, B, T, H, generator=g) > 0.3).float() / 0.7).to(device, dtype) for _ in range(L - 1)]
     leaves = [x, h0] + [p for ps in params for p in ps if p is not None]
-    w_out = torch.randn(K, B, T, H, generator=g).to(device)
+    w_out = torch.randn(K, B, T, H, generator=g).to(device, dtype)
     res = {}
     for backend in backends:
         y = members_ln_gru(x, params, h0, masks, backend=backend)
@@ -225,19 +225,25 @@ def _ln_members_case(rng, K, B, T, I, H, L, bias, backends, device="cpu", tol=1e
 @pytest.mark.parametrize("K,B,T,I,H,L,bias", [(1, 3, 5, 4, 6, 1, True), (3, 2, 7, 5, 8, 2, True),
                                               (4, 5, 3, 9, 4, 3, False)])
 def test_members_ln_gru_equals_solo_ln_gru_per_member(rng, K, B, T, I, H, L, bias):
-    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers (fp32 round-off: the
-    gradients through 3 layers of LayerNorm reach 1.0e-5 relative on some seeds, hence 3e-5)."""
-    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"], tol=3e-5)
+    """The batched LayerNorm-GRU reference (member dimension) against K solo reference layers: in float64 the same
+    math to 1e-10 (every case); in fp32 to 2e-5 where the problem is well conditioned. The 3-layer, 4-unit case is
+    not: its gradients through three LayerNorms of 12 gates amplify round-off, so two fp32 orderings of the same
+    math differ by up to 2e-3 there (400 seeds; 4e-13 in float64), while the 1- and 2-layer cases stay under 9e-6."""
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"], tol=1e-10, dtype=torch.float64)
+    if L < 3:
+        _ln_members_case(rng, K, B, T, I, H, L, bias, ["reference", "per_member"], tol=2e-5)
 
 
-@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(2, 3, 4, 5, 4, 2, True), (3, 2, 3, 3, 6, 1, False)])
+@pytest.mark.parametrize("K,B,T,I,H,L,bias", [(2, 3, 4, 5, 8, 2, True), (3, 2, 3, 3, 6, 1, False)])
 def test_members_ln_gru_triton_interpreter_equals_solo(rng, K, B, T, I, H, L, bias):
-    """The Triton path with the member dimension in its kernels (CPU: Triton's interpreter, tiny shapes)."""
+    """The Triton path with the member dimension in its kernels (CPU: Triton's interpreter, tiny shapes; 8 units in
+    the 2-layer case, where two fp32 orderings of the same math stay under 7e-6 over 400 seeds, against 5.5e-5 with
+    4 units)."""
     from fastdecoder.ops.triton_support import triton_usable
 
     if not triton_usable("cpu"):
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
-    _ln_members_case(rng, K, B, T, I, H, L, bias, ["triton", "per_member"])
+    _ln_members_case(rng, K, B, T, I, H, L, bias, ["triton", "per_member"], tol=2e-5)
 
 
 @pytest.mark.gpu
